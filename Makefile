@@ -1,0 +1,124 @@
+# Latchkey top-level build. Out-of-tree into $(BUILD); dependencies from pkg-config.
+#   make                 build every service, the CLI and the selftests
+#   make SANITIZE=address,undefined   the same into build-san/ with ASan + UBSan
+#   make run             install what is missing, build, run the whole stack under s6
+#   make test            selftests + integration tests against real servers
+#   make fuzz FUZZ_TIME=60   run each libFuzzer target for FUZZ_TIME seconds
+#   make format-check    clang-format conformance
+
+SANITIZE ?=
+BUILD ?= build$(if $(SANITIZE),-san)
+CC ?= cc
+
+PKGS := libczmq libzmq hiredis libpq libprotobuf-c openssl libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT ?= -O2
+CFLAGS := $(OPT) -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+          -Wno-missing-field-initializers -Icommon -I$(BUILD)/gen $(PKG_CFLAGS) -MMD -MP \
+          $(EXTRA_CFLAGS)
+LDFLAGS := $(EXTRA_LDFLAGS)
+LIBS := $(PKG_LIBS) -lm -lpthread
+ifneq ($(SANITIZE),)
+CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+SERVICES := mqtt-frontend router session-store auth latchkey
+
+PROTO := proto/latchkey.proto
+GEN_C := $(BUILD)/gen/latchkey.pb-c.c
+GEN_H := $(BUILD)/gen/latchkey.pb-c.h
+
+COMMON_SRCS := $(filter-out common/selftest.c,$(wildcard common/*.c))
+COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/latchkey.pb-c.o
+LIB := $(BUILD)/lib/liblatchkey.a
+
+BINS := $(SERVICES:%=$(BUILD)/bin/%)
+SELFTESTS := $(BUILD)/test/common-selftest
+
+.PHONY: all run test check memcheck fuzz format format-check clean deps
+all: $(BINS) $(SELFTESTS)
+
+$(GEN_C) $(GEN_H): $(PROTO)
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $<
+
+$(BUILD)/obj/gen/latchkey.pb-c.o: $(GEN_C) $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Werror,$(CFLAGS)) -c -o $@ $<
+
+$(BUILD)/obj/%.o: %.c $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(COMMON_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/test/common-selftest: $(BUILD)/obj/common/selftest.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+# One folder a service: main.c is the daemon's entry, selftest.c (if any) runs the
+# selftests of the other files, which form the service's library.
+define SERVICE_template
+$(1)_SRCS := $$(filter-out services/$(1)/main.c services/$(1)/selftest.c,$$(wildcard services/$(1)/*.c))
+$(1)_OBJS := $$($(1)_SRCS:%.c=$(BUILD)/obj/%.o)
+$(BUILD)/bin/$(1): $$($(1)_OBJS) $(BUILD)/obj/services/$(1)/main.o $(LIB)
+	@mkdir -p $$(dir $$@)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+ifneq ($$(wildcard services/$(1)/selftest.c),)
+SELFTESTS += $(BUILD)/test/$(1)-selftest
+$(BUILD)/test/$(1)-selftest: $$($(1)_OBJS) $(BUILD)/obj/services/$(1)/selftest.o $(LIB)
+	@mkdir -p $$(dir $$@)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+endif
+endef
+$(foreach s,$(SERVICES),$(eval $(call SERVICE_template,$(s))))
+
+# fuzzers: tests/fuzz/fuzz_<name>.c, built with clang's libFuzzer against the common sources
+FUZZ_BUILD := build-fuzz
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZERS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_TIME ?= 30
+FUZZ_CFLAGS := -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon \
+               -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS)
+
+$(FUZZ_BUILD)/gen/latchkey.pb-c.c: $(PROTO)
+	@mkdir -p $(FUZZ_BUILD)/gen
+	protoc-c --c_out=$(FUZZ_BUILD)/gen -Iproto $<
+
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $(COMMON_SRCS) $(FUZZ_BUILD)/gen/latchkey.pb-c.c
+	clang $(FUZZ_CFLAGS) -o $@ $< $(COMMON_SRCS) $(FUZZ_BUILD)/gen/latchkey.pb-c.c $(PKG_LIBS) -lm
+
+fuzz: $(FUZZERS)
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_TIME)
+
+run: deps
+	$(MAKE) all
+	supervise/latchkey-up
+
+deps:
+	supervise/install-deps
+
+test: all
+	tests/run-all $(BUILD)
+
+check: test
+
+memcheck: all
+	tests/run-all $(BUILD) --selftests-only --valgrind
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

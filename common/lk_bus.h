@@ -1,0 +1,116 @@
+/*  lk_bus: a node on the Latchkey bus.
+
+    A node serves (ROUTER, lk_bus_bind) and/or connects to named servers (DEALER,
+    lk_bus_connect); the peer's node id is its ZeroMQ identity. Every frame is one
+    lk.Envelope (proto/latchkey.proto).
+
+    Liveness: connectors send Hello every heartbeat; servers answer. A peer that shows a
+    new epoch restarted: on_peer_up(restarted=true) is where a service re-sends its state.
+    A peer silent for `dead_ms` gets on_peer_down; nothing ever blocks on it.
+
+    Acknowledged channel: lk_bus_send(..., reliable=true) gives the envelope a sequence
+    number and keeps its bytes until the receiver acks it; unacked envelopes are re-sent
+    when the receiver shows a new epoch and when they wait longer than `resend_ms`. The
+    receiving bus drops duplicates before the handler sees them; the handler calls
+    lk_bus_ack() when the work is done (at once, or later when it depends on others).
+
+    Batches: lk_bus_batch_add() packs one item into the pending batch of a body type for a
+    peer; every pending batch goes out as one envelope at the end of the loop turn (or
+    when it grows past batch_max bytes).
+
+    Message log: with lk_bus_set_msglog(), every envelope received is recorded. */
+#ifndef LK_BUS_H_INCLUDED
+#define LK_BUS_H_INCLUDED
+
+#include "lk_loop.h"
+#include "latchkey.pb-c.h"
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct _lk_bus_t lk_bus_t;
+typedef struct _lk_peer_t lk_peer_t;
+typedef struct _lk_msglog_t lk_msglog_t;
+
+typedef struct {
+    /* Every envelope with a body other than Hello. For env->seq > 0 the bus has already
+       dropped duplicates: call lk_bus_ack(bus, peer, env->seq) once the work is done.
+       The envelope is freed when this returns: copy what you keep. */
+    void (*on_message)(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg);
+    /* a peer appeared (restarted = false) or showed a new epoch (restarted = true) */
+    void (*on_peer_up)(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg);
+    /* a peer has been silent for dead_ms */
+    void (*on_peer_down)(lk_bus_t *bus, lk_peer_t *peer, void *arg);
+} lk_bus_handlers_t;
+
+/* node: this node's id; kind: its service name. handlers are copied. */
+lk_bus_t *lk_bus_new(lk_loop_t *loop, const char *node, const char *kind,
+                     const lk_bus_handlers_t *handlers, void *arg);
+void lk_bus_destroy(lk_bus_t **self_p);
+
+/* timings in ms; defaults: heartbeat 200, dead 1000, resend 2000 */
+void lk_bus_set_timing(lk_bus_t *self, int heartbeat_ms, int dead_ms, int resend_ms);
+
+const char *lk_bus_node(lk_bus_t *self);
+uint64_t lk_bus_epoch(lk_bus_t *self);
+
+/* serve on endpoint ("ipc://..." or "tcp://127.0.0.1:port"); 0 or -1 with a log line */
+int lk_bus_bind(lk_bus_t *self, const char *endpoint);
+/* connect to the server known as `name` at endpoint; returns its peer (never NULL) */
+lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint);
+
+/* a peer by node id, or NULL when never heard of */
+lk_peer_t *lk_bus_peer(lk_bus_t *self, const char *name);
+/* calls fn for every known peer */
+void lk_bus_each_peer(lk_bus_t *self, void (*fn)(lk_peer_t *peer, void *arg), void *arg);
+
+const char *lk_peer_name(lk_peer_t *peer);
+const char *lk_peer_kind(lk_peer_t *peer);
+uint64_t lk_peer_epoch(lk_peer_t *peer);
+/* heard from within dead_ms (for a server we connect to: its Hello answers) */
+bool lk_peer_alive(lk_peer_t *peer);
+/* envelopes sent reliably and not yet acked */
+size_t lk_peer_unacked(lk_peer_t *peer);
+/* drop every unacked envelope to this peer (its work is moot) */
+void lk_peer_drop_unacked(lk_peer_t *peer);
+/* service data attached to a peer */
+void lk_peer_set_data(lk_peer_t *peer, void *data);
+void *lk_peer_data(lk_peer_t *peer);
+
+/* Sends env to peer now; from/epoch/seq/acks are filled by the bus. env stays the
+   caller's. reliable: keep until acked, re-send as described above. Returns the seq
+   (reliable) or 0; -1 when the envelope cannot be packed. Pending batches for this peer
+   are flushed first, so order is kept. */
+int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool reliable);
+
+/* The envelope body field numbers that carry batches (lk.Envelope oneof) */
+#define LK_BODY_PUBLISH 11
+#define LK_BODY_DELIVER 12
+#define LK_BODY_STORE 17
+#define LK_BODY_RETAIN 18
+
+/* Packs item into the pending batch of `body` (one of LK_BODY_*) for peer; item is
+   a Lk__Publish, Lk__Deliver, Lk__StoreItem or Lk__Msg (RETAIN) matching the body.
+   The batch goes out as one envelope at turn end, reliable if any item was. Returns the
+   seq the batch will carry when reliable (so the caller can wait for its ack), else 0. */
+uint64_t lk_bus_batch_add(lk_bus_t *self, lk_peer_t *peer, int body, const void *item,
+                          bool reliable);
+/* flushes every pending batch and ack now (the loop does it at every turn end) */
+void lk_bus_flush(lk_bus_t *self);
+
+/* marks seq (received from peer) done; the ack travels at turn end */
+void lk_bus_ack(lk_bus_t *self, lk_peer_t *peer, uint64_t seq);
+
+/* Called with each seq of ours the peer acked (after the bus forgot it), so a service
+   can release work that waited for it (e.g. send PUBACK). */
+void lk_bus_on_acked(lk_bus_t *self,
+                     void (*fn)(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg));
+
+/* record every received envelope into log (the bus does not own it) */
+void lk_bus_set_msglog(lk_bus_t *self, lk_msglog_t *log);
+
+/* Feeds one received frame as if it came from a peer; for replay and fuzzing. */
+void lk_bus_inject(lk_bus_t *self, const char *from_identity, const uint8_t *data, size_t len);
+
+int lk_bus_test(bool verbose);
+
+#endif
