@@ -10,7 +10,7 @@
 
     Acknowledged channel: lk_bus_send(..., reliable=true) gives the envelope a sequence
     number and keeps its bytes until the receiver acks it; unacked envelopes are re-sent
-    when the receiver shows a new epoch and when they wait longer than `resend_ms`. The
+    when the receiver appears or shows a new epoch, and after `resend_ms` without an ack. The
     receiving bus drops duplicates before the handler sees them; the handler calls
     lk_bus_ack() when the work is done (at once, or later when it depends on others).
 
@@ -60,6 +60,9 @@ lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint
 
 /* a peer by node id, or NULL when never heard of */
 lk_peer_t *lk_bus_peer(lk_bus_t *self, const char *name);
+/* the peer named so, created (not alive) when never heard of: work sent to it waits in
+   its unacked queue until it appears */
+lk_peer_t *lk_bus_peer_ensure(lk_bus_t *self, const char *name);
 /* calls fn for every known peer */
 void lk_bus_each_peer(lk_bus_t *self, void (*fn)(lk_peer_t *peer, void *arg), void *arg);
 

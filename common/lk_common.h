@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,23 @@ char *lk_strdup(const char *s);
 char *lk_strndup(const char *s, size_t n);
 
 #define LK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Command line every daemon shares: -c config file, -n node id, -r readiness fd. */
+typedef struct {
+    const char *config_path;    /* NULL: defaults and environment only */
+    const char *node;           /* default given by the service */
+    int ready_fd;               /* -1: no readiness notification */
+} lk_args_t;
+
+/* parses argv; prints usage and returns -1 on a bad option */
+int lk_args_parse(int argc, char **argv, const char *service, const char *default_node,
+                  lk_args_t *args);
+/* s6 readiness: writes a newline to fd and closes it (no-op when fd < 0) */
+void lk_ready_notify(int fd);
+
+/* exit codes understood by the s6 finish scripts */
+#define LK_EXIT_TEMPORARY 111
+#define LK_EXIT_CONFIG 100
 
 int lk_common_test(bool verbose);
 

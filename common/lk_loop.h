@@ -37,6 +37,7 @@ void lk_loop_timer_cancel(lk_loop_t *self, int id);
 
 /* runs fn after each turn of the loop, in order of registration */
 void lk_loop_on_turn_end(lk_loop_t *self, lk_loop_fn *fn, void *arg);
+void lk_loop_remove_turn_end(lk_loop_t *self, lk_loop_fn *fn, void *arg);
 /* SIGHUP handler (SIGINT and SIGTERM stop the loop) */
 void lk_loop_on_hup(lk_loop_t *self, lk_loop_fn *fn, void *arg);
 

@@ -1,0 +1,130 @@
+/*  lk_common: clocks, allocation that aborts on exhaustion, the daemons' shared command
+    line and s6 readiness. */
+#include "lk_common.h"
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t lk_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t lk_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t lk_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void s_oom(size_t n)
+{
+    fprintf(stderr, "out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *lk_malloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        s_oom(n);
+    return p;
+}
+
+void *lk_calloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        s_oom(n * size);
+    return p;
+}
+
+void *lk_realloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        s_oom(n);
+    return q;
+}
+
+char *lk_strdup(const char *s)
+{
+    return lk_strndup(s, strlen(s));
+}
+
+char *lk_strndup(const char *s, size_t n)
+{
+    char *d = lk_malloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}
+
+int lk_args_parse(int argc, char **argv, const char *service, const char *default_node,
+                  lk_args_t *args)
+{
+    args->config_path = NULL;
+    args->node = default_node;
+    args->ready_fd = -1;
+    int c;
+    optind = 1;
+    while ((c = getopt(argc, argv, "c:n:r:h")) != -1) {
+        switch (c) {
+        case 'c':
+            args->config_path = optarg;
+            break;
+        case 'n':
+            args->node = optarg;
+            break;
+        case 'r': {
+            char *end;
+            long fd = strtol(optarg, &end, 10);
+            if (*end || fd < 0 || fd > 1024) {
+                fprintf(stderr, "%s: bad readiness fd '%s'\n", service, optarg);
+                return -1;
+            }
+            args->ready_fd = (int)fd;
+            break;
+        }
+        default:
+            fprintf(stderr, "usage: %s [-c config] [-n node-id] [-r readiness-fd]\n", service);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument '%s'\n", service, argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+void lk_ready_notify(int fd)
+{
+    if (fd < 0)
+        return;
+    ssize_t n;
+    do
+        n = write(fd, "\n", 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+}
+
+int lk_common_test(bool verbose)
+{
+    int64_t a = lk_mono_ms();
+    char *s = lk_strndup("abcdef", 3);
+    int rc = (strcmp(s, "abc") == 0 && lk_mono_ms() >= a && lk_wall_ms() > 1600000000000LL) ? 0 : -1;
+    free(s);
+    return rc;
+}

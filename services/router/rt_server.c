@@ -1,0 +1,613 @@
+/*  rt_server: the router actor — subscription index, retained index and fan-out.
+
+    The router holds no durable state. Clients are records (client id → the frontend node
+    serving it, or none while a persistent session is offline); subscriptions live in the
+    trie, retained messages in the retained index. After a restart everything comes back
+    from the peers: frontends re-attach their clients, the session store re-sends offline
+    persistent sessions and the retained set, then says ResyncDone. Publishes that arrive
+    before that ("warming") wait, so a message is never matched against a half-built index.
+
+    Acknowledgement of a publish batch (the PUBACK guarantee): a reliable PublishBatch is
+    acked only once every durable copy it caused — StoreItems for persistent subscribers,
+    retained updates — has been acked by the session store. `jobs` tracks which store
+    batches each publish batch waits for. */
+#include "rt_server.h"
+#include "lk_bus.h"
+#include "lk_common.h"
+#include "lk_config.h"
+#include "rt_retain.h"
+#include "rt_trie.h"
+#include <czmq.h>
+
+typedef struct {
+    char *id;
+    lk_peer_t *node;        /* serving frontend; NULL while offline */
+    bool persistent;
+    /* fan-out scratch: the index of this client in the current publish's targets */
+    uint64_t match_gen;
+    size_t match_idx;
+} s_client_t;
+
+typedef struct {
+    s_client_t *client;
+    uint32_t qos;
+    bool retain;
+    uint32_t sub_ids[8];
+    size_t n_sub_ids;
+} s_target_t;
+
+/* a publish batch waiting for the session store to ack its durable copies */
+typedef struct s_job {
+    lk_peer_t *peer;
+    uint64_t seq;
+    uint64_t peer_epoch;
+    int waits;
+    struct s_job *next;
+} s_job_t;
+
+/* store-batch seq -> jobs waiting on it */
+typedef struct s_wait {
+    uint64_t store_seq;
+    s_job_t **jobs;
+    size_t n, cap;
+    struct s_wait *next;
+} s_wait_t;
+
+/* a publish envelope kept while warming */
+typedef struct s_held {
+    lk_peer_t *peer;
+    uint8_t *data;
+    size_t len;
+    struct s_held *next;
+} s_held_t;
+
+struct _rt_server_t {
+    lk_config_t *config;
+    lk_loop_t *loop;
+    lk_bus_t *bus;
+    zhashx_t *clients;
+    rt_trie_t *trie;
+    rt_retain_t *retain;
+    lk_peer_t *store;       /* the session store */
+    char *store_node;
+    s_target_t *targets;
+    size_t n_targets, cap_targets;
+    uint64_t match_gen;
+    s_wait_t *waits;
+    s_held_t *held, *held_tail;
+    bool warming;
+    int64_t warm_deadline;
+    int64_t warm_min;
+    /* the durable copies the current publish batch caused */
+    uint64_t cur_store_seq;
+    uint64_t cur_retain_seq;
+    const char *cur_origin;
+    /* counters */
+    uint64_t published, delivered, stored, dropped_expired;
+};
+
+/* --- clients ---------------------------------------------------------------------- */
+
+static void s_client_free(void **item)
+{
+    s_client_t *c = *item;
+    if (!c)
+        return;
+    free(c->id);
+    free(c);
+    *item = NULL;
+}
+
+static s_client_t *s_client_get(rt_server_t *self, const char *id)
+{
+    s_client_t *c = zhashx_lookup(self->clients, id);
+    if (!c) {
+        c = lk_calloc(1, sizeof(*c));
+        c->id = lk_strdup(id);
+        zhashx_insert(self->clients, id, c);
+    }
+    return c;
+}
+
+static void s_client_remove(rt_server_t *self, s_client_t *c)
+{
+    rt_trie_remove_client(self->trie, c);
+    zhashx_delete(self->clients, c->id);
+}
+
+static void s_retain_free(void *msg)
+{
+    lk__msg__free_unpacked((Lk__Msg *)msg, NULL);
+}
+
+/* deep copy through the wire form: protobuf-c has no copy */
+static Lk__Msg *s_msg_copy(const Lk__Msg *m)
+{
+    size_t n = lk__msg__get_packed_size(m);
+    uint8_t *buf = lk_malloc(n ? n : 1);
+    lk__msg__pack(m, buf);
+    Lk__Msg *copy = lk__msg__unpack(NULL, n, buf);
+    free(buf);
+    return copy;
+}
+
+static void s_sub_opts(const Lk__Subscription *s, rt_sub_opts_t *o)
+{
+    o->qos = (uint8_t)(s->qos > 2 ? 2 : s->qos);
+    o->no_local = s->no_local;
+    o->retain_as_published = s->retain_as_published;
+    o->retain_handling = (uint8_t)(s->retain_handling > 2 ? 2 : s->retain_handling);
+    o->sub_id = s->sub_id;
+}
+
+/* --- jobs: publish acks waiting on store acks ------------------------------------- */
+
+static void s_wait_add(rt_server_t *self, uint64_t store_seq, s_job_t *job)
+{
+    s_wait_t *w;
+    for (w = self->waits; w; w = w->next)
+        if (w->store_seq == store_seq)
+            break;
+    if (!w) {
+        w = lk_calloc(1, sizeof(*w));
+        w->store_seq = store_seq;
+        w->next = self->waits;
+        self->waits = w;
+    }
+    for (size_t i = 0; i < w->n; i++)
+        if (w->jobs[i] == job)
+            return;
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 4;
+        w->jobs = lk_realloc(w->jobs, w->cap * sizeof(s_job_t *));
+    }
+    w->jobs[w->n++] = job;
+    job->waits++;
+}
+
+static void s_store_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
+{
+    rt_server_t *self = arg;
+    if (peer != self->store)
+        return;
+    s_wait_t **pp = &self->waits;
+    while (*pp && (*pp)->store_seq != seq)
+        pp = &(*pp)->next;
+    s_wait_t *w = *pp;
+    if (!w)
+        return;
+    *pp = w->next;
+    for (size_t i = 0; i < w->n; i++) {
+        s_job_t *job = w->jobs[i];
+        if (--job->waits == 0) {
+            /* a publisher's frontend that restarted meanwhile has nobody to PUBACK */
+            if (lk_peer_epoch(job->peer) == job->peer_epoch)
+                lk_bus_ack(bus, job->peer, job->seq);
+            free(job);
+        }
+    }
+    free(w->jobs);
+    free(w);
+}
+
+/* --- fan-out ---------------------------------------------------------------------- */
+
+static void s_on_match(void *client, const rt_sub_opts_t *opts, const char *filter,
+                       const char *group, void *arg)
+{
+    rt_server_t *self = arg;
+    s_client_t *c = client;
+    (void)filter;
+    /* No Local [MQTT-3.8.3-3]: never back to the publisher through this subscription */
+    if (opts->no_local && self->cur_origin && strcmp(self->cur_origin, c->id) == 0)
+        return;
+    s_target_t *t;
+    /* one message per client (with every matching subscription id, at the highest QoS,
+       MQTT 5 3.3.4); a shared-subscription delivery is its own copy */
+    if (!group && c->match_gen == self->match_gen) {
+        t = &self->targets[c->match_idx];
+    } else {
+        if (self->n_targets == self->cap_targets) {
+            self->cap_targets = self->cap_targets ? self->cap_targets * 2 : 64;
+            self->targets = lk_realloc(self->targets, self->cap_targets * sizeof(s_target_t));
+        }
+        if (!group) {
+            c->match_gen = self->match_gen;
+            c->match_idx = self->n_targets;
+        }
+        t = &self->targets[self->n_targets++];
+        t->client = c;
+        t->qos = 0;
+        t->retain = false;
+        t->n_sub_ids = 0;
+    }
+    if (opts->qos > t->qos)
+        t->qos = opts->qos;
+    if (opts->retain_as_published)
+        t->retain = true;
+    if (opts->sub_id && t->n_sub_ids < LK_ARRAY_LEN(t->sub_ids))
+        t->sub_ids[t->n_sub_ids++] = opts->sub_id;
+}
+
+static bool s_available(void *client, void *arg)
+{
+    s_client_t *c = client;
+    return c->node && lk_peer_alive(c->node);
+}
+
+static void s_publish_one(rt_server_t *self, Lk__Msg *msg)
+{
+    self->published++;
+    if (!msg->topic || !*msg->topic)
+        return;
+    if (msg->expiry_at_ms && (int64_t)msg->expiry_at_ms <= lk_wall_ms()) {
+        self->dropped_expired++;
+        return;
+    }
+    if (msg->retain) {
+        if (msg->payload.len == 0)
+            rt_retain_delete(self->retain, msg->topic);
+        else
+            rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+        uint64_t seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, msg, true);
+        self->cur_retain_seq = seq;
+    }
+    self->match_gen++;
+    self->n_targets = 0;
+    self->cur_origin = msg->origin_client;
+    rt_trie_match(self->trie, msg->topic, strlen(msg->topic), s_on_match, s_available, self);
+    bool retain_flag = msg->retain;
+    uint32_t pub_qos = msg->qos;
+    for (size_t i = 0; i < self->n_targets; i++) {
+        s_target_t *t = &self->targets[i];
+        s_client_t *c = t->client;
+        uint32_t q = pub_qos < t->qos ? pub_qos : t->qos;
+        msg->qos = q;
+        msg->retain = t->retain && retain_flag;
+        if (c->persistent && q >= 1) {
+            Lk__StoreItem item = LK__STORE_ITEM__INIT;
+            item.client = c->id;
+            item.msg = msg;
+            item.n_sub_ids = t->n_sub_ids;
+            item.sub_ids = t->sub_ids;
+            self->cur_store_seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_STORE, &item,
+                                                   true);
+            self->stored++;
+        } else if (c->node) {
+            Lk__Deliver d = LK__DELIVER__INIT;
+            d.client = c->id;
+            d.msg = msg;
+            d.n_sub_ids = t->n_sub_ids;
+            d.sub_ids = t->sub_ids;
+            lk_bus_batch_add(self->bus, c->node, LK_BODY_DELIVER, &d, false);
+            self->delivered++;
+        }
+    }
+    msg->qos = pub_qos;
+    msg->retain = retain_flag;
+}
+
+static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    self->cur_store_seq = 0;
+    self->cur_retain_seq = 0;
+    for (size_t i = 0; i < env->publish->n_items; i++)
+        if (env->publish->items[i]->msg)
+            s_publish_one(self, env->publish->items[i]->msg);
+    if (!env->seq)
+        return;
+    if (!self->cur_store_seq && !self->cur_retain_seq) {
+        lk_bus_ack(self->bus, peer, env->seq);
+        return;
+    }
+    s_job_t *job = lk_calloc(1, sizeof(*job));
+    job->peer = peer;
+    job->seq = env->seq;
+    job->peer_epoch = lk_peer_epoch(peer);
+    if (self->cur_store_seq)
+        s_wait_add(self, self->cur_store_seq, job);
+    if (self->cur_retain_seq)
+        s_wait_add(self, self->cur_retain_seq, job);
+}
+
+/* --- the other requests ----------------------------------------------------------- */
+
+static void s_attach(rt_server_t *self, lk_peer_t *peer, Lk__Attach *a)
+{
+    if (!a->client || !*a->client)
+        return;
+    s_client_t *c = s_client_get(self, a->client);
+    if (a->clean)
+        rt_trie_remove_client(self->trie, c);
+    c->persistent = a->persistent;
+    if (a->offline) {
+        /* the session store's view must not undo a frontend's newer attach */
+        if (c->node && lk_peer_alive(c->node) && peer == self->store)
+            ;
+        else
+            c->node = NULL;
+    } else
+        c->node = peer;
+    for (size_t i = 0; i < a->n_subs; i++) {
+        rt_sub_opts_t o;
+        s_sub_opts(a->subs[i], &o);
+        if (rt_trie_add(self->trie, c, a->subs[i]->filter, &o, NULL) != 0)
+            lk_warn("client %s: invalid filter '%s' ignored", c->id, a->subs[i]->filter);
+    }
+}
+
+static void s_detach(rt_server_t *self, lk_peer_t *peer, Lk__Detach *d)
+{
+    s_client_t *c = zhashx_lookup(self->clients, d->client ? d->client : "");
+    if (!c)
+        return;
+    if (peer == self->store) {
+        /* session expired in the store */
+        if (!c->node)
+            s_client_remove(self, c);
+        return;
+    }
+    if (c->node != peer)
+        return;     /* taken over by another node meanwhile */
+    c->node = NULL;
+    if (!d->persistent)
+        s_client_remove(self, c);
+}
+
+typedef struct {
+    rt_server_t *self;
+    s_client_t *client;
+    const Lk__Subscription *sub;
+} s_retained_ctx_t;
+
+static int s_send_retained(const char *topic, void *msgp, void *arg)
+{
+    s_retained_ctx_t *ctx = arg;
+    Lk__Msg *m = msgp;
+    if (m->expiry_at_ms && (int64_t)m->expiry_at_ms <= lk_wall_ms())
+        return RT_RETAIN_DELETE;
+    uint32_t q0 = m->qos;
+    m->qos = q0 < ctx->sub->qos ? q0 : ctx->sub->qos;
+    Lk__Deliver d = LK__DELIVER__INIT;
+    d.client = ctx->client->id;
+    d.msg = m;
+    d.retained = true;
+    uint32_t sid = ctx->sub->sub_id;
+    if (sid) {
+        d.n_sub_ids = 1;
+        d.sub_ids = &sid;
+    }
+    lk_bus_batch_add(ctx->self->bus, ctx->client->node, LK_BODY_DELIVER, &d, false);
+    m->qos = q0;
+    return RT_RETAIN_KEEP;
+}
+
+static void s_subscribe(rt_server_t *self, lk_peer_t *peer, Lk__SubscribeReq *r)
+{
+    if (!r->client)
+        return;
+    s_client_t *c = s_client_get(self, r->client);
+    if (!c->node)
+        c->node = peer;
+    for (size_t i = 0; i < r->n_subs; i++) {
+        Lk__Subscription *s = r->subs[i];
+        rt_sub_opts_t o;
+        s_sub_opts(s, &o);
+        bool is_new = false;
+        if (rt_trie_add(self->trie, c, s->filter, &o, &is_new) != 0) {
+            lk_warn("client %s: invalid filter '%s' ignored", c->id, s->filter);
+            continue;
+        }
+        bool shared = strncmp(s->filter, "$share/", 7) == 0;
+        bool want = r->send_retained && !shared &&
+                    (s->retain_handling == 0 || (s->retain_handling == 1 && is_new));
+        if (want && c->node) {
+            s_retained_ctx_t ctx = {self, c, s};
+            rt_retain_match(self->retain, s->filter, s_send_retained, &ctx);
+        }
+    }
+}
+
+static void s_unsubscribe(rt_server_t *self, Lk__UnsubscribeReq *r)
+{
+    s_client_t *c = zhashx_lookup(self->clients, r->client ? r->client : "");
+    if (!c)
+        return;
+    for (size_t i = 0; i < r->n_filters; i++)
+        rt_trie_remove(self->trie, c, r->filters[i]);
+}
+
+static void s_retain_resync(rt_server_t *self, Lk__RetainSet *rs)
+{
+    for (size_t i = 0; i < rs->n_msgs; i++) {
+        Lk__Msg *m = rs->msgs[i];
+        if (!m->topic || !*m->topic)
+            continue;
+        if (m->payload.len == 0)
+            rt_retain_delete(self->retain, m->topic);
+        else if (!rt_retain_get(self->retain, m->topic))
+            /* a retained publish seen since our start is newer than the store's copy */
+            rt_retain_set(self->retain, m->topic, s_msg_copy(m));
+    }
+}
+
+/* --- warming ---------------------------------------------------------------------- */
+
+static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env);
+
+static void s_warm_end(rt_server_t *self, const char *why)
+{
+    if (!self->warming)
+        return;
+    self->warming = false;
+    int n = 0;
+    while (self->held) {
+        s_held_t *h = self->held;
+        self->held = h->next;
+        Lk__Envelope *env = lk__envelope__unpack(NULL, h->len, h->data);
+        if (env) {
+            s_handle(self, h->peer, env);
+            lk__envelope__free_unpacked(env, NULL);
+        }
+        free(h->data);
+        free(h);
+        n++;
+    }
+    self->held_tail = NULL;
+    lk_notice("ready (%s): %zu clients, %zu subscriptions, %zu retained, %d held publishes",
+              why, zhashx_size(self->clients), rt_trie_count(self->trie),
+              rt_retain_count(self->retain), n);
+}
+
+static void s_warm_check(lk_loop_t *loop, void *arg)
+{
+    rt_server_t *self = arg;
+    if (self->warming && lk_loop_now(loop) >= self->warm_deadline)
+        s_warm_end(self, "no session store resync in time");
+}
+
+/* --- bus handlers ----------------------------------------------------------------- */
+
+static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    switch (env->body_case) {
+    case LK__ENVELOPE__BODY_PUBLISH:
+        if (self->warming) {
+            s_held_t *h = lk_calloc(1, sizeof(*h));
+            h->peer = peer;
+            h->len = lk__envelope__get_packed_size(env);
+            h->data = lk_malloc(h->len);
+            lk__envelope__pack(env, h->data);
+            if (self->held_tail)
+                self->held_tail->next = h;
+            else
+                self->held = h;
+            self->held_tail = h;
+            return;
+        }
+        s_publish_batch(self, peer, env);
+        return;     /* acked by s_publish_batch or when the store acks */
+    case LK__ENVELOPE__BODY_ATTACH:
+        s_attach(self, peer, env->attach);
+        break;
+    case LK__ENVELOPE__BODY_DETACH:
+        s_detach(self, peer, env->detach);
+        break;
+    case LK__ENVELOPE__BODY_SUBSCRIBE:
+        s_subscribe(self, peer, env->subscribe);
+        break;
+    case LK__ENVELOPE__BODY_UNSUBSCRIBE:
+        s_unsubscribe(self, env->unsubscribe);
+        break;
+    case LK__ENVELOPE__BODY_RETAIN:
+        s_retain_resync(self, env->retain);
+        break;
+    case LK__ENVELOPE__BODY_RESYNC_DONE:
+        if (peer == self->store && self->warming &&
+            lk_loop_now(self->loop) >= self->warm_min)
+            s_warm_end(self, "session store resync done");
+        else if (peer == self->store && self->warming)
+            self->warm_deadline = self->warm_min;   /* frontends get their grace period */
+        break;
+    default:
+        lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
+        break;
+    }
+    if (env->seq)
+        lk_bus_ack(self->bus, peer, env->seq);
+}
+
+static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
+{
+    s_handle((rt_server_t *)arg, peer, env);
+}
+
+static void s_forget_node(rt_server_t *self, lk_peer_t *peer)
+{
+    zlistx_t *gone = zlistx_new();
+    for (s_client_t *c = zhashx_first(self->clients); c; c = zhashx_next(self->clients))
+        if (c->node == peer)
+            zlistx_add_end(gone, c);
+    for (s_client_t *c = zlistx_first(gone); c; c = zlistx_next(gone)) {
+        c->node = NULL;
+        if (!c->persistent)
+            s_client_remove(self, c);
+    }
+    zlistx_destroy(&gone);
+}
+
+static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
+{
+    rt_server_t *self = arg;
+    lk_info("peer %s (%s) %s", lk_peer_name(peer), lk_peer_kind(peer),
+            restarted ? "restarted" : "up");
+    if (restarted && peer != self->store) {
+        /* its clients are gone with its old life; deliveries to them are moot */
+        s_forget_node(self, peer);
+        lk_peer_drop_unacked(peer);
+    }
+}
+
+/* --- construction ----------------------------------------------------------------- */
+
+rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *node)
+{
+    rt_server_t *self = lk_calloc(1, sizeof(*self));
+    self->config = config;
+    self->loop = loop;
+    self->clients = zhashx_new();
+    zhashx_set_destructor(self->clients, s_client_free);
+    self->trie = rt_trie_new();
+    self->retain = rt_retain_new(s_retain_free);
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
+    self->bus = lk_bus_new(loop, node, "router", &h, self);
+    lk_bus_on_acked(self->bus, s_store_acked);
+    self->store_node = lk_strdup(lk_config_get(config, "session_store_node", "session-store"));
+    self->store = lk_bus_peer_ensure(self->bus, self->store_node);
+    const char *ep = lk_config_get(config, "router_endpoint", NULL);
+    if (!ep || !*ep) {
+        lk_error("router_endpoint is not configured");
+        rt_server_destroy(&self);
+        return NULL;
+    }
+    if (lk_bus_bind(self->bus, ep) != 0) {
+        rt_server_destroy(&self);
+        return NULL;
+    }
+    self->warming = true;
+    int64_t now = lk_mono_ms();
+    self->warm_min = now + lk_config_get_int(config, "router_warmup_min_ms", 600);
+    self->warm_deadline = now + lk_config_get_int(config, "router_warmup_max_ms", 3000);
+    lk_loop_timer(loop, 100, true, s_warm_check, self);
+    return self;
+}
+
+void rt_server_destroy(rt_server_t **self_p)
+{
+    rt_server_t *self = *self_p;
+    if (!self)
+        return;
+    lk_bus_destroy(&self->bus);
+    rt_trie_destroy(&self->trie);
+    zhashx_destroy(&self->clients);
+    rt_retain_destroy(&self->retain);
+    while (self->waits) {
+        s_wait_t *w = self->waits;
+        self->waits = w->next;
+        for (size_t i = 0; i < w->n; i++)
+            if (--w->jobs[i]->waits == 0)
+                free(w->jobs[i]);
+        free(w->jobs);
+        free(w);
+    }
+    while (self->held) {
+        s_held_t *h = self->held;
+        self->held = h->next;
+        free(h->data);
+        free(h);
+    }
+    free(self->targets);
+    free(self->store_node);
+    free(self);
+    *self_p = NULL;
+}
