@@ -79,6 +79,7 @@ struct _lk_bus_t {
     uint64_t stamp;
     void (*on_acked)(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg);
     lk_msglog_t *msglog;
+    lk_msglog_t *own_msglog;
     lk_wbuf_t out;
 };
 
@@ -630,6 +631,7 @@ void lk_bus_destroy(lk_bus_t **self_p)
         zsock_destroy(&self->router);
     }
     lk_wbuf_free(&self->out);
+    lk_msglog_close(&self->own_msglog);
     free(self->node);
     free(self->kind);
     free(self);
@@ -726,6 +728,21 @@ void lk_bus_each_peer(lk_bus_t *self, void (*fn)(lk_peer_t *peer, void *arg), vo
 void lk_bus_set_msglog(lk_bus_t *self, lk_msglog_t *log)
 {
     self->msglog = log;
+}
+
+int lk_bus_enable_msglog(lk_bus_t *self, const char *dir)
+{
+    if (!dir || !*dir)
+        return 0;
+    lk_msglog_t *log = lk_msglog_open(dir, self->node, self->epoch, 0);
+    if (!log)
+        return -1;
+    if (self->own_msglog)
+        lk_msglog_close(&self->own_msglog);
+    self->own_msglog = log;
+    self->msglog = log;
+    lk_notice("recording every received envelope in %s", dir);
+    return 0;
 }
 
 /* --- selftest: a server and a client node in one loop over ipc -------------------- */

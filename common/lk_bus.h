@@ -111,6 +111,10 @@ void lk_bus_on_acked(lk_bus_t *self,
 /* record every received envelope into log (the bus does not own it) */
 void lk_bus_set_msglog(lk_bus_t *self, lk_msglog_t *log);
 
+/* records into segment files under dir (msglog_dir); no-op for an empty dir; -1 when the
+   folder cannot be written */
+int lk_bus_enable_msglog(lk_bus_t *self, const char *dir);
+
 /* Feeds one received frame as if it came from a peer; for replay and fuzzing. */
 void lk_bus_inject(lk_bus_t *self, const char *from_identity, const uint8_t *data, size_t len);
 

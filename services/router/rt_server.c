@@ -562,6 +562,10 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
     lk_bus_on_acked(self->bus, s_store_acked);
+    if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
+        rt_server_destroy(&self);
+        return NULL;
+    }
     self->store_node = lk_strdup(lk_config_get(config, "session_store_node", "session-store"));
     self->store = lk_bus_peer_ensure(self->bus, self->store_node);
     const char *ep = lk_config_get(config, "router_endpoint", NULL);

@@ -1,0 +1,334 @@
+/*  fe_conn: one client connection — reading and framing packets, the output buffer
+    written once per loop turn, and closing (will, detach, session close).
+
+    Packets are decoded in place: the views in a decoded packet point into rbuf, which is
+    compacted only after every whole packet of a read has been handled. A connection
+    closed while handling is unhooked from the fd table at once and freed at turn end, so
+    the lists that still name it stay valid until then. */
+#include "fe_internal.h"
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define FE_READ_CHUNK 65536
+/* a client that does not read its messages gets cut off rather than eat our memory */
+#define FE_OUT_MAX (64u * 1024 * 1024)
+
+static void s_io(lk_loop_t *loop, int fd, uint32_t events, void *arg)
+{
+    fe_conn_t *conn = arg;
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        fe_conn_readable(conn);
+    if (conn->state != FE_CLOSED && (events & EPOLLOUT))
+        fe_conn_writable(conn);
+}
+
+fe_conn_t *fe_conn_new(fe_server_t *srv, int fd, const char *peer)
+{
+    if (fd >= srv->by_fd_cap) {
+        int cap = srv->by_fd_cap ? srv->by_fd_cap : 1024;
+        while (cap <= fd)
+            cap *= 2;
+        srv->by_fd = lk_realloc(srv->by_fd, (size_t)cap * sizeof(fe_conn_t *));
+        memset(srv->by_fd + srv->by_fd_cap, 0, (size_t)(cap - srv->by_fd_cap) * sizeof(fe_conn_t *));
+        srv->by_fd_cap = cap;
+    }
+    fe_conn_t *conn = lk_calloc(1, sizeof(*conn));
+    conn->srv = srv;
+    conn->fd = fd;
+    conn->id = ++srv->next_conn_id;
+    conn->state = FE_NEW;
+    snprintf(conn->peer, sizeof(conn->peer), "%s", peer);
+    conn->accepted_ms = lk_loop_now(srv->loop);
+    conn->last_rx_ms = conn->accepted_ms;
+    conn->next_pid = 1;
+    lk_wbuf_init(&conn->out);
+    srv->by_fd[fd] = conn;
+    srv->n_conns++;
+    if (lk_loop_add_fd(srv->loop, fd, EPOLLIN, s_io, conn) != 0) {
+        srv->by_fd[fd] = NULL;
+        srv->n_conns--;
+        close(fd);
+        lk_wbuf_free(&conn->out);
+        free(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+fe_conn_t *fe_conn_find(fe_server_t *srv, int fd, uint64_t id)
+{
+    if (fd < 0 || fd >= srv->by_fd_cap)
+        return NULL;
+    fe_conn_t *c = srv->by_fd[fd];
+    return (c && c->id == id) ? c : NULL;
+}
+
+void fe_conn_mark_dirty(fe_conn_t *conn)
+{
+    if (conn->out_pending || conn->state == FE_CLOSED)
+        return;
+    conn->out_pending = true;
+    conn->next_dirty = conn->srv->dirty;
+    conn->srv->dirty = conn;
+}
+
+void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt)
+{
+    if (conn->state == FE_CLOSED)
+        return;
+    if (lk_mqtt_encode(&conn->out, conn->version ? conn->version : LK_MQTT_V311, pkt) != 0) {
+        lk_warn("client %s: cannot encode %s", conn->client_id ? conn->client_id : conn->peer,
+                lk_mqtt_type_name(pkt->type));
+        return;
+    }
+    fe_conn_mark_dirty(conn);
+}
+
+/* one write of everything pending; EPOLLOUT only while the kernel buffer is full */
+void fe_conn_flush(fe_conn_t *conn)
+{
+    if (conn->state == FE_CLOSED || conn->out.len == 0)
+        return;
+    ssize_t n = send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            n = 0;
+        else {
+            fe_conn_close(conn, 0, true, strerror(errno));
+            return;
+        }
+    }
+    conn->srv->bytes_out += (uint64_t)n;
+    lk_wbuf_consume(&conn->out, (size_t)n);
+    bool want = conn->out.len > 0;
+    if (want != conn->want_write) {
+        conn->want_write = want;
+        lk_loop_mod_fd(conn->srv->loop, conn->fd, EPOLLIN | (want ? EPOLLOUT : 0));
+    }
+    if (conn->out.len > FE_OUT_MAX)
+        fe_conn_close(conn, LK_RC_QUOTA_EXCEEDED, true, "client does not read its messages");
+}
+
+void fe_conn_writable(fe_conn_t *conn)
+{
+    fe_conn_flush(conn);
+}
+
+static void s_protocol_close(fe_conn_t *conn, int rc, const char *what)
+{
+    char why[128];
+    snprintf(why, sizeof(why), "%s (reason 0x%02x)", what, rc);
+    if (conn->state == FE_NEW && conn->version == LK_MQTT_V5 && rc != LK_RC_UNSUPPORTED_VERSION)
+        fe_conn_refuse(conn, (uint8_t)rc, why);
+    else
+        fe_conn_close(conn, (uint8_t)rc, true, why);
+}
+
+void fe_conn_readable(fe_conn_t *conn)
+{
+    fe_server_t *srv = conn->srv;
+    if (conn->rcap - conn->rlen < FE_READ_CHUNK / 4) {
+        size_t cap = conn->rcap ? conn->rcap * 2 : FE_READ_CHUNK;
+        while (cap - conn->rlen < FE_READ_CHUNK / 4)
+            cap *= 2;
+        conn->rbuf = lk_realloc(conn->rbuf, cap);
+        conn->rcap = cap;
+    }
+    ssize_t n = recv(conn->fd, conn->rbuf + conn->rlen, conn->rcap - conn->rlen, 0);
+    if (n == 0) {
+        fe_conn_close(conn, 0, true, "closed by client");
+        return;
+    }
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            fe_conn_close(conn, 0, true, strerror(errno));
+        return;
+    }
+    conn->rlen += (size_t)n;
+    srv->bytes_in += (uint64_t)n;
+    conn->last_rx_ms = lk_loop_now(srv->loop);
+    size_t off = 0;
+    while (off < conn->rlen && conn->state != FE_CLOSED) {
+        size_t flen = 0, blen = 0;
+        int r = lk_mqtt_frame(conn->rbuf + off, conn->rlen - off, srv->max_packet, &flen, &blen);
+        if (r == 0) {
+            /* make room for the whole packet, now that its size is known */
+            if (blen && blen + 5 > conn->rcap) {
+                conn->rbuf = lk_realloc(conn->rbuf, blen + 5 + FE_READ_CHUNK);
+                conn->rcap = blen + 5 + FE_READ_CHUNK;
+            }
+            break;
+        }
+        if (r == -2) {
+            s_protocol_close(conn, LK_RC_PACKET_TOO_LARGE, "packet too large");
+            return;
+        }
+        if (r < 0) {
+            s_protocol_close(conn, LK_RC_MALFORMED, "malformed remaining length");
+            return;
+        }
+        lk_mqtt_packet_t pkt;
+        memset(&pkt, 0, sizeof(pkt));
+        uint8_t type = conn->rbuf[off] >> 4;
+        if (conn->state == FE_NEW && type != LK_MQTT_CONNECT) {
+            /* [MQTT-3.1.0-1] the first packet must be CONNECT */
+            fe_conn_close(conn, 0, false, "first packet is not CONNECT");
+            return;
+        }
+        if (conn->state != FE_NEW && type == LK_MQTT_CONNECT) {
+            /* [MQTT-3.1.0-2] a second CONNECT is a protocol violation */
+            fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, true, "second CONNECT");
+            return;
+        }
+        int rc = lk_mqtt_decode(conn->rbuf + off, flen, conn->version, true, &pkt);
+        if (type == LK_MQTT_CONNECT && pkt.u.connect.version)
+            conn->version = pkt.u.connect.version;
+        if (rc != 0) {
+            if (type == LK_MQTT_CONNECT && rc == LK_RC_UNSUPPORTED_VERSION) {
+                /* [MQTT-3.1.2-2] answer 0x01 (3.1.1) / 0x84 (5) and close */
+                if (conn->version != LK_MQTT_V5 && conn->version != LK_MQTT_V311 &&
+                    conn->version != LK_MQTT_V31)
+                    conn->version = LK_MQTT_V311;
+                fe_conn_refuse(conn, LK_RC_UNSUPPORTED_VERSION, "unsupported protocol version");
+            } else
+                s_protocol_close(conn, rc, lk_mqtt_type_name(type));
+            lk_mqtt_packet_free(&pkt);
+            return;
+        }
+        off += flen;
+        int hr = fe_handle_packet(conn, &pkt);
+        lk_mqtt_packet_free(&pkt);
+        if (hr != 0)
+            return;
+    }
+    if (conn->state == FE_CLOSED)
+        return;
+    if (off) {
+        memmove(conn->rbuf, conn->rbuf + off, conn->rlen - off);
+        conn->rlen -= off;
+    }
+}
+
+static void s_publish_will(fe_conn_t *conn)
+{
+    fe_server_t *srv = conn->srv;
+    Lk__Publish pub = LK__PUBLISH__INIT;
+    pub.msg = conn->will;
+    bool reliable = conn->will->qos > 0;
+    lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, reliable);
+    lk_info("client %s: will published on %s", conn->client_id, conn->will->topic);
+}
+
+void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const char *why)
+{
+    fe_server_t *srv = conn->srv;
+    if (conn->state == FE_CLOSED)
+        return;
+    if (why)
+        lk_info("client %s (%s): closing: %s", conn->client_id ? conn->client_id : "-",
+                conn->peer, why);
+    if (reason && conn->version == LK_MQTT_V5 && conn->state == FE_ACTIVE) {
+        lk_mqtt_packet_t p = {0};
+        p.type = LK_MQTT_DISCONNECT;
+        p.u.reason.reason = reason;
+        fe_conn_send(conn, &p);
+    }
+    if (conn->out.len)
+        (void)!send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    bool attached = conn->state == FE_ACTIVE || conn->state == FE_SESSION;
+    bool mine = conn->client_id && zhashx_lookup(srv->by_client, conn->client_id) == conn;
+    if (attached && publish_will && conn->will && conn->state == FE_ACTIVE)
+        s_publish_will(conn);
+    if (attached && mine) {
+        Lk__Detach d = LK__DETACH__INIT;
+        d.client = conn->client_id;
+        d.persistent = conn->expiry > 0;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_DETACH;
+        env.detach = &d;
+        lk_bus_send(srv->bus, srv->router, &env, true);
+
+        Lk__Subscription store[conn->n_subs ? conn->n_subs : 1];
+        Lk__Subscription *ptrs[conn->n_subs ? conn->n_subs : 1];
+        fe_conn_subs_to_proto(conn, ptrs, store);
+        Lk__SessionClose sc = LK__SESSION_CLOSE__INIT;
+        sc.client = conn->client_id;
+        sc.expiry = conn->expiry;
+        sc.subs_changed = true;
+        sc.n_subs = conn->n_subs;
+        sc.subs = ptrs;
+        Lk__Envelope env2 = LK__ENVELOPE__INIT;
+        env2.body_case = LK__ENVELOPE__BODY_SESSION_CLOSE;
+        env2.session_close = &sc;
+        lk_bus_send(srv->bus, srv->store, &env2, true);
+    }
+    if (mine)
+        zhashx_delete(srv->by_client, conn->client_id);
+    lk_loop_del_fd(srv->loop, conn->fd);
+    close(conn->fd);
+    srv->by_fd[conn->fd] = NULL;
+    srv->n_conns--;
+    conn->state = FE_CLOSED;
+    /* freed at turn end, after the dirty and ack lists that may still name it */
+    conn->next_dead = srv->graveyard;
+    srv->graveyard = conn;
+    conn->out_pending = true;
+}
+
+void fe_conn_refuse(fe_conn_t *conn, uint8_t reason5, const char *why)
+{
+    if (conn->state == FE_CLOSED)
+        return;
+    lk_mqtt_packet_t p = {0};
+    p.type = LK_MQTT_CONNACK;
+    p.u.connack.code = fe_connack_code(conn->version, reason5);
+    fe_conn_send(conn, &p);
+    lk_notice("client %s (%s): refused: %s", conn->client_id ? conn->client_id : "-", conn->peer,
+              why);
+    fe_conn_close(conn, 0, false, NULL);
+}
+
+void fe_conn_free(fe_conn_t *conn)
+{
+    if (conn->state != FE_CLOSED) {
+        lk_loop_del_fd(conn->srv->loop, conn->fd);
+        close(conn->fd);
+        conn->srv->by_fd[conn->fd] = NULL;
+    }
+    free(conn->rbuf);
+    lk_wbuf_free(&conn->out);
+    free(conn->client_id);
+    free(conn->username);
+    free(conn->connect_pw);
+    if (conn->will)
+        lk__msg__free_unpacked(conn->will, NULL);
+    for (size_t i = 0; i < conn->n_acl; i++)
+        free(conn->acl[i].pattern);
+    free(conn->acl);
+    for (uint16_t i = 0; i < conn->alias_in_max; i++)
+        free(conn->alias_in ? conn->alias_in[i] : NULL);
+    free(conn->alias_in);
+    for (size_t i = 0; i < conn->n_subs; i++)
+        free(conn->subs[i].filter);
+    free(conn->subs);
+    free(conn->qos2_in);
+    free(conn->inflight);
+    while (conn->q_head) {
+        fe_queued_t *q = conn->q_head;
+        conn->q_head = q->next;
+        free(q->data);
+        free(q);
+    }
+    free(conn->acked_ids);
+    free(conn);
+}
+
+void fe_conn_reap(fe_server_t *srv)
+{
+    while (srv->graveyard) {
+        fe_conn_t *c = srv->graveyard;
+        srv->graveyard = c->next_dead;
+        fe_conn_free(c);
+    }
+}

@@ -1,0 +1,253 @@
+/*  fe_deliver: messages on their way to a client — the inflight window (Receive Maximum,
+    max_inflight_messages), the queue behind it, QoS 1 and 2 outbound state, and the acks
+    that let the session store forget a stored copy.
+
+    A stored copy (store_id > 0) is acked to the session store when the client has it:
+    PUBACK for QoS 1, PUBREC for QoS 2. Until then a frontend crash leaves it in Redis and
+    the client gets it again on reconnect. */
+#include "fe_internal.h"
+
+static bool s_pid_busy(fe_conn_t *conn, uint16_t pid)
+{
+    for (size_t i = 0; i < conn->n_inflight; i++)
+        if (conn->inflight[i].pid == pid)
+            return true;
+    return false;
+}
+
+static uint16_t s_next_pid(fe_conn_t *conn)
+{
+    for (;;) {
+        uint16_t pid = conn->next_pid++;
+        if (conn->next_pid == 0)
+            conn->next_pid = 1;
+        if (pid && !s_pid_busy(conn, pid))
+            return pid;
+    }
+}
+
+void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id)
+{
+    if (store_id) {
+        if (conn->n_acked_ids == conn->cap_acked_ids) {
+            conn->cap_acked_ids = conn->cap_acked_ids ? conn->cap_acked_ids * 2 : 16;
+            conn->acked_ids =
+                lk_realloc(conn->acked_ids, conn->cap_acked_ids * sizeof(uint64_t));
+        }
+        conn->acked_ids[conn->n_acked_ids++] = store_id;
+    }
+    if (!conn->on_ack_list) {
+        conn->on_ack_list = true;
+        conn->next_ackd = conn->srv->ackd;
+        conn->srv->ackd = conn;
+    }
+}
+
+/* encodes the PUBLISH into the output; false when it cannot go to this client */
+static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, bool dup)
+{
+    fe_server_t *srv = conn->srv;
+    const Lk__Msg *m = d->msg;
+    lk_mqtt_packet_t p = {0};
+    p.type = LK_MQTT_PUBLISH;
+    p.u.publish.topic.p = m->topic;
+    p.u.publish.topic.len = (uint32_t)strlen(m->topic);
+    p.u.publish.payload.p = (const char *)m->payload.data;
+    p.u.publish.payload.len = (uint32_t)m->payload.len;
+    p.u.publish.qos = (uint8_t)m->qos;
+    p.u.publish.retain = m->retain;
+    p.u.publish.dup = dup && m->qos > 0;
+    p.u.publish.packet_id = pid;
+    bool props_decoded = false;
+    if (conn->version == LK_MQTT_V5) {
+        if (m->props.len) {
+            if (lk_mqtt_props_decode(m->props.data, m->props.len, LK_MQTT_PUBLISH, &p.props) == 0)
+                props_decoded = true;
+            else
+                memset(&p.props, 0, sizeof(p.props));
+        }
+        if (m->expiry_at_ms) {
+            int64_t left = ((int64_t)m->expiry_at_ms - lk_wall_ms() + 999) / 1000;
+            LK_PROP_SET(&p.props, LK_PROP_MESSAGE_EXPIRY);
+            p.props.message_expiry = left > 0 ? (uint32_t)left : 1;
+        }
+        if (d->n_sub_ids) {
+            LK_PROP_SET(&p.props, LK_PROP_SUBSCRIPTION_ID);
+            p.props.sub_ids = d->sub_ids;
+            p.props.sub_id_count = (uint32_t)d->n_sub_ids;
+        }
+    }
+    size_t before = conn->out.len;
+    int rc = lk_mqtt_encode(&conn->out, conn->version, &p);
+    if (props_decoded) {
+        p.props.sub_ids = NULL;
+        p.props.sub_id_count = 0;
+        lk_mqtt_props_free(&p.props);
+    }
+    if (rc != 0)
+        return false;
+    if (conn->client_max_packet && conn->out.len - before > conn->client_max_packet) {
+        /* [MQTT-3.1.2-25] too large for this client: dropped for it alone */
+        conn->out.len = before;
+        srv->dropped++;
+        return false;
+    }
+    srv->msgs_out++;
+    fe_conn_mark_dirty(conn);
+    return true;
+}
+
+static void s_send_now(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
+{
+    if (d->msg->qos == 0) {
+        s_send_publish(conn, d, 0, false);
+        return;
+    }
+    uint16_t pid = s_next_pid(conn);
+    if (!s_send_publish(conn, d, pid, dup)) {
+        if (d->store_id)
+            fe_store_ack_add(conn, d->store_id);
+        return;
+    }
+    if (conn->n_inflight == conn->cap_inflight) {
+        conn->cap_inflight = conn->cap_inflight ? conn->cap_inflight * 2 : 8;
+        conn->inflight = lk_realloc(conn->inflight, conn->cap_inflight * sizeof(fe_inflight_t));
+    }
+    fe_inflight_t *f = &conn->inflight[conn->n_inflight++];
+    f->pid = pid;
+    f->qos = (uint8_t)d->msg->qos;
+    f->released = false;
+    f->store_id = d->store_id;
+}
+
+static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
+{
+    fe_server_t *srv = conn->srv;
+    if (conn->n_queued >= srv->max_queued) {
+        /* the session store keeps stored copies; the rest is lost for this client */
+        srv->dropped++;
+        return;
+    }
+    fe_queued_t *q = lk_calloc(1, sizeof(*q));
+    Lk__Deliver copy = *d;
+    copy.dup = dup;
+    q->len = lk__deliver__get_packed_size(&copy);
+    q->data = lk_malloc(q->len ? q->len : 1);
+    lk__deliver__pack(&copy, q->data);
+    q->store_id = d->store_id;
+    if (conn->q_tail)
+        conn->q_tail->next = q;
+    else
+        conn->q_head = q;
+    conn->q_tail = q;
+    conn->n_queued++;
+}
+
+void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
+{
+    if (!d->msg || !d->msg->topic)
+        return;
+    if (d->msg->expiry_at_ms && (int64_t)d->msg->expiry_at_ms <= lk_wall_ms()) {
+        if (d->store_id)
+            fe_store_ack_add(conn, d->store_id);
+        return;
+    }
+    if (d->store_id > conn->max_store_id)
+        conn->max_store_id = d->store_id;
+    bool dup_flag = dup && d->dup;
+    if (conn->state == FE_ACTIVE &&
+        (d->msg->qos == 0 || (!conn->q_head && conn->n_inflight < conn->max_inflight)))
+        s_send_now(conn, d, dup_flag);
+    else if (d->msg->qos > 0 || conn->state != FE_ACTIVE)
+        s_enqueue(conn, d, dup_flag);
+}
+
+void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
+{
+    fe_conn_t *conn = zhashx_lookup(srv->by_client, d->client ? d->client : "");
+    if (!conn || conn->state == FE_CLOSED || conn->state == FE_AUTH)
+        return;
+    if (d->store_id) {
+        /* stored copies before SessionOpened come with its pending list */
+        if (conn->state != FE_ACTIVE || d->store_id <= conn->max_store_id)
+            return;
+    }
+    fe_deliver_to(conn, d, false);
+}
+
+void fe_pump(fe_conn_t *conn)
+{
+    while (conn->state == FE_ACTIVE && conn->q_head && conn->n_inflight < conn->max_inflight) {
+        fe_queued_t *q = conn->q_head;
+        conn->q_head = q->next;
+        if (!conn->q_head)
+            conn->q_tail = NULL;
+        conn->n_queued--;
+        Lk__Deliver *d = lk__deliver__unpack(NULL, q->len, q->data);
+        if (d) {
+            if (d->msg && d->msg->expiry_at_ms && (int64_t)d->msg->expiry_at_ms <= lk_wall_ms()) {
+                if (d->store_id)
+                    fe_store_ack_add(conn, d->store_id);
+            } else if (d->msg && d->msg->topic)
+                s_send_now(conn, d, d->dup);
+            lk__deliver__free_unpacked(d, NULL);
+        }
+        free(q->data);
+        free(q);
+    }
+}
+
+static void s_inflight_remove(fe_conn_t *conn, size_t i)
+{
+    conn->inflight[i] = conn->inflight[--conn->n_inflight];
+}
+
+int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid)
+{
+    size_t i;
+    for (i = 0; i < conn->n_inflight; i++)
+        if (conn->inflight[i].pid == pid)
+            break;
+    if (i == conn->n_inflight) {
+        if (type == LK_MQTT_PUBREC) {
+            /* MQTT 5 4.3.3: answer an unknown PUBREC with PUBREL 0x92 */
+            lk_mqtt_packet_t p = {0};
+            p.type = LK_MQTT_PUBREL;
+            p.u.ack.packet_id = pid;
+            p.u.ack.reason = conn->version == LK_MQTT_V5 ? LK_RC_PACKET_ID_NOT_FOUND : 0;
+            fe_conn_send(conn, &p);
+        }
+        return 0;
+    }
+    fe_inflight_t *f = &conn->inflight[i];
+    switch (type) {
+    case LK_MQTT_PUBACK:
+        if (f->qos != 1)
+            return 0;
+        if (f->store_id)
+            fe_store_ack_add(conn, f->store_id);
+        s_inflight_remove(conn, i);
+        break;
+    case LK_MQTT_PUBREC: {
+        if (f->qos != 2)
+            return 0;
+        if (f->store_id && !f->released)
+            fe_store_ack_add(conn, f->store_id);
+        f->released = true;
+        lk_mqtt_packet_t p = {0};
+        p.type = LK_MQTT_PUBREL;
+        p.u.ack.packet_id = pid;
+        fe_conn_send(conn, &p);
+        return 0;
+    }
+    case LK_MQTT_PUBCOMP:
+        if (f->qos != 2)
+            return 0;
+        s_inflight_remove(conn, i);
+        break;
+    default:
+        return 0;
+    }
+    fe_pump(conn);
+    return 0;
+}

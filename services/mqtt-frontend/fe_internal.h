@@ -1,0 +1,210 @@
+/*  fe_internal: the MQTT frontend's shared structures.
+
+    One fe_server_t actor per process owns the listeners, every connection, and the bus
+    links to router, session-store and auth. A connection goes NEW (waiting for CONNECT)
+    → AUTH (waiting for auth's reply) → SESSION (waiting for the session store) → ACTIVE
+    → gone. Work that waits for another service is keyed by bus sequence number or request
+    id and finds its connection again by (fd, conn id), so a connection that closed
+    meanwhile is simply not found. */
+#ifndef FE_INTERNAL_H_INCLUDED
+#define FE_INTERNAL_H_INCLUDED
+
+#include "fe_server.h"
+#include "latchkey.pb-c.h"
+#include "lk_acl.h"
+#include "lk_bus.h"
+#include "lk_common.h"
+#include "lk_config.h"
+#include "lk_mqtt.h"
+#include <czmq.h>
+
+typedef enum { FE_NEW = 0, FE_AUTH, FE_SESSION, FE_ACTIVE, FE_CLOSED } fe_state_t;
+
+/* a subscription the connection holds (kept for resync and the session store) */
+typedef struct {
+    char *filter;
+    uint8_t qos;
+    bool no_local;
+    bool rap;
+    uint8_t rh;
+    uint32_t sub_id;
+} fe_sub_t;
+
+/* an outgoing QoS > 0 message sent and not yet completed by the client */
+typedef struct {
+    uint16_t pid;
+    uint8_t qos;
+    bool released;      /* QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP */
+    uint64_t store_id;
+} fe_inflight_t;
+
+/* an outgoing message waiting for a free inflight slot: a packed lk.Deliver */
+typedef struct fe_queued {
+    uint8_t *data;
+    size_t len;
+    uint64_t store_id;
+    struct fe_queued *next;
+} fe_queued_t;
+
+typedef struct fe_conn {
+    fe_server_t *srv;
+    int fd;
+    uint64_t id;
+    fe_state_t state;
+    char peer[64];
+    int64_t accepted_ms;
+    int64_t last_rx_ms;
+    /* input */
+    uint8_t *rbuf;
+    size_t rlen, rcap;
+    /* output, written once per loop turn */
+    lk_wbuf_t out;
+    bool out_pending;   /* on the server's dirty list */
+    bool want_write;    /* EPOLLOUT armed */
+    bool close_after_flush;
+    /* identity */
+    uint8_t version;
+    char *client_id;
+    char *username;
+    bool has_username;
+    bool assigned_id;
+    bool clean;
+    uint32_t expiry;        /* session expiry seconds; 0 = ends at disconnect */
+    uint16_t keepalive;
+    uint64_t req;           /* pending auth/session request id */
+    int64_t req_sent_ms;
+    int64_t req_first_ms;
+    uint8_t *connect_pw;    /* kept only until auth answers */
+    size_t connect_pw_len;
+    /* will */
+    Lk__Msg *will;
+    uint32_t will_delay;
+    /* authorisation */
+    bool superuser;
+    lk_acl_rule_t *acl;
+    size_t n_acl;
+    /* v5 limits the client asked for */
+    uint16_t client_receive_max;
+    uint32_t client_max_packet;
+    uint16_t client_alias_max;
+    /* inbound topic aliases (v5) */
+    char **alias_in;
+    uint16_t alias_in_max;
+    /* subscriptions */
+    fe_sub_t *subs;
+    size_t n_subs, cap_subs;
+    /* inbound QoS 2 packet ids between PUBLISH and PUBREL */
+    uint16_t *qos2_in;
+    size_t n_qos2_in, cap_qos2_in;
+    /* outbound */
+    fe_inflight_t *inflight;
+    size_t n_inflight, cap_inflight;
+    uint16_t max_inflight;
+    fe_queued_t *q_head, *q_tail;
+    size_t n_queued;
+    uint16_t next_pid;
+    uint64_t max_store_id;  /* highest store id taken; later copies are duplicates */
+    /* store ids completed by the client this turn, for the session store */
+    uint64_t *acked_ids;
+    size_t n_acked_ids, cap_acked_ids;
+    bool subs_changed;
+    struct fe_conn *next_dirty;
+    struct fe_conn *next_dead;
+    struct fe_conn *next_ackd;
+    bool on_ack_list;
+} fe_conn_t;
+
+/* work waiting for one reliable bus envelope to be acked */
+typedef enum { FE_WAIT_PUBACK, FE_WAIT_PUBREC, FE_WAIT_SUBACK, FE_WAIT_UNSUBACK } fe_wait_kind_t;
+
+typedef struct {
+    fe_wait_kind_t kind;
+    int fd;
+    uint64_t conn_id;
+    uint16_t pid;
+    uint8_t *codes;     /* SUBACK / UNSUBACK reason codes */
+    uint32_t n_codes;
+} fe_wait_item_t;
+
+typedef struct fe_wait {
+    lk_peer_t *peer;
+    uint64_t seq;
+    fe_wait_item_t *items;
+    size_t n, cap;
+    struct fe_wait *next;
+} fe_wait_t;
+
+struct _fe_server_t {
+    lk_config_t *config;
+    lk_loop_t *loop;
+    lk_bus_t *bus;
+    char *node;
+    lk_peer_t *router;
+    lk_peer_t *store;
+    lk_peer_t *auth;
+    int *listen_fds;
+    int n_listen;
+    fe_conn_t **by_fd;
+    int by_fd_cap;
+    zhashx_t *by_client;    /* client id -> fe_conn_t (ACTIVE or on its way) */
+    uint64_t next_conn_id;
+    uint64_t next_req;
+    fe_conn_t *dirty;       /* connections with output to write this turn */
+    fe_conn_t *ackd;        /* connections with store ids / subs for the session store */
+    fe_conn_t *graveyard;   /* closed this turn, freed at turn end */
+    fe_wait_t *waits, *waits_tail;
+    size_t n_conns;
+    /* configuration */
+    bool allow_zero_length_id;
+    uint16_t max_inflight;
+    uint32_t max_queued;
+    uint32_t max_packet;
+    uint16_t max_keepalive;
+    uint16_t max_topic_alias;
+    uint32_t persistent_expiration;
+    int connect_timeout_ms;
+    int request_timeout_ms;
+    /* statistics */
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
+    lk_wbuf_t scratch;
+};
+
+/* fe_conn.c */
+fe_conn_t *fe_conn_new(fe_server_t *srv, int fd, const char *peer);
+void fe_conn_readable(fe_conn_t *conn);
+void fe_conn_writable(fe_conn_t *conn);
+/* queues the encoded packet; written at turn end */
+void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt);
+void fe_conn_mark_dirty(fe_conn_t *conn);
+void fe_conn_flush(fe_conn_t *conn);
+/* closes: will published when publish_will; v5 DISCONNECT with reason first when reason
+   != 0 and the connection is past CONNECT */
+void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const char *why);
+/* sends CONNACK refusing with the v5 reason (mapped for 3.x), then closes */
+void fe_conn_refuse(fe_conn_t *conn, uint8_t reason5, const char *why);
+fe_conn_t *fe_conn_find(fe_server_t *srv, int fd, uint64_t id);
+void fe_conn_free(fe_conn_t *conn);
+/* frees the connections closed during this turn (after every list naming them is done) */
+void fe_conn_reap(fe_server_t *srv);
+
+/* fe_handle.c */
+int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt);
+void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r);
+void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r);
+void fe_session_open_send(fe_conn_t *conn);
+void fe_auth_request_send(fe_conn_t *conn);
+void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
+
+/* fe_deliver.c */
+void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
+void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
+void fe_pump(fe_conn_t *conn);
+int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid);
+void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
+
+/* fe_server.c */
+fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq);
+void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item);
+uint8_t fe_connack_code(uint8_t version, uint8_t reason5);
+
+#endif

@@ -1,0 +1,436 @@
+/*  fe_server: the MQTT frontend actor — listeners, the connection table, the bus links
+    and the cron (keepalive, connect and request timeouts).
+
+    Several frontend processes share one port through SO_REUSEPORT; the kernel spreads
+    new connections across them. Each frontend talks to the router (publish, subscribe,
+    attach), the session store (sessions, stored deliveries and their acks) and auth. */
+#include "fe_internal.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* --- waits: client acks held until the router acks our envelope ------------------- */
+
+fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq)
+{
+    if (srv->waits_tail && srv->waits_tail->seq == seq && srv->waits_tail->peer == peer)
+        return srv->waits_tail;
+    for (fe_wait_t *w = srv->waits; w; w = w->next)
+        if (w->seq == seq && w->peer == peer)
+            return w;
+    fe_wait_t *w = lk_calloc(1, sizeof(*w));
+    w->peer = peer;
+    w->seq = seq;
+    if (srv->waits_tail)
+        srv->waits_tail->next = w;
+    else
+        srv->waits = w;
+    srv->waits_tail = w;
+    return w;
+}
+
+void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item)
+{
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 8;
+        w->items = lk_realloc(w->items, w->cap * sizeof(fe_wait_item_t));
+    }
+    w->items[w->n++] = *item;
+}
+
+static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        fe_wait_item_t *it = &w->items[i];
+        fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
+        if (conn && conn->state == FE_ACTIVE) {
+            lk_mqtt_packet_t p = {0};
+            switch (it->kind) {
+            case FE_WAIT_PUBACK:
+            case FE_WAIT_PUBREC:
+                p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
+                p.u.ack.packet_id = it->pid;
+                fe_conn_send(conn, &p);
+                break;
+            case FE_WAIT_SUBACK:
+            case FE_WAIT_UNSUBACK:
+                p.type = it->kind == FE_WAIT_SUBACK ? LK_MQTT_SUBACK : LK_MQTT_UNSUBACK;
+                p.u.suback.packet_id = it->pid;
+                p.u.suback.codes = it->codes;
+                /* 3.1.1 UNSUBACK carries no codes */
+                p.u.suback.count =
+                    (it->kind == FE_WAIT_UNSUBACK && conn->version != LK_MQTT_V5) ? 0
+                                                                                   : it->n_codes;
+                fe_conn_send(conn, &p);
+                break;
+            }
+        }
+        free(it->codes);
+    }
+    free(w->items);
+    free(w);
+}
+
+static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
+{
+    fe_server_t *srv = arg;
+    fe_wait_t **pp = &srv->waits, *prev = NULL;
+    while (*pp && !((*pp)->seq == seq && (*pp)->peer == peer)) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    fe_wait_t *w = *pp;
+    if (!w)
+        return;
+    *pp = w->next;
+    if (srv->waits_tail == w)
+        srv->waits_tail = prev;
+    s_wait_release(srv, w);
+}
+
+/* --- bus -------------------------------------------------------------------------- */
+
+static void s_reattach(fe_server_t *srv)
+{
+    int n = 0;
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (!c || (c->state != FE_ACTIVE && c->state != FE_SESSION))
+            continue;
+        Lk__Subscription store[c->n_subs ? c->n_subs : 1];
+        Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
+        fe_conn_subs_to_proto(c, ptrs, store);
+        Lk__Attach a = LK__ATTACH__INIT;
+        a.client = c->client_id;
+        a.persistent = c->expiry > 0;
+        a.n_subs = c->n_subs;
+        a.subs = ptrs;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_ATTACH;
+        env.attach = &a;
+        lk_bus_send(srv->bus, srv->router, &env, true);
+        n++;
+    }
+    lk_notice("router restarted: re-attached %d clients", n);
+}
+
+static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
+{
+    fe_server_t *srv = arg;
+    lk_info("peer %s %s", lk_peer_name(peer), restarted ? "restarted" : "up");
+    if (peer == srv->router && restarted)
+        s_reattach(srv);
+}
+
+static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
+{
+    fe_conn_t *c = zhashx_lookup(srv->by_client, t->client ? t->client : "");
+    if (!c || c->state == FE_NEW || c->state == FE_CLOSED)
+        return;
+    lk_info("client %s taken over by %s", c->client_id, t->by_node ? t->by_node : "?");
+    fe_conn_close(c, LK_RC_SESSION_TAKEN_OVER, true, NULL);
+}
+
+static void s_revoke(fe_server_t *srv, Lk__Revoke *r)
+{
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (!c || !c->username || c->state == FE_CLOSED)
+            continue;
+        for (size_t i = 0; i < r->n_usernames; i++)
+            if (strcmp(c->username, r->usernames[i]) == 0) {
+                lk_notice("client %s (user %s): credentials revoked", c->client_id, c->username);
+                fe_conn_close(c, LK_RC_ADMIN_ACTION, true, NULL);
+                break;
+            }
+    }
+}
+
+static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
+{
+    fe_server_t *srv = arg;
+    switch (env->body_case) {
+    case LK__ENVELOPE__BODY_DELIVER:
+        for (size_t i = 0; i < env->deliver->n_items; i++)
+            fe_deliver(srv, env->deliver->items[i], peer == srv->store);
+        break;
+    case LK__ENVELOPE__BODY_AUTH_REPLY:
+        fe_handle_auth_reply(srv, env->auth_reply);
+        break;
+    case LK__ENVELOPE__BODY_SESSION_OPENED:
+        fe_handle_session_opened(srv, env->session_opened);
+        break;
+    case LK__ENVELOPE__BODY_TAKEOVER:
+        s_takeover(srv, env->takeover);
+        break;
+    case LK__ENVELOPE__BODY_REVOKE:
+        s_revoke(srv, env->revoke);
+        break;
+    default:
+        lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
+        break;
+    }
+    if (env->seq)
+        lk_bus_ack(bus, peer, env->seq);
+}
+
+/* --- listeners -------------------------------------------------------------------- */
+
+static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
+{
+    fe_server_t *srv = arg;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                lk_warn("accept: %s", strerror(errno));
+            return;
+        }
+        char host[INET6_ADDRSTRLEN] = "?", peer[64];
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+            port = ntohs(a->sin6_port);
+        }
+        snprintf(peer, sizeof(peer), "%s:%d", host, port);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        fe_conn_new(srv, fd, peer);
+    }
+}
+
+static int s_listen(fe_server_t *srv, const char *spec)
+{
+    char host[256] = "0.0.0.0";
+    int port = 0;
+    if (sscanf(spec, "%d %255s", &port, host) < 1 || port < 0 || port > 65535) {
+        lk_error("listener '%s': expected 'port [address]'", spec);
+        return -1;
+    }
+    struct sockaddr_storage ss = {0};
+    socklen_t sl;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        sl = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*a6);
+    } else {
+        lk_error("listener '%s': bad address", spec);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
+        lk_error("listener %s:%d: %s", host, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    srv->listen_fds = lk_realloc(srv->listen_fds, (size_t)(srv->n_listen + 1) * sizeof(int));
+    srv->listen_fds[srv->n_listen++] = fd;
+    lk_loop_add_fd(srv->loop, fd, EPOLLIN, s_accept, srv);
+    lk_notice("listening on %s:%d", host, port);
+    return 0;
+}
+
+/* --- cron ------------------------------------------------------------------------- */
+
+static void s_cron(lk_loop_t *loop, void *arg)
+{
+    fe_server_t *srv = arg;
+    int64_t now = lk_loop_now(loop);
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (!c || c->state == FE_CLOSED)
+            continue;
+        if (c->state == FE_NEW && now - c->accepted_ms > srv->connect_timeout_ms) {
+            fe_conn_close(c, 0, false, "no CONNECT in time");
+        } else if (c->state == FE_AUTH || c->state == FE_SESSION) {
+            if (now - c->req_first_ms > srv->request_timeout_ms) {
+                fe_conn_refuse(c, LK_RC_SERVER_UNAVAILABLE,
+                               c->state == FE_AUTH ? "auth did not answer"
+                                                   : "session store did not answer");
+            } else if (now - c->req_sent_ms > 1000) {
+                /* the reply may have been lost with a restarting service: ask again */
+                if (c->state == FE_AUTH)
+                    fe_auth_request_send(c);
+                else
+                    fe_session_open_send(c);
+            }
+        } else if (c->state == FE_ACTIVE && c->keepalive &&
+                   now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
+            fe_conn_close(c, LK_RC_KEEP_ALIVE_TIMEOUT, true, "keepalive timeout");
+        }
+    }
+}
+
+/* --- turn end: one write per connection, then the session store's acks ------------ */
+
+static void s_turn_end(lk_loop_t *loop, void *arg)
+{
+    fe_server_t *srv = arg;
+    while (srv->ackd) {
+        fe_conn_t *c = srv->ackd;
+        srv->ackd = c->next_ackd;
+        c->on_ack_list = false;
+        c->next_ackd = NULL;
+        if (c->expiry == 0 || (!c->n_acked_ids && !c->subs_changed))
+            continue;
+        Lk__SessionAck sa = LK__SESSION_ACK__INIT;
+        sa.client = c->client_id;
+        sa.n_store_ids = c->n_acked_ids;
+        sa.store_ids = c->acked_ids;
+        Lk__Subscription store[c->n_subs ? c->n_subs : 1];
+        Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
+        if (c->subs_changed) {
+            fe_conn_subs_to_proto(c, ptrs, store);
+            sa.subs_changed = true;
+            sa.n_subs = c->n_subs;
+            sa.subs = ptrs;
+        }
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
+        env.session_ack = &sa;
+        lk_bus_send(srv->bus, srv->store, &env, true);
+        c->n_acked_ids = 0;
+        c->subs_changed = false;
+    }
+    while (srv->dirty) {
+        fe_conn_t *c = srv->dirty;
+        srv->dirty = c->next_dirty;
+        c->next_dirty = NULL;
+        c->out_pending = false;
+        fe_conn_flush(c);
+    }
+    fe_conn_reap(srv);
+}
+
+/* --- construction ----------------------------------------------------------------- */
+
+uint8_t fe_connack_code(uint8_t version, uint8_t reason5)
+{
+    if (version == LK_MQTT_V5)
+        return reason5;
+    switch (reason5) {
+    case LK_RC_SUCCESS:
+        return LK_CONNACK_ACCEPTED;
+    case LK_RC_UNSUPPORTED_VERSION:
+        return LK_CONNACK_BAD_VERSION;
+    case LK_RC_CLIENT_ID_INVALID:
+        return LK_CONNACK_ID_REJECTED;
+    case LK_RC_BAD_USERNAME_PASSWORD:
+        return LK_CONNACK_BAD_CREDENTIALS;
+    case LK_RC_NOT_AUTHORIZED:
+    case LK_RC_BANNED:
+        return LK_CONNACK_NOT_AUTHORIZED;
+    default:
+        return LK_CONNACK_UNAVAILABLE;
+    }
+}
+
+fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *node)
+{
+    fe_server_t *srv = lk_calloc(1, sizeof(*srv));
+    srv->config = config;
+    srv->loop = loop;
+    srv->node = lk_strdup(node);
+    srv->by_client = zhashx_new();
+    lk_wbuf_init(&srv->scratch);
+    srv->max_inflight = (uint16_t)lk_config_get_int(config, "max_inflight_messages", 20);
+    if (srv->max_inflight == 0)
+        srv->max_inflight = 65535;
+    srv->max_queued = (uint32_t)lk_config_get_int(config, "max_queued_messages", 1000);
+    srv->max_packet = (uint32_t)lk_config_get_int(config, "max_packet_size", 268435455);
+    srv->max_keepalive = (uint16_t)lk_config_get_int(config, "max_keepalive", 65535);
+    srv->max_topic_alias = (uint16_t)lk_config_get_int(config, "max_topic_alias", 10);
+    srv->persistent_expiration =
+        (uint32_t)lk_config_get_int(config, "persistent_client_expiration", 0);
+    srv->connect_timeout_ms = (int)lk_config_get_int(config, "connect_timeout_ms", 10000);
+    srv->request_timeout_ms = (int)lk_config_get_int(config, "request_timeout_ms", 5000);
+    srv->allow_zero_length_id = lk_config_get_bool(config, "allow_zero_length_clientid", true);
+
+    /* before the bus's own hook: what this one queues must leave in the same turn */
+    lk_loop_on_turn_end(loop, s_turn_end, srv);
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
+    srv->bus = lk_bus_new(loop, node, "mqtt-frontend", &h, srv);
+    lk_bus_on_acked(srv->bus, s_on_acked);
+    if (lk_bus_enable_msglog(srv->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
+    const char *rep = lk_config_get(config, "router_endpoint", NULL);
+    const char *sep = lk_config_get(config, "session_endpoint", NULL);
+    const char *aep = lk_config_get(config, "auth_endpoint", NULL);
+    if (!rep || !sep || !aep || !*rep || !*sep || !*aep) {
+        lk_error("router_endpoint, session_endpoint and auth_endpoint must be configured");
+        fe_server_destroy(&srv);
+        return NULL;
+    }
+    srv->router = lk_bus_connect(srv->bus, "router", rep);
+    srv->store = lk_bus_connect(srv->bus, "session-store", sep);
+    srv->auth = lk_bus_connect(srv->bus, "auth", aep);
+
+    int n = lk_config_count(config, "listener");
+    if (n == 0) {
+        if (s_listen(srv, "1883 127.0.0.1") != 0) {
+            fe_server_destroy(&srv);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (s_listen(srv, lk_config_get_nth(config, "listener", i)) != 0) {
+            fe_server_destroy(&srv);
+            return NULL;
+        }
+    lk_loop_timer(loop, 250, true, s_cron, srv);
+    return srv;
+}
+
+void fe_server_destroy(fe_server_t **self_p)
+{
+    fe_server_t *srv = *self_p;
+    if (!srv)
+        return;
+    lk_loop_remove_turn_end(srv->loop, s_turn_end, srv);
+    fe_conn_reap(srv);
+    for (int fd = 0; fd < srv->by_fd_cap; fd++)
+        if (srv->by_fd[fd])
+            fe_conn_free(srv->by_fd[fd]);
+    free(srv->by_fd);
+    for (int i = 0; i < srv->n_listen; i++) {
+        lk_loop_del_fd(srv->loop, srv->listen_fds[i]);
+        close(srv->listen_fds[i]);
+    }
+    free(srv->listen_fds);
+    while (srv->waits) {
+        fe_wait_t *w = srv->waits;
+        srv->waits = w->next;
+        for (size_t i = 0; i < w->n; i++)
+            free(w->items[i].codes);
+        free(w->items);
+        free(w);
+    }
+    lk_bus_destroy(&srv->bus);
+    zhashx_destroy(&srv->by_client);
+    lk_wbuf_free(&srv->scratch);
+    free(srv->node);
+    free(srv);
+    *self_p = NULL;
+}
