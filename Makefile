@@ -39,7 +39,7 @@ BINS := $(SERVICES:%=$(BUILD)/bin/%)
 SELFTESTS := $(BUILD)/test/common-selftest
 
 .PHONY: all run test check memcheck fuzz format format-check clean deps
-all: $(BINS) $(SELFTESTS)
+.DEFAULT_GOAL := all
 
 $(GEN_C) $(GEN_H): $(PROTO)
 	@mkdir -p $(BUILD)/gen
@@ -79,6 +79,8 @@ endif
 endef
 $(foreach s,$(SERVICES),$(eval $(call SERVICE_template,$(s))))
 
+all: $(BINS) $(SELFTESTS)
+
 # fuzzers: tests/fuzz/fuzz_<name>.c, built with clang's libFuzzer against the common sources
 FUZZ_BUILD := build-fuzz
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
@@ -99,7 +101,7 @@ fuzz: $(FUZZERS)
 
 run: deps
 	$(MAKE) all
-	supervise/latchkey-up
+	BUILD=$(BUILD) supervise/latchkey-up
 
 deps:
 	supervise/install-deps

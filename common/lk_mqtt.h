@@ -46,6 +46,9 @@ enum {
     LK_MQTT_AUTH = 15
 };
 
+/* pseudo packet type for lk_mqtt_props_decode(): the will properties of a CONNECT */
+#define LK_MQTT_WILL_PROPS 16
+
 /* MQTT 5 reason codes used across the code base (the full set is in the spec, 2.4) */
 enum {
     LK_RC_SUCCESS = 0x00,
@@ -146,7 +149,9 @@ typedef struct {
 } lk_mqtt_user_prop_t;
 
 /* MQTT 5 properties. `has` holds one bit per property id: (1ULL << id). User properties
-   and subscription identifiers keep wire order. */
+   and subscription identifiers keep wire order. Decode sets the bits of user property
+   and subscription identifier when there are any; encode sends those whenever their count
+   is non-zero, whatever `has` says. Encode writes properties in id order. */
 typedef struct {
     uint64_t has;
     uint8_t payload_format;
@@ -290,10 +295,11 @@ void lk_wbuf_consume(lk_wbuf_t *b, size_t n);
 
 /* Frames a packet at the start of buf. Returns 1 with *frame_len (fixed header + body)
    when a whole packet is there, 0 when more bytes are needed, -1 when the remaining
-   length is malformed (more than 4 bytes, or non-minimal is tolerated), -2 when the
-   packet is larger than max_packet (0 = no limit beyond the protocol's 268435455 + 5).
-   *body_len is set as soon as the header is complete (for -2 and for 0 after the header),
-   so a caller can refuse an oversize packet before reading its body. */
+   length is malformed (more than 4 bytes; a non-minimal encoding is tolerated), -2 when
+   the packet is larger than max_packet (0 = no limit beyond the protocol's 268435455 + 5).
+   *body_len (and *frame_len, the total size the packet will have) is set as soon as the
+   fixed header is complete (for -2 and for 0 after the header), so a caller can refuse an
+   oversize packet before reading its body. Either pointer may be NULL. */
 int lk_mqtt_frame(const uint8_t *buf, size_t len, size_t max_packet, size_t *frame_len,
                   size_t *body_len);
 
@@ -312,7 +318,32 @@ int lk_mqtt_frame(const uint8_t *buf, size_t len, size_t max_packet, size_t *fra
    option reserved bits, property ids allowed per packet type and not duplicated (except
    user property and subscription identifier), subscription identifier 0, receive
    maximum 0, maximum packet size 0, topic alias 0. On error the packet needs
-   lk_mqtt_packet_free() all the same. */
+   lk_mqtt_packet_free() all the same.
+
+   Decode zeroes *pkt first: free the previous packet before decoding into it again.
+   Codes that every version uses: LK_RC_MALFORMED for a byte layout that cannot be right
+   (bad lengths, bad UTF-8, reserved bits, QoS 3, DUP on QoS 0, property id not allowed
+   for the type, trailing bytes); LK_RC_PROTOCOL_ERROR for well-formed but forbidden
+   content (packet id 0 anywhere one is carried, no SUBSCRIBE/UNSUBSCRIBE entries,
+   duplicate property, out-of-range property value, retain handling 3, No Local on a
+   $share filter, a reason code not listed for the packet type, a packet type not legal in
+   this direction or version, empty PUBLISH topic in 3.x, password without user name in
+   3.1.1, subscription identifier in a PUBLISH sent to a server).
+
+   LK_RC_TOPIC_NAME_INVALID (wildcard in a PUBLISH topic, or empty/wildcard will topic)
+   and LK_RC_PAYLOAD_FORMAT_INVALID (payload format indicator 1 and a payload that is not
+   UTF-8, in PUBLISH or in the will) are returned only after the whole packet decoded
+   cleanly: every field, packet id included, is filled, so a broker can answer PUBACK or
+   CONNACK with that reason code. A v5 PUBLISH with an empty topic returns 0: the caller
+   checks that a topic alias is present.
+
+   SUBSCRIBE/UNSUBSCRIBE filters are checked for UTF-8 only: decode never returns
+   LK_RC_TOPIC_FILTER_INVALID. The caller checks each filter with lk_mqtt_filter_valid()
+   and refuses it per entry (v5: SUBACK/UNSUBACK 0x8F; 3.1.1: SUBACK 0x80).
+
+   MQTT 3.1 leniency: DUP may be set on PUBREL/SUBSCRIBE/UNSUBSCRIBE (3.1 retries set
+   it), the first CONNACK byte is ignored, and a CONNECT whose user name or password
+   flag is set but whose field is absent at the end decodes with the flag cleared. */
 int lk_mqtt_decode(const uint8_t *frame, size_t len, uint8_t version, bool server,
                    lk_mqtt_packet_t *pkt);
 
@@ -320,26 +351,37 @@ void lk_mqtt_packet_free(lk_mqtt_packet_t *pkt);
 
 /* Appends the wire form of pkt (fixed header, variable header, properties when
    version is V5, payload). Returns 0, or -1 when a field cannot be encoded (string over
-   65535 bytes, packet over 268435455 bytes). */
+   65535 bytes, packet over 268435455 bytes, QoS 3, retain handling 3, AUTH before v5,
+   a version other than 3, 4, 5); out is then unchanged.
+   The fixed header flags come from the packet (PUBLISH dup/qos/retain) or the type, never
+   from pkt->flags. A CONNECT is encoded for `version` (its protocol name and level;
+   u.connect.protocol_name and version are ignored). Only the properties allowed for the
+   packet type are written. v5 acks use the short forms: no reason code when it is 0 and
+   there are no properties, no property length when there are none; DISCONNECT with
+   reason 0 and no properties has remaining length 0, AUTH likewise. */
 int lk_mqtt_encode(lk_wbuf_t *out, uint8_t version, const lk_mqtt_packet_t *pkt);
 
 /* Encodes just a property block's contents (no length prefix) for the ids set in
-   `has & mask`. Used to carry forwardable properties in a bus Msg. */
+   `has & mask`. Used to carry forwardable properties in a bus Msg. A property that
+   cannot be encoded (string over 65535 bytes, subscription identifier 0) is left out. */
 void lk_mqtt_props_encode(lk_wbuf_t *out, const lk_mqtt_props_t *props, uint64_t mask);
 
 /* Decodes a property block's contents (no length prefix), as made by
    lk_mqtt_props_encode. `ptype` is the packet type, for validation (LK_MQTT_PUBLISH for
-   forwarded message properties; 0 = accept any id). Returns 0 or a reason code; the
-   props need lk_mqtt_props_free(). */
+   forwarded message properties, LK_MQTT_WILL_PROPS for will properties; 0 = accept any
+   id). Returns 0 or a reason code; the props need lk_mqtt_props_free() either way (never
+   call it on the props of a decoded packet: lk_mqtt_packet_free owns those). */
 int lk_mqtt_props_decode(const uint8_t *data, size_t len, uint8_t ptype, lk_mqtt_props_t *props);
 void lk_mqtt_props_free(lk_mqtt_props_t *props);
 
 /* Size of the wire form of a property block, length prefix included. */
 size_t lk_mqtt_props_size(const lk_mqtt_props_t *props);
 
-/* Topic helpers (MQTT 4.7). Topic names: no wildcards, 1..65535 bytes.
-   Filters: '#' only last and alone in its level, '+' alone in its level;
-   "$share/<group>/<filter>" is checked as a shared subscription when share_ok. */
+/* Topic helpers (MQTT 4.7). Topic names: no wildcards, 1..65535 bytes, valid UTF-8.
+   Filters: 1..65535 bytes, valid UTF-8, '#' only last and alone in its level, '+' alone
+   in its level; "$share/<group>/<filter>" is checked as a shared subscription when
+   share_ok (group non-empty without '+', '#'; filter non-empty and valid), as a plain
+   filter otherwise. */
 bool lk_mqtt_topic_valid(const char *topic, size_t len);
 bool lk_mqtt_filter_valid(const char *filter, size_t len, bool share_ok);
 /* does the topic name match the filter (no $share prefix)? Topics starting with '$'

@@ -1,8 +1,16 @@
 /*  common-selftest: runs the selftest of every module of the common library.
     `common-selftest [-v] [name]` runs all, or the one named. */
 #include "lk_common.h"
+#include "lk_acl.h"
+#include "lk_crypto.h"
 #include "lk_mqtt.h"
+#include "lk_config.h"
+#include "lk_loop.h"
+#include "lk_msglog.h"
+#include "lk_bus.h"
+#include "lk_pbjson.h"
 #include <stdio.h>
+#include <czmq.h>
 #include <string.h>
 
 typedef struct {
@@ -11,7 +19,15 @@ typedef struct {
 } s_test_t;
 
 static const s_test_t s_tests[] = {
+    {"lk_common", lk_common_test},
+    {"lk_config", lk_config_test},
+    {"lk_loop", lk_loop_test},
+    {"lk_msglog", lk_msglog_test},
+    {"lk_bus", lk_bus_test},
+    {"lk_pbjson", lk_pbjson_test},
     {"lk_mqtt", lk_mqtt_test},
+    {"lk_crypto", lk_crypto_test},
+    {"lk_acl", lk_acl_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)

@@ -1,0 +1,69 @@
+/*  la_cli: what the subcommands of the `latchkey` operator CLI share.
+
+    main.c parses the global options (-c config), loads the configuration and calls the
+    subcommand named on the command line through its table. A subcommand is one function
+    `int la_cmd_<name>(la_ctx_t *ctx, int argc, char **argv)` in its own file, where
+    argv[0] is the subcommand's name and the rest its arguments; it returns an exit code:
+    LA_EXIT_OK, LA_EXIT_FAIL (runtime failure: Redis down, no such user, ...) or
+    LA_EXIT_USAGE (after printing its usage with la_usage()).
+
+    To add one (e.g. `latchkey log dump` in la_log.c): declare it below, implement it in
+    its file, and add one line to s_commands[] in main.c. */
+#ifndef LA_CLI_H_INCLUDED
+#define LA_CLI_H_INCLUDED
+
+#include "lk_config.h"
+#include "lk_redis.h"
+#include <stdbool.h>
+
+#define LA_EXIT_OK 0
+#define LA_EXIT_FAIL 1
+#define LA_EXIT_USAGE 2
+
+typedef struct {
+    const char *config_path;    /* -c or $LATCHKEY_CONF; NULL: defaults and environment */
+    lk_config_t *config;
+    lk_redis_t *redis;          /* opened on first use by la_redis() */
+} la_ctx_t;
+
+typedef struct {
+    const char *name;
+    int (*fn)(la_ctx_t *ctx, int argc, char **argv);
+    const char *usage;          /* one or more lines "passwd [-f file] <user> [password]" */
+    const char *summary;
+} la_command_t;
+
+/* ---- subcommands ---- */
+int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv);   /* la_passwd.c */
+int la_cmd_acl(la_ctx_t *ctx, int argc, char **argv);      /* la_acl.c */
+int la_cmd_user(la_ctx_t *ctx, int argc, char **argv);     /* la_acl.c */
+int la_cmd_revoke(la_ctx_t *ctx, int argc, char **argv);   /* la_revoke.c */
+/* more here: int la_cmd_log(la_ctx_t *ctx, int argc, char **argv);   la_log.c */
+
+/* ---- shared helpers (la_util.c) ---- */
+
+/* prints "usage: latchkey <usage of name>" on stderr; returns LA_EXIT_USAGE */
+int la_usage(const char *name);
+
+/* the Redis connection of redis_host / redis_port, connected; NULL after printing why */
+lk_redis_t *la_redis(la_ctx_t *ctx);
+
+/* One Redis command given as strings (binary safe up to NUL); the reply, or NULL after
+   printing the error (link failure or an error reply). Caller frees the reply. */
+lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv);
+
+/* false after printing why when user cannot be a username (empty, control characters,
+   too long; a ':' too when for_file) */
+bool la_username_ok(const char *user, bool for_file);
+
+/* The password to set: prompted twice without echo when stdin is a terminal, else one
+   line of stdin. NULL after printing why (mismatch, empty, end of input). Caller frees
+   (and should wipe) it. */
+char *la_read_password(void);
+
+/* Sends Revoke{users} reliably to the auth service (auth_endpoint) from a DEALER node
+   "cli-<pid>" of kind "latchkey" and waits up to timeout_ms for its ack. 0 when acked;
+   -1 after printing why (no auth_endpoint, auth not answering). */
+int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms);
+
+#endif

@@ -1,0 +1,206 @@
+/*  la_util: helpers the latchkey subcommands share — the Redis connection, password input
+    and the Revoke round trip to the auth service over the bus. See la_cli.h. */
+#include "la_cli.h"
+#include "lk_bus.h"
+#include "lk_common.h"
+#include "lk_loop.h"
+#include <ctype.h>
+#include <stdio.h>
+#include <termios.h>
+#include <unistd.h>
+
+lk_redis_t *la_redis(la_ctx_t *ctx)
+{
+    if (!ctx->redis) {
+        const char *host = lk_config_get(ctx->config, "redis_host", "127.0.0.1");
+        int64_t port = lk_config_get_int(ctx->config, "redis_port", 6379);
+        if (port < 0 || port > 65535) {
+            fprintf(stderr, "latchkey: redis_port %" PRId64 " is out of range\n", port);
+            return NULL;
+        }
+        ctx->redis = lk_redis_new(host, (int)port);
+    }
+    if (lk_redis_connect(ctx->redis) != 0) {
+        fprintf(stderr, "latchkey: cannot reach Redis at %s:%s\n",
+                lk_config_get(ctx->config, "redis_host", "127.0.0.1"),
+                lk_config_get(ctx->config, "redis_port", "6379"));
+        return NULL;
+    }
+    return ctx->redis;
+}
+
+lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv)
+{
+    lk_redis_t *rd = la_redis(ctx);
+    if (!rd)
+        return NULL;
+    size_t lens[16];
+    if (argc > (int)LK_ARRAY_LEN(lens))
+        return NULL;
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    lk_redis_reply_t *r = lk_redis_cmdv(rd, argc, argv, lens);
+    if (lk_redis_reply_failed(r)) {
+        fprintf(stderr, "latchkey: redis %s: %s\n", argv[0],
+                r ? r->str : "connection lost");
+        lk_redis_reply_free(&r);
+    }
+    return r;
+}
+
+bool la_username_ok(const char *user, bool for_file)
+{
+    size_t n = strlen(user);
+    if (n == 0 || n > 1024) {
+        fprintf(stderr, "latchkey: a username has 1 to 1024 characters\n");
+        return false;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (iscntrl((unsigned char)user[i])) {
+            fprintf(stderr, "latchkey: control character in username\n");
+            return false;
+        }
+    if (for_file && strchr(user, ':')) {
+        fprintf(stderr, "latchkey: a username in a password file cannot contain ':'\n");
+        return false;
+    }
+    if (strpbrk(user, "+#/"))
+        fprintf(stderr, "latchkey: warning: '%s' contains + # or /: ACL patterns with %%u "
+                        "will not apply to it\n", user);
+    return true;
+}
+
+/* one line from f without its line end; NULL at end of input */
+static char *s_getline(FILE *f)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, f);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = 0;
+    return line;
+}
+
+static void s_wipe_free(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* prompts on stderr and reads a line from the terminal on stdin with echo off */
+static char *s_prompt(const char *prompt)
+{
+    struct termios old, quiet;
+    fputs(prompt, stderr);
+    fflush(stderr);
+    bool restore = tcgetattr(STDIN_FILENO, &old) == 0;
+    if (restore) {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        quiet.c_lflag |= ECHONL;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    char *line = s_getline(stdin);
+    if (restore)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+    return line;
+}
+
+char *la_read_password(void)
+{
+    char *pw;
+    if (isatty(STDIN_FILENO)) {
+        pw = s_prompt("Password: ");
+        char *again = pw ? s_prompt("Reenter password: ") : NULL;
+        if (!pw || !again || strcmp(pw, again) != 0) {
+            fprintf(stderr, "latchkey: %s\n", pw && again ? "passwords do not match"
+                                                           : "no password given");
+            s_wipe_free(pw);
+            s_wipe_free(again);
+            return NULL;
+        }
+        s_wipe_free(again);
+    } else
+        pw = s_getline(stdin);
+    if (!pw || !*pw) {
+        fprintf(stderr, "latchkey: empty password refused\n");
+        s_wipe_free(pw);
+        return NULL;
+    }
+    return pw;
+}
+
+/* ---- Revoke over the bus ---- */
+
+typedef struct {
+    lk_loop_t *loop;
+    lk_peer_t *auth;
+    Lk__Envelope *env;
+    bool sent;
+    bool acked;
+} s_revoke_t;
+
+static void s_rv_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
+{
+    s_revoke_t *rv = arg;
+    /* send once auth has answered our Hello: it then knows we are an operator */
+    if (peer == rv->auth && !rv->sent) {
+        rv->sent = lk_bus_send(bus, peer, rv->env, true) > 0;
+        if (!rv->sent)
+            lk_loop_stop(rv->loop);
+    }
+}
+
+static void s_rv_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
+{
+    s_revoke_t *rv = arg;
+    rv->acked = true;
+    lk_loop_stop(rv->loop);
+}
+
+static void s_rv_timeout(lk_loop_t *loop, void *arg)
+{
+    lk_loop_stop(loop);
+}
+
+int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
+{
+    const char *endpoint = lk_config_get(ctx->config, "auth_endpoint", NULL);
+    if (!endpoint || !*endpoint) {
+        fprintf(stderr, "latchkey: auth_endpoint is not configured: cannot revoke sessions\n");
+        return -1;
+    }
+    Lk__Revoke revoke = LK__REVOKE__INIT;
+    revoke.n_usernames = (size_t)n;
+    revoke.usernames = users;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_REVOKE;
+    env.revoke = &revoke;
+
+    char node[32];
+    snprintf(node, sizeof(node), "cli-%d", (int)getpid());
+    s_revoke_t rv = {.env = &env};
+    rv.loop = lk_loop_new();
+    lk_bus_handlers_t h = {NULL, s_rv_up, NULL};
+    lk_bus_t *bus = lk_bus_new(rv.loop, node, "latchkey", &h, &rv);
+    lk_bus_on_acked(bus, s_rv_acked);
+    rv.auth = lk_bus_connect(bus, "auth", endpoint);
+    int timer = lk_loop_timer(rv.loop, timeout_ms, false, s_rv_timeout, &rv);
+    lk_loop_run(rv.loop);
+    lk_loop_timer_cancel(rv.loop, timer);
+    lk_bus_destroy(&bus);
+    lk_loop_destroy(&rv.loop);
+    if (!rv.acked) {
+        fprintf(stderr, "latchkey: the auth service (%s) %s within %d ms: connected clients "
+                        "were not disconnected\n", endpoint,
+                rv.sent ? "did not confirm the revocation" : "is not running", timeout_ms);
+        return -1;
+    }
+    return 0;
+}

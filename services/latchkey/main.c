@@ -1,0 +1,123 @@
+/*  latchkey: the operator CLI of Latchkey.
+
+        latchkey [-c config] <command> [arguments]
+
+    The configuration is the daemons' file (-c, default $LATCHKEY_CONF), read for
+    redis_host / redis_port / auth_endpoint and whatever later subcommands need. This file
+    only parses the global options and dispatches through s_commands[]; each subcommand
+    lives in its own la_<name>.c (see la_cli.h). Exit codes: 0 ok, 1 runtime failure,
+    2 usage. */
+#include "la_cli.h"
+#include "lk_common.h"
+#include "lk_config.h"
+#include <getopt.h>
+#include <stdio.h>
+
+static int s_cmd_help(la_ctx_t *ctx, int argc, char **argv);
+
+/* The subcommands. Add yours here: one line, its function declared in la_cli.h. */
+static const la_command_t s_commands[] = {
+    {"passwd", la_cmd_passwd,
+     "passwd [-f passwordfile] <user> [password]\n"
+     "passwd -d [-f passwordfile] <user>",
+     "set a user's password (Redis, or a Mosquitto password file with -f); -d deletes the "
+     "user and disconnects its clients"},
+    {"acl", la_cmd_acl,
+     "acl set <user> <filter> <sub|pub|both|none>\n"
+     "acl show <user>",
+     "edit or list a user's ACL in Redis (mqtt_acl:<user>; %u and %c allowed in filters)"},
+    {"user", la_cmd_user,
+     "user superuser <user> on|off\n"
+     "user show <user>",
+     "make a Redis user a superuser (or not: its clients are disconnected), or show it"},
+    {"revoke", la_cmd_revoke, "revoke <user>...",
+     "disconnect every client logged in as these users (through the auth service)"},
+    /* {"log", la_cmd_log, "log dump [dir]", "print the message log as JSON lines"}, */
+    {"help", s_cmd_help, "help [command]", "list the commands, or show one's usage"},
+};
+
+static const la_command_t *s_find(const char *name)
+{
+    for (size_t i = 0; i < LK_ARRAY_LEN(s_commands); i++)
+        if (strcmp(s_commands[i].name, name) == 0)
+            return &s_commands[i];
+    return NULL;
+}
+
+/* prints each line of a usage text after "usage: latchkey " */
+static void s_print_usage(FILE *f, const char *usage)
+{
+    for (const char *p = usage; *p;) {
+        size_t n = strcspn(p, "\n");
+        fprintf(f, "%s latchkey %.*s\n", p == usage ? "usage:" : "      ", (int)n, p);
+        p += n + (p[n] == '\n');
+    }
+}
+
+int la_usage(const char *name)
+{
+    const la_command_t *cmd = s_find(name);
+    if (cmd)
+        s_print_usage(stderr, cmd->usage);
+    else
+        fprintf(stderr, "usage: latchkey [-c config] <command> [arguments]; latchkey help\n");
+    return LA_EXIT_USAGE;
+}
+
+static int s_cmd_help(la_ctx_t *ctx, int argc, char **argv)
+{
+    if (argc == 2) {
+        const la_command_t *cmd = s_find(argv[1]);
+        if (!cmd) {
+            fprintf(stderr, "latchkey: no command '%s'\n", argv[1]);
+            return LA_EXIT_USAGE;
+        }
+        s_print_usage(stdout, cmd->usage);
+        printf("  %s\n", cmd->summary);
+        return LA_EXIT_OK;
+    }
+    printf("usage: latchkey [-c config] <command> [arguments]\n"
+           "  -c config   the Latchkey configuration file (default: $LATCHKEY_CONF)\n\n"
+           "commands:\n");
+    for (size_t i = 0; i < LK_ARRAY_LEN(s_commands); i++)
+        printf("  %-8s %s\n", s_commands[i].name, s_commands[i].summary);
+    printf("\n`latchkey help <command>` shows a command's usage.\n");
+    return LA_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    la_ctx_t ctx = {0};
+    ctx.config_path = getenv("LATCHKEY_CONF");
+    if (ctx.config_path && !*ctx.config_path)
+        ctx.config_path = NULL;
+    int c;
+    /* '+': stop at the command name; its options are its own */
+    while ((c = getopt(argc, argv, "+c:h")) != -1) {
+        switch (c) {
+        case 'c':
+            ctx.config_path = optarg;
+            break;
+        case 'h':
+            return s_cmd_help(&ctx, 1, argv);
+        default:
+            return la_usage("");
+        }
+    }
+    if (optind >= argc)
+        return la_usage("");
+    const la_command_t *cmd = s_find(argv[optind]);
+    if (!cmd) {
+        fprintf(stderr, "latchkey: no command '%s' (latchkey help lists them)\n", argv[optind]);
+        return LA_EXIT_USAGE;
+    }
+    lk_log_init("latchkey", NULL);
+    lk_log_set_level(LK_LOG_WARNING);
+    ctx.config = lk_config_load(ctx.config_path);
+    if (!ctx.config)
+        return LA_EXIT_FAIL;
+    int rc = cmd->fn(&ctx, argc - optind, argv + optind);
+    lk_redis_destroy(&ctx.redis);
+    lk_config_destroy(&ctx.config);
+    return rc;
+}

@@ -1,0 +1,701 @@
+/*  ss_server: the session-store actor (see ss_server.h).
+
+    One self_t holds the bus, the store and the timers. Bus handlers are thin: each body
+    maps to one ss_store call in s_dispatch, which returns -1 only when Redis failed and
+    the envelope must be tried again; everything else (done, ignored, malformed) is acked
+    so the sender can forget it.
+
+    Retry queue: a reliable envelope whose work failed is packed again and kept, with its
+    sender's epoch, and every later reliable envelope queues behind it so nothing
+    overtakes (a SessionAck must not land after the SessionClose that followed it). The
+    queue is drained by a timer with backoff; an entry whose sender has since restarted
+    is dropped, since that sender's new life re-sends what still matters. Memory is bounded
+    by the senders: the router and frontends stop when their own unacked windows fill. */
+#include "ss_server.h"
+#include "ss_codec.h"
+#include "ss_store.h"
+#include "lk_bus.h"
+#include "lk_common.h"
+#include "lk_msglog.h"
+#include <czmq.h>
+#include <errno.h>
+#include <inttypes.h>
+
+#define SS_CRON_MS 1000
+#define SS_BACKOFF_MIN_MS 100
+#define SS_BACKOFF_MAX_MS 2000
+#define SS_WARN_EVERY_MS 5000
+#define SS_NODE_GRACE_MS 3000    /* after loading: a node not heard from by then is gone */
+#define SS_RESYNC_SESSIONS 256   /* offline sessions per resync step */
+#define SS_RESYNC_RETAINED 500   /* HSCAN COUNT per resync step */
+#define SS_RESYNC_RETRY_MS 1000
+#define SS_EXPIRE_MAX 1000       /* sessions expired per cron tick */
+#define SS_MSGLOG_SEGMENT (64 * 1024 * 1024)
+
+/* a reliable envelope waiting for Redis */
+typedef struct {
+    char *peer;
+    uint64_t epoch;
+    uint8_t *data;
+    size_t len;
+} s_retry_t;
+
+typedef struct _ss_server_t self_t;
+
+struct _ss_server_t {
+    lk_loop_t *loop;
+    char *node;
+    const char *session_endpoint; /* strings of the configuration */
+    const char *router_endpoint;
+    const char *redis_host;
+    int redis_port;
+    const char *msglog_dir;
+    lk_bus_t *bus;
+    lk_peer_t *router;
+    lk_msglog_t *msglog;
+    ss_store_t *store;
+    int ready_fd;
+    /* start-up */
+    bool loaded;
+    int64_t loaded_at;
+    bool nodes_checked;
+    int load_timer;
+    int64_t load_backoff;
+    int cron_timer;
+    /* waiting for Redis */
+    zlistx_t *retry;
+    int retry_timer;
+    int64_t retry_backoff;
+    int64_t redis_warned;
+    /* router resync */
+    bool resync_wanted;
+    int resync_phase;             /* 0 idle, 1 offline sessions, 2 retained messages */
+    zlistx_t *resync_clients;
+    uint64_t resync_cursor;
+    int resync_timer;
+    size_t resync_sessions;
+    size_t resync_retained;
+    /* scratch */
+    uint64_t *ids;
+    size_t ids_cap;
+    ss_buf_t buf;
+};
+
+static void s_retry_destroy(void **item_p)
+{
+    s_retry_t *r = *item_p;
+    if (!r)
+        return;
+    free(r->peer);
+    free(r->data);
+    free(r);
+    *item_p = NULL;
+}
+
+static zlistx_t *s_name_list(void)
+{
+    zlistx_t *list = zlistx_new();
+    zlistx_set_destructor(list, (zlistx_destructor_fn *)zstr_free);
+    return list;
+}
+
+/* A non-negative integer setting; with units, Mosquitto's h/d/w/m/y suffixes (m is a
+   month of 30 days) are accepted. 0, or -1 with a log line. */
+static int s_cfg_number(lk_config_t *cfg, const char *key, int64_t def, int64_t max, bool units,
+                        int64_t *out)
+{
+    const char *v = lk_config_get(cfg, key, NULL);
+    *out = def;
+    if (!v || !*v)
+        return 0;
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    int64_t mult = 1;
+    if (units && end != v && *end && !end[1]) {
+        switch (*end) {
+        case 'h': mult = 3600; break;
+        case 'd': mult = 86400; break;
+        case 'w': mult = 7 * 86400; break;
+        case 'm': mult = 30 * 86400; break;
+        case 'y': mult = 365 * 86400; break;
+        default: mult = 0; break;
+        }
+        if (mult)
+            end++;
+    }
+    if (errno || end == v || *end || x < 0 || mult == 0 || x > max / mult) {
+        lk_error("configuration: %s: '%s' is not a number from 0 to %" PRId64, key, v, max);
+        return -1;
+    }
+    *out = x * mult;
+    return 0;
+}
+
+ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, int ready_fd)
+{
+    self_t *self = lk_calloc(1, sizeof(*self));
+    self->loop = loop;
+    self->node = lk_strdup(node);
+    self->ready_fd = ready_fd;
+    self->retry = zlistx_new();
+    zlistx_set_destructor(self->retry, s_retry_destroy);
+    self->retry_backoff = SS_BACKOFF_MIN_MS;
+
+    self->session_endpoint = lk_config_get(cfg, "session_endpoint", NULL);
+    self->router_endpoint = lk_config_get(cfg, "router_endpoint", NULL);
+    self->redis_host = lk_config_get(cfg, "redis_host", "127.0.0.1");
+    self->msglog_dir = lk_config_get(cfg, "msglog_dir", NULL);
+    if (self->msglog_dir && !*self->msglog_dir)
+        self->msglog_dir = NULL;
+    int64_t port, max_queued, expiration;
+    int rc = 0;
+    if (!self->session_endpoint || !*self->session_endpoint) {
+        lk_error("configuration: session_endpoint is not set");
+        rc = -1;
+    }
+    if (!self->router_endpoint || !*self->router_endpoint) {
+        lk_error("configuration: router_endpoint is not set");
+        rc = -1;
+    }
+    if (s_cfg_number(cfg, "redis_port", 6379, 65535, false, &port) != 0 ||
+        s_cfg_number(cfg, "max_queued_messages", 1000, UINT32_MAX, false, &max_queued) != 0 ||
+        s_cfg_number(cfg, "persistent_client_expiration", 0, UINT32_MAX - 1, true,
+                     &expiration) != 0)
+        rc = -1;
+    if (rc != 0) {
+        ss_server_destroy(&self);
+        return NULL;
+    }
+    self->redis_port = (int)port;
+    self->store = ss_store_new(self->redis_host, self->redis_port);
+    ss_store_set_max_queued(self->store, (uint32_t)max_queued);
+    ss_store_set_forced_expiry(self->store, (uint32_t)expiration);
+    return self;
+}
+
+static void s_cancel(self_t *self, int *timer)
+{
+    if (*timer)
+        lk_loop_timer_cancel(self->loop, *timer);
+    *timer = 0;
+}
+
+void ss_server_destroy(ss_server_t **self_p)
+{
+    self_t *self = *self_p;
+    if (!self)
+        return;
+    s_cancel(self, &self->cron_timer);
+    s_cancel(self, &self->load_timer);
+    s_cancel(self, &self->retry_timer);
+    s_cancel(self, &self->resync_timer);
+    if (zlistx_size(self->retry))
+        lk_notice("%zu envelope(s) not stored at exit; their senders will re-send",
+                  zlistx_size(self->retry));
+    lk_bus_destroy(&self->bus);
+    lk_msglog_close(&self->msglog);
+    ss_store_destroy(&self->store);
+    zlistx_destroy(&self->retry);
+    zlistx_destroy(&self->resync_clients);
+    free(self->ids);
+    ss_buf_release(&self->buf);
+    free(self->node);
+    free(self);
+    *self_p = NULL;
+}
+
+static void s_send(self_t *self, lk_peer_t *peer, Lk__Envelope *env, bool reliable)
+{
+    if (lk_bus_send(self->bus, peer, env, reliable) < 0)
+        lk_error("bus: envelope (body %d) to %s could not be packed", env->body_case,
+                 lk_peer_name(peer));
+}
+
+static void s_ack(self_t *self, lk_peer_t *peer, const Lk__Envelope *env)
+{
+    if (env->seq)
+        lk_bus_ack(self->bus, peer, env->seq);
+}
+
+static void s_redis_trouble(self_t *self)
+{
+    int64_t now = lk_mono_ms();
+    if (self->redis_warned && now - self->redis_warned < SS_WARN_EVERY_MS)
+        return;
+    self->redis_warned = now;
+    lk_warn("redis at %s:%d unavailable: %zu envelope(s) wait, not acked", self->redis_host,
+            self->redis_port, zlistx_size(self->retry));
+}
+
+/* does node (still) hold a client it opened under epoch? */
+static bool s_holds(const char *node, uint64_t epoch, void *arg)
+{
+    self_t *self = arg;
+    lk_peer_t *p = lk_bus_peer(self->bus, node);
+    return p && lk_peer_alive(p) && lk_peer_epoch(p) == epoch;
+}
+
+//  --------------------------------------------------------------------------
+//  Work from the router
+
+/* a stored message goes on to the frontend holding its client, if any */
+static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id)
+{
+    ss_session_t *s = ss_store_session(self->store, item->client);
+    if (!s || !s->node || s->disconnected_at || !s_holds(s->node, s->node_epoch, self))
+        return;
+    Lk__Deliver d = LK__DELIVER__INIT;
+    d.client = item->client;
+    d.msg = item->msg;
+    d.n_sub_ids = item->n_sub_ids;
+    d.sub_ids = item->sub_ids;
+    d.store_id = store_id;
+    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, &d, false);
+}
+
+static int s_handle_store(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__StoreBatch *b = env->store;
+    if (b->n_items > self->ids_cap) {
+        self->ids_cap = b->n_items;
+        self->ids = lk_realloc(self->ids, self->ids_cap * sizeof(*self->ids));
+    }
+    if (ss_store_put(self->store, b->items, b->n_items, self->ids) != 0)
+        return -1;
+    s_ack(self, peer, env);
+    for (size_t i = 0; i < b->n_items; i++)
+        if (self->ids[i])
+            s_forward(self, b->items[i], self->ids[i]);
+    return 0;
+}
+
+static int s_handle_retain(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    if (ss_store_retain_set(self->store, env->retain->msgs, env->retain->n_msgs) != 0)
+        return -1;
+    s_ack(self, peer, env);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Work from the frontends
+
+static void s_send_takeover(self_t *self, const char *old_node, const char *client,
+                            const char *by_node)
+{
+    lk_peer_t *old = lk_bus_peer(self->bus, old_node);
+    if (!old)
+        return; /* never heard of since our start: it holds nobody */
+    Lk__Takeover t = LK__TAKEOVER__INIT;
+    t.client = (char *)client;
+    t.by_node = (char *)by_node;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_TAKEOVER;
+    env.takeover = &t;
+    s_send(self, old, &env, false);
+    lk_debug("client %s: taken over from %s by %s", client, old_node, by_node);
+}
+
+static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__SessionOpen *o = env->session_open;
+    const char *node = lk_peer_name(peer);
+    if (!o->client || !*o->client) {
+        lk_warn("SessionOpen without client id from %s ignored", node);
+        return 0;
+    }
+    ss_session_t *s = ss_store_session(self->store, o->client);
+    char *prev = s && s->node && strcmp(s->node, node) != 0 ? lk_strdup(s->node) : NULL;
+    ss_open_t req = {.req = o->req,
+                     .client = o->client,
+                     .clean = o->clean,
+                     .expiry = o->expiry,
+                     .max_queued = o->max_queued,
+                     .node = node,
+                     .node_epoch = lk_peer_epoch(peer)};
+    ss_open_result_t res;
+    if (ss_store_open(self->store, &req, &res) != 0) {
+        free(prev);
+        return -1;
+    }
+    if (prev)
+        s_send_takeover(self, prev, o->client, node);
+    free(prev);
+
+    Lk__SessionOpened reply = LK__SESSION_OPENED__INIT;
+    reply.req = o->req;
+    reply.client = o->client;
+    reply.present = res.present;
+    reply.n_subs = res.n_subs;
+    reply.subs = res.subs;
+    reply.n_pending = res.n_pending;
+    reply.pending = res.pending;
+    Lk__Envelope out = LK__ENVELOPE__INIT;
+    out.body_case = LK__ENVELOPE__BODY_SESSION_OPENED;
+    out.session_opened = &reply;
+    s_send(self, peer, &out, false);
+    lk_debug("client %s opened at %s: present %d, %zu subscription(s), %zu pending", o->client,
+             node, res.present, res.n_subs, res.n_pending);
+    ss_open_result_clear(&res);
+    return 0;
+}
+
+static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__SessionClose *c = env->session_close;
+    int rc = c->client ? ss_store_close(self->store, c->client, lk_peer_name(peer), c->expiry,
+                                        c->subs, c->n_subs, c->subs_changed)
+                       : 1;
+    if (rc < 0)
+        return -1;
+    if (rc == 1)
+        lk_debug("SessionClose of %s from %s ignored: not there", c->client ? c->client : "",
+                 lk_peer_name(peer));
+    s_ack(self, peer, env);
+    return 0;
+}
+
+static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__SessionAck *a = env->session_ack;
+    int rc = a->client ? ss_store_ack(self->store, a->client, lk_peer_name(peer), a->store_ids,
+                                      a->n_store_ids, a->subs, a->n_subs, a->subs_changed)
+                       : 1;
+    if (rc < 0)
+        return -1;
+    if (rc == 1)
+        lk_debug("SessionAck of %s from %s ignored: no persistent session there",
+                 a->client ? a->client : "", lk_peer_name(peer));
+    s_ack(self, peer, env);
+    return 0;
+}
+
+/* 0: done (acked when reliable); -1: Redis failed, try again later */
+static int s_dispatch(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    bool from_router = peer == self->router;
+    switch (env->body_case) {
+    case LK__ENVELOPE__BODY_STORE:
+        if (from_router)
+            return s_handle_store(self, peer, env);
+        break;
+    case LK__ENVELOPE__BODY_RETAIN:
+        if (from_router)
+            return s_handle_retain(self, peer, env);
+        break;
+    case LK__ENVELOPE__BODY_SESSION_OPEN:
+        if (!from_router)
+            return s_handle_open(self, peer, env);
+        break;
+    case LK__ENVELOPE__BODY_SESSION_CLOSE:
+        if (!from_router)
+            return s_handle_close(self, peer, env);
+        break;
+    case LK__ENVELOPE__BODY_SESSION_ACK:
+        if (!from_router)
+            return s_handle_ack(self, peer, env);
+        break;
+    default:
+        break;
+    }
+    lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
+    s_ack(self, peer, env);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Retry queue
+
+static void s_retry_run(lk_loop_t *loop, void *arg);
+
+static void s_retry_schedule(self_t *self, int64_t ms)
+{
+    if (!self->retry_timer)
+        self->retry_timer = lk_loop_timer(self->loop, ms, false, s_retry_run, self);
+}
+
+static void s_retry_keep(self_t *self, lk_peer_t *peer, const Lk__Envelope *env)
+{
+    s_retry_t *r = lk_calloc(1, sizeof(*r));
+    r->peer = lk_strdup(lk_peer_name(peer));
+    r->epoch = lk_peer_epoch(peer);
+    ss_codec_pack_envelope(env, &self->buf);
+    r->len = self->buf.size;
+    r->data = lk_malloc(r->len);
+    memcpy(r->data, self->buf.data, r->len);
+    zlistx_add_end(self->retry, r);
+    if (self->loaded)
+        s_retry_schedule(self, self->retry_backoff);
+}
+
+static void s_retry_run(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    self->retry_timer = 0;
+    if (!self->loaded)
+        return; /* s_load kicks us when done */
+    size_t done = 0;
+    s_retry_t *r;
+    while ((r = zlistx_first(self->retry))) {
+        lk_peer_t *peer = lk_bus_peer(self->bus, r->peer);
+        if (!peer || lk_peer_epoch(peer) != r->epoch) {
+            lk_info("work from %s's previous life dropped", r->peer);
+            zlistx_delete(self->retry, NULL);
+            continue;
+        }
+        Lk__Envelope *env = ss_codec_unpack_envelope(r->data, r->len);
+        int rc = env ? s_dispatch(self, peer, env) : 0;
+        ss_codec_envelope_free(&env);
+        if (rc != 0) {
+            s_redis_trouble(self);
+            self->retry_backoff = self->retry_backoff * 2 > SS_BACKOFF_MAX_MS
+                                      ? SS_BACKOFF_MAX_MS
+                                      : self->retry_backoff * 2;
+            s_retry_schedule(self, self->retry_backoff);
+            return;
+        }
+        zlistx_delete(self->retry, NULL);
+        done++;
+    }
+    self->retry_backoff = SS_BACKOFF_MIN_MS;
+    if (self->redis_warned) {
+        lk_notice("redis available again: %zu waiting envelope(s) done", done);
+        self->redis_warned = 0;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Bus handlers
+
+static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
+{
+    self_t *self = arg;
+    if (!self->loaded || zlistx_size(self->retry)) {
+        /* nothing overtakes waiting work; SessionOpen (unreliable) is asked again */
+        if (env->seq)
+            s_retry_keep(self, peer, env);
+        return;
+    }
+    if (s_dispatch(self, peer, env) != 0) {
+        if (env->seq)
+            s_retry_keep(self, peer, env);
+        s_redis_trouble(self);
+    }
+}
+
+static void s_resync_start(self_t *self);
+static void s_resync_stop(self_t *self);
+
+static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
+{
+    self_t *self = arg;
+    if (peer == self->router) {
+        /* a new router needs the whole picture, not our news for its previous life */
+        if (restarted)
+            lk_peer_drop_unacked(peer);
+        s_resync_start(self);
+    } else if (self->loaded && lk_peer_epoch(peer))
+        ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
+}
+
+static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+{
+    self_t *self = arg;
+    if (peer == self->router)
+        s_resync_stop(self); /* it starts over when the router is back */
+    else if (self->loaded)
+        ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
+}
+
+//  --------------------------------------------------------------------------
+//  Router resync: offline sessions, then retained messages, then ResyncDone
+
+static void s_resync_stop(self_t *self)
+{
+    s_cancel(self, &self->resync_timer);
+    self->resync_phase = 0;
+    zlistx_destroy(&self->resync_clients);
+}
+
+static void s_resync_attach(const char *client, Lk__Subscription **subs, size_t n, void *arg)
+{
+    self_t *self = arg;
+    ss_session_t *s = ss_store_session(self->store, client);
+    /* connected meanwhile: its frontend speaks for it */
+    if (!s || (s->node && !s->disconnected_at && s_holds(s->node, s->node_epoch, self)))
+        return;
+    Lk__Attach a = LK__ATTACH__INIT;
+    a.client = (char *)client;
+    a.persistent = true;
+    a.offline = true;
+    a.n_subs = n;
+    a.subs = subs;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_ATTACH;
+    env.attach = &a;
+    s_send(self, self->router, &env, true);
+    self->resync_sessions++;
+}
+
+static void s_resync_retained(const Lk__Msg *msg, void *arg)
+{
+    self_t *self = arg;
+    lk_bus_batch_add(self->bus, self->router, LK_BODY_RETAIN, msg, true);
+    self->resync_retained++;
+}
+
+static void s_resync_step(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    self->resync_timer = 0;
+    int64_t next = 1;
+    if (self->resync_phase == 1) {
+        const char *names[SS_RESYNC_SESSIONS];
+        size_t n = 0;
+        for (char *c = zlistx_first(self->resync_clients); c && n < SS_RESYNC_SESSIONS;
+             c = zlistx_next(self->resync_clients))
+            names[n++] = c;
+        if (n == 0)
+            self->resync_phase = 2;
+        else if (ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
+            s_redis_trouble(self);
+            next = SS_RESYNC_RETRY_MS;
+        } else
+            for (size_t i = 0; i < n; i++)
+                zlistx_delete(self->resync_clients, NULL);
+    } else if (self->resync_phase == 2) {
+        int rc = ss_store_retain_scan(self->store, &self->resync_cursor, SS_RESYNC_RETAINED,
+                                      s_resync_retained, self);
+        if (rc < 0) {
+            s_redis_trouble(self);
+            next = SS_RESYNC_RETRY_MS;
+        } else if (rc == 0) {
+            Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
+            Lk__Envelope env = LK__ENVELOPE__INIT;
+            env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
+            env.resync_done = &done;
+            s_send(self, self->router, &env, true);
+            lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
+                      self->resync_sessions, self->resync_retained);
+            s_resync_stop(self);
+            return;
+        }
+    } else
+        return;
+    self->resync_timer = lk_loop_timer(loop, next, false, s_resync_step, self);
+}
+
+static void s_resync_start(self_t *self)
+{
+    s_resync_stop(self);
+    if (!self->loaded) {
+        self->resync_wanted = true;
+        return;
+    }
+    self->resync_wanted = false;
+    self->resync_clients = s_name_list();
+    ss_store_offline(self->store, self->resync_clients, s_holds, self);
+    self->resync_phase = 1;
+    self->resync_cursor = 0;
+    self->resync_sessions = self->resync_retained = 0;
+    s_resync_step(self->loop, self);
+}
+
+//  --------------------------------------------------------------------------
+//  Start-up and cron
+
+static void s_reconcile_peer(lk_peer_t *peer, void *arg)
+{
+    self_t *self = arg;
+    if (peer != self->router && lk_peer_alive(peer) && lk_peer_epoch(peer))
+        ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
+}
+
+static void s_load(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    self->load_timer = 0;
+    if (ss_store_load(self->store) != 0) {
+        int64_t now = lk_mono_ms();
+        if (!self->redis_warned || now - self->redis_warned >= SS_WARN_EVERY_MS) {
+            lk_warn("redis at %s:%d not available; retrying", self->redis_host,
+                    self->redis_port);
+            self->redis_warned = now;
+        }
+        self->load_backoff = self->load_backoff ? self->load_backoff * 2 : SS_BACKOFF_MIN_MS;
+        if (self->load_backoff > SS_BACKOFF_MAX_MS)
+            self->load_backoff = SS_BACKOFF_MAX_MS;
+        self->load_timer = lk_loop_timer(loop, self->load_backoff, false, s_load, self);
+        return;
+    }
+    self->loaded = true;
+    self->loaded_at = lk_mono_ms();
+    self->redis_warned = 0;
+    lk_notice("ready: %zu persistent session(s) loaded from redis %s:%d",
+              ss_store_size(self->store), self->redis_host, self->redis_port);
+    /* frontends heard from while we loaded: their epochs decide what they still hold */
+    lk_bus_each_peer(self->bus, s_reconcile_peer, self);
+    lk_ready_notify(self->ready_fd);
+    self->ready_fd = -1;
+    if (self->resync_wanted)
+        s_resync_start(self);
+    if (zlistx_size(self->retry))
+        s_retry_schedule(self, 1);
+}
+
+static void s_cron(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    if (!self->loaded)
+        return;
+    if (!self->nodes_checked && lk_mono_ms() - self->loaded_at >= SS_NODE_GRACE_MS) {
+        /* sessions recorded at a node that has not spoken since our start */
+        self->nodes_checked = true;
+        zlistx_t *nodes = s_name_list();
+        ss_store_nodes(self->store, nodes);
+        for (char *n = zlistx_first(nodes); n; n = zlistx_next(nodes)) {
+            lk_peer_t *p = lk_bus_peer(self->bus, n);
+            if (!p || !lk_peer_alive(p))
+                ss_store_node_down(self->store, n, lk_wall_ms());
+        }
+        zlistx_destroy(&nodes);
+    }
+    if (zlistx_size(self->retry))
+        return; /* Redis is in trouble: expire later */
+    zlistx_t *expired = s_name_list();
+    if (ss_store_expire(self->store, lk_wall_ms(), SS_EXPIRE_MAX, expired) != 0)
+        s_redis_trouble(self);
+    for (char *c = zlistx_first(expired); c; c = zlistx_next(expired)) {
+        Lk__Detach d = LK__DETACH__INIT;
+        d.client = c;
+        d.persistent = false;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_DETACH;
+        env.detach = &d;
+        s_send(self, self->router, &env, true);
+        lk_info("session %s expired", c);
+    }
+    zlistx_destroy(&expired);
+}
+
+int ss_server_start(ss_server_t *self)
+{
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
+    self->bus = lk_bus_new(self->loop, self->node, "session-store", &h, self);
+    if (self->msglog_dir) {
+        self->msglog = lk_msglog_open(self->msglog_dir, self->node, lk_bus_epoch(self->bus),
+                                      SS_MSGLOG_SEGMENT);
+        if (!self->msglog)
+            return -1;
+        lk_bus_set_msglog(self->bus, self->msglog);
+    }
+    if (lk_bus_bind(self->bus, self->session_endpoint) != 0)
+        return -1;
+    self->router = lk_bus_connect(self->bus, "router", self->router_endpoint);
+    self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
+    lk_info("serving %s, router at %s, redis %s:%d", self->session_endpoint,
+            self->router_endpoint, self->redis_host, self->redis_port);
+    s_load(self->loop, self);
+    return 0;
+}

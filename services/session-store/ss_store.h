@@ -1,0 +1,152 @@
+/*  ss_store: the session store's Redis layer and its in-memory session map.
+
+    Owns one lk_redis connection and the map client id -> ss_session_t, which mirrors the
+    lk:sess:* hashes (see docs/architecture.md, "Redis layout") plus the volatile
+    registrations (clients with no persistent session, kept in memory only so a takeover
+    can be detected). It knows nothing of the bus: ss_server turns envelopes into calls
+    here and the results back into envelopes, and the selftest drives it against a real
+    redis-server without ZeroMQ.
+
+    Contract: every method that changes Redis runs as one pipeline and returns -1 when any
+    command failed; memory is updated only after every reply was OK, so the caller can
+    withhold its ack and let the sender re-send. (A pipeline may have partly run when it
+    fails; re-running it is harmless: stores may then hold a duplicate, which MQTT allows.)
+
+    Store ids: per client, monotonic, never reused across restarts: lk:qseq:<client> is
+    written in the same pipeline before the messages that use the new ids, and seeds the
+    in-memory counter on load. It survives a clean start, so an ack still in flight from
+    the previous connection cannot name a message of the new session.
+
+    Online/offline: a session is online at `node` while disconnected_at == 0. When a node
+    falls silent its persistent sessions keep node and node_epoch but get disconnected_at
+    (the node may come back with the same epoch); when it shows a new epoch, or its client
+    leaves, node is cleared. Only offline persistent sessions expire. */
+#ifndef SS_STORE_H_INCLUDED
+#define SS_STORE_H_INCLUDED
+
+#include "latchkey.pb-c.h"
+#include <czmq.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct _ss_store_t ss_store_t;
+
+/* MQTT 3.1.1 clean_session=0 sessions: expiry "never" */
+#define SS_EXPIRY_NEVER 0xFFFFFFFFu
+
+/* One client's session. Read-only outside ss_store.c; valid until the next call that
+   may delete sessions (open, close, node_up/down, expire). */
+typedef struct {
+    char *client;
+    char *node;              /* node holding the client, NULL when none */
+    uint64_t node_epoch;     /* that node's epoch when the client opened there */
+    uint32_t expiry;         /* session expiry interval, seconds */
+    int64_t disconnected_at; /* wall ms; 0 = connected at node */
+    bool persistent;         /* has state in Redis (lk:sessions member) */
+    uint64_t qseq;           /* last store id handed out */
+    size_t qlen;             /* entries in lk:q:<client> (queued + unacked) */
+    uint32_t max_queued;     /* 0 = no limit */
+    uint64_t last_req;       /* last SessionOpen req answered, for idempotent retries */
+    bool last_present;
+    uint64_t dropped;        /* over quota since the last log line */
+    int64_t drop_logged_ms;
+    uint64_t mark;           /* scratch for batch bookkeeping */
+    size_t added;
+} ss_session_t;
+
+/* a SessionOpen request, node/node_epoch being the requesting frontend's */
+typedef struct {
+    uint64_t req;
+    const char *client;
+    bool clean;
+    uint32_t expiry;
+    uint32_t max_queued;     /* 0: the store's default */
+    const char *node;
+    uint64_t node_epoch;
+} ss_open_t;
+
+/* the answer: caller owns the arrays, release with ss_open_result_clear */
+typedef struct {
+    bool present;
+    Lk__Subscription **subs;
+    size_t n_subs;
+    Lk__Deliver **pending;   /* by store id */
+    size_t n_pending;
+} ss_open_result_t;
+
+/* called with each retained message (borrowed for the call) */
+typedef void(ss_retain_fn)(const Lk__Msg *msg, void *arg);
+/* called with a session's subscriptions (borrowed for the call) */
+typedef void(ss_subs_fn)(const char *client, Lk__Subscription **subs, size_t n, void *arg);
+
+/* Redis at host:port (port 0: unix socket path). Connects lazily. */
+ss_store_t *ss_store_new(const char *host, int port);
+void ss_store_destroy(ss_store_t **self_p);
+
+/* per-client queue limit for sessions that do not bring one (0 = none); default 1000 */
+void ss_store_set_max_queued(ss_store_t *self, uint32_t max_queued);
+/* seconds after which offline "never expiring" sessions expire anyway; 0 = never */
+void ss_store_set_forced_expiry(ss_store_t *self, uint32_t seconds);
+
+/* Loads every persistent session from Redis, replacing the map. 0, or -1 (Redis). */
+int ss_store_load(ss_store_t *self);
+
+ss_session_t *ss_store_session(ss_store_t *self, const char *client);
+size_t ss_store_size(ss_store_t *self);
+/* messages dropped over quota since start */
+uint64_t ss_store_dropped(ss_store_t *self);
+
+/* SessionOpen: clean start, record the node, answer present/subs/pending. -1: Redis
+   failed, nothing changed in memory. */
+int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *result);
+void ss_open_result_clear(ss_open_result_t *result);
+
+/* SessionClose from node: 0 done, 1 ignored (client not at node), -1 Redis failed */
+int ss_store_close(ss_store_t *self, const char *client, const char *node, uint32_t expiry,
+                   Lk__Subscription **subs, size_t n_subs, bool subs_changed);
+
+/* SessionAck from node: deletes acked messages, replaces the subscription set when
+   subs_changed. 0 done, 1 ignored (not at node, or not persistent), -1 Redis failed */
+int ss_store_ack(ss_store_t *self, const char *client, const char *node, const uint64_t *ids,
+                 size_t n_ids, Lk__Subscription **subs, size_t n_subs, bool subs_changed);
+
+/* StoreBatch: stores every item whose client has a persistent session and room in its
+   queue; ids[i] gets the store id, or 0 when item i was dropped. -1: Redis failed (ids
+   are then meaningless). */
+int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *ids);
+
+/* RetainSet: set (or, for an empty payload, delete) each topic's retained message */
+int ss_store_retain_set(ss_store_t *self, Lk__Msg **msgs, size_t n);
+/* One HSCAN step of lk:retain from *cursor (start with 0): calls fn for each live
+   message, deletes expired ones. Returns 1 when more remain, 0 when done, -1 on failure. */
+int ss_store_retain_scan(ss_store_t *self, uint64_t *cursor, size_t count, ss_retain_fn *fn,
+                         void *arg);
+
+/* whether node still holds a client it took under node_epoch (the caller knows the bus) */
+typedef bool(ss_holds_fn)(const char *node, uint64_t node_epoch, void *arg);
+/* Appends (strdup'ed, list must free its items) the client ids of the persistent
+   sessions no node holds: offline ones, and online ones for which holds() says no (their
+   node is gone but we have not heard so yet). holds may be NULL. */
+void ss_store_offline(ss_store_t *self, zlistx_t *list, ss_holds_fn *holds, void *arg);
+/* Reads the subscriptions of n clients in one pipeline and calls fn for each client that
+   still has a persistent session. 0 or -1. */
+int ss_store_subs(ss_store_t *self, const char **clients, size_t n, ss_subs_fn *fn, void *arg);
+
+/* node fell silent: its volatile clients are forgotten, its persistent ones go offline
+   (keeping node, so they come back if the node returns with the same epoch) */
+void ss_store_node_down(ss_store_t *self, const char *node, int64_t now_ms);
+/* node is alive with epoch: its sessions opened under another epoch are gone (node
+   cleared, volatile forgotten); sessions under this epoch are online again */
+void ss_store_node_up(ss_store_t *self, const char *node, uint64_t epoch, int64_t now_ms);
+/* Appends (strdup'ed) the distinct nodes recorded for online sessions. */
+void ss_store_nodes(ss_store_t *self, zlistx_t *list);
+
+/* Deletes up to `max` offline persistent sessions whose expiry has passed at now_ms and
+   appends their client ids (strdup'ed) to expired. 0 or -1 (then nothing was deleted). */
+int ss_store_expire(ss_store_t *self, int64_t now_ms, size_t max, zlistx_t *expired);
+
+/* runs the store's selftest cases against the redis-server at host:port (which it
+   flushes), printing PASS/FAIL lines; adds to the counters */
+void ss_store_test(const char *host, int port, bool verbose, int *passed, int *failed);
+
+#endif

@@ -1,0 +1,73 @@
+"""05: sessions: persistent sessions queue QoS >= 1 while offline, clean sessions do not,
+session present flag, takeover of a client id (on either frontend)."""
+import pytest
+
+import lk
+
+
+@pytest.fixture(autouse=True)
+def _need(stack):
+    stack.require("router", "session-store", "auth", "mqtt-frontend-1", "mqtt-frontend-2")
+
+
+def test_persistent_session_gets_queued_messages(stack):
+    c = lk.paho_client(stack, "ps-1", clean_session=False)
+    assert c.subscribe("ps/1", 1) == [1]
+    c.disconnect()
+    for i in range(5):
+        lk.mosquitto_pub(stack, "ps/1", "q%d" % i, qos=1)
+    lk.mosquitto_pub(stack, "ps/1", "qos0-not-queued", qos=0)
+    c = lk.paho_client(stack, "ps-1", clean_session=False)
+    assert c.session_present
+    msgs = c.wait_for(5)
+    assert [m.text for m in msgs] == ["q%d" % i for i in range(5)]
+    c.messages.expect_none(0.5)
+    c.disconnect()
+    # acked messages are gone: a reconnect brings nothing more
+    c = lk.paho_client(stack, "ps-1", clean_session=False)
+    c.messages.expect_none(0.7)
+    c.disconnect()
+
+
+def test_clean_session_discards_state(stack):
+    c = lk.paho_client(stack, "cs-1", clean_session=False)
+    c.subscribe("cs/1", 1)
+    c.disconnect()
+    lk.mosquitto_pub(stack, "cs/1", "lost", qos=1)
+    c = lk.paho_client(stack, "cs-1", clean_session=True)
+    assert not c.session_present
+    c.messages.expect_none(0.5)
+    c.disconnect()
+    lk.mosquitto_pub(stack, "cs/1", "nobody", qos=1)
+    c = lk.paho_client(stack, "cs-1", clean_session=False)
+    assert not c.session_present
+    c.messages.expect_none(0.5)
+    c.disconnect()
+
+
+def test_takeover_closes_old_connection(stack):
+    # several tries so that both frontends (SO_REUSEPORT) are likely exercised
+    for i in range(4):
+        old = lk.paho_client(stack, "to-1", clean_session=False)
+        old.subscribe("to/1", 1)
+        new = lk.paho_client(stack, "to-1", clean_session=False)
+        assert new.session_present
+        old.wait_disconnected(5)
+        lk.mosquitto_pub(stack, "to/1", "after-%d" % i, qos=1)
+        assert new.wait_for(1)[0].text == "after-%d" % i
+        old.messages.expect_none(0.2)
+        new.disconnect()
+        old.disconnect()
+
+
+def test_zero_length_client_id(stack):
+    # 3.1.1: allowed with clean session, refused (rc 2) without [MQTT-3.1.3-8]
+    c = lk.paho_client(stack, "", clean_session=True)
+    c.disconnect()
+    import socket
+    s = socket.create_connection(("127.0.0.1", stack.mqtt_port), timeout=5)
+    # CONNECT 3.1.1, clean session 0, keepalive 60, empty client id
+    s.sendall(bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 0, 0, 60, 0, 0]))
+    assert s.recv(4) == bytes([0x20, 2, 0, 2])  # identifier rejected
+    assert s.recv(1) == b""
+    s.close()
