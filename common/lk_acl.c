@@ -32,7 +32,7 @@ void lk_acl_list_clear(lk_acl_list_t *list)
 
 typedef struct {
     const char *p;
-    bool done;      /* the last level has been handed out */
+    bool done; /* the last level has been handed out */
 } s_walk_t;
 
 /* the next level of the walk into (*s, *n); false when there is none */
@@ -77,7 +77,7 @@ bool lk_acl_match(const char *filter, const char *topic)
         if (!hf)
             return !ht;
         if (s_is(fs, fn, '#'))
-            return f.done;  /* the rest, or nothing (parent level); a `#` not last never matches */
+            return f.done; /* the rest, or nothing (parent level); a `#` not last never matches */
         if (!ht)
             return false;
         if (s_is(fs, fn, '+'))
@@ -105,11 +105,11 @@ bool lk_acl_covers(const char *rule, const char *filter)
         if (!hf)
             return false;
         if (s_is(fs, fnn, '#'))
-            return false;   /* only a rule `#` covers a filter `#` */
+            return false; /* only a rule `#` covers a filter `#` */
         if (s_is(rs, rn, '+'))
-            continue;       /* covers a literal or a `+` */
+            continue; /* covers a literal or a `+` */
         if (s_is(fs, fnn, '+'))
-            return false;   /* a literal rule level does not cover `+` */
+            return false; /* a literal rule level does not cover `+` */
         if (rn != fnn || memcmp(rs, fs, rn) != 0)
             return false;
     }
@@ -165,8 +165,7 @@ bool lk_acl_topic_valid(const char *topic)
 
 /* ---- checks ------------------------------------------------------------------------- */
 
-bool lk_acl_topic_allowed(const lk_acl_rule_t *rules, size_t n, const char *topic,
-                          uint32_t access)
+bool lk_acl_topic_allowed(const lk_acl_rule_t *rules, size_t n, const char *topic, uint32_t access)
 {
     access &= LK_ACL_BOTH;
     if (!access)
@@ -249,9 +248,9 @@ char *lk_acl_subst(const char *pattern, const char *username, const char *client
 /* ---- acl_file ------------------------------------------------------------------------ */
 
 struct _lk_acl_file_t {
-    lk_acl_list_t anon;         /* topic lines before any user line */
-    lk_acl_list_t patterns;     /* pattern lines, unsubstituted */
-    zhashx_t *users;            /* username -> lk_acl_list_t * */
+    lk_acl_list_t anon;     /* topic lines before any user line */
+    lk_acl_list_t patterns; /* pattern lines, unsubstituted */
+    zhashx_t *users;        /* username -> lk_acl_list_t * */
 };
 
 static void s_list_free(void **item_p)
@@ -302,7 +301,7 @@ static int s_access_topic(char *rest, uint32_t *access, char **topic)
     for (size_t i = 0; i < LK_ARRAY_LEN(words); i++) {
         if (wn == strlen(words[i].word) && strncmp(rest, words[i].word, wn) == 0) {
             if (!rest[wn])
-                return -1;  /* an access word and no topic */
+                return -1; /* an access word and no topic */
             *access = words[i].access;
             *topic = s_trim(rest + wn);
             break;
@@ -343,8 +342,7 @@ lk_acl_file_t *lk_acl_file_parse(const char *text, const char *origin)
             }
         } else if (strcmp(s, "topic") == 0 && (rc = s_access_topic(rest, &access, &topic)) == 0)
             lk_acl_list_add(section, topic, access);
-        else if (strcmp(s, "pattern") == 0 &&
-                 (rc = s_access_topic(rest, &access, &topic)) == 0)
+        else if (strcmp(s, "pattern") == 0 && (rc = s_access_topic(rest, &access, &topic)) == 0)
             lk_acl_list_add(&self->patterns, topic, access);
         else
             rc = -1;
@@ -406,14 +404,13 @@ size_t lk_acl_file_rules(lk_acl_file_t *self, const char *username, const char *
 
 /* ------------------------------------------------------------------------------------ */
 
-#define S_CHECK(cond)                                                                      \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "lk_acl: %s:%d: check failed: %s\n", __FILE__, __LINE__,        \
-                    #cond);                                                                \
-            failed++;                                                                      \
-        } else if (verbose)                                                                \
-            fprintf(stderr, "lk_acl: ok: %s\n", #cond);                                    \
+#define S_CHECK(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "lk_acl: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
+            failed++;                                                                              \
+        } else if (verbose)                                                                        \
+            fprintf(stderr, "lk_acl: ok: %s\n", #cond);                                            \
     } while (0)
 
 int lk_acl_test(bool verbose)
@@ -422,7 +419,8 @@ int lk_acl_test(bool verbose)
 
     /* matching */
     S_CHECK(lk_acl_match("a/b", "a/b") && !lk_acl_match("a/b", "a/c"));
-    S_CHECK(lk_acl_match("a/+", "a/b") && !lk_acl_match("a/+", "a/b/c") && !lk_acl_match("a/+", "a"));
+    S_CHECK(lk_acl_match("a/+", "a/b") && !lk_acl_match("a/+", "a/b/c") &&
+            !lk_acl_match("a/+", "a"));
     S_CHECK(lk_acl_match("a/+", "a/"));
     S_CHECK(lk_acl_match("a/#", "a") && lk_acl_match("a/#", "a/b/c") && !lk_acl_match("a/#", "b"));
     S_CHECK(lk_acl_match("#", "a/b") && lk_acl_match("+/+", "/x") && !lk_acl_match("+", "/x"));
@@ -431,17 +429,22 @@ int lk_acl_test(bool verbose)
     S_CHECK(!lk_acl_match("a/#/b", "a/x/b") && !lk_acl_match("a", "a/b"));
 
     /* covering, level by level */
-    S_CHECK(lk_acl_covers("#", "a/+/c/#") && lk_acl_covers("a/#", "a") && lk_acl_covers("a/#", "a/#"));
+    S_CHECK(lk_acl_covers("#", "a/+/c/#") && lk_acl_covers("a/#", "a") &&
+            lk_acl_covers("a/#", "a/#"));
     S_CHECK(!lk_acl_covers("a/+", "a/#") && !lk_acl_covers("a/+/#", "a/#"));
-    S_CHECK(lk_acl_covers("a/+/#", "a/+") && lk_acl_covers("a/+", "a/+") && lk_acl_covers("a/+", "a/b"));
-    S_CHECK(!lk_acl_covers("a/b", "a/+") && !lk_acl_covers("a/b", "a/b/c") && !lk_acl_covers("a/b/c", "a/b"));
+    S_CHECK(lk_acl_covers("a/+/#", "a/+") && lk_acl_covers("a/+", "a/+") &&
+            lk_acl_covers("a/+", "a/b"));
+    S_CHECK(!lk_acl_covers("a/b", "a/+") && !lk_acl_covers("a/b", "a/b/c") &&
+            !lk_acl_covers("a/b/c", "a/b"));
     S_CHECK(!lk_acl_covers("+", "+/+") && lk_acl_covers("+/+", "x/+"));
     S_CHECK(!lk_acl_covers("#", "$SYS/#") && lk_acl_covers("$SYS/#", "$SYS/broker/+"));
     S_CHECK(lk_acl_covers("#", "#") && !lk_acl_covers("+/#", "#"));
 
     /* overlap */
-    S_CHECK(lk_acl_overlaps("a/#", "a") && lk_acl_overlaps("+/b", "a/+") && lk_acl_overlaps("#", "x/y"));
-    S_CHECK(!lk_acl_overlaps("a/b", "a/c") && !lk_acl_overlaps("a", "a/+") && !lk_acl_overlaps("#", "$SYS/x"));
+    S_CHECK(lk_acl_overlaps("a/#", "a") && lk_acl_overlaps("+/b", "a/+") &&
+            lk_acl_overlaps("#", "x/y"));
+    S_CHECK(!lk_acl_overlaps("a/b", "a/c") && !lk_acl_overlaps("a", "a/+") &&
+            !lk_acl_overlaps("#", "$SYS/x"));
 
     /* validity */
     S_CHECK(lk_acl_filter_valid("a/+/#") && lk_acl_filter_valid("#") && lk_acl_filter_valid("/"));
@@ -464,7 +467,7 @@ int lk_acl_test(bool verbose)
     S_CHECK(!lk_acl_topic_allowed(l.rules, l.count, "lock/1/m", 0));
     S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "lock/1/statu", LK_ACL_SUB));
     S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "lock/1/+/x", LK_ACL_SUB));
-    S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/1/#", LK_ACL_SUB));   /* meets the deny */
+    S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/1/#", LK_ACL_SUB)); /* meets the deny */
     S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/1/+", LK_ACL_SUB));
     S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/+/statu", LK_ACL_SUB));
     S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "/unauth", LK_ACL_SUB));
@@ -511,7 +514,7 @@ int lk_acl_test(bool verbose)
     S_CHECK(af != NULL);
     if (af) {
         lk_acl_list_t r = {0};
-        S_CHECK(lk_acl_file_rules(af, NULL, "c9", &r) == 2);    /* public/# + cmd/c9 */
+        S_CHECK(lk_acl_file_rules(af, NULL, "c9", &r) == 2); /* public/# + cmd/c9 */
         S_CHECK(lk_acl_filter_allowed(r.rules, r.count, "public/a", LK_ACL_SUB));
         S_CHECK(!lk_acl_topic_allowed(r.rules, r.count, "public/a", LK_ACL_PUB));
         S_CHECK(lk_acl_filter_allowed(r.rules, r.count, "cmd/c9", LK_ACL_SUB));
@@ -530,7 +533,7 @@ int lk_acl_test(bool verbose)
         S_CHECK(lk_acl_file_rules(af, "bob smith", "c2", &r) == 3); /* bob/in, sensor, cmd/c2 */
         S_CHECK(lk_acl_topic_allowed(r.rules, r.count, "bob/in", LK_ACL_PUB));
         lk_acl_list_clear(&r);
-        S_CHECK(lk_acl_file_rules(af, "eve", "x/y", &r) == 1);    /* sensor/eve/data only */
+        S_CHECK(lk_acl_file_rules(af, "eve", "x/y", &r) == 1); /* sensor/eve/data only */
         lk_acl_list_clear(&r);
         lk_acl_file_destroy(&af);
         S_CHECK(af == NULL);

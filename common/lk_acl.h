@@ -29,8 +29,8 @@
 #define LK_ACL_DENY 4u
 
 typedef struct {
-    char *pattern;      /* topic filter */
-    uint32_t access;    /* LK_ACL_* bits */
+    char *pattern;   /* topic filter */
+    uint32_t access; /* LK_ACL_* bits */
 } lk_acl_rule_t;
 
 /* A growable list of rules. Zero-initialise it; it owns its patterns. */
@@ -48,8 +48,7 @@ void lk_acl_list_clear(lk_acl_list_t *list);
 /* PUBLISH (access = LK_ACL_PUB) or a delivery check (LK_ACL_SUB): true when no deny rule
    with one of those bits matches topic and, for each bit of access, some granting rule with
    that bit matches topic. */
-bool lk_acl_topic_allowed(const lk_acl_rule_t *rules, size_t n, const char *topic,
-                          uint32_t access);
+bool lk_acl_topic_allowed(const lk_acl_rule_t *rules, size_t n, const char *topic, uint32_t access);
 
 /* SUBSCRIBE (access = LK_ACL_SUB): true when, for each bit of access, some granting rule
    with that bit COVERS filter (every topic the filter matches, the rule matches too), and

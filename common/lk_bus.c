@@ -17,7 +17,7 @@
 #include <czmq.h>
 #include <errno.h>
 
-#define S_BATCH_KINDS 4
+#define S_BATCH_KINDS 5
 #define S_BATCH_MAX (256 * 1024)
 
 typedef struct s_unacked {
@@ -84,7 +84,7 @@ struct _lk_bus_t {
 };
 
 static const int s_body_field[S_BATCH_KINDS] = {LK_BODY_PUBLISH, LK_BODY_DELIVER, LK_BODY_STORE,
-                                                LK_BODY_RETAIN};
+                                                LK_BODY_RETAIN, LK_BODY_HISTORY};
 
 /* --- small sorted sets of sequence numbers --------------------------------------- */
 

@@ -90,9 +90,11 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
 #define LK_BODY_DELIVER 12
 #define LK_BODY_STORE 17
 #define LK_BODY_RETAIN 18
+#define LK_BODY_HISTORY 40
 
 /* Packs item into the pending batch of `body` (one of LK_BODY_*) for peer; item is
-   a Lk__Publish, Lk__Deliver, Lk__StoreItem or Lk__Msg (RETAIN) matching the body.
+   a Lk__Publish, Lk__Deliver, Lk__StoreItem, Lk__Msg (RETAIN) or Lk__HistoryEvent
+   matching the body.
    The batch goes out as one envelope at turn end, reliable if any item was. Returns the
    seq the batch will carry when reliable (so the caller can wait for its ack), else 0. */
 uint64_t lk_bus_batch_add(lk_bus_t *self, lk_peer_t *peer, int body, const void *item,

@@ -12,9 +12,9 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#define S_SALT_LEN 12      /* what mosquitto_passwd uses */
-#define S_KEY_LEN 64       /* SHA-512 output, the PBKDF2 key length Mosquitto uses */
-#define S_MAX_SALT 256     /* a stored salt longer than this is malformed */
+#define S_SALT_LEN 12  /* what mosquitto_passwd uses */
+#define S_KEY_LEN 64   /* SHA-512 output, the PBKDF2 key length Mosquitto uses */
+#define S_MAX_SALT 256 /* a stored salt longer than this is malformed */
 /* A stored hash asking for more iterations than this is treated as malformed: the file or
    Redis hash is operator data, but one bad entry must not stall the auth actor. */
 #define S_MAX_ITERATIONS 10000000
@@ -101,8 +101,8 @@ static int s_pbkdf2(const void *password, size_t len, const uint8_t *salt, size_
         return -1;
     /* an empty password is legal; OpenSSL wants a non-NULL pointer for it */
     const char *pw = len ? password : "";
-    return PKCS5_PBKDF2_HMAC(pw, (int)len, salt, (int)salt_len, iterations, EVP_sha512(),
-                             S_KEY_LEN, key) == 1
+    return PKCS5_PBKDF2_HMAC(pw, (int)len, salt, (int)salt_len, iterations, EVP_sha512(), S_KEY_LEN,
+                             key) == 1
                ? 0
                : -1;
 }
@@ -180,8 +180,7 @@ static int s_verify_sha512(const char *rest, const void *password, size_t len)
     return lk_crypto_equal(got, want, SHA512_DIGEST_LENGTH) ? 1 : 0;
 }
 
-static int s_verify_sha256(const char *stored, const char *salt, const void *password,
-                           size_t len)
+static int s_verify_sha256(const char *stored, const char *salt, const void *password, size_t len)
 {
     uint8_t want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
     for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) {
@@ -211,8 +210,7 @@ static bool s_is_hex64(const char *s)
     return i == 2 * SHA256_DIGEST_LENGTH;
 }
 
-int lk_crypto_pw_verify(const char *stored, const char *salt, const void *password,
-                        size_t len)
+int lk_crypto_pw_verify(const char *stored, const char *salt, const void *password, size_t len)
 {
     if (!stored)
         return -1;
@@ -234,14 +232,13 @@ void lk_crypto_pw_dummy(const void *password, size_t len)
 
 /* --------------------------------------------------------------------------------- */
 
-#define S_CHECK(cond)                                                                      \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "lk_crypto: %s:%d: check failed: %s\n", __FILE__, __LINE__,     \
-                    #cond);                                                                \
-            failed++;                                                                      \
-        } else if (verbose)                                                                \
-            fprintf(stderr, "lk_crypto: ok: %s\n", #cond);                                 \
+#define S_CHECK(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "lk_crypto: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
+            failed++;                                                                              \
+        } else if (verbose)                                                                        \
+            fprintf(stderr, "lk_crypto: ok: %s\n", #cond);                                         \
     } while (0)
 
 int lk_crypto_test(bool verbose)

@@ -39,8 +39,7 @@ char *lk_crypto_pw_hash(const void *password, size_t len, int iterations);
 /* Checks password against a stored hash in one of the formats above; salt is used only by
    the sha256 format (NULL = empty). Returns 1 on a match, 0 on a mismatch, -1 when stored
    is not a format we know (or is malformed). The comparison of digests is constant-time. */
-int lk_crypto_pw_verify(const char *stored, const char *salt, const void *password,
-                        size_t len);
+int lk_crypto_pw_verify(const char *stored, const char *salt, const void *password, size_t len);
 
 /* Burns the time a $7$ verification at the default iteration count takes, for requests
    about unknown users, so that the reply time does not say whether the user exists. */

@@ -18,13 +18,13 @@
 typedef enum { S_BACKEND_FILE, S_BACKEND_REDIS } s_backend_t;
 
 struct _au_check_t {
-    lk_config_t *config;        /* not owned */
+    lk_config_t *config; /* not owned */
     lk_redis_t *redis;
     bool allow_anonymous;
     bool nomatch_allow;
     s_backend_t backends[2];
     int n_backends;
-    const char *password_path;  /* NULL when unset; lives with config */
+    const char *password_path; /* NULL when unset; lives with config */
     const char *acl_path;
     au_pwfile_t *pwfile;
     lk_acl_file_t *aclfile;
@@ -208,15 +208,15 @@ static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__Aut
                 return s_verify(user, stored, NULL, req);
             continue;
         }
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HMGET mqtt_user:%b password salt is_superuser",
-                                           user, strlen(user));
+        lk_redis_reply_t *r = lk_redis_cmd(
+            self->redis, "HMGET mqtt_user:%b password salt is_superuser", user, strlen(user));
         if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 3) {
             lk_redis_reply_free(&r);
             return S_AUTH_UNAVAILABLE;
         }
         if (r->items[0].type != LK_REDIS_STR) {
             lk_redis_reply_free(&r);
-            continue;   /* not a Redis user */
+            continue; /* not a Redis user */
         }
         const char *salt = r->items[1].type == LK_REDIS_STR ? r->items[1].str : NULL;
         s_auth_t rc = s_verify(user, r->items[0].str, salt, req);
@@ -231,8 +231,7 @@ static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__Aut
 }
 
 /* appends the rules of mqtt_acl:<user>; -1 when Redis fails */
-static int s_redis_acl(au_check_t *self, const char *user, const char *client,
-                       lk_acl_list_t *acl)
+static int s_redis_acl(au_check_t *self, const char *user, const char *client, lk_acl_list_t *acl)
 {
     lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL mqtt_acl:%b", user, strlen(user));
     if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY) {
@@ -278,7 +277,7 @@ static Lk__AuthReply *s_reply(uint64_t req, bool ok, bool superuser, lk_acl_list
         for (size_t i = 0; i < acl->count; i++) {
             Lk__AclRule *a = lk_malloc(sizeof(*a));
             lk__acl_rule__init(a);
-            a->pattern = acl->rules[i].pattern;   /* the reply takes the string */
+            a->pattern = acl->rules[i].pattern; /* the reply takes the string */
             acl->rules[i].pattern = NULL;
             a->access = acl->rules[i].access;
             r->acl[i] = a;
@@ -381,8 +380,7 @@ static Lk__AuthReply *s_ask(au_check_t *c, const char *user, const char *passwor
 /* ok/refused with the reason, and the rule count when ok */
 static bool s_is(Lk__AuthReply *r, bool ok, const char *reason, int rules)
 {
-    bool good = r && r->req == 42 && r->ok == ok &&
-                strcmp(r->reason, ok ? "" : reason) == 0 &&
+    bool good = r && r->req == 42 && r->ok == ok && strcmp(r->reason, ok ? "" : reason) == 0 &&
                 (rules < 0 || r->n_acl == (size_t)rules) && (ok || r->n_acl == 0);
     return good;
 }
@@ -416,7 +414,7 @@ static int64_t s_time(au_check_t *c, const char *user, const char *pw, int n)
         au_reply_destroy(&r);
         t[i] = (b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000;
     }
-    for (int i = 1; i < n; i++)     /* insertion sort: n is tiny */
+    for (int i = 1; i < n; i++) /* insertion sort: n is tiny */
         for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
             int64_t x = t[j];
             t[j] = t[j - 1];
@@ -425,11 +423,11 @@ static int64_t s_time(au_check_t *c, const char *user, const char *pw, int n)
     return t[n / 2];
 }
 
-#define S_ASK(name, user, pw, client, cond)                                                \
-    do {                                                                                   \
-        Lk__AuthReply *r = s_ask(c, user, pw, client);                                     \
-        AU_CHECK(t, name, cond);                                                           \
-        au_reply_destroy(&r);                                                              \
+#define S_ASK(name, user, pw, client, cond)                                                        \
+    do {                                                                                           \
+        Lk__AuthReply *r = s_ask(c, user, pw, client);                                             \
+        AU_CHECK(t, name, cond);                                                                   \
+        au_reply_destroy(&r);                                                                      \
     } while (0)
 
 int au_check_test(au_tally_t *t, int redis_port)
@@ -611,9 +609,9 @@ int au_check_test(au_tally_t *t, int redis_port)
     lk_config_destroy(&cfg);
 
     /* configuration errors */
-    const char *bad[] = {"auth_backends bogus\n", "auth_backends file\n",
-                         "password_file /nonexistent/pw\n", "acl_file /nonexistent/acl\n",
-                         "acl_nomatch maybe\n", "redis_port 70000\n"};
+    const char *bad[] = {
+        "auth_backends bogus\n",       "auth_backends file\n", "password_file /nonexistent/pw\n",
+        "acl_file /nonexistent/acl\n", "acl_nomatch maybe\n",  "redis_port 70000\n"};
     for (size_t i = 0; i < LK_ARRAY_LEN(bad); i++) {
         cfg = lk_config_parse(bad[i], "test");
         c = au_check_new(cfg);

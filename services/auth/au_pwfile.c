@@ -8,7 +8,7 @@
 #include <errno.h>
 
 struct _au_pwfile_t {
-    zhashx_t *users;    /* username -> hash string (owned) */
+    zhashx_t *users; /* username -> hash string (owned) */
 };
 
 static void s_str_free(void **item_p)

@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 struct _au_server_t {
-    lk_loop_t *loop;            /* not owned */
-    lk_config_t *config;        /* not owned */
+    lk_loop_t *loop;     /* not owned */
+    lk_config_t *config; /* not owned */
     lk_bus_t *bus;
     au_check_t *check;
     uint64_t requests;
@@ -180,7 +180,7 @@ typedef struct {
     bool cli_up, fe2_up, revoke_sent, stopping;
     int replies;
     bool good_ok, bad_refused, good_acl;
-    bool fe_ann, fe2_ann, impostor_seen;    /* which Revokes the frontends got */
+    bool fe_ann, fe2_ann, impostor_seen; /* which Revokes the frontends got */
     bool cli_acked, fe2_acked;
 } s_bt_t;
 

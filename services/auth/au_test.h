@@ -12,16 +12,16 @@ typedef struct {
     bool verbose;
 } au_tally_t;
 
-#define AU_CHECK(tally, name, cond)                                                        \
-    do {                                                                                   \
-        if (cond) {                                                                        \
-            (tally)->passed++;                                                             \
-            printf("PASS %s\n", (name));                                                   \
-        } else {                                                                           \
-            (tally)->failed++;                                                             \
-            printf("FAIL %s (%s:%d: %s)\n", (name), __FILE__, __LINE__, #cond);            \
-        }                                                                                  \
-        fflush(stdout);                                                                    \
+#define AU_CHECK(tally, name, cond)                                                                \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            (tally)->passed++;                                                                     \
+            printf("PASS %s\n", (name));                                                           \
+        } else {                                                                                   \
+            (tally)->failed++;                                                                     \
+            printf("FAIL %s (%s:%d: %s)\n", (name), __FILE__, __LINE__, #cond);                    \
+        }                                                                                          \
+        fflush(stdout);                                                                            \
     } while (0)
 
 #endif

@@ -47,8 +47,8 @@ static pid_t s_redis_start(const char *dir, int port)
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", dir, (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", dir, (char *)NULL);
         _exit(127);
     }
     lk_redis_t *rd = lk_redis_new("127.0.0.1", port);
@@ -56,7 +56,7 @@ static pid_t s_redis_start(const char *dir, int port)
     bool up = false;
     while (!up && lk_mono_ms() < deadline) {
         if (waitpid(pid, NULL, WNOHANG) == pid)
-            break;  /* it died: not installed, or the port was taken meanwhile */
+            break; /* it died: not installed, or the port was taken meanwhile */
         lk_redis_reply_t *r = lk_redis_cmd(rd, "PING");
         up = !lk_redis_reply_failed(r);
         lk_redis_reply_free(&r);

@@ -11,9 +11,10 @@
 
 static const char *s_access_name(const char *v)
 {
-    return strcmp(v, "1") == 0 ? "sub" : strcmp(v, "2") == 0 ? "pub"
-                                       : strcmp(v, "3") == 0 ? "both"
-                                                             : "?";
+    return strcmp(v, "1") == 0   ? "sub"
+           : strcmp(v, "2") == 0 ? "pub"
+           : strcmp(v, "3") == 0 ? "both"
+                                 : "?";
 }
 
 static int s_cmp_str(const void *a, const void *b)
@@ -61,7 +62,8 @@ static int s_acl_set(la_ctx_t *ctx, const char *user, const char *filter, const 
     if (s_user_exists(ctx, user) == 0)
         fprintf(stderr, "latchkey: note: there is no mqtt_user:%s (yet)\n", user);
     printf("connected clients keep their ACL until they reconnect "
-           "(latchkey revoke %s disconnects them)\n", user);
+           "(latchkey revoke %s disconnects them)\n",
+           user);
     return LA_EXIT_OK;
 }
 
@@ -84,7 +86,7 @@ static int s_acl_show(la_ctx_t *ctx, const char *user)
     }
     if (!pairs)
         fprintf(stderr, "latchkey: no ACL entries for '%s'\n", user);
-    free(sorted);   /* the strings still belong to r */
+    free(sorted); /* the strings still belong to r */
     lk_redis_reply_free(&r);
     return LA_EXIT_OK;
 }
@@ -158,8 +160,7 @@ static int s_show(la_ctx_t *ctx, const char *user)
 int la_cmd_user(la_ctx_t *ctx, int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "superuser") == 0)
-        return la_username_ok(argv[2], false) ? s_superuser(ctx, argv[2], argv[3])
-                                              : LA_EXIT_USAGE;
+        return la_username_ok(argv[2], false) ? s_superuser(ctx, argv[2], argv[3]) : LA_EXIT_USAGE;
     if (argc == 3 && strcmp(argv[1], "show") == 0)
         return s_show(ctx, argv[2]);
     return la_usage(argv[0]);

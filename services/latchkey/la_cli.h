@@ -21,23 +21,23 @@
 #define LA_EXIT_USAGE 2
 
 typedef struct {
-    const char *config_path;    /* -c or $LATCHKEY_CONF; NULL: defaults and environment */
+    const char *config_path; /* -c or $LATCHKEY_CONF; NULL: defaults and environment */
     lk_config_t *config;
-    lk_redis_t *redis;          /* opened on first use by la_redis() */
+    lk_redis_t *redis; /* opened on first use by la_redis() */
 } la_ctx_t;
 
 typedef struct {
     const char *name;
     int (*fn)(la_ctx_t *ctx, int argc, char **argv);
-    const char *usage;          /* one or more lines "passwd [-f file] <user> [password]" */
+    const char *usage; /* one or more lines "passwd [-f file] <user> [password]" */
     const char *summary;
 } la_command_t;
 
 /* ---- subcommands ---- */
-int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv);   /* la_passwd.c */
-int la_cmd_acl(la_ctx_t *ctx, int argc, char **argv);      /* la_acl.c */
-int la_cmd_user(la_ctx_t *ctx, int argc, char **argv);     /* la_acl.c */
-int la_cmd_revoke(la_ctx_t *ctx, int argc, char **argv);   /* la_revoke.c */
+int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv); /* la_passwd.c */
+int la_cmd_acl(la_ctx_t *ctx, int argc, char **argv);    /* la_acl.c */
+int la_cmd_user(la_ctx_t *ctx, int argc, char **argv);   /* la_acl.c */
+int la_cmd_revoke(la_ctx_t *ctx, int argc, char **argv); /* la_revoke.c */
 /* more here: int la_cmd_log(la_ctx_t *ctx, int argc, char **argv);   la_log.c */
 
 /* ---- shared helpers (la_util.c) ---- */

@@ -92,7 +92,7 @@ static int s_write_file(const char *path, const char *text, mode_t mode)
 static int s_file_update(const char *path, const char *user, const char *hash, bool *found)
 {
     char *text;
-    mode_t mode = 0600;     /* a new file is for the broker's eyes only */
+    mode_t mode = 0600; /* a new file is for the broker's eyes only */
     *found = false;
     if (s_read_file(path, &text, &mode) != 0)
         return -1;
@@ -146,7 +146,7 @@ static int s_set(la_ctx_t *ctx, const char *file, const char *user, const char *
         char key[1100];
         snprintf(key, sizeof(key), "mqtt_user:%s", user);
         const char *set[] = {"HSET", key, "password", hash};
-        const char *del[] = {"HDEL", key, "salt"};  /* a sha256 salt means nothing to $7$ */
+        const char *del[] = {"HDEL", key, "salt"}; /* a sha256 salt means nothing to $7$ */
         lk_redis_reply_t *r = la_redis_cmd(ctx, 4, set);
         if (!r)
             rc = LA_EXIT_FAIL;
@@ -181,8 +181,8 @@ static int s_delete(la_ctx_t *ctx, const char *file, const char *user)
     if (found)
         printf("deleted user '%s'%s%s\n", user, file ? " from " : "", file ? file : "");
     else
-        fprintf(stderr, "latchkey: no user '%s'%s%s; revoking anyway\n", user,
-                file ? " in " : "", file ? file : "");
+        fprintf(stderr, "latchkey: no user '%s'%s%s; revoking anyway\n", user, file ? " in " : "",
+                file ? file : "");
     /* the store no longer knows the user; now end the sessions that still run */
     char *users[] = {(char *)user};
     if (la_revoke(ctx, users, 1, S_REVOKE_WAIT_MS) == 0)
@@ -195,7 +195,7 @@ int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv)
     const char *file = NULL;
     bool del = false;
     int c;
-    optind = 0;     /* GNU getopt: start afresh on the subcommand's arguments */
+    optind = 0; /* GNU getopt: start afresh on the subcommand's arguments */
     while ((c = getopt(argc, argv, "+df:h")) != -1) {
         switch (c) {
         case 'd':

@@ -41,8 +41,7 @@ lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv)
         lens[i] = strlen(argv[i]);
     lk_redis_reply_t *r = lk_redis_cmdv(rd, argc, argv, lens);
     if (lk_redis_reply_failed(r)) {
-        fprintf(stderr, "latchkey: redis %s: %s\n", argv[0],
-                r ? r->str : "connection lost");
+        fprintf(stderr, "latchkey: redis %s: %s\n", argv[0], r ? r->str : "connection lost");
         lk_redis_reply_free(&r);
     }
     return r;
@@ -65,8 +64,10 @@ bool la_username_ok(const char *user, bool for_file)
         return false;
     }
     if (strpbrk(user, "+#/"))
-        fprintf(stderr, "latchkey: warning: '%s' contains + # or /: ACL patterns with %%u "
-                        "will not apply to it\n", user);
+        fprintf(stderr,
+                "latchkey: warning: '%s' contains + # or /: ACL patterns with %%u "
+                "will not apply to it\n",
+                user);
     return true;
 }
 
@@ -119,8 +120,8 @@ char *la_read_password(void)
         pw = s_prompt("Password: ");
         char *again = pw ? s_prompt("Reenter password: ") : NULL;
         if (!pw || !again || strcmp(pw, again) != 0) {
-            fprintf(stderr, "latchkey: %s\n", pw && again ? "passwords do not match"
-                                                           : "no password given");
+            fprintf(stderr, "latchkey: %s\n",
+                    pw && again ? "passwords do not match" : "no password given");
             s_wipe_free(pw);
             s_wipe_free(again);
             return NULL;
@@ -197,9 +198,11 @@ int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
     lk_bus_destroy(&bus);
     lk_loop_destroy(&rv.loop);
     if (!rv.acked) {
-        fprintf(stderr, "latchkey: the auth service (%s) %s within %d ms: connected clients "
-                        "were not disconnected\n", endpoint,
-                rv.sent ? "did not confirm the revocation" : "is not running", timeout_ms);
+        fprintf(stderr,
+                "latchkey: the auth service (%s) %s within %d ms: connected clients "
+                "were not disconnected\n",
+                endpoint, rv.sent ? "did not confirm the revocation" : "is not running",
+                timeout_ms);
         return -1;
     }
     return 0;

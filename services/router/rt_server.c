@@ -76,6 +76,7 @@ struct _rt_server_t {
     s_wait_t *waits;
     s_held_t *held, *held_tail;
     bool warming;
+    bool resync_done;
     int64_t warm_deadline;
     int64_t warm_min;
     /* the durable copies the current publish batch caused */
@@ -463,7 +464,8 @@ static void s_warm_check(lk_loop_t *loop, void *arg)
 {
     rt_server_t *self = arg;
     if (self->warming && lk_loop_now(loop) >= self->warm_deadline)
-        s_warm_end(self, "no session store resync in time");
+        s_warm_end(self, self->resync_done ? "session store resync done"
+                                           : "no session store resync in time");
 }
 
 /* --- bus handlers ----------------------------------------------------------------- */
@@ -506,8 +508,10 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
         if (peer == self->store && self->warming &&
             lk_loop_now(self->loop) >= self->warm_min)
             s_warm_end(self, "session store resync done");
-        else if (peer == self->store && self->warming)
+        else if (peer == self->store && self->warming) {
+            self->resync_done = true;
             self->warm_deadline = self->warm_min;   /* frontends get their grace period */
+        }
         break;
     default:
         lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
