@@ -5,6 +5,7 @@
 #   make test            selftests + integration tests against real servers
 #   make fuzz FUZZ_TIME=60   run each libFuzzer target for FUZZ_TIME seconds
 #   make format-check    clang-format conformance
+#   make bench           the load generator $(BUILD)/bin/lkbench (bench/run drives it)
 
 SANITIZE ?=
 BUILD ?= build$(if $(SANITIZE),-san)
@@ -25,7 +26,7 @@ CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=u
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-SERVICES := mqtt-frontend router session-store auth latchkey
+SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter
 
 PROTO := proto/latchkey.proto
 GEN_C := $(BUILD)/gen/latchkey.pb-c.c
@@ -36,9 +37,10 @@ COMMON_OBJS := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/latchkey.pb-
 LIB := $(BUILD)/lib/liblatchkey.a
 
 BINS := $(SERVICES:%=$(BUILD)/bin/%)
+BENCH := $(BUILD)/bin/lkbench
 SELFTESTS := $(BUILD)/test/common-selftest
 
-.PHONY: all run test check memcheck fuzz format format-check clean deps
+.PHONY: all run test check memcheck fuzz format format-check clean deps bench
 .DEFAULT_GOAL := all
 
 $(GEN_C) $(GEN_H): $(PROTO)
@@ -79,7 +81,15 @@ endif
 endef
 $(foreach s,$(SERVICES),$(eval $(call SERVICE_template,$(s))))
 
-all: $(BINS) $(SELFTESTS)
+all: $(BINS) $(SELFTESTS) $(BENCH)
+
+# the load generator (bench/*.c), a client of the common library's MQTT codec
+BENCH_SRCS := $(wildcard bench/*.c)
+$(BENCH): $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+bench: $(BENCH)
 
 # fuzzers: tests/fuzz/fuzz_<name>.c, built with clang's libFuzzer against the common sources
 FUZZ_BUILD := build-fuzz

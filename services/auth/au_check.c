@@ -302,6 +302,14 @@ void au_reply_destroy(Lk__AuthReply **reply_p)
     *reply_p = NULL;
 }
 
+/* everything a client may do: '#' does not reach '$' topics [MQTT-4.7.2-1], so the
+   broker's statistics are granted by name, for reading only */
+static void s_full_access(lk_acl_list_t *acl)
+{
+    lk_acl_list_add(acl, "#", LK_ACL_BOTH);
+    lk_acl_list_add(acl, "$SYS/#", LK_ACL_SUB);
+}
+
 Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
 {
     lk_acl_list_t acl = {0};
@@ -319,7 +327,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         else if (self->aclfile)
             lk_acl_file_rules(self->aclfile, NULL, client, &acl);
         else
-            lk_acl_list_add(&acl, "#", LK_ACL_BOTH);
+            s_full_access(&acl);
     } else {
         s_auth_t rc = s_authenticate(self, user, req, &superuser, &via_redis);
         if (rc == S_AUTH_UNAVAILABLE)
@@ -328,7 +336,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
             reason = AU_REASON_BAD_CREDENTIALS;
         else if (superuser) {
             ok = true;
-            lk_acl_list_add(&acl, "#", LK_ACL_BOTH);
+            s_full_access(&acl);
         } else if (via_redis && s_redis_acl(self, user, client, &acl) != 0)
             reason = AU_REASON_UNAVAILABLE;
         else {
@@ -336,7 +344,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
             if (self->aclfile)
                 lk_acl_file_rules(self->aclfile, user, client, &acl);
             if (acl.count == 0 && self->nomatch_allow)
-                lk_acl_list_add(&acl, "#", LK_ACL_BOTH);
+                s_full_access(&acl);
         }
     }
 
@@ -501,7 +509,8 @@ int au_check_test(au_tally_t *t, int redis_port)
         S_ASK("check: unknown hash format refused", "weird", "secret", NULL,
               s_is(r, false, AU_REASON_BAD_CREDENTIALS, 0));
         S_ASK("check: superuser", "root", "secret", NULL,
-              s_is(r, true, NULL, 1) && r->superuser && s_has_rule(r, "#", 3));
+              s_is(r, true, NULL, 2) && r->superuser && s_has_rule(r, "#", 3) &&
+                  s_has_rule(r, "$SYS/#", 1));
         S_ASK("check: superuser bad password", "root", "x", NULL,
               s_is(r, false, AU_REASON_BAD_CREDENTIALS, 0) && !r->superuser);
         S_ASK("check: anonymous refused by default", NULL, NULL, NULL,
@@ -525,9 +534,10 @@ int au_check_test(au_tally_t *t, int redis_port)
     AU_CHECK(t, "check: new (anonymous)", c != NULL);
     if (c) {
         S_ASK("check: anonymous allowed", NULL, NULL, NULL,
-              s_is(r, true, NULL, 1) && s_has_rule(r, "#", 3) && !r->superuser);
+              s_is(r, true, NULL, 2) && s_has_rule(r, "#", 3) && !r->superuser &&
+                  s_has_rule(r, "$SYS/#", 1));
         S_ASK("check: acl_nomatch allow", "old", "secret", NULL,
-              s_is(r, true, NULL, 1) && s_has_rule(r, "#", 3));
+              s_is(r, true, NULL, 2) && s_has_rule(r, "#", 3));
         S_ASK("check: acl_nomatch allow leaves real rules", "ann", "secret", NULL,
               s_is(r, true, NULL, 4));
         au_check_destroy(&c);
@@ -573,7 +583,7 @@ int au_check_test(au_tally_t *t, int redis_port)
         S_ASK("check: redis user after file, acl_file pattern added", "old", "secret", NULL,
               s_is(r, true, NULL, 1) && s_has_rule(r, "in/old", LK_ACL_SUB));
         S_ASK("check: redis superuser with files", "root", "secret", NULL,
-              s_is(r, true, NULL, 1) && r->superuser);
+              s_is(r, true, NULL, 2) && r->superuser);
         S_ASK("check: anonymous gets the acl_file's anonymous rules", NULL, NULL, NULL,
               s_is(r, true, NULL, 1) && s_has_rule(r, "pub/#", LK_ACL_SUB));
         /* SIGHUP reload: a new password works; a broken file keeps the last good one */

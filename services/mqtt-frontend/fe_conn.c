@@ -210,14 +210,57 @@ void fe_conn_readable(fe_conn_t *conn)
     }
 }
 
-static void s_publish_will(fe_conn_t *conn)
+/* the will now, or after its delay: the smaller of Will Delay and Session Expiry
+   (MQTT 5 3.1.3.2.2) */
+static bool s_will(fe_conn_t *conn)
+{
+    uint32_t delay = 0;
+    if (conn->version == LK_MQTT_V5)
+        delay = conn->will_delay < conn->expiry ? conn->will_delay : conn->expiry;
+    if (delay == 0) {
+        fe_will_publish(conn->srv, conn->client_id, conn->will);
+        return false;
+    }
+    fe_will_schedule(conn->srv, conn->client_id, conn->will, delay);
+    conn->will = NULL;
+    return true;
+}
+
+/* a session that ends with shared-subscription messages the client did not ack hands
+   them back to the router for another member of the group (MQTT 5 4.8.2) */
+static void s_shared_return(fe_conn_t *conn)
 {
     fe_server_t *srv = conn->srv;
-    Lk__Publish pub = LK__PUBLISH__INIT;
-    pub.msg = conn->will;
-    bool reliable = conn->will->qos > 0;
-    lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, reliable);
-    lk_info("client %s: will published on %s", conn->client_id, conn->will->topic);
+    int n = 0;
+    for (size_t i = 0; i < conn->n_inflight; i++) {
+        fe_inflight_t *f = &conn->inflight[i];
+        if (!f->shared || f->released)
+            continue;
+        Lk__Deliver *d = lk__deliver__unpack(NULL, f->shared_len, f->shared);
+        if (d && d->msg && d->share && *d->share) {
+            Lk__Publish pub = LK__PUBLISH__INIT;
+            pub.msg = d->msg;
+            pub.share = d->share;
+            lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, true);
+            n++;
+        }
+        if (d)
+            lk__deliver__free_unpacked(d, NULL);
+    }
+    for (fe_queued_t *q = conn->q_head; q; q = q->next) {
+        Lk__Deliver *d = lk__deliver__unpack(NULL, q->len, q->data);
+        if (d && d->msg && d->share && *d->share && d->msg->qos > 0) {
+            Lk__Publish pub = LK__PUBLISH__INIT;
+            pub.msg = d->msg;
+            pub.share = d->share;
+            lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, true);
+            n++;
+        }
+        if (d)
+            lk__deliver__free_unpacked(d, NULL);
+    }
+    if (n)
+        lk_info("client %s: %d shared-subscription message(s) handed back", conn->client_id, n);
 }
 
 void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const char *why)
@@ -238,8 +281,9 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         (void)!send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
     bool attached = conn->state == FE_ACTIVE || conn->state == FE_SESSION;
     bool mine = conn->client_id && zhashx_lookup(srv->by_client, conn->client_id) == conn;
+    bool will_delayed = false;
     if (attached && publish_will && conn->will && conn->state == FE_ACTIVE)
-        s_publish_will(conn);
+        will_delayed = s_will(conn);
     if (attached && mine) {
         Lk__Detach d = LK__DETACH__INIT;
         d.client = conn->client_id;
@@ -256,12 +300,16 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         sc.client = conn->client_id;
         sc.expiry = conn->expiry;
         sc.subs_changed = true;
+        sc.will_delayed = will_delayed;
         sc.n_subs = conn->n_subs;
         sc.subs = ptrs;
         Lk__Envelope env2 = LK__ENVELOPE__INIT;
         env2.body_case = LK__ENVELOPE__BODY_SESSION_CLOSE;
         env2.session_close = &sc;
         lk_bus_send(srv->bus, srv->store, &env2, true);
+        /* after the Detach, so that the router no longer counts this client a member */
+        if (conn->expiry == 0 && conn->state == FE_ACTIVE)
+            s_shared_return(conn);
     }
     if (mine)
         zhashx_delete(srv->by_client, conn->client_id);
@@ -313,7 +361,12 @@ void fe_conn_free(fe_conn_t *conn)
         free(conn->subs[i].filter);
     free(conn->subs);
     free(conn->qos2_in);
+    for (size_t i = 0; i < conn->n_inflight; i++)
+        free(conn->inflight[i].shared);
     free(conn->inflight);
+    for (uint16_t i = 0; i < conn->n_alias_out; i++)
+        free(conn->alias_out[i]);
+    free(conn->alias_out);
     while (conn->q_head) {
         fe_queued_t *q = conn->q_head;
         conn->q_head = q->next;

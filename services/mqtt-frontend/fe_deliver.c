@@ -43,6 +43,34 @@ void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id)
     }
 }
 
+/* Outbound topic aliases (MQTT 5 3.3.2.3.4): a topic seen before travels as its alias
+   with an empty topic; new topics take free aliases until the client's Topic Alias
+   Maximum (capped, to bound memory) is used up, then go without one. */
+#define FE_ALIAS_CAP 64
+
+static void s_topic_alias(fe_conn_t *conn, lk_mqtt_packet_t *p)
+{
+    uint16_t max = conn->client_alias_max < FE_ALIAS_CAP ? conn->client_alias_max : FE_ALIAS_CAP;
+    if (!max)
+        return;
+    lk_str_t *t = &p->u.publish.topic;
+    for (uint16_t i = 0; i < conn->n_alias_out; i++) {
+        if (strlen(conn->alias_out[i]) == t->len && memcmp(conn->alias_out[i], t->p, t->len) == 0) {
+            LK_PROP_SET(&p->props, LK_PROP_TOPIC_ALIAS);
+            p->props.topic_alias = (uint16_t)(i + 1);
+            t->len = 0;
+            return;
+        }
+    }
+    if (conn->n_alias_out >= max)
+        return;
+    if (!conn->alias_out)
+        conn->alias_out = lk_calloc(max, sizeof(char *));
+    conn->alias_out[conn->n_alias_out++] = lk_strndup(t->p, t->len);
+    LK_PROP_SET(&p->props, LK_PROP_TOPIC_ALIAS);
+    p->props.topic_alias = conn->n_alias_out;
+}
+
 /* encodes the PUBLISH into the output; false when it cannot go to this client */
 static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, bool dup)
 {
@@ -76,6 +104,7 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
             p.props.sub_ids = d->sub_ids;
             p.props.sub_id_count = (uint32_t)d->n_sub_ids;
         }
+        s_topic_alias(conn, &p);
     }
     size_t before = conn->out.len;
     int rc = lk_mqtt_encode(&conn->out, conn->version, &p);
@@ -118,6 +147,13 @@ static void s_send_now(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     f->qos = (uint8_t)d->msg->qos;
     f->released = false;
     f->store_id = d->store_id;
+    f->shared = NULL;
+    f->shared_len = 0;
+    if (d->share && *d->share && !d->store_id) {
+        f->shared_len = lk__deliver__get_packed_size(d);
+        f->shared = lk_malloc(f->shared_len);
+        lk__deliver__pack(d, f->shared);
+    }
 }
 
 static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
@@ -199,6 +235,7 @@ void fe_pump(fe_conn_t *conn)
 
 static void s_inflight_remove(fe_conn_t *conn, size_t i)
 {
+    free(conn->inflight[i].shared);
     conn->inflight[i] = conn->inflight[--conn->n_inflight];
 }
 

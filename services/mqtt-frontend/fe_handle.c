@@ -42,6 +42,8 @@ static void s_msg_fill(fe_conn_t *conn, Lk__Msg *m, lk_str_t topic, lk_str_t pay
     m->retain = retain;
     m->origin_client = conn->client_id;
     m->origin_node = srv->node;
+    if (conn->username)
+        m->origin_user = conn->username;
     if (conn->version == LK_MQTT_V5 && props && (props->has & FE_FORWARD_PROPS)) {
         srv->scratch.len = 0;
         lk_mqtt_props_encode(&srv->scratch, props, FE_FORWARD_PROPS);
@@ -210,6 +212,12 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
                 conn->peer);
         fe_conn_close(old, LK_RC_SESSION_TAKEN_OVER, true, NULL);
     }
+    /* a will delayed here (the old connection's too): a resumed session cancels it, a
+       clean start ends the old session and so sends it now [MQTT-3.1.3-9] */
+    if (conn->clean)
+        fe_will_fire(srv, conn->client_id);
+    else
+        fe_will_cancel(srv, conn->client_id);
     Lk__Attach a = LK__ATTACH__INIT;
     a.client = conn->client_id;
     a.persistent = conn->expiry > 0;
@@ -308,6 +316,10 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
         if (srv->max_topic_alias) {
             LK_PROP_SET(&p.props, LK_PROP_TOPIC_ALIAS_MAXIMUM);
             p.props.topic_alias_maximum = srv->max_topic_alias;
+        }
+        if (srv->receive_maximum < 65535) {
+            LK_PROP_SET(&p.props, LK_PROP_RECEIVE_MAXIMUM);
+            p.props.receive_maximum = srv->receive_maximum;
         }
         if (conn->keepalive > srv->max_keepalive || (conn->keepalive == 0 && srv->max_keepalive < 65535)) {
             conn->keepalive = srv->max_keepalive;
@@ -415,6 +427,13 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         free(topic);
         return 0;
     }
+    if (p->qos > 0 && conn->version == LK_MQTT_V5 &&
+        conn->n_qos1_in + conn->n_qos2_in >= srv->receive_maximum) {
+        /* [MQTT-3.3.4-9] more unacknowledged QoS > 0 publishes than we allowed */
+        free(topic);
+        fe_conn_close(conn, LK_RC_RECEIVE_MAX_EXCEEDED, true, "receive maximum exceeded");
+        return -1;
+    }
     if (!s_allowed(conn, topic, LK_ACL_PUB, false)) {
         lk_info("client %s: publish to '%s' denied", conn->client_id, topic);
         /* 3.x has no refusal code: acknowledge and drop, as Mosquitto does */
@@ -440,6 +459,8 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         return 0;
     if (p->qos == 2)
         s_qos2_in_add(conn, p->packet_id);
+    else
+        conn->n_qos1_in++;
     fe_wait_item_t it = {p->qos == 1 ? FE_WAIT_PUBACK : FE_WAIT_PUBREC, conn->fd, conn->id,
                          p->packet_id, NULL, 0};
     fe_wait_add(fe_wait_for(srv, srv->router, seq), &it);
@@ -479,7 +500,9 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         }
         if (!s_allowed(conn, f, LK_ACL_SUB, true)) {
             lk_info("client %s: subscription to '%s' denied", conn->client_id, f);
-            codes[i] = conn->version == LK_MQTT_V5 ? LK_RC_NOT_AUTHORIZED : 0x80;
+            /* 0x80 in both versions: MQTT 5 allows any failure code here, and clients
+               and the interoperability suites expect the 3.1.1 one */
+            codes[i] = 0x80;
             free(f);
             continue;
         }

@@ -36,7 +36,19 @@ typedef struct {
     uint8_t qos;
     bool released;      /* QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP */
     uint64_t store_id;
+    /* a shared-subscription delivery keeps its message (packed lk.Deliver), so that it can
+       go to another member if this session ends before the client acks it */
+    uint8_t *shared;
+    size_t shared_len;
 } fe_inflight_t;
+
+/* a Last Will waiting for its delay (MQTT 5 Will Delay Interval) */
+typedef struct fe_will {
+    char *client_id;
+    Lk__Msg *msg;
+    int64_t due_ms;
+    struct fe_will *next;
+} fe_will_t;
 
 /* an outgoing message waiting for a free inflight slot: a packed lk.Deliver */
 typedef struct fe_queued {
@@ -93,6 +105,11 @@ typedef struct fe_conn {
     /* subscriptions */
     fe_sub_t *subs;
     size_t n_subs, cap_subs;
+    /* outbound topic aliases (v5): alias i+1 stands for alias_out[i] */
+    char **alias_out;
+    uint16_t n_alias_out;
+    /* inbound QoS 1 publishes waiting for the router (Receive Maximum accounting) */
+    uint32_t n_qos1_in;
     /* inbound QoS 2 packet ids between PUBLISH and PUBREL */
     uint16_t *qos2_in;
     size_t n_qos2_in, cap_qos2_in;
@@ -161,6 +178,9 @@ struct _fe_server_t {
     uint32_t max_packet;
     uint16_t max_keepalive;
     uint16_t max_topic_alias;
+    uint16_t receive_maximum;
+    fe_will_t *wills;       /* delayed wills */
+    uint64_t connections_total;
     uint32_t persistent_expiration;
     int connect_timeout_ms;
     int request_timeout_ms;
@@ -203,6 +223,11 @@ int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid);
 void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
 
 /* fe_server.c */
+void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s);
+bool fe_will_cancel(fe_server_t *srv, const char *client_id);
+/* publishes a delayed will now (its session ended); false when none waits */
+bool fe_will_fire(fe_server_t *srv, const char *client_id);
+void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg);
 fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq);
 void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item);
 uint8_t fe_connack_code(uint8_t version, uint8_t reason5);

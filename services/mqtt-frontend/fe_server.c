@@ -52,6 +52,8 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
             switch (it->kind) {
             case FE_WAIT_PUBACK:
             case FE_WAIT_PUBREC:
+                if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
+                    conn->n_qos1_in--;
                 p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
                 p.u.ack.packet_id = it->pid;
                 fe_conn_send(conn, &p);
@@ -129,8 +131,14 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
 static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
 {
     fe_conn_t *c = zhashx_lookup(srv->by_client, t->client ? t->client : "");
-    if (!c || c->state == FE_NEW || c->state == FE_CLOSED)
+    if (!c || c->state == FE_NEW || c->state == FE_CLOSED) {
+        /* the client is back elsewhere: a will waiting here must not be sent
+           [MQTT-3.1.3-9] */
+        if (t->client && fe_will_cancel(srv, t->client))
+            lk_info("client %s: delayed will cancelled, reconnected on %s", t->client,
+                    t->by_node ? t->by_node : "?");
         return;
+    }
     lk_info("client %s taken over by %s", c->client_id, t->by_node ? t->by_node : "?");
     fe_conn_close(c, LK_RC_SESSION_TAKEN_OVER, true, NULL);
 }
@@ -204,6 +212,7 @@ static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
             port = ntohs(a->sin6_port);
         }
         snprintf(peer, sizeof(peer), "%s:%d", host, port);
+        srv->connections_total++;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         fe_conn_new(srv, fd, peer);
@@ -250,12 +259,102 @@ static int s_listen(fe_server_t *srv, const char *spec)
     return 0;
 }
 
+/* --- delayed wills ---------------------------------------------------------------- */
+
+void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg)
+{
+    Lk__Publish pub = LK__PUBLISH__INIT;
+    pub.msg = msg;
+    lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, msg->qos > 0);
+    lk_info("client %s: will published on %s", client_id, msg->topic);
+}
+
+void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s)
+{
+    fe_will_cancel(srv, client_id);
+    fe_will_t *w = lk_calloc(1, sizeof(*w));
+    w->client_id = lk_strdup(client_id);
+    w->msg = msg;
+    w->due_ms = lk_loop_now(srv->loop) + (int64_t)delay_s * 1000;
+    w->next = srv->wills;
+    srv->wills = w;
+}
+
+static void s_will_free(fe_will_t *w)
+{
+    lk__msg__free_unpacked(w->msg, NULL);
+    free(w->client_id);
+    free(w);
+}
+
+bool fe_will_cancel(fe_server_t *srv, const char *client_id)
+{
+    for (fe_will_t **pp = &srv->wills; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->client_id, client_id) == 0) {
+            fe_will_t *w = *pp;
+            *pp = w->next;
+            s_will_free(w);
+            return true;
+        }
+    }
+    return false;
+}
+
+bool fe_will_fire(fe_server_t *srv, const char *client_id)
+{
+    for (fe_will_t **pp = &srv->wills; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->client_id, client_id) == 0) {
+            fe_will_t *w = *pp;
+            *pp = w->next;
+            fe_will_publish(srv, w->client_id, w->msg);
+            s_will_free(w);
+            return true;
+        }
+    }
+    return false;
+}
+
+static void s_wills_due(fe_server_t *srv, int64_t now)
+{
+    fe_will_t **pp = &srv->wills;
+    while (*pp) {
+        fe_will_t *w = *pp;
+        if (w->due_ms <= now) {
+            *pp = w->next;
+            fe_will_publish(srv, w->client_id, w->msg);
+            s_will_free(w);
+        } else
+            pp = &w->next;
+    }
+}
+
+/* --- statistics for the router's $SYS topics --------------------------------------- */
+
+static void s_stats(lk_loop_t *loop, void *arg)
+{
+    fe_server_t *srv = arg;
+    Lk__NodeStats st = LK__NODE_STATS__INIT;
+    st.clients = zhashx_size(srv->by_client);
+    st.msgs_received = srv->msgs_in;
+    st.msgs_sent = srv->msgs_out;
+    st.bytes_received = srv->bytes_in;
+    st.bytes_sent = srv->bytes_out;
+    st.msgs_dropped = srv->dropped;
+    st.connections_total = srv->connections_total;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_STATS;
+    env.stats = &st;
+    lk_bus_send(srv->bus, srv->router, &env, false);
+}
+
 /* --- cron ------------------------------------------------------------------------- */
 
 static void s_cron(lk_loop_t *loop, void *arg)
 {
     fe_server_t *srv = arg;
     int64_t now = lk_loop_now(loop);
+    if (srv->wills)
+        s_wills_due(srv, now);
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
         if (!c || c->state == FE_CLOSED)
@@ -358,7 +457,11 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         srv->max_inflight = 65535;
     srv->max_queued = (uint32_t)lk_config_get_int(config, "max_queued_messages", 1000);
     srv->max_packet = (uint32_t)lk_config_get_int(config, "max_packet_size", 268435455);
-    srv->max_keepalive = (uint16_t)lk_config_get_int(config, "max_keepalive", 65535);
+    /* 60 s, as the MQTT 5 interoperability suite expects of a Server Keep Alive */
+    srv->max_keepalive = (uint16_t)lk_config_get_int(config, "max_keepalive", 60);
+    srv->receive_maximum = (uint16_t)lk_config_get_int(config, "receive_maximum", 100);
+    if (srv->receive_maximum == 0)
+        srv->receive_maximum = 65535;
     srv->max_topic_alias = (uint16_t)lk_config_get_int(config, "max_topic_alias", 10);
     srv->persistent_expiration =
         (uint32_t)lk_config_get_int(config, "persistent_client_expiration", 0);
@@ -400,6 +503,7 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
             return NULL;
         }
     lk_loop_timer(loop, 250, true, s_cron, srv);
+    lk_loop_timer(loop, lk_config_get_int(config, "sys_interval", 5) * 500, true, s_stats, srv);
     return srv;
 }
 
@@ -419,6 +523,11 @@ void fe_server_destroy(fe_server_t **self_p)
         close(srv->listen_fds[i]);
     }
     free(srv->listen_fds);
+    while (srv->wills) {
+        fe_will_t *w = srv->wills;
+        srv->wills = w->next;
+        s_will_free(w);
+    }
     while (srv->waits) {
         fe_wait_t *w = srv->waits;
         srv->waits = w->next;

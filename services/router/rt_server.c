@@ -18,6 +18,7 @@
 #include "rt_retain.h"
 #include "rt_trie.h"
 #include <czmq.h>
+#include <stdarg.h>
 
 typedef struct {
     char *id;
@@ -34,7 +35,14 @@ typedef struct {
     bool retain;
     uint32_t sub_ids[8];
     size_t n_sub_ids;
+    const char *share;      /* the shared filter this copy goes through, or NULL */
 } s_target_t;
+
+/* the latest statistics of one frontend */
+typedef struct {
+    Lk__NodeStats st;
+    lk_peer_t *peer;
+} s_stats_t;
 
 /* a publish batch waiting for the session store to ack its durable copies */
 typedef struct s_job {
@@ -83,6 +91,10 @@ struct _rt_server_t {
     uint64_t cur_store_seq;
     uint64_t cur_retain_seq;
     const char *cur_origin;
+    const char *cur_share;
+    /* $SYS */
+    zhashx_t *stats;        /* node -> s_stats_t */
+    int64_t started_ms;
     /* counters */
     uint64_t published, delivered, stored, dropped_expired;
 };
@@ -202,6 +214,9 @@ static void s_on_match(void *client, const rt_sub_opts_t *opts, const char *filt
     /* No Local [MQTT-3.8.3-3]: never back to the publisher through this subscription */
     if (opts->no_local && self->cur_origin && strcmp(self->cur_origin, c->id) == 0)
         return;
+    /* a message handed back by a shared-subscription member goes to its group only */
+    if (self->cur_share && (!group || strcmp(filter, self->cur_share) != 0))
+        return;
     s_target_t *t;
     /* one message per client (with every matching subscription id, at the highest QoS,
        MQTT 5 3.3.4); a shared-subscription delivery is its own copy */
@@ -221,6 +236,7 @@ static void s_on_match(void *client, const rt_sub_opts_t *opts, const char *filt
         t->qos = 0;
         t->retain = false;
         t->n_sub_ids = 0;
+        t->share = group ? filter : NULL;
     }
     if (opts->qos > t->qos)
         t->qos = opts->qos;
@@ -236,7 +252,10 @@ static bool s_available(void *client, void *arg)
     return c->node && lk_peer_alive(c->node);
 }
 
-static void s_publish_one(rt_server_t *self, Lk__Msg *msg)
+/* share: deliver only through that shared filter (a handed-back message);
+   durable_retain: a retained message is also stored by the session store ($SYS is not) */
+static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
+                          bool durable_retain)
 {
     self->published++;
     if (!msg->topic || !*msg->topic)
@@ -245,7 +264,11 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg)
         self->dropped_expired++;
         return;
     }
-    if (msg->retain) {
+    if (share && *share)
+        self->cur_share = share;
+    else if (msg->retain && !durable_retain) {
+        rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+    } else if (msg->retain) {
         if (msg->payload.len == 0)
             rt_retain_delete(self->retain, msg->topic);
         else
@@ -280,12 +303,14 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg)
             d.msg = msg;
             d.n_sub_ids = t->n_sub_ids;
             d.sub_ids = t->sub_ids;
+            d.share = (char *)t->share;
             lk_bus_batch_add(self->bus, c->node, LK_BODY_DELIVER, &d, false);
             self->delivered++;
         }
     }
     msg->qos = pub_qos;
     msg->retain = retain_flag;
+    self->cur_share = NULL;
 }
 
 static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
@@ -294,7 +319,8 @@ static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *en
     self->cur_retain_seq = 0;
     for (size_t i = 0; i < env->publish->n_items; i++)
         if (env->publish->items[i]->msg)
-            s_publish_one(self, env->publish->items[i]->msg);
+            s_publish_one(self, env->publish->items[i]->msg, env->publish->items[i]->share,
+                          true);
     if (!env->seq)
         return;
     if (!self->cur_store_seq && !self->cur_retain_seq) {
@@ -432,6 +458,80 @@ static void s_retain_resync(rt_server_t *self, Lk__RetainSet *rs)
     }
 }
 
+/* --- $SYS ------------------------------------------------------------------------- */
+
+static void s_sys_one(rt_server_t *self, const char *topic, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void s_sys_one(rt_server_t *self, const char *topic, const char *fmt, ...)
+{
+    char value[64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(value, sizeof(value), fmt, ap);
+    va_end(ap);
+    Lk__Msg m = LK__MSG__INIT;
+    m.topic = (char *)topic;
+    m.payload.data = (uint8_t *)value;
+    m.payload.len = strlen(value);
+    m.retain = true;
+    m.origin_node = (char *)lk_bus_node(self->bus);
+    /* retained in the router only: the next interval rewrites them anyway */
+    s_publish_one(self, &m, NULL, false);
+}
+
+static void s_sys(lk_loop_t *loop, void *arg)
+{
+    rt_server_t *self = arg;
+    if (self->warming)
+        return;
+    Lk__NodeStats sum = LK__NODE_STATS__INIT;
+    for (s_stats_t *n = zhashx_first(self->stats); n; n = zhashx_next(self->stats)) {
+        if (!lk_peer_alive(n->peer))
+            continue;
+        sum.clients += n->st.clients;
+        sum.msgs_received += n->st.msgs_received;
+        sum.msgs_sent += n->st.msgs_sent;
+        sum.bytes_received += n->st.bytes_received;
+        sum.bytes_sent += n->st.bytes_sent;
+        sum.msgs_dropped += n->st.msgs_dropped;
+        sum.connections_total += n->st.connections_total;
+    }
+    size_t total = zhashx_size(self->clients);
+    s_sys_one(self, "$SYS/broker/version", "latchkey version %s", LK_VERSION);
+    s_sys_one(self, "$SYS/broker/uptime", "%" PRId64 " seconds",
+              (lk_mono_ms() - self->started_ms) / 1000);
+    s_sys_one(self, "$SYS/broker/clients/connected", "%" PRIu64, sum.clients);
+    s_sys_one(self, "$SYS/broker/clients/total", "%zu", total);
+    s_sys_one(self, "$SYS/broker/clients/disconnected", "%" PRIu64,
+              total > sum.clients ? total - sum.clients : 0);
+    s_sys_one(self, "$SYS/broker/messages/received", "%" PRIu64, sum.msgs_received);
+    s_sys_one(self, "$SYS/broker/messages/sent", "%" PRIu64, sum.msgs_sent);
+    s_sys_one(self, "$SYS/broker/bytes/received", "%" PRIu64, sum.bytes_received);
+    s_sys_one(self, "$SYS/broker/bytes/sent", "%" PRIu64, sum.bytes_sent);
+    s_sys_one(self, "$SYS/broker/publish/messages/dropped", "%" PRIu64, sum.msgs_dropped);
+    s_sys_one(self, "$SYS/broker/subscriptions/count", "%zu", rt_trie_count(self->trie));
+    s_sys_one(self, "$SYS/broker/retained messages/count", "%zu", rt_retain_count(self->retain));
+}
+
+static void s_stats_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+static void s_stats_update(rt_server_t *self, lk_peer_t *peer, const Lk__NodeStats *st)
+{
+    s_stats_t *n = zhashx_lookup(self->stats, lk_peer_name(peer));
+    if (!n) {
+        n = lk_calloc(1, sizeof(*n));
+        zhashx_insert(self->stats, lk_peer_name(peer), n);
+    }
+    n->st = *st;
+    n->st.base.descriptor = &lk__node_stats__descriptor;
+    n->peer = peer;
+}
+
 /* --- warming ---------------------------------------------------------------------- */
 
 static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env);
@@ -504,6 +604,9 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
     case LK__ENVELOPE__BODY_RETAIN:
         s_retain_resync(self, env->retain);
         break;
+    case LK__ENVELOPE__BODY_STATS:
+        s_stats_update(self, peer, env->stats);
+        break;
     case LK__ENVELOPE__BODY_RESYNC_DONE:
         if (peer == self->store && self->warming &&
             lk_loop_now(self->loop) >= self->warm_min)
@@ -563,6 +666,9 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     zhashx_set_destructor(self->clients, s_client_free);
     self->trie = rt_trie_new();
     self->retain = rt_retain_new(s_retain_free);
+    self->stats = zhashx_new();
+    zhashx_set_destructor(self->stats, s_stats_free);
+    self->started_ms = lk_mono_ms();
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
     lk_bus_on_acked(self->bus, s_store_acked);
@@ -587,6 +693,7 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->warm_min = now + lk_config_get_int(config, "router_warmup_min_ms", 600);
     self->warm_deadline = now + lk_config_get_int(config, "router_warmup_max_ms", 3000);
     lk_loop_timer(loop, 100, true, s_warm_check, self);
+    lk_loop_timer(loop, lk_config_get_int(config, "sys_interval", 5) * 1000, true, s_sys, self);
     return self;
 }
 
@@ -599,6 +706,7 @@ void rt_server_destroy(rt_server_t **self_p)
     rt_trie_destroy(&self->trie);
     zhashx_destroy(&self->clients);
     rt_retain_destroy(&self->retain);
+    zhashx_destroy(&self->stats);
     while (self->waits) {
         s_wait_t *w = self->waits;
         self->waits = w->next;

@@ -43,9 +43,8 @@ static pid_t s_redis_start(const char *dir, int port)
             dup2(null, 1);
             dup2(null, 2);
         }
-        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", dir,
-               (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--daemonize", "no", "--dir", dir, (char *)NULL);
         _exit(127);
     }
     return pid;

@@ -146,7 +146,8 @@ void ss_codec_test(bool verbose, int *passed, int *failed)
     sub.sub_id = 9;
     ss_codec_pack_subscription(&sub, &buf);
     Lk__Subscription *s = ss_codec_unpack_subscription(buf.data, buf.size);
-    ok = s && s->qos == 2 && s->no_local && s->sub_id == 9 && strcmp(s->filter, "$share/g/x/#") == 0;
+    ok =
+        s && s->qos == 2 && s->no_local && s->sub_id == 9 && strcmp(s->filter, "$share/g/x/#") == 0;
     ss_codec_subscription_free(&s);
     s_check("codec: subscription round trip", ok, passed, failed);
 

@@ -25,11 +25,11 @@
 #define SS_BACKOFF_MIN_MS 100
 #define SS_BACKOFF_MAX_MS 2000
 #define SS_WARN_EVERY_MS 5000
-#define SS_NODE_GRACE_MS 3000    /* after loading: a node not heard from by then is gone */
-#define SS_RESYNC_SESSIONS 256   /* offline sessions per resync step */
-#define SS_RESYNC_RETAINED 500   /* HSCAN COUNT per resync step */
+#define SS_NODE_GRACE_MS 3000  /* after loading: a node not heard from by then is gone */
+#define SS_RESYNC_SESSIONS 256 /* offline sessions per resync step */
+#define SS_RESYNC_RETAINED 500 /* HSCAN COUNT per resync step */
 #define SS_RESYNC_RETRY_MS 1000
-#define SS_EXPIRE_MAX 1000       /* sessions expired per cron tick */
+#define SS_EXPIRE_MAX 1000 /* sessions expired per cron tick */
 #define SS_MSGLOG_SEGMENT (64 * 1024 * 1024)
 
 /* a reliable envelope waiting for Redis */
@@ -62,6 +62,8 @@ struct _ss_server_t {
     int load_timer;
     int64_t load_backoff;
     int cron_timer;
+    /* client -> node where its delayed will waits (volatile: the will itself is too) */
+    zhashx_t *will_nodes;
     /* waiting for Redis */
     zlistx_t *retry;
     int retry_timer;
@@ -69,7 +71,7 @@ struct _ss_server_t {
     int64_t redis_warned;
     /* router resync */
     bool resync_wanted;
-    int resync_phase;             /* 0 idle, 1 offline sessions, 2 retained messages */
+    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages */
     zlistx_t *resync_clients;
     uint64_t resync_cursor;
     int resync_timer;
@@ -114,12 +116,24 @@ static int s_cfg_number(lk_config_t *cfg, const char *key, int64_t def, int64_t 
     int64_t mult = 1;
     if (units && end != v && *end && !end[1]) {
         switch (*end) {
-        case 'h': mult = 3600; break;
-        case 'd': mult = 86400; break;
-        case 'w': mult = 7 * 86400; break;
-        case 'm': mult = 30 * 86400; break;
-        case 'y': mult = 365 * 86400; break;
-        default: mult = 0; break;
+        case 'h':
+            mult = 3600;
+            break;
+        case 'd':
+            mult = 86400;
+            break;
+        case 'w':
+            mult = 7 * 86400;
+            break;
+        case 'm':
+            mult = 30 * 86400;
+            break;
+        case 'y':
+            mult = 365 * 86400;
+            break;
+        default:
+            mult = 0;
+            break;
         }
         if (mult)
             end++;
@@ -139,6 +153,7 @@ ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
     self->node = lk_strdup(node);
     self->ready_fd = ready_fd;
     self->retry = zlistx_new();
+    self->will_nodes = zhashx_new();
     zlistx_set_destructor(self->retry, s_retry_destroy);
     self->retry_backoff = SS_BACKOFF_MIN_MS;
 
@@ -160,8 +175,8 @@ ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
     }
     if (s_cfg_number(cfg, "redis_port", 6379, 65535, false, &port) != 0 ||
         s_cfg_number(cfg, "max_queued_messages", 1000, UINT32_MAX, false, &max_queued) != 0 ||
-        s_cfg_number(cfg, "persistent_client_expiration", 0, UINT32_MAX - 1, true,
-                     &expiration) != 0)
+        s_cfg_number(cfg, "persistent_client_expiration", 0, UINT32_MAX - 1, true, &expiration) !=
+            0)
         rc = -1;
     if (rc != 0) {
         ss_server_destroy(&self);
@@ -197,6 +212,7 @@ void ss_server_destroy(ss_server_t **self_p)
     lk_msglog_close(&self->msglog);
     ss_store_destroy(&self->store);
     zlistx_destroy(&self->retry);
+    zhashx_destroy(&self->will_nodes);
     zlistx_destroy(&self->resync_clients);
     free(self->ids);
     ss_buf_release(&self->buf);
@@ -321,6 +337,11 @@ static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     }
     if (prev)
         s_send_takeover(self, prev, o->client, node);
+    /* the client is back: a delayed will elsewhere must not be sent [MQTT-3.1.3-9] */
+    const char *will_node = zhashx_lookup(self->will_nodes, o->client);
+    if (will_node && strcmp(will_node, node) != 0 && (!prev || strcmp(prev, will_node) != 0))
+        s_send_takeover(self, will_node, o->client, node);
+    zhashx_delete(self->will_nodes, o->client);
     free(prev);
 
     Lk__SessionOpened reply = LK__SESSION_OPENED__INIT;
@@ -352,6 +373,8 @@ static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     if (rc == 1)
         lk_debug("SessionClose of %s from %s ignored: not there", c->client ? c->client : "",
                  lk_peer_name(peer));
+    else if (c->will_delayed)
+        zhashx_update(self->will_nodes, c->client, (void *)lk_peer_name(peer));
     s_ack(self, peer, env);
     return 0;
 }
@@ -502,9 +525,10 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (peer == self->router)
+    if (peer == self->router) {
         s_resync_stop(self); /* it starts over when the router is back */
-    else if (self->loaded)
+        self->resync_wanted = false;
+    } else if (self->loaded)
         ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
 }
 
@@ -619,8 +643,7 @@ static void s_load(lk_loop_t *loop, void *arg)
     if (ss_store_load(self->store) != 0) {
         int64_t now = lk_mono_ms();
         if (!self->redis_warned || now - self->redis_warned >= SS_WARN_EVERY_MS) {
-            lk_warn("redis at %s:%d not available; retrying", self->redis_host,
-                    self->redis_port);
+            lk_warn("redis at %s:%d not available; retrying", self->redis_host, self->redis_port);
             self->redis_warned = now;
         }
         self->load_backoff = self->load_backoff ? self->load_backoff * 2 : SS_BACKOFF_MIN_MS;
@@ -694,8 +717,8 @@ int ss_server_start(ss_server_t *self)
         return -1;
     self->router = lk_bus_connect(self->bus, "router", self->router_endpoint);
     self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
-    lk_info("serving %s, router at %s, redis %s:%d", self->session_endpoint,
-            self->router_endpoint, self->redis_host, self->redis_port);
+    lk_info("serving %s, router at %s, redis %s:%d", self->session_endpoint, self->router_endpoint,
+            self->redis_host, self->redis_port);
     s_load(self->loop, self);
     return 0;
 }

@@ -40,15 +40,15 @@ static const char s_replace_subs_lua[] =
 
 struct _ss_store_t {
     lk_redis_t *redis;
-    zhashx_t *sessions;       /* client -> ss_session_t; the key is the session's client */
+    zhashx_t *sessions; /* client -> ss_session_t; the key is the session's client */
     uint32_t max_queued;
-    uint32_t forced_expiry;   /* s, for SS_EXPIRY_NEVER sessions; 0 = never */
-    uint64_t dropped;         /* over quota, since start */
-    uint64_t mark;            /* batch generation for ss_session_t.mark */
-    ss_session_t **touched;   /* sessions of the current batch */
+    uint32_t forced_expiry; /* s, for SS_EXPIRY_NEVER sessions; 0 = never */
+    uint64_t dropped;       /* over quota, since start */
+    uint64_t mark;          /* batch generation for ss_session_t.mark */
+    ss_session_t **touched; /* sessions of the current batch */
     size_t touched_cap;
-    ss_buf_t key;             /* scratch: hiredis copies arguments at append time, */
-    ss_buf_t val;             /* so one buffer each serves a whole pipeline */
+    ss_buf_t key; /* scratch: hiredis copies arguments at append time, */
+    ss_buf_t val; /* so one buffer each serves a whole pipeline */
 };
 
 /* A pipeline in progress: appends stop at the first failure (the link is gone, and a
@@ -243,8 +243,8 @@ static void s_append_record(ss_store_t *self, s_pipe_t *p, const char *client, c
     snprintf(e, sizeof(e), "%" PRIu64, epoch);
     snprintf(x, sizeof(x), "%" PRIu32, expiry);
     snprintf(d, sizeof(d), "%" PRId64, disconnected_at);
-    s_pipe_str(p, "HSET", s_key(self, "lk:sess:", client), "node", node ? node : "",
-               "node_epoch", e, "expiry", x, "disconnected_at", d, NULL);
+    s_pipe_str(p, "HSET", s_key(self, "lk:sess:", client), "node", node ? node : "", "node_epoch",
+               e, "expiry", x, "disconnected_at", d, NULL);
 }
 
 /* every key of a session, and its lk:sessions membership */
@@ -654,8 +654,8 @@ static void s_drop_full(ss_store_t *self, ss_session_t *s)
     s->dropped++;
     int64_t now = lk_mono_ms();
     if (s->drop_logged_ms == 0 || now - s->drop_logged_ms >= SS_DROP_LOG_MS) {
-        lk_warn("client %s: queue full (%zu messages), %" PRIu64 " message(s) dropped",
-                s->client, s->qlen, s->dropped);
+        lk_warn("client %s: queue full (%zu messages), %" PRIu64 " message(s) dropped", s->client,
+                s->qlen, s->dropped);
         s->drop_logged_ms = now;
         s->dropped = 0;
     }
@@ -715,10 +715,10 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
         d.store_id = ids[i];
         ss_codec_pack_deliver(&d, &self->val);
         char num[24];
+        size_t num_len = (size_t)snprintf(num, sizeof(num), "%" PRIu64, ids[i]);
         const char *argv[4] = {"HSET", s_key(self, "lk:q:", it->client), num,
                                (const char *)self->val.data};
-        size_t lens[4] = {4, self->key.size, (size_t)snprintf(num, sizeof(num), "%" PRIu64, ids[i]),
-                          self->val.size};
+        size_t lens[4] = {4, self->key.size, num_len, self->val.size};
         s_pipe_cmd(&p, 4, argv, lens);
     }
     if (s_pipe_end(&p) != 0) {
@@ -801,8 +801,8 @@ int ss_store_retain_scan(ss_store_t *self, uint64_t *cursor, size_t count, ss_re
 void ss_store_offline(ss_store_t *self, zlistx_t *list, ss_holds_fn *holds, void *arg)
 {
     for (ss_session_t *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
-        if (s->persistent && (s->disconnected_at || !s->node ||
-                              (holds && !holds(s->node, s->node_epoch, arg))))
+        if (s->persistent &&
+            (s->disconnected_at || !s->node || (holds && !holds(s->node, s->node_epoch, arg))))
             zlistx_add_end(list, lk_strdup(s->client));
 }
 
@@ -964,7 +964,7 @@ int ss_store_expire(ss_store_t *self, int64_t now_ms, size_t max, zlistx_t *expi
 //  Selftest: runs against a real redis-server (started by selftest.c), which it flushes.
 
 typedef struct {
-    lk_redis_t *raw;      /* a second connection to look at Redis directly */
+    lk_redis_t *raw; /* a second connection to look at Redis directly */
     int *passed, *failed;
     bool verbose;
 } s_test_t;
@@ -992,8 +992,12 @@ static int64_t s_raw_int(s_test_t *t, const char *fmt, const char *arg)
 static int s_test_open(ss_store_t *store, const char *client, const char *node, uint64_t epoch,
                        bool clean, uint32_t expiry, ss_open_result_t *res)
 {
-    ss_open_t req = {.req = 0, .client = client, .clean = clean, .expiry = expiry,
-                     .node = node, .node_epoch = epoch};
+    ss_open_t req = {.req = 0,
+                     .client = client,
+                     .clean = clean,
+                     .expiry = expiry,
+                     .node = node,
+                     .node_epoch = epoch};
     return ss_store_open(store, &req, res);
 }
 
@@ -1004,7 +1008,7 @@ static int s_test_put(ss_store_t *store, const char *client, size_t n, int64_t e
     Lk__StoreItem *items = lk_calloc(n, sizeof(*items));
     Lk__Msg *msgs = lk_calloc(n, sizeof(*msgs));
     Lk__StoreItem **ptrs = lk_calloc(n, sizeof(*ptrs));
-    char (*topics)[32] = lk_calloc(n, sizeof(*topics));
+    char(*topics)[32] = lk_calloc(n, sizeof(*topics));
     uint32_t sub_id = 5;
     for (size_t i = 0; i < n; i++) {
         lk__msg__init(&msgs[i]);
@@ -1059,8 +1063,8 @@ static bool s_list_has(zlistx_t *list, const char *s)
 
 void ss_store_test(const char *host, int port, bool verbose, int *passed, int *failed)
 {
-    s_test_t t = {.raw = lk_redis_new(host, port), .passed = passed, .failed = failed,
-                  .verbose = verbose};
+    s_test_t t = {
+        .raw = lk_redis_new(host, port), .passed = passed, .failed = failed, .verbose = verbose};
     lk_redis_reply_t *r = lk_redis_cmd(t.raw, "FLUSHALL");
     s_check(&t, "store: redis reachable", !lk_redis_reply_failed(r));
     lk_redis_reply_free(&r);
@@ -1147,13 +1151,14 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     zclock_sleep(100);
     ok = ok && s_test_open(store, "c1", "fe-2", 22, false, 3600, &res) == 0 &&
          res.n_pending == 10 && res.pending[9]->store_id == 12 &&
-         s_raw_int(&t, "HEXISTS lk:q:%s 13", "c1") == 0 && ss_store_session(store, "c1")->qlen == 10;
+         s_raw_int(&t, "HEXISTS lk:q:%s 13", "c1") == 0 &&
+         ss_store_session(store, "c1")->qlen == 10;
     ss_open_result_clear(&res);
     s_check(&t, "store: expired pending message skipped and deleted", ok);
 
     // --- retried SessionOpen keeps its first answer
-    ss_open_t again = {.req = 7, .client = "c9", .clean = true, .expiry = 60, .node = "fe-1",
-                       .node_epoch = 11};
+    ss_open_t again = {
+        .req = 7, .client = "c9", .clean = true, .expiry = 60, .node = "fe-1", .node_epoch = 11};
     ok = ss_store_open(store, &again, &res) == 0 && !res.present;
     ss_open_result_clear(&res);
     ok = ok && s_test_put(store, "c9", 1, 0, ids) == 0 && ids[0] == 1;
@@ -1190,8 +1195,8 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c2") == 1;
     zlistx_t *list = s_name_list();
     ok = ok && ss_store_expire(store, closed_at + 500, 100, list) == 0 && zlistx_size(list) == 0;
-    ok = ok && ss_store_expire(store, closed_at + 1000, 100, list) == 0 &&
-         zlistx_size(list) == 1 && s_list_has(list, "c2") && !ss_store_session(store, "c2") &&
+    ok = ok && ss_store_expire(store, closed_at + 1000, 100, list) == 0 && zlistx_size(list) == 1 &&
+         s_list_has(list, "c2") && !ss_store_session(store, "c2") &&
          s_raw_int(&t, "EXISTS lk:sess:%s", "c2") == 0 &&
          s_raw_int(&t, "SISMEMBER lk:sessions %s", "c2") == 0;
     zlistx_purge(list);
@@ -1203,8 +1208,8 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     int64_t later = lk_wall_ms() + 10LL * 365 * 86400 * 1000;
     ok = ok && ss_store_expire(store, later, 100, list) == 0 && zlistx_size(list) == 0;
     ss_store_set_forced_expiry(store, 10);
-    ok = ok && ss_store_expire(store, lk_wall_ms() + 5000, 100, list) == 0 &&
-         zlistx_size(list) == 0;
+    ok =
+        ok && ss_store_expire(store, lk_wall_ms() + 5000, 100, list) == 0 && zlistx_size(list) == 0;
     ok = ok && ss_store_expire(store, lk_wall_ms() + 11000, 100, list) == 0 &&
          s_list_has(list, "c3") && !ss_store_session(store, "c3");
     ss_store_set_forced_expiry(store, 0);
@@ -1279,8 +1284,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     s_check(&t, "store: offline sessions and their subscriptions", ok);
 
     // --- queue limit
-    ss_open_t q = {.client = "q1", .expiry = 60, .max_queued = 3, .node = "fe-1",
-                   .node_epoch = 11};
+    ss_open_t q = {.client = "q1", .expiry = 60, .max_queued = 3, .node = "fe-1", .node_epoch = 11};
     ok = ss_store_open(store, &q, &res) == 0;
     ss_open_result_clear(&res);
     uint64_t before = ss_store_dropped(store);

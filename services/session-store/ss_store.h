@@ -48,9 +48,9 @@ typedef struct {
     uint32_t max_queued;     /* 0 = no limit */
     uint64_t last_req;       /* last SessionOpen req answered, for idempotent retries */
     bool last_present;
-    uint64_t dropped;        /* over quota since the last log line */
+    uint64_t dropped; /* over quota since the last log line */
     int64_t drop_logged_ms;
-    uint64_t mark;           /* scratch for batch bookkeeping */
+    uint64_t mark; /* scratch for batch bookkeeping */
     size_t added;
 } ss_session_t;
 
@@ -60,7 +60,7 @@ typedef struct {
     const char *client;
     bool clean;
     uint32_t expiry;
-    uint32_t max_queued;     /* 0: the store's default */
+    uint32_t max_queued; /* 0: the store's default */
     const char *node;
     uint64_t node_epoch;
 } ss_open_t;
@@ -70,7 +70,7 @@ typedef struct {
     bool present;
     Lk__Subscription **subs;
     size_t n_subs;
-    Lk__Deliver **pending;   /* by store id */
+    Lk__Deliver **pending; /* by store id */
     size_t n_pending;
 } ss_open_result_t;
 
