@@ -26,7 +26,7 @@ CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=u
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter
+SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter history-writer
 
 PROTO := proto/latchkey.proto
 GEN_C := $(BUILD)/gen/latchkey.pb-c.c
@@ -81,7 +81,21 @@ endif
 endef
 $(foreach s,$(SERVICES),$(eval $(call SERVICE_template,$(s))))
 
-all: $(BINS) $(SELFTESTS) $(BENCH)
+# test tools: tests/tools/lk_<name>.c is $(BUILD)/test/lk-<name>, linked with the common library
+TEST_TOOLS := $(patsubst tests/tools/lk_%.c,$(BUILD)/test/lk-%,$(wildcard tests/tools/lk_*.c))
+$(BUILD)/test/lk-%: $(BUILD)/obj/tests/tools/lk_%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+.SECONDARY: $(TEST_TOOLS:$(BUILD)/test/lk-%=$(BUILD)/obj/tests/tools/lk_%.o)
+
+INTEROP := $(BUILD)/test/interop-paho-c
+
+all: $(BINS) $(SELFTESTS) $(BENCH) $(TEST_TOOLS) $(INTEROP)
+
+# the Eclipse Paho C client, for interoperability tests
+$(BUILD)/test/interop-paho-c: tests/interop/paho_c.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -Wall -Wextra -Werror -o $@ $< -lpaho-mqtt3c
 
 # the load generator (bench/*.c), a client of the common library's MQTT codec
 BENCH_SRCS := $(wildcard bench/*.c)
