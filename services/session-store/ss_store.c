@@ -713,6 +713,10 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
         d.n_sub_ids = it->n_sub_ids;
         d.sub_ids = it->sub_ids;
         d.store_id = ids[i];
+        /* a client online now gets it forwarded at once: a later redelivery of this copy
+           (after a reconnect) is a duplicate and must say so with DUP */
+        ss_session_t *owner = zhashx_lookup(self->sessions, it->client);
+        d.dup = owner && owner->node;
         ss_codec_pack_deliver(&d, &self->val);
         char num[24];
         size_t num_len = (size_t)snprintf(num, sizeof(num), "%" PRIu64, ids[i]);

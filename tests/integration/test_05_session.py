@@ -71,3 +71,37 @@ def test_zero_length_client_id(stack):
     assert s.recv(4) == bytes([0x20, 2, 0, 2])  # identifier rejected
     assert s.recv(1) == b""
     s.close()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_unacked_redelivered_on_reconnect_with_dup(stack, version):
+    # a persistent subscriber takes QoS 1 and 2 messages without acking them, drops off,
+    # and gets them again on reconnect, flagged DUP [MQTT-4.4.0-1], [MQTT-3.3.1-1]
+    import struct
+    import mqttraw as raw
+    props = raw.props(bytes([0x11]) + struct.pack("!I", 300)) if version == 5 else b""
+    cid = "redeliver-%d" % version
+    c = raw.Conn(stack.mqtt_port)
+    # 3.1.1: clean session 0 makes it persistent; 5: clean start with a session expiry
+    c.send(raw.connect(cid, version=version, clean=version == 5, properties=props))
+    assert c.read_packet()[0] == 2
+    c.send(raw.subscribe(1, [("rd/%d" % version, 2)], version=version))
+    assert c.read_packet()[0] == 9
+    lk.mosquitto_pub(stack, "rd/%d" % version, "one", qos=1)
+    lk.mosquitto_pub(stack, "rd/%d" % version, "two", qos=2)
+    first = [c.read_packet(), c.read_packet()]
+    assert all(p[0] == 3 and not p[1] & 8 for p in first)    # DUP 0 the first time
+    c.close()                                                # no PUBACK, no PUBREC
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect(cid, version=version, clean=False, properties=props))
+    t, _, body = c.read_packet()
+    assert t == 2 and body[0] & 1                            # session present
+    again = [c.read_packet(), c.read_packet()]
+    assert all(p[0] == 3 and p[1] & 8 for p in again), again  # DUP 1 now
+    payloads = sorted(p[2][-3:] for p in again)
+    assert payloads == [b"one", b"two"]
+    c.close()
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect(cid, version=version, clean=True))
+    c.read_packet()
+    c.close()
