@@ -242,6 +242,9 @@ static void s_append_varint(lk_wbuf_t *b, uint64_t v)
 /* packs the envelope header fields (and body, if env has one) into self->out */
 static void s_pack_header(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, uint64_t seq)
 {
+    /* the envelope stays the caller's (it may be an unpacked one, whose fields protobuf-c
+       frees): fill ours in, pack, and put its own back */
+    Lk__Envelope saved = *env;
     env->from = self->node;
     env->epoch = self->epoch;
     env->seq = seq;
@@ -253,8 +256,12 @@ static void s_pack_header(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, ui
     lk_wbuf_reserve(&self->out, need);
     self->out.len = lk__envelope__pack(env, self->out.data);
     peer->acks_out.n = 0;
-    env->n_acks = 0;
-    env->acks = NULL;
+    env->from = saved.from;
+    env->epoch = saved.epoch;
+    env->seq = saved.seq;
+    env->n_acks = saved.n_acks;
+    env->acks = saved.acks;
+    env->ack_epoch = saved.ack_epoch;
 }
 
 static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t len, int64_t now)

@@ -38,7 +38,13 @@ int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv); /* la_passwd.c */
 int la_cmd_acl(la_ctx_t *ctx, int argc, char **argv);    /* la_acl.c */
 int la_cmd_user(la_ctx_t *ctx, int argc, char **argv);   /* la_acl.c */
 int la_cmd_revoke(la_ctx_t *ctx, int argc, char **argv); /* la_revoke.c */
-/* more here: int la_cmd_log(la_ctx_t *ctx, int argc, char **argv);   la_log.c */
+int la_cmd_users(la_ctx_t *ctx, int argc, char **argv);  /* la_lock.c: user add|del|list */
+int la_cmd_lock(la_ctx_t *ctx, int argc, char **argv);   /* la_lock.c */
+int la_cmd_bind(la_ctx_t *ctx, int argc, char **argv);   /* la_lock.c */
+int la_cmd_unbind(la_ctx_t *ctx, int argc, char **argv); /* la_lock.c */
+int la_cmd_login(la_ctx_t *ctx, int argc, char **argv);  /* la_login.c */
+int la_cmd_history(la_ctx_t *ctx, int argc, char **argv); /* la_login.c */
+int la_cmd_log(la_ctx_t *ctx, int argc, char **argv);     /* la_log.c */
 
 /* ---- shared helpers (la_util.c) ---- */
 

@@ -26,13 +26,33 @@ static const la_command_t s_commands[] = {
      "acl set <user> <filter> <sub|pub|both|none>\n"
      "acl show <user>",
      "edit or list a user's ACL in Redis (mqtt_acl:<user>; %u and %c allowed in filters)"},
-    {"user", la_cmd_user,
+    {"user", la_cmd_users,
      "user superuser <user> on|off\n"
-     "user show <user>",
-     "make a Redis user a superuser (or not: its clients are disconnected), or show it"},
+     "user show <user>\n"
+     "user add|del <name>...\n"
+     "user list",
+     "make a Redis user a superuser (or not: its clients are disconnected), or show it; "
+     "add, delete or list the users that locks are bound to (PostgreSQL)"},
+    {"log", la_cmd_log,
+     "log dump <segment>...\n"
+     "log replay -e <endpoint> [-b body] [-n peer-name] [-s speed] <segment>...",
+     "print message-log segments (msglog_dir) as JSON lines, or send them again to a "
+     "service endpoint at the recorded pace times speed (0: at once)"},
     {"revoke", la_cmd_revoke, "revoke <user>...",
      "disconnect every client logged in as these users (through the auth service)"},
-    /* {"log", la_cmd_log, "log dump [dir]", "print the message log as JSON lines"}, */
+    {"lock", la_cmd_lock,
+     "lock add [--window seconds] [--quorum n] [--model m] <lock>\n"
+     "lock del <lock>\n"
+     "lock list\n"
+     "lock sync",
+     "register, remove or list smart locks; sync rebuilds the lock-arbiter's Redis mirror"},
+    {"bind", la_cmd_bind, "bind <user> <lock> <role>",
+     "let a user confirm unlocks of a lock in a role (m, f, ...)"},
+    {"unbind", la_cmd_unbind, "unbind <user> <lock> [role]", "remove a user's binding(s)"},
+    {"login", la_cmd_login, "login [--ttl seconds] <user>",
+     "temporary MQTT credentials for a user's locks (asked of the lock-arbiter)"},
+    {"history", la_cmd_history, "history [--from ms] [--to ms] [--limit n] <lock>",
+     "a lock's history events as JSON (PostgreSQL)"},
     {"help", s_cmd_help, "help [command]", "list the commands, or show one's usage"},
 };
 

@@ -24,10 +24,12 @@ import paho.mqtt.client as mqtt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVERS = ["redis", "postgres"]
-DAEMONS = ["router", "session-store", "auth", "mqtt-frontend-1", "mqtt-frontend-2"]
+DAEMONS = ["router", "session-store", "auth", "mqtt-frontend-1", "mqtt-frontend-2",
+           "lock-arbiter", "history-writer"]
 ALL_SERVICES = SERVERS + DAEMONS
 BINARY = {"router": "router", "session-store": "session-store", "auth": "auth",
-          "mqtt-frontend-1": "mqtt-frontend", "mqtt-frontend-2": "mqtt-frontend"}
+          "mqtt-frontend-1": "mqtt-frontend", "mqtt-frontend-2": "mqtt-frontend",
+          "lock-arbiter": "lock-arbiter", "history-writer": "history-writer"}
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 
 MQTTv31 = mqtt.MQTTv31
@@ -110,6 +112,9 @@ class Stack:
             "LATCHKEY_BIN": os.path.join(self.build, "bin"),
             "LATCHKEY_SERVICES": " ".join(self.services),
             "LATCHKEY_UP_TIMEOUT": str(self.up_timeout),
+            # every service records what it receives: exercised by every test, read by
+            # test_08_msglog
+            "LATCHKEY_MSGLOG_DIR": os.path.join(self.run_dir, "msglog"),
         })
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
