@@ -200,12 +200,20 @@ bool lk_acl_filter_allowed(const lk_acl_rule_t *rules, size_t n, const char *fil
         if (!bits)
             continue;
         if (rules[i].access & LK_ACL_DENY) {
-            if (lk_acl_overlaps(rules[i].pattern, filter))
+            if (lk_acl_covers(rules[i].pattern, filter))
                 return false;
         } else if ((bits & ~granted) && lk_acl_covers(rules[i].pattern, filter))
             granted |= bits;
     }
     return granted == access;
+}
+
+bool lk_acl_has_deny(const lk_acl_rule_t *rules, size_t n, uint32_t access)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((rules[i].access & LK_ACL_DENY) && (rules[i].access & access))
+            return true;
+    return false;
 }
 
 /* ---- substitution -------------------------------------------------------------------- */
@@ -467,8 +475,12 @@ int lk_acl_test(bool verbose)
     S_CHECK(!lk_acl_topic_allowed(l.rules, l.count, "lock/1/m", 0));
     S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "lock/1/statu", LK_ACL_SUB));
     S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "lock/1/+/x", LK_ACL_SUB));
-    S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/1/#", LK_ACL_SUB)); /* meets the deny */
-    S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/1/+", LK_ACL_SUB));
+    /* overlapping a deny is granted (deliveries are checked one by one); covered is not */
+    S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "lock/1/#", LK_ACL_SUB));
+    S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/1/secret", LK_ACL_SUB));
+    S_CHECK(lk_acl_has_deny(l.rules, l.count, LK_ACL_SUB));
+    S_CHECK(!lk_acl_topic_allowed(l.rules, l.count, "lock/1/secret", LK_ACL_SUB));
+    S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "lock/1/+", LK_ACL_SUB)); /* overlaps */
     S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "lock/+/statu", LK_ACL_SUB));
     S_CHECK(!lk_acl_filter_allowed(l.rules, l.count, "/unauth", LK_ACL_SUB));
     S_CHECK(lk_acl_filter_allowed(l.rules, l.count, "$share/g/lock/1/statu", LK_ACL_SUB));
@@ -522,7 +534,8 @@ int lk_acl_test(bool verbose)
         S_CHECK(lk_acl_file_rules(af, "ann", "c1", &r) == 6);
         S_CHECK(lk_acl_topic_allowed(r.rules, r.count, "ann/x", LK_ACL_PUB));
         S_CHECK(!lk_acl_topic_allowed(r.rules, r.count, "ann/private", LK_ACL_PUB));
-        S_CHECK(!lk_acl_filter_allowed(r.rules, r.count, "ann/#", LK_ACL_SUB));
+        S_CHECK(lk_acl_filter_allowed(r.rules, r.count, "ann/#", LK_ACL_SUB));
+        S_CHECK(!lk_acl_filter_allowed(r.rules, r.count, "ann/private", LK_ACL_SUB));
         S_CHECK(lk_acl_filter_allowed(r.rules, r.count, "ann/+/y", LK_ACL_SUB));
         S_CHECK(lk_acl_topic_allowed(r.rules, r.count, "shared/x", LK_ACL_BOTH));
         S_CHECK(lk_acl_topic_allowed(r.rules, r.count, "sensor/ann/data", LK_ACL_PUB));

@@ -52,11 +52,17 @@ bool lk_acl_topic_allowed(const lk_acl_rule_t *rules, size_t n, const char *topi
 
 /* SUBSCRIBE (access = LK_ACL_SUB): true when, for each bit of access, some granting rule
    with that bit COVERS filter (every topic the filter matches, the rule matches too), and
-   no deny rule with one of those bits OVERLAPS filter (no topic matches both) — a
-   subscription that could receive anything denied is refused whole. For
-   `$share/<group>/<f>` the check is on <f>; a malformed $share filter is refused. */
+   no deny rule with one of those bits covers it too (everything it could receive is
+   denied). A subscription that only overlaps a deny rule (`#` against a deny of
+   `test/nosubscribe`) is granted, as in Mosquitto: the frontend then checks each
+   delivery with lk_acl_topic_allowed (see lk_acl_has_deny). For `$share/<group>/<f>` the
+   check is on <f>; a malformed $share filter is refused. */
 bool lk_acl_filter_allowed(const lk_acl_rule_t *rules, size_t n, const char *filter,
                            uint32_t access);
+
+/* true when some deny rule has one of the access bits: deliveries then need a per-message
+   lk_acl_topic_allowed check */
+bool lk_acl_has_deny(const lk_acl_rule_t *rules, size_t n, uint32_t access);
 
 /* true when topic (no wildcards) matches filter */
 bool lk_acl_match(const char *filter, const char *topic);

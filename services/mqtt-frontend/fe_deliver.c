@@ -188,6 +188,13 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
             fe_store_ack_add(conn, d->store_id);
         return;
     }
+    if (conn->acl_check_deliveries &&
+        !lk_acl_topic_allowed(conn->acl, conn->n_acl, d->msg->topic, LK_ACL_SUB)) {
+        /* its subscription overlaps a deny rule, and this topic is the denied part */
+        if (d->store_id)
+            fe_store_ack_add(conn, d->store_id);
+        return;
+    }
     if (d->store_id > conn->max_store_id)
         conn->max_store_id = d->store_id;
     bool dup_flag = dup && d->dup;

@@ -203,6 +203,8 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
         conn->acl[i].pattern = lk_strdup(r->acl[i]->pattern ? r->acl[i]->pattern : "");
         conn->acl[i].access = r->acl[i]->access;
     }
+    conn->acl_check_deliveries =
+        !conn->superuser && lk_acl_has_deny(conn->acl, conn->n_acl, LK_ACL_SUB);
     /* a connection of the same client on this frontend is taken over here; the one on
        another frontend by the session store's Takeover */
     fe_conn_t *old = zhashx_lookup(srv->by_client, conn->client_id);

@@ -95,6 +95,7 @@ typedef struct fe_conn {
     bool superuser;
     lk_acl_rule_t *acl;
     size_t n_acl;
+    bool acl_check_deliveries;  /* a deny rule: each delivery is checked */
     /* v5 limits the client asked for */
     uint16_t client_receive_max;
     uint32_t client_max_packet;
