@@ -20,7 +20,7 @@ CFLAGS := $(OPT) -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-p
           -Wno-missing-field-initializers -Icommon -I$(BUILD)/gen $(PKG_CFLAGS) -MMD -MP \
           $(EXTRA_CFLAGS)
 LDFLAGS := $(EXTRA_LDFLAGS)
-LIBS := $(PKG_LIBS) -lm -lpthread
+LIBS := $(PKG_LIBS) -lcrypt -lm -lpthread
 ifneq ($(SANITIZE),)
 CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -110,7 +110,8 @@ FUZZ_BUILD := build-fuzz
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 FUZZ_TIME ?= 30
-FUZZ_CFLAGS := -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon \
+FUZZ_CFLAGS := -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=undefined -Icommon \
                -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS)
 
 $(FUZZ_BUILD)/gen/latchkey.pb-c.c: $(PROTO)
@@ -118,7 +119,7 @@ $(FUZZ_BUILD)/gen/latchkey.pb-c.c: $(PROTO)
 	protoc-c --c_out=$(FUZZ_BUILD)/gen -Iproto $<
 
 $(FUZZ_BUILD)/%: tests/fuzz/%.c $(COMMON_SRCS) $(FUZZ_BUILD)/gen/latchkey.pb-c.c
-	clang $(FUZZ_CFLAGS) -o $@ $< $(COMMON_SRCS) $(FUZZ_BUILD)/gen/latchkey.pb-c.c $(PKG_LIBS) -lm
+	clang $(FUZZ_CFLAGS) -o $@ $< $(COMMON_SRCS) $(FUZZ_BUILD)/gen/latchkey.pb-c.c $(LIBS)
 
 fuzz: $(FUZZERS)
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_TIME)
