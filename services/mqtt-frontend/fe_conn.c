@@ -88,7 +88,13 @@ void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt)
 /* one write of everything pending; EPOLLOUT only while the kernel buffer is full */
 void fe_conn_flush(fe_conn_t *conn)
 {
-    if (conn->state == FE_CLOSED || conn->out.len == 0)
+    if (conn->state == FE_CLOSED)
+        return;
+    if (conn->tp) {
+        fe_transport_flush(conn);
+        return;
+    }
+    if (conn->out.len == 0)
         return;
     ssize_t n = send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL);
     if (n < 0) {
@@ -101,18 +107,26 @@ void fe_conn_flush(fe_conn_t *conn)
     }
     conn->srv->bytes_out += (uint64_t)n;
     lk_wbuf_consume(&conn->out, (size_t)n);
-    bool want = conn->out.len > 0;
-    if (want != conn->want_write) {
-        conn->want_write = want;
-        lk_loop_mod_fd(conn->srv->loop, conn->fd, EPOLLIN | (want ? EPOLLOUT : 0));
-    }
+    fe_conn_want_write(conn, conn->out.len > 0);
     if (conn->out.len > FE_OUT_MAX)
         fe_conn_close(conn, LK_RC_QUOTA_EXCEEDED, true, "client does not read its messages");
 }
 
+void fe_conn_want_write(fe_conn_t *conn, bool want)
+{
+    if (want != conn->want_write) {
+        conn->want_write = want;
+        lk_loop_mod_fd(conn->srv->loop, conn->fd,
+                       (conn->lim.paused ? 0 : EPOLLIN) | (want ? EPOLLOUT : 0));
+    }
+}
+
 void fe_conn_writable(fe_conn_t *conn)
 {
-    fe_conn_flush(conn);
+    if (conn->tp)
+        fe_transport_writable(conn);
+    else
+        fe_conn_flush(conn);
 }
 
 static void s_protocol_close(fe_conn_t *conn, int rc, const char *what)
@@ -135,21 +149,39 @@ void fe_conn_readable(fe_conn_t *conn)
         conn->rbuf = lk_realloc(conn->rbuf, cap);
         conn->rcap = cap;
     }
-    ssize_t n = recv(conn->fd, conn->rbuf + conn->rlen, conn->rcap - conn->rlen, 0);
-    if (n == 0) {
+    ssize_t n;
+    if (conn->tp) {
+        /* TLS, WebSocket, PROXY: MQTT bytes come out of the layers below */
+        const char *why = "closed by client";
+        n = fe_transport_read(conn, &why);
+        if (n == -1) {
+            fe_conn_close(conn, 0, true, why);
+            return;
+        }
+        if (n < 0)
+            n = 0;
+        if (n == 0 && conn->rlen == 0) {
+            if (fe_transport_eof(conn))
+                fe_conn_close(conn, 0, true, "closed by client (WebSocket close)");
+            return;
+        }
+    } else if ((n = recv(conn->fd, conn->rbuf + conn->rlen, conn->rcap - conn->rlen, 0)) == 0) {
         fe_conn_close(conn, 0, true, "closed by client");
         return;
-    }
-    if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    } else if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             fe_conn_close(conn, 0, true, strerror(errno));
-        return;
+            return;
+        }
+        if (conn->rlen == 0)
+            return;
+        n = 0; /* fe_limits resumed a paused client: handle what waits in rbuf */
     }
     conn->rlen += (size_t)n;
     srv->bytes_in += (uint64_t)n;
     conn->last_rx_ms = lk_loop_now(srv->loop);
     size_t off = 0;
-    while (off < conn->rlen && conn->state != FE_CLOSED) {
+    while (off < conn->rlen && conn->state != FE_CLOSED && !conn->lim.paused) {
         size_t flen = 0, blen = 0;
         int r = lk_mqtt_frame(conn->rbuf + off, conn->rlen - off, srv->max_packet, &flen, &blen);
         if (r == 0) {
@@ -208,6 +240,8 @@ void fe_conn_readable(fe_conn_t *conn)
         memmove(conn->rbuf, conn->rbuf + off, conn->rlen - off);
         conn->rlen -= off;
     }
+    if (conn->tp && fe_transport_eof(conn))
+        fe_conn_close(conn, 0, true, "closed by client (WebSocket close)");
 }
 
 /* the will now, or after its delay: the smaller of Will Delay and Session Expiry
@@ -277,7 +311,9 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         p.u.reason.reason = reason;
         fe_conn_send(conn, &p);
     }
-    if (conn->out.len)
+    if (conn->tp)
+        fe_transport_close(conn);
+    else if (conn->out.len)
         (void)!send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
     bool attached = conn->state == FE_ACTIVE || conn->state == FE_SESSION;
     bool mine = conn->client_id && zhashx_lookup(srv->by_client, conn->client_id) == conn;
@@ -317,6 +353,7 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
     close(conn->fd);
     srv->by_fd[conn->fd] = NULL;
     srv->n_conns--;
+    fe_limits_closed(conn);
     conn->state = FE_CLOSED;
     /* freed at turn end, after the dirty and ack lists that may still name it */
     conn->next_dead = srv->graveyard;
@@ -344,6 +381,8 @@ void fe_conn_free(fe_conn_t *conn)
         close(conn->fd);
         conn->srv->by_fd[conn->fd] = NULL;
     }
+    fe_transport_free(conn);
+    free(conn->cert_cn);
     free(conn->rbuf);
     lk_wbuf_free(&conn->out);
     free(conn->client_id);
@@ -374,6 +413,8 @@ void fe_conn_free(fe_conn_t *conn)
         free(q);
     }
     free(conn->acked_ids);
+    free(conn->rel_ids);
+    free(conn->rel_pids);
     free(conn);
 }
 

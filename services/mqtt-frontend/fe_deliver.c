@@ -26,6 +26,18 @@ static uint16_t s_next_pid(fe_conn_t *conn)
     }
 }
 
+void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid)
+{
+    if (conn->n_rel == conn->cap_rel) {
+        conn->cap_rel = conn->cap_rel ? conn->cap_rel * 2 : 8;
+        conn->rel_ids = lk_realloc(conn->rel_ids, conn->cap_rel * sizeof(uint64_t));
+        conn->rel_pids = lk_realloc(conn->rel_pids, conn->cap_rel * sizeof(uint32_t));
+    }
+    conn->rel_ids[conn->n_rel] = store_id;
+    conn->rel_pids[conn->n_rel++] = pid;
+    fe_store_ack_add(conn, 0);
+}
+
 void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id)
 {
     if (store_id) {
@@ -69,6 +81,27 @@ static void s_topic_alias(fe_conn_t *conn, lk_mqtt_packet_t *p)
     conn->alias_out[conn->n_alias_out++] = lk_strndup(t->p, t->len);
     LK_PROP_SET(&p->props, LK_PROP_TOPIC_ALIAS);
     p->props.topic_alias = conn->n_alias_out;
+}
+
+static void s_released_again(fe_conn_t *conn, const Lk__Deliver *d)
+{
+    uint16_t pid = (uint16_t)d->released_pid;
+    if (s_pid_busy(conn, pid))
+        return;     /* already re-sent on this connection */
+    if (conn->n_inflight == conn->cap_inflight) {
+        conn->cap_inflight = conn->cap_inflight ? conn->cap_inflight * 2 : 8;
+        conn->inflight = lk_realloc(conn->inflight, conn->cap_inflight * sizeof(fe_inflight_t));
+    }
+    fe_inflight_t *f = &conn->inflight[conn->n_inflight++];
+    memset(f, 0, sizeof(*f));
+    f->pid = pid;
+    f->qos = 2;
+    f->released = true;
+    f->store_id = d->store_id;
+    lk_mqtt_packet_t p = {0};
+    p.type = LK_MQTT_PUBREL;
+    p.u.ack.packet_id = pid;
+    fe_conn_send(conn, &p);
 }
 
 /* encodes the PUBLISH into the output; false when it cannot go to this client */
@@ -197,6 +230,11 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     }
     if (d->store_id > conn->max_store_id)
         conn->max_store_id = d->store_id;
+    if (d->released_pid && d->store_id) {
+        /* the client has it (PUBREC'd before the connection broke): owe it PUBREL only */
+        s_released_again(conn, d);
+        return;
+    }
     bool dup_flag = dup && d->dup;
     if (conn->state == FE_ACTIVE &&
         (d->msg->qos == 0 || (!conn->q_head && conn->n_inflight < conn->max_inflight)))
@@ -276,7 +314,7 @@ int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid)
         if (f->qos != 2)
             return 0;
         if (f->store_id && !f->released)
-            fe_store_ack_add(conn, f->store_id);
+            fe_store_release_add(conn, f->store_id, pid);
         f->released = true;
         lk_mqtt_packet_t p = {0};
         p.type = LK_MQTT_PUBREL;
@@ -287,6 +325,8 @@ int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid)
     case LK_MQTT_PUBCOMP:
         if (f->qos != 2)
             return 0;
+        if (f->store_id)
+            fe_store_ack_add(conn, f->store_id);
         s_inflight_remove(conn, i);
         break;
     default:

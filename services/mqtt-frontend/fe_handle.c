@@ -68,6 +68,7 @@ void fe_auth_request_send(fe_conn_t *conn)
     r.password.data = conn->connect_pw;
     r.password.len = conn->connect_pw_len;
     r.peer = conn->peer;
+    r.cert_cn = conn->cert_cn ? conn->cert_cn : ""; /* set only by use_identity_as_username */
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_AUTH_REQUEST;
     env.auth_request = &r;
@@ -132,6 +133,10 @@ static int s_connect(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         memcpy(conn->connect_pw, c->password.p, c->password.len);
         conn->connect_pw_len = c->password.len;
     }
+    if (fe_transport_identity(conn) < 0) {
+        fe_conn_refuse(conn, LK_RC_NOT_AUTHORIZED, "no client certificate identity");
+        return -1;
+    }
     if (c->version == LK_MQTT_V5) {
         lk_mqtt_props_t *p = &pkt->props;
         if (LK_PROP_HAS(p, LK_PROP_AUTH_METHOD)) {
@@ -176,18 +181,23 @@ static int s_connect(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     conn->state = FE_AUTH;
     conn->req = s_req_of(conn);
     conn->req_first_ms = lk_loop_now(srv->loop);
-    fe_auth_request_send(conn);
+    fe_limits_connect(conn); /* sends the AuthRequest, or holds or refuses the CONNECT */
     return 0;
 }
 
 void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
 {
+    if (r->acl_only) {
+        fe_acl_reply(srv, r); /* an ACL re-read for a connected client */
+        return;
+    }
     fe_conn_t *conn = s_conn_of_req(srv, r->req);
     if (!conn || conn->state != FE_AUTH)
         return;
     free(conn->connect_pw);
     conn->connect_pw = NULL;
     if (!r->ok) {
+        fe_limits_auth_failed(conn, r->reason);
         bool unavailable = r->reason && strcmp(r->reason, "unavailable") == 0;
         fe_conn_refuse(conn,
                        unavailable ? LK_RC_SERVER_UNAVAILABLE
@@ -279,8 +289,16 @@ void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **ptrs, Lk__Subscri
 void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
 {
     fe_conn_t *conn = s_conn_of_req(srv, r->req);
-    if (!conn || conn->state != FE_SESSION)
+    if (!conn || (conn->state != FE_SESSION && conn->state != FE_ACTIVE))
         return;
+    if (conn->state == FE_ACTIVE) {
+        /* a re-open after the session store restarted: only what we do not have yet */
+        for (size_t i = 0; i < r->n_pending; i++)
+            if (r->pending[i]->store_id > conn->max_store_id)
+                fe_deliver_to(conn, r->pending[i], true);
+        fe_pump(conn);
+        return;
+    }
     bool present = r->present && !conn->clean;
     if (present) {
         for (size_t i = 0; i < r->n_subs; i++) {
@@ -340,12 +358,14 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
         conn->alias_in = lk_calloc(conn->alias_in_max + 1u, sizeof(char *));
     lk_info("client %s (%s) connected, v%d, %s session%s", conn->client_id, conn->peer,
             conn->version, conn->expiry ? "persistent" : "clean", present ? " resumed" : "");
-    for (size_t i = 0; i < r->n_pending; i++) {
-        Lk__Deliver *d = r->pending[i];
-        if (d->store_id && d->store_id <= conn->max_store_id)
-            continue;
-        fe_deliver_to(conn, d, true);
-    }
+    /* QoS 2 copies owed only a PUBREL first: they keep their packet ids, so those must be
+       taken before new deliveries pick ids */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < r->n_pending; i++) {
+            Lk__Deliver *d = r->pending[i];
+            if ((pass == 0) == (d->released_pid != 0))
+                fe_deliver_to(conn, d, true);
+        }
     fe_pump(conn);
 }
 
@@ -436,6 +456,11 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         fe_conn_close(conn, LK_RC_RECEIVE_MAX_EXCEEDED, true, "receive maximum exceeded");
         return -1;
     }
+    int lr = fe_limits_publish(conn, topic, p->qos, p->packet_id, p->payload.len);
+    if (lr != 0) {
+        free(topic);
+        return lr < 0 ? -1 : 0;
+    }
     if (!s_allowed(conn, topic, LK_ACL_PUB, false)) {
         lk_info("client %s: publish to '%s' denied", conn->client_id, topic);
         /* 3.x has no refusal code: acknowledge and drop, as Mosquitto does */
@@ -497,6 +522,12 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         char *f = s_dup(e->topic_filter);
         if (!lk_mqtt_filter_valid(f, e->topic_filter.len, true)) {
             codes[i] = conn->version == LK_MQTT_V5 ? LK_RC_TOPIC_FILTER_INVALID : 0x80;
+            free(f);
+            continue;
+        }
+        uint8_t lr = fe_limits_subscribe(conn, f);
+        if (lr) {
+            codes[i] = lr;
             free(f);
             continue;
         }

@@ -9,6 +9,7 @@
 #ifndef FE_INTERNAL_H_INCLUDED
 #define FE_INTERNAL_H_INCLUDED
 
+#include "fe_limits.h"
 #include "fe_server.h"
 #include "latchkey.pb-c.h"
 #include "lk_acl.h"
@@ -16,9 +17,28 @@
 #include "lk_common.h"
 #include "lk_config.h"
 #include "lk_mqtt.h"
+#include "lk_tls.h"
 #include <czmq.h>
 
 typedef enum { FE_NEW = 0, FE_AUTH, FE_SESSION, FE_ACTIVE, FE_CLOSED } fe_state_t;
+
+/* one listening socket and how its connections speak (fe_server.c parses a `listener`
+   section; fe_transport.c does the speaking) */
+typedef struct fe_listener {
+    fe_server_t *srv;
+    int fd;
+    char name[80];              /* "addr:port", for logs */
+    bool websockets;            /* protocol websockets */
+    bool proxy_protocol;        /* a PROXY v1/v2 header comes first */
+    bool use_identity;          /* use_identity_as_username */
+    lk_tls_config_t tls;        /* its strings are owned by the listener */
+    lk_tls_ctx_t *tls_ctx;      /* NULL: no TLS; replaced on SIGHUP */
+} fe_listener_t;
+
+/* a connection's layers below MQTT (fe_transport.c); NULL for plain TCP without PROXY */
+typedef struct fe_transport fe_transport_t;
+/* a closed TLS/WebSocket socket drained for a moment before its close (fe_transport.c) */
+typedef struct fe_linger fe_linger_t;
 
 /* a subscription the connection holds (kept for resync and the session store) */
 typedef struct {
@@ -64,6 +84,8 @@ typedef struct fe_conn {
     uint64_t id;
     fe_state_t state;
     char peer[64];
+    fe_transport_t *tp;     /* TLS / WebSocket / PROXY; NULL on the plain TCP fast path */
+    char *cert_cn;          /* verified client certificate's CN (use_identity_as_username) */
     int64_t accepted_ms;
     int64_t last_rx_ms;
     /* input */
@@ -125,11 +147,16 @@ typedef struct fe_conn {
     /* store ids completed by the client this turn, for the session store */
     uint64_t *acked_ids;
     size_t n_acked_ids, cap_acked_ids;
+    /* QoS 2 store ids PUBRECed this turn, and their packet ids (parallel) */
+    uint64_t *rel_ids;
+    uint32_t *rel_pids;
+    size_t n_rel, cap_rel;
     bool subs_changed;
     struct fe_conn *next_dirty;
     struct fe_conn *next_dead;
     struct fe_conn *next_ackd;
     bool on_ack_list;
+    fe_limits_conn_t lim;   /* fe_limits: buckets, pause, address */
 } fe_conn_t;
 
 /* work waiting for one reliable bus envelope to be acked */
@@ -160,8 +187,10 @@ struct _fe_server_t {
     lk_peer_t *router;
     lk_peer_t *store;
     lk_peer_t *auth;
-    int *listen_fds;
+    fe_listener_t **listeners;
     int n_listen;
+    fe_linger_t *lingering;
+    size_t n_lingering;
     fe_conn_t **by_fd;
     int by_fd_cap;
     zhashx_t *by_client;    /* client id -> fe_conn_t (ACTIVE or on its way) */
@@ -188,6 +217,7 @@ struct _fe_server_t {
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     lk_wbuf_t scratch;
+    fe_limits_t *limits;
 };
 
 /* fe_conn.c */
@@ -208,6 +238,33 @@ void fe_conn_free(fe_conn_t *conn);
 /* frees the connections closed during this turn (after every list naming them is done) */
 void fe_conn_reap(fe_server_t *srv);
 
+/* fe_transport.c: every function here is for connections with conn->tp set */
+/* sets up the layers the listener asks for (none for plain TCP); -1 when that fails */
+int fe_transport_attach(fe_conn_t *conn, fe_listener_t *lst);
+/* reads from the socket through the layers, appending MQTT bytes at conn->rbuf + rlen
+   (growing rbuf). Returns the byte count (maybe 0 when only lower layers progressed),
+   -1 when the connection must close (*why says why), -2 when nothing could be read. */
+ssize_t fe_transport_read(fe_conn_t *conn, const char **why);
+/* true once the peer has closed its side (WebSocket close) and what it sent is handled */
+bool fe_transport_eof(fe_conn_t *conn);
+/* writes conn->out through the layers; arms EPOLLOUT while something waits */
+void fe_transport_flush(fe_conn_t *conn);
+/* the socket became writable */
+void fe_transport_writable(fe_conn_t *conn);
+/* last write before close (best effort, non-blocking), WebSocket close, TLS close_notify */
+void fe_transport_close(fe_conn_t *conn);
+void fe_transport_free(fe_conn_t *conn);
+/* the cron: closes the sockets that have lingered long enough */
+void fe_transport_cron(fe_server_t *srv, int64_t now);
+/* at exit: closes every lingering socket */
+void fe_transport_shutdown(fe_server_t *srv);
+/* use_identity_as_username: replaces the CONNECT's username with the certificate's CN and
+   drops the password. 0 when the listener does not use it, 1 when done, -1 when the client
+   has no usable certificate identity (refuse the CONNECT). */
+int fe_transport_identity(fe_conn_t *conn);
+/* EPOLLOUT wanted or not (EPOLLIN kept as fe_limits has it) */
+void fe_conn_want_write(fe_conn_t *conn, bool want);
+
 /* fe_handle.c */
 int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt);
 void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r);
@@ -216,12 +273,18 @@ void fe_session_open_send(fe_conn_t *conn);
 void fe_auth_request_send(fe_conn_t *conn);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
 
+/* fe_acl.c: Revoke{acl_changed} from auth, and the AuthReply{acl_only} it leads to */
+void fe_acl_changed(fe_server_t *srv, const Lk__Revoke *r);
+void fe_acl_reply(fe_server_t *srv, const Lk__AuthReply *r);
+
 /* fe_deliver.c */
 void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);
 int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid);
 void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
+/* a QoS 2 stored copy the client PUBRECed under pid: kept, for PUBREL after a reconnect */
+void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid);
 
 /* fe_server.c */
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s);

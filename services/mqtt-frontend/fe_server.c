@@ -120,12 +120,34 @@ static void s_reattach(fe_server_t *srv)
     lk_notice("router restarted: re-attached %d clients", n);
 }
 
+/* The session store restarted: what it stored but had not yet forwarded would wait for
+   the client's next reconnect. Opening each persistent session again (same node, not
+   clean) returns its pending messages; fe_handle_session_opened delivers the ones newer
+   than what the connection already has. */
+static void s_reopen(fe_server_t *srv)
+{
+    int n = 0;
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (!c || c->state != FE_ACTIVE || c->expiry == 0)
+            continue;
+        c->req = ((uint64_t)c->fd << 40) | (c->id & 0xFFFFFFFFFFULL);
+        c->clean = false;
+        fe_session_open_send(c);
+        n++;
+    }
+    if (n)
+        lk_notice("session store restarted: re-opened %d persistent sessions", n);
+}
+
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     fe_server_t *srv = arg;
     lk_info("peer %s %s", lk_peer_name(peer), restarted ? "restarted" : "up");
     if (peer == srv->router && restarted)
         s_reattach(srv);
+    if (peer == srv->store && restarted)
+        s_reopen(srv);
 }
 
 static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
@@ -145,6 +167,10 @@ static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
 
 static void s_revoke(fe_server_t *srv, Lk__Revoke *r)
 {
+    if (r->acl_changed) {
+        fe_acl_changed(srv, r); /* not a revocation: re-read those clients' ACLs */
+        return;
+    }
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
         if (!c || !c->username || c->state == FE_CLOSED)
@@ -190,7 +216,8 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
 
 static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
 {
-    fe_server_t *srv = arg;
+    fe_listener_t *lst = arg;
+    fe_server_t *srv = lst->srv;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
@@ -215,11 +242,19 @@ static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
         srv->connections_total++;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        fe_conn_new(srv, fd, peer);
+        if (!fe_limits_accept(srv, host)) {
+            close(fd);
+            continue;
+        }
+        fe_conn_t *conn = fe_conn_new(srv, fd, peer);
+        if (conn)
+            fe_limits_opened(conn, host);
+        if (conn && fe_transport_attach(conn, lst) != 0)
+            fe_conn_close(conn, 0, false, "cannot set up TLS");
     }
 }
 
-static int s_listen(fe_server_t *srv, const char *spec)
+static int s_listen(fe_server_t *srv, fe_listener_t *lst, const char *spec)
 {
     char host[256] = "0.0.0.0";
     int port = 0;
@@ -252,11 +287,190 @@ static int s_listen(fe_server_t *srv, const char *spec)
         close(fd);
         return -1;
     }
-    srv->listen_fds = lk_realloc(srv->listen_fds, (size_t)(srv->n_listen + 1) * sizeof(int));
-    srv->listen_fds[srv->n_listen++] = fd;
-    lk_loop_add_fd(srv->loop, fd, EPOLLIN, s_accept, srv);
-    lk_notice("listening on %s:%d", host, port);
+    lst->fd = fd;
+    snprintf(lst->name, sizeof(lst->name), "%s:%d", host, port);
+    lk_loop_add_fd(srv->loop, fd, EPOLLIN, s_accept, lst);
+    lk_notice("listening on %s (%s%s%s%s)", lst->name, lst->tls_ctx ? "TLS " : "",
+              lst->websockets ? "WebSocket" : "MQTT",
+              lst->tls.require_certificate ? ", client certificates" : "",
+              lst->proxy_protocol ? ", PROXY protocol" : "");
     return 0;
+}
+
+/* --- listener sections ------------------------------------------------------------ */
+
+/* the keys a `listener` line opens a section for (Mosquitto's per-listener names) */
+static const char *s_tls_keys[] = {"certfile", "keyfile", "cafile", "capath", "crlfile",
+                                   "ciphers", "ciphersuites", "tls_version"};
+
+static void s_listener_free(fe_listener_t *lst)
+{
+    if (!lst)
+        return;
+    if (lst->srv && lst->fd >= 0) {
+        lk_loop_del_fd(lst->srv->loop, lst->fd);
+        close(lst->fd);
+    }
+    lk_tls_ctx_destroy(&lst->tls_ctx);
+    const char **strs[] = {&lst->tls.certfile, &lst->tls.keyfile,      &lst->tls.cafile,
+                           &lst->tls.capath,   &lst->tls.crlfile,      &lst->tls.ciphers,
+                           &lst->tls.ciphersuites, &lst->tls.tls_version};
+    for (size_t i = 0; i < LK_ARRAY_LEN(strs); i++)
+        free((char *)*strs[i]);
+    free(lst);
+}
+
+typedef struct {
+    fe_server_t *srv;
+    fe_listener_t *cur;
+    char *spec;
+    int rc;
+} s_sections_t;
+
+static int s_bool(const char *key, const char *value, bool *out)
+{
+    if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
+        *out = true;
+    else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
+        *out = false;
+    else {
+        lk_error("%s: '%s' is not true/false", key, value);
+        return -1;
+    }
+    return 0;
+}
+
+/* the section just read: checked, its TLS context made, its socket bound */
+static int s_section_end(s_sections_t *st)
+{
+    fe_listener_t *lst = st->cur;
+    if (!lst)
+        return 0;
+    st->cur = NULL;
+    fe_server_t *srv = st->srv;
+    srv->listeners =
+        lk_realloc(srv->listeners, (size_t)(srv->n_listen + 1) * sizeof(fe_listener_t *));
+    srv->listeners[srv->n_listen++] = lst;
+    lst->srv = srv;
+    lst->fd = -1;
+    lk_tls_config_t *t = &lst->tls;
+    bool any_tls = t->keyfile || t->cafile || t->capath || t->crlfile || t->ciphers ||
+                   t->ciphersuites || t->tls_version || t->require_certificate;
+    if (!t->certfile && any_tls) {
+        lk_error("listener %s: TLS settings without certfile", st->spec);
+        return -1;
+    }
+    if (lst->use_identity && !t->require_certificate) {
+        lk_error("listener %s: use_identity_as_username needs require_certificate true",
+                 st->spec);
+        return -1;
+    }
+    if (t->certfile && !(lst->tls_ctx = lk_tls_ctx_new(t))) {
+        lk_error("listener %s: TLS not set up", st->spec);
+        return -1;
+    }
+    return s_listen(srv, lst, st->spec);
+}
+
+static int s_section_key(const char *key, const char *value, void *arg)
+{
+    s_sections_t *st = arg;
+    if (strcmp(key, "listener") == 0) {
+        if (s_section_end(st) != 0)
+            return -1;
+        free(st->spec);
+        st->spec = lk_strdup(value);
+        st->cur = lk_calloc(1, sizeof(fe_listener_t));
+        return 0;
+    }
+    bool known = false;
+    for (size_t i = 0; i < LK_ARRAY_LEN(s_tls_keys); i++)
+        known |= strcmp(key, s_tls_keys[i]) == 0;
+    known = known || !strcmp(key, "protocol") || !strcmp(key, "require_certificate") ||
+                 !strcmp(key, "use_identity_as_username") || !strcmp(key, "proxy_protocol");
+    if (!known)
+        return 0;
+    fe_listener_t *lst = st->cur;
+    if (!lst) {
+        lk_error("%s: a per-listener setting must follow a 'listener' line", key);
+        return -1;
+    }
+    lk_tls_config_t *t = &lst->tls;
+    const char **field = !strcmp(key, "certfile")       ? &t->certfile
+                         : !strcmp(key, "keyfile")      ? &t->keyfile
+                         : !strcmp(key, "cafile")       ? &t->cafile
+                         : !strcmp(key, "capath")       ? &t->capath
+                         : !strcmp(key, "crlfile")      ? &t->crlfile
+                         : !strcmp(key, "ciphers")      ? &t->ciphers
+                         : !strcmp(key, "ciphersuites") ? &t->ciphersuites
+                         : !strcmp(key, "tls_version")  ? &t->tls_version
+                                                        : NULL;
+    if (field) {
+        free((char *)*field);
+        *field = *value ? lk_strdup(value) : NULL;
+        return 0;
+    }
+    if (!strcmp(key, "protocol")) {
+        if (!strcmp(value, "websockets"))
+            lst->websockets = true;
+        else if (!strcmp(value, "mqtt"))
+            lst->websockets = false;
+        else {
+            lk_error("listener %s: protocol '%s': want mqtt or websockets", st->spec, value);
+            return -1;
+        }
+        return 0;
+    }
+    if (!strcmp(key, "require_certificate"))
+        return s_bool(key, value, &t->require_certificate);
+    if (!strcmp(key, "use_identity_as_username"))
+        return s_bool(key, value, &lst->use_identity);
+    return s_bool(key, value, &lst->proxy_protocol);
+}
+
+/* Every `listener` line and the per-listener lines after it, in file order. The
+   per-listener keys are read from the file only (LATCHKEY_<KEY> does not apply to them);
+   LATCHKEY_LISTENER, when set, replaces the whole set by one plain listener. */
+static int s_listeners(fe_server_t *srv)
+{
+    s_sections_t st = {.srv = srv};
+    const char *env = getenv("LATCHKEY_LISTENER");
+    if (env || lk_config_count(srv->config, "listener") == 0) {
+        st.spec = lk_strdup(env ? lk_config_get(srv->config, "listener", "") : "1883 127.0.0.1");
+        st.cur = lk_calloc(1, sizeof(fe_listener_t));
+        int rc = s_section_end(&st);
+        free(st.spec);
+        return rc;
+    }
+    int rc = lk_config_each(srv->config, s_section_key, &st);
+    if (rc == 0)
+        rc = s_section_end(&st);
+    else
+        s_listener_free(st.cur);
+    free(st.spec);
+    return rc ? -1 : 0;
+}
+
+/* SIGHUP: certificates, keys, CAs and CRLs read again into new TLS contexts for new
+   connections; existing connections keep the context they were made with */
+static void s_on_hup(lk_loop_t *loop, void *arg)
+{
+    fe_server_t *srv = arg;
+    for (int i = 0; i < srv->n_listen; i++) {
+        fe_listener_t *lst = srv->listeners[i];
+        if (!lst->tls_ctx)
+            continue;
+        lk_tls_ctx_t *ctx = lk_tls_ctx_new(&lst->tls);
+        if (!ctx) {
+            lk_error("listener %s: TLS reload failed: keeping the previous certificate",
+                     lst->name);
+            continue;
+        }
+        lk_tls_ctx_destroy(&lst->tls_ctx);
+        lst->tls_ctx = ctx;
+        lk_notice("listener %s: TLS reloaded (certificate serial %s)", lst->name,
+                  lk_tls_ctx_serial(ctx));
+    }
 }
 
 /* --- delayed wills ---------------------------------------------------------------- */
@@ -355,6 +569,8 @@ static void s_cron(lk_loop_t *loop, void *arg)
     int64_t now = lk_loop_now(loop);
     if (srv->wills)
         s_wills_due(srv, now);
+    if (srv->lingering)
+        fe_transport_cron(srv, now);
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
         if (!c || c->state == FE_CLOSED)
@@ -390,12 +606,16 @@ static void s_turn_end(lk_loop_t *loop, void *arg)
         srv->ackd = c->next_ackd;
         c->on_ack_list = false;
         c->next_ackd = NULL;
-        if (c->expiry == 0 || (!c->n_acked_ids && !c->subs_changed))
+        if (c->expiry == 0 || (!c->n_acked_ids && !c->n_rel && !c->subs_changed))
             continue;
         Lk__SessionAck sa = LK__SESSION_ACK__INIT;
         sa.client = c->client_id;
         sa.n_store_ids = c->n_acked_ids;
         sa.store_ids = c->acked_ids;
+        sa.n_released_ids = c->n_rel;
+        sa.released_ids = c->rel_ids;
+        sa.n_released_pids = c->n_rel;
+        sa.released_pids = c->rel_pids;
         Lk__Subscription store[c->n_subs ? c->n_subs : 1];
         Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
         if (c->subs_changed) {
@@ -409,6 +629,7 @@ static void s_turn_end(lk_loop_t *loop, void *arg)
         env.session_ack = &sa;
         lk_bus_send(srv->bus, srv->store, &env, true);
         c->n_acked_ids = 0;
+        c->n_rel = 0;
         c->subs_changed = false;
     }
     while (srv->dirty) {
@@ -465,15 +686,24 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     srv->max_topic_alias = (uint16_t)lk_config_get_int(config, "max_topic_alias", 10);
     srv->persistent_expiration =
         (uint32_t)lk_config_get_int(config, "persistent_client_expiration", 0);
-    srv->connect_timeout_ms = (int)lk_config_get_int(config, "connect_timeout_ms", 10000);
+    /* slowloris: a socket that has not sent a whole CONNECT by then is closed */
+    srv->connect_timeout_ms = (int)lk_config_get_int(config, "connect_timeout_ms", 5000);
     srv->request_timeout_ms = (int)lk_config_get_int(config, "request_timeout_ms", 5000);
     srv->allow_zero_length_id = lk_config_get_bool(config, "allow_zero_length_clientid", true);
+    if (!(srv->limits = fe_limits_new(config, loop))) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
 
     /* before the bus's own hook: what this one queues must leave in the same turn */
     lk_loop_on_turn_end(loop, s_turn_end, srv);
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     srv->bus = lk_bus_new(loop, node, "mqtt-frontend", &h, srv);
     lk_bus_on_acked(srv->bus, s_on_acked);
+    if (lk_bus_configure(srv->bus, config) != 0) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
     if (lk_bus_enable_msglog(srv->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         fe_server_destroy(&srv);
         return NULL;
@@ -490,18 +720,11 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     srv->store = lk_bus_connect(srv->bus, "session-store", sep);
     srv->auth = lk_bus_connect(srv->bus, "auth", aep);
 
-    int n = lk_config_count(config, "listener");
-    if (n == 0) {
-        if (s_listen(srv, "1883 127.0.0.1") != 0) {
-            fe_server_destroy(&srv);
-            return NULL;
-        }
+    if (s_listeners(srv) != 0) {
+        fe_server_destroy(&srv);
+        return NULL;
     }
-    for (int i = 0; i < n; i++)
-        if (s_listen(srv, lk_config_get_nth(config, "listener", i)) != 0) {
-            fe_server_destroy(&srv);
-            return NULL;
-        }
+    lk_loop_on_hup(loop, s_on_hup, srv);
     lk_loop_timer(loop, 250, true, s_cron, srv);
     lk_loop_timer(loop, lk_config_get_int(config, "sys_interval", 5) * 500, true, s_stats, srv);
     return srv;
@@ -518,11 +741,10 @@ void fe_server_destroy(fe_server_t **self_p)
         if (srv->by_fd[fd])
             fe_conn_free(srv->by_fd[fd]);
     free(srv->by_fd);
-    for (int i = 0; i < srv->n_listen; i++) {
-        lk_loop_del_fd(srv->loop, srv->listen_fds[i]);
-        close(srv->listen_fds[i]);
-    }
-    free(srv->listen_fds);
+    fe_transport_shutdown(srv);
+    for (int i = 0; i < srv->n_listen; i++)
+        s_listener_free(srv->listeners[i]);
+    free(srv->listeners);
     while (srv->wills) {
         fe_will_t *w = srv->wills;
         srv->wills = w->next;
@@ -537,6 +759,7 @@ void fe_server_destroy(fe_server_t **self_p)
         free(w);
     }
     lk_bus_destroy(&srv->bus);
+    fe_limits_destroy(&srv->limits);
     zhashx_destroy(&srv->by_client);
     lk_wbuf_free(&srv->scratch);
     free(srv->node);

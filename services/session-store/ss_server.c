@@ -382,8 +382,11 @@ static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     Lk__SessionAck *a = env->session_ack;
+    size_t n_rel = a->n_released_ids < a->n_released_pids ? a->n_released_ids
+                                                            : a->n_released_pids;
     int rc = a->client ? ss_store_ack(self->store, a->client, lk_peer_name(peer), a->store_ids,
-                                      a->n_store_ids, a->subs, a->n_subs, a->subs_changed)
+                                      a->n_store_ids, a->released_ids, a->released_pids, n_rel,
+                                      a->subs, a->n_subs, a->subs_changed)
                        : 1;
     if (rc < 0)
         return -1;

@@ -252,6 +252,7 @@ static void s_append_delete(ss_store_t *self, s_pipe_t *p, const char *client)
 {
     s_pipe_str(p, "DEL", s_key(self, "lk:sess:", client), NULL);
     s_pipe_str(p, "DEL", s_key(self, "lk:q:", client), NULL);
+    s_pipe_str(p, "DEL", s_key(self, "lk:rel:", client), NULL);
     s_pipe_str(p, "DEL", s_key(self, "lk:qseq:", client), NULL);
     s_pipe_str(p, "SREM", "lk:sessions", client, NULL);
 }
@@ -425,15 +426,15 @@ static int s_pending_cmp(const void *a, const void *b)
 }
 
 /* HDEL of ids from lk:q:<client>; returns the command's argv storage to free */
-static void s_append_hdel_ids(ss_store_t *self, s_pipe_t *p, const char *client,
-                              const uint64_t *ids, size_t n)
+static void s_append_hdel_key(ss_store_t *self, s_pipe_t *p, const char *prefix,
+                              const char *client, const uint64_t *ids, size_t n)
 {
     const char **argv = lk_calloc(n + 2, sizeof(*argv));
     size_t *lens = lk_calloc(n + 2, sizeof(*lens));
     char *nums = lk_malloc(n * 24);
     argv[0] = "HDEL";
     lens[0] = 4;
-    argv[1] = s_key(self, "lk:q:", client);
+    argv[1] = s_key(self, prefix, client);
     lens[1] = self->key.size;
     for (size_t i = 0; i < n; i++) {
         char *num = nums + i * 24;
@@ -446,10 +447,52 @@ static void s_append_hdel_ids(ss_store_t *self, s_pipe_t *p, const char *client,
     free(argv);
 }
 
+/* two commands: the copies, then their released marks (the first reply counts deletions) */
+static void s_append_hdel_ids(ss_store_t *self, s_pipe_t *p, const char *client,
+                              const uint64_t *ids, size_t n)
+{
+    s_append_hdel_key(self, p, "lk:q:", client, ids, n);
+    s_append_hdel_key(self, p, "lk:rel:", client, ids, n);
+}
+
+/* QoS 2 copies the client PUBRECed: kept, marked with the packet id to re-send PUBREL on */
+static void s_append_released(ss_store_t *self, s_pipe_t *p, const char *client,
+                              const uint64_t *ids, const uint32_t *pids, size_t n)
+{
+    const char **argv = lk_calloc(2 * n + 2, sizeof(*argv));
+    size_t *lens = lk_calloc(2 * n + 2, sizeof(*lens));
+    char *nums = lk_malloc(n * 48);
+    argv[0] = "HSET";
+    lens[0] = 4;
+    argv[1] = s_key(self, "lk:rel:", client);
+    lens[1] = self->key.size;
+    for (size_t i = 0; i < n; i++) {
+        char *num = nums + i * 48;
+        lens[2 * i + 2] = (size_t)snprintf(num, 24, "%" PRIu64, ids[i]);
+        argv[2 * i + 2] = num;
+        lens[2 * i + 3] = (size_t)snprintf(num + 24, 24, "%" PRIu32, pids[i]);
+        argv[2 * i + 3] = num + 24;
+    }
+    s_pipe_cmd(p, (int)(2 * n + 2), argv, lens);
+    free(nums);
+    free(lens);
+    free(argv);
+}
+
 /* The HGETALL reply of lk:q:<client> as pending Delivers sorted by store id; expired and
    unreadable entries are deleted. Updates the session's qlen and qseq. */
+/* the packet id lk:rel:<client> records for store id, or 0 */
+static uint32_t s_released_pid(const lk_redis_reply_t *rel, uint64_t id)
+{
+    size_t pairs = rel && rel->type == LK_REDIS_ARRAY ? rel->count / 2 : 0;
+    for (size_t i = 0; i < pairs; i++)
+        if (s_reply_u64(&rel->items[2 * i]) == id)
+            return (uint32_t)s_reply_u64(&rel->items[2 * i + 1]);
+    return 0;
+}
+
 static void s_parse_pending(ss_store_t *self, ss_session_t *s, const lk_redis_reply_t *r,
-                            ss_open_result_t *result)
+                            const lk_redis_reply_t *rel, ss_open_result_t *result)
 {
     size_t pairs = r && r->type == LK_REDIS_ARRAY ? r->count / 2 : 0;
     s_pending_t *list = lk_calloc(pairs ? pairs : 1, sizeof(*list));
@@ -468,7 +511,9 @@ static void s_parse_pending(ss_store_t *self, ss_session_t *s, const lk_redis_re
             gone[n_gone++] = id;
             continue;
         }
-        if (d->msg->expiry_at_ms && (int64_t)d->msg->expiry_at_ms <= now) {
+        d->released_pid = s_released_pid(rel, id);
+        /* a released copy is the client's already: only its PUBREL is owed */
+        if (!d->released_pid && d->msg->expiry_at_ms && (int64_t)d->msg->expiry_at_ms <= now) {
             ss_codec_deliver_free(&d);
             gone[n_gone++] = id;
             continue;
@@ -513,6 +558,7 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     if (existed && !keep) {
         s_pipe_str(&p, "DEL", s_key(self, "lk:sess:", req->client), NULL);
         s_pipe_str(&p, "DEL", s_key(self, "lk:q:", req->client), NULL);
+        s_pipe_str(&p, "DEL", s_key(self, "lk:rel:", req->client), NULL);
         /* lk:qseq survives a clean start so store ids never repeat for this client */
         if (!persistent) {
             s_pipe_str(&p, "DEL", s_key(self, "lk:qseq:", req->client), NULL);
@@ -527,6 +573,7 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     if (keep) {
         s_pipe_str(&p, "HGETALL", s_key(self, "lk:sess:", req->client), NULL);
         s_pipe_str(&p, "HGETALL", s_key(self, "lk:q:", req->client), NULL);
+        s_pipe_str(&p, "HGETALL", s_key(self, "lk:rel:", req->client), NULL);
     }
     if (p.failed) {
         s_pipe_end(&p);
@@ -536,9 +583,11 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
         s_pipe_skip(&p);
     lk_redis_reply_t *sess = keep ? s_pipe_next(&p) : NULL;
     lk_redis_reply_t *queue = keep ? s_pipe_next(&p) : NULL;
+    lk_redis_reply_t *rel = keep ? s_pipe_next(&p) : NULL;
     if (s_pipe_end(&p) != 0) {
         lk_redis_reply_free(&sess);
         lk_redis_reply_free(&queue);
+        lk_redis_reply_free(&rel);
         return -1;
     }
 
@@ -557,10 +606,11 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     result->present = present;
     if (keep) {
         result->subs = s_parse_subs(sess, &result->n_subs);
-        s_parse_pending(self, s, queue, result);
+        s_parse_pending(self, s, queue, rel, result);
     }
     lk_redis_reply_free(&sess);
     lk_redis_reply_free(&queue);
+    lk_redis_reply_free(&rel);
     return 0;
 }
 
@@ -610,17 +660,20 @@ int ss_store_close(ss_store_t *self, const char *client, const char *node, uint3
 }
 
 int ss_store_ack(ss_store_t *self, const char *client, const char *node, const uint64_t *ids,
-                 size_t n_ids, Lk__Subscription **subs, size_t n_subs, bool subs_changed)
+                 size_t n_ids, const uint64_t *rel_ids, const uint32_t *rel_pids, size_t n_rel,
+                 Lk__Subscription **subs, size_t n_subs, bool subs_changed)
 {
     ss_session_t *s = zhashx_lookup(self->sessions, client);
     if (!s_at_node(s, node) || !s->persistent)
         return 1;
-    if (n_ids == 0 && !subs_changed)
+    if (n_ids == 0 && n_rel == 0 && !subs_changed)
         return 0;
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
     if (n_ids)
         s_append_hdel_ids(self, &p, client, ids, n_ids);
+    if (n_rel)
+        s_append_released(self, &p, client, rel_ids, rel_pids, n_rel);
     if (subs_changed)
         s_append_replace_subs(self, &p, client, subs, n_subs);
     lk_redis_reply_t *del = n_ids ? s_pipe_next(&p) : NULL;
@@ -1119,9 +1172,9 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
 
     // --- ack deletion, only from the node holding the client
     uint64_t acks[] = {1, 2, 999};
-    ok = ss_store_ack(store, "c1", "fe-1", acks, 2, NULL, 0, false) == 1 &&
+    ok = ss_store_ack(store, "c1", "fe-1", acks, 2, NULL, NULL, 0, NULL, 0, false) == 1 &&
          s_raw_int(&t, "HLEN lk:q:%s", "c1") == 12;
-    ok = ok && ss_store_ack(store, "c1", "fe-2", acks, 3, NULL, 0, false) == 0 &&
+    ok = ok && ss_store_ack(store, "c1", "fe-2", acks, 3, NULL, NULL, 0, NULL, 0, false) == 0 &&
          s_raw_int(&t, "HLEN lk:q:%s", "c1") == 10 && s->qlen == 10;
     ok = ok && s_test_open(store, "c1", "fe-2", 22, false, 3600, &res) == 0 &&
          res.n_pending == 10 && res.pending[0]->store_id == 3;
@@ -1138,10 +1191,10 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     sc.filter = "$share/g/c/+";
     sc.sub_id = 4;
     Lk__Subscription *set1[] = {&sa, &sb}, *set2[] = {&sc};
-    ok = ss_store_ack(store, "c1", "fe-2", NULL, 0, set1, 2, true) == 0 &&
+    ok = ss_store_ack(store, "c1", "fe-2", NULL, 0, NULL, NULL, 0, set1, 2, true) == 0 &&
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 1 &&
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c1") == 1;
-    ok = ok && ss_store_ack(store, "c1", "fe-2", NULL, 0, set2, 1, true) == 0 &&
+    ok = ok && ss_store_ack(store, "c1", "fe-2", NULL, 0, NULL, NULL, 0, set2, 1, true) == 0 &&
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 0 &&
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c1") == 0 &&
          s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 5;
@@ -1295,7 +1348,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ok = ok && s_test_put(store, "q1", 5, 0, ids) == 0 && ids[0] == 1 && ids[2] == 3 &&
          ids[3] == 0 && ids[4] == 0 && ss_store_dropped(store) == before + 2 &&
          s_raw_int(&t, "HLEN lk:q:%s", "q1") == 3;
-    ok = ok && ss_store_ack(store, "q1", "fe-1", ids, 1, NULL, 0, false) == 0 &&
+    ok = ok && ss_store_ack(store, "q1", "fe-1", ids, 1, NULL, NULL, 0, NULL, 0, false) == 0 &&
          s_test_put(store, "q1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 0;
     s_check(&t, "store: queue limit drops and counts", ok);
 

@@ -108,7 +108,8 @@ int ss_store_close(ss_store_t *self, const char *client, const char *node, uint3
 /* SessionAck from node: deletes acked messages, replaces the subscription set when
    subs_changed. 0 done, 1 ignored (not at node, or not persistent), -1 Redis failed */
 int ss_store_ack(ss_store_t *self, const char *client, const char *node, const uint64_t *ids,
-                 size_t n_ids, Lk__Subscription **subs, size_t n_subs, bool subs_changed);
+                 size_t n_ids, const uint64_t *rel_ids, const uint32_t *rel_pids, size_t n_rel,
+                 Lk__Subscription **subs, size_t n_subs, bool subs_changed);
 
 /* StoreBatch: stores every item whose client has a persistent session and room in its
    queue; ids[i] gets the store id, or 0 when item i was dropped. -1: Redis failed (ids
