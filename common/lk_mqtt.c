@@ -435,7 +435,8 @@ static inline bool s_rd_str(s_rd_t *r, lk_str_t *s)
    properties and subscription ids; with them allocated it fills them too. */
 static int s_props_scan(const uint8_t *data, size_t len, uint64_t allowed, lk_mqtt_props_t *pr)
 {
-    s_rd_t r = {data, data + len};
+    /* an empty block may come as NULL: NULL + 0 is undefined behaviour in C */
+    s_rd_t r = {data, len ? data + len : data};
     uint64_t has = 0;
     uint32_t nuser = 0, nsub = 0;
     while (r.p < r.end) {
@@ -1191,6 +1192,8 @@ void lk_mqtt_props_encode(lk_wbuf_t *out, const lk_mqtt_props_t *props, uint64_t
 {
     s_wr_t count = {NULL, 0, false};
     s_put_props(&count, props, mask);
+    if (count.n == 0)
+        return; /* out->data may still be NULL, and NULL + 0 is undefined behaviour */
     lk_wbuf_reserve(out, count.n);
     s_wr_t w = {out->data + out->len, 0, false};
     s_put_props(&w, props, mask);

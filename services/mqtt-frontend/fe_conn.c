@@ -107,6 +107,11 @@ void fe_conn_flush(fe_conn_t *conn)
     }
     conn->srv->bytes_out += (uint64_t)n;
     lk_wbuf_consume(&conn->out, (size_t)n);
+    if (conn->out.len == 0) {
+        /* an idle connection holds no output buffer either */
+        lk_wbuf_free(&conn->out);
+        lk_wbuf_init(&conn->out);
+    }
     fe_conn_want_write(conn, conn->out.len > 0);
     if (conn->out.len > FE_OUT_MAX)
         fe_conn_close(conn, LK_RC_QUOTA_EXCEEDED, true, "client does not read its messages");
@@ -139,9 +144,104 @@ static void s_protocol_close(fe_conn_t *conn, int rc, const char *what)
         fe_conn_close(conn, (uint8_t)rc, true, why);
 }
 
+/* Handles every whole packet of buf[0..len). Returns the bytes consumed, or -1 when the
+   connection closed meanwhile. *want: the size of the incomplete packet at the end, once
+   its fixed header is there (0 otherwise). The decoded packets' views point into buf. */
+static ssize_t s_process(fe_conn_t *conn, const uint8_t *buf, size_t len, size_t *want)
+{
+    fe_server_t *srv = conn->srv;
+    size_t off = 0;
+    *want = 0;
+    while (off < len && conn->state != FE_CLOSED && !conn->lim.paused) {
+        size_t flen = 0, blen = 0;
+        int r = lk_mqtt_frame(buf + off, len - off, srv->max_packet, &flen, &blen);
+        if (r == 0) {
+            /* incomplete: its size is known once the header is */
+            *want = blen ? blen + 5 : 0;
+            break;
+        }
+        if (r == -2) {
+            s_protocol_close(conn, LK_RC_PACKET_TOO_LARGE, "packet too large");
+            return -1;
+        }
+        if (r < 0) {
+            s_protocol_close(conn, LK_RC_MALFORMED, "malformed remaining length");
+            return -1;
+        }
+        lk_mqtt_packet_t pkt;
+        memset(&pkt, 0, sizeof(pkt));
+        uint8_t type = buf[off] >> 4;
+        if (conn->state == FE_NEW && type != LK_MQTT_CONNECT) {
+            /* [MQTT-3.1.0-1] the first packet must be CONNECT */
+            fe_conn_close(conn, 0, false, "first packet is not CONNECT");
+            return -1;
+        }
+        if (conn->state != FE_NEW && type == LK_MQTT_CONNECT) {
+            /* [MQTT-3.1.0-2] a second CONNECT is a protocol violation */
+            fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, true, "second CONNECT");
+            return -1;
+        }
+        int rc = lk_mqtt_decode(buf + off, flen, conn->version, true, &pkt);
+        if (type == LK_MQTT_CONNECT && pkt.u.connect.version)
+            conn->version = pkt.u.connect.version;
+        if (rc != 0) {
+            if (type == LK_MQTT_CONNECT && rc == LK_RC_UNSUPPORTED_VERSION) {
+                /* [MQTT-3.1.2-2] answer 0x01 (3.1.1) / 0x84 (5) and close */
+                if (conn->version != LK_MQTT_V5 && conn->version != LK_MQTT_V311 &&
+                    conn->version != LK_MQTT_V31)
+                    conn->version = LK_MQTT_V311;
+                fe_conn_refuse(conn, LK_RC_UNSUPPORTED_VERSION, "unsupported protocol version");
+            } else
+                s_protocol_close(conn, rc, lk_mqtt_type_name(type));
+            lk_mqtt_packet_free(&pkt);
+            return -1;
+        }
+        off += flen;
+        int hr = fe_handle_packet(conn, &pkt);
+        lk_mqtt_packet_free(&pkt);
+        if (hr != 0)
+            return -1;
+    }
+    return conn->state == FE_CLOSED ? -1 : (ssize_t)off;
+}
+
+/* keeps the bytes of an incomplete packet (or of packets a paused client sent) */
+static void s_keep(fe_conn_t *conn, const uint8_t *data, size_t len, size_t want)
+{
+    size_t cap = want > len ? want : len;
+    cap = cap < 512 ? 512 : cap;
+    conn->rbuf = lk_malloc(cap);
+    conn->rcap = cap;
+    memcpy(conn->rbuf, data, len);
+    conn->rlen = len;
+}
+
 void fe_conn_readable(fe_conn_t *conn)
 {
     fe_server_t *srv = conn->srv;
+    size_t want = 0;
+    if (!conn->tp && conn->rlen == 0) {
+        /* the common case: read into the process's one buffer and keep only what is left
+           of an incomplete packet, so that an idle connection holds no read buffer */
+        if (!srv->rbuf)
+            srv->rbuf = lk_malloc(FE_READ_CHUNK);
+        ssize_t n = recv(conn->fd, srv->rbuf, FE_READ_CHUNK, 0);
+        if (n == 0) {
+            fe_conn_close(conn, 0, true, "closed by client");
+            return;
+        }
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                fe_conn_close(conn, 0, true, strerror(errno));
+            return;
+        }
+        srv->bytes_in += (uint64_t)n;
+        conn->last_rx_ms = lk_loop_now(srv->loop);
+        ssize_t off = s_process(conn, srv->rbuf, (size_t)n, &want);
+        if (off >= 0 && off < n)
+            s_keep(conn, srv->rbuf + off, (size_t)(n - off), want);
+        return;
+    }
     if (conn->rcap - conn->rlen < FE_READ_CHUNK / 4) {
         size_t cap = conn->rcap ? conn->rcap * 2 : FE_READ_CHUNK;
         while (cap - conn->rlen < FE_READ_CHUNK / 4)
@@ -180,65 +280,22 @@ void fe_conn_readable(fe_conn_t *conn)
     conn->rlen += (size_t)n;
     srv->bytes_in += (uint64_t)n;
     conn->last_rx_ms = lk_loop_now(srv->loop);
-    size_t off = 0;
-    while (off < conn->rlen && conn->state != FE_CLOSED && !conn->lim.paused) {
-        size_t flen = 0, blen = 0;
-        int r = lk_mqtt_frame(conn->rbuf + off, conn->rlen - off, srv->max_packet, &flen, &blen);
-        if (r == 0) {
-            /* make room for the whole packet, now that its size is known */
-            if (blen && blen + 5 > conn->rcap) {
-                conn->rbuf = lk_realloc(conn->rbuf, blen + 5 + FE_READ_CHUNK);
-                conn->rcap = blen + 5 + FE_READ_CHUNK;
-            }
-            break;
-        }
-        if (r == -2) {
-            s_protocol_close(conn, LK_RC_PACKET_TOO_LARGE, "packet too large");
-            return;
-        }
-        if (r < 0) {
-            s_protocol_close(conn, LK_RC_MALFORMED, "malformed remaining length");
-            return;
-        }
-        lk_mqtt_packet_t pkt;
-        memset(&pkt, 0, sizeof(pkt));
-        uint8_t type = conn->rbuf[off] >> 4;
-        if (conn->state == FE_NEW && type != LK_MQTT_CONNECT) {
-            /* [MQTT-3.1.0-1] the first packet must be CONNECT */
-            fe_conn_close(conn, 0, false, "first packet is not CONNECT");
-            return;
-        }
-        if (conn->state != FE_NEW && type == LK_MQTT_CONNECT) {
-            /* [MQTT-3.1.0-2] a second CONNECT is a protocol violation */
-            fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, true, "second CONNECT");
-            return;
-        }
-        int rc = lk_mqtt_decode(conn->rbuf + off, flen, conn->version, true, &pkt);
-        if (type == LK_MQTT_CONNECT && pkt.u.connect.version)
-            conn->version = pkt.u.connect.version;
-        if (rc != 0) {
-            if (type == LK_MQTT_CONNECT && rc == LK_RC_UNSUPPORTED_VERSION) {
-                /* [MQTT-3.1.2-2] answer 0x01 (3.1.1) / 0x84 (5) and close */
-                if (conn->version != LK_MQTT_V5 && conn->version != LK_MQTT_V311 &&
-                    conn->version != LK_MQTT_V31)
-                    conn->version = LK_MQTT_V311;
-                fe_conn_refuse(conn, LK_RC_UNSUPPORTED_VERSION, "unsupported protocol version");
-            } else
-                s_protocol_close(conn, rc, lk_mqtt_type_name(type));
-            lk_mqtt_packet_free(&pkt);
-            return;
-        }
-        off += flen;
-        int hr = fe_handle_packet(conn, &pkt);
-        lk_mqtt_packet_free(&pkt);
-        if (hr != 0)
-            return;
-    }
-    if (conn->state == FE_CLOSED)
+    ssize_t done = s_process(conn, conn->rbuf, conn->rlen, &want);
+    if (done < 0)
         return;
+    size_t off = (size_t)done;
     if (off) {
         memmove(conn->rbuf, conn->rbuf + off, conn->rlen - off);
         conn->rlen -= off;
+    }
+    if (want > conn->rcap) {
+        /* make room for the whole packet, now that its size is known */
+        conn->rbuf = lk_realloc(conn->rbuf, want);
+        conn->rcap = want;
+    } else if (conn->rlen == 0) {
+        free(conn->rbuf);
+        conn->rbuf = NULL;
+        conn->rcap = 0;
     }
     if (conn->tp && fe_transport_eof(conn))
         fe_conn_close(conn, 0, true, "closed by client (WebSocket close)");

@@ -199,6 +199,8 @@ struct _fe_server_t {
     fe_conn_t *dirty;       /* connections with output to write this turn */
     fe_conn_t *ackd;        /* connections with store ids / subs for the session store */
     fe_conn_t *graveyard;   /* closed this turn, freed at turn end */
+    uint8_t *rbuf;          /* the read buffer every plain connection reads into */
+    int64_t accept_warned_ms;
     fe_wait_t *waits, *waits_tail;
     size_t n_conns;
     /* configuration */

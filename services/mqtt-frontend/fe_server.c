@@ -214,6 +214,12 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
 
 /* --- listeners -------------------------------------------------------------------- */
 
+static void s_accept_resume(lk_loop_t *loop, void *arg)
+{
+    fe_listener_t *lst = arg;
+    lk_loop_mod_fd(loop, lst->fd, EPOLLIN);
+}
+
 static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
 {
     fe_listener_t *lst = arg;
@@ -223,7 +229,18 @@ static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
         socklen_t sl = sizeof(ss);
         int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* out of descriptors: the pending connection stays queued and the listener
+                   readable, so stop watching it for a while rather than spin */
+                int64_t now = lk_loop_now(loop);
+                if (now - srv->accept_warned_ms > 10000) {
+                    lk_warn("accept: %s: new connections wait (%zu open)", strerror(errno),
+                            srv->n_conns);
+                    srv->accept_warned_ms = now;
+                }
+                lk_loop_mod_fd(loop, lfd, 0);
+                lk_loop_timer(loop, 100, false, s_accept_resume, lst);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 lk_warn("accept: %s", strerror(errno));
             return;
         }
@@ -762,6 +779,7 @@ void fe_server_destroy(fe_server_t **self_p)
     fe_limits_destroy(&srv->limits);
     zhashx_destroy(&srv->by_client);
     lk_wbuf_free(&srv->scratch);
+    free(srv->rbuf);
     free(srv->node);
     free(srv);
     *self_p = NULL;
