@@ -71,7 +71,7 @@ $(1)_SRCS := $$(filter-out services/$(1)/main.c services/$(1)/selftest.c,$$(wild
 $(1)_OBJS := $$($(1)_SRCS:%.c=$(BUILD)/obj/%.o)
 $(BUILD)/bin/$(1): $$($(1)_OBJS) $(BUILD)/obj/services/$(1)/main.o $(LIB)
 	@mkdir -p $$(dir $$@)
-	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $$@.tmp $$^ $(LIBS) && mv -f $$@.tmp $$@
 ifneq ($$(wildcard services/$(1)/selftest.c),)
 SELFTESTS += $(BUILD)/test/$(1)-selftest
 $(BUILD)/test/$(1)-selftest: $$($(1)_OBJS) $(BUILD)/obj/services/$(1)/selftest.o $(LIB)

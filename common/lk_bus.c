@@ -24,6 +24,7 @@ typedef struct s_unacked {
     uint64_t seq;
     uint8_t *data;
     size_t len;
+    bool marked;        /* Envelope.resent appended */
     int64_t sent_ms;
     struct s_unacked *next;
 } s_unacked_t;
@@ -81,6 +82,12 @@ struct _lk_bus_t {
     lk_msglog_t *msglog;
     lk_msglog_t *own_msglog;
     lk_wbuf_t out;
+    /* CurveZMQ (tcp://): our certificate, the admitted clients, the servers' keys */
+    zcert_t *cert;
+    char *public_dir, *server_dir;
+    zactor_t *zap;
+    bool curve_router; /* the ROUTER socket was made a Curve server */
+    bool allow_plaintext;
 };
 
 static const int s_body_field[S_BATCH_KINDS] = {LK_BODY_PUBLISH, LK_BODY_DELIVER, LK_BODY_STORE,
@@ -271,6 +278,7 @@ static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t le
     u->data = lk_malloc(len);
     memcpy(u->data, data, len);
     u->len = len;
+    u->marked = false;
     u->sent_ms = now;
     u->next = NULL;
     if (peer->tail)
@@ -400,7 +408,15 @@ static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, int64_t older_than)
         if (u->sent_ms > older_than)
             continue;
         /* the bytes hold the ack list of their first sending: stale but harmless, acks
-           are idempotent and carry their epoch */
+           are idempotent and carry their epoch. A field appended to protobuf bytes
+           overrides an earlier one: Envelope.resent = true (field 6, varint) tells the
+           receiver that what it carries may have been handled once already. */
+        if (!u->marked) {
+            u->data = lk_realloc(u->data, u->len + 2);
+            u->data[u->len++] = (6 << 3) | 0;
+            u->data[u->len++] = 1;
+            u->marked = true;
+        }
         s_raw_send(self, peer, u->data, u->len);
         u->sent_ms = now;
     }
@@ -637,6 +653,10 @@ void lk_bus_destroy(lk_bus_t **self_p)
         lk_loop_del_zsock(self->loop, self->router);
         zsock_destroy(&self->router);
     }
+    zactor_destroy(&self->zap);
+    zcert_destroy(&self->cert);
+    free(self->public_dir);
+    free(self->server_dir);
     lk_wbuf_free(&self->out);
     lk_msglog_close(&self->own_msglog);
     free(self->node);
@@ -671,14 +691,120 @@ static void s_socket_options(zsock_t *s)
     zsock_set_linger(s, 0);
 }
 
+/* --- CurveZMQ ---------------------------------------------------------------------- */
+
+int lk_bus_set_curve(lk_bus_t *self, const char *secret_cert, const char *public_dir,
+                     const char *server_dir)
+{
+    zcert_destroy(&self->cert);
+    free(self->public_dir);
+    free(self->server_dir);
+    self->public_dir = public_dir && *public_dir ? lk_strdup(public_dir) : NULL;
+    self->server_dir = server_dir && *server_dir ? lk_strdup(server_dir) : NULL;
+    if (!secret_cert || !*secret_cert)
+        return 0;
+    /* zcert_load reads <name>_secret when it exists: accept either file name */
+    size_t n = strlen(secret_cert);
+    char *base = lk_strdup(secret_cert);
+    if (n > 7 && strcmp(base + n - 7, "_secret") == 0)
+        base[n - 7] = 0;
+    self->cert = zcert_load(base);
+    free(base);
+    if (!self->cert || !zcert_secret_txt(self->cert) ||
+        strcmp(zcert_secret_txt(self->cert), "0000000000000000000000000000000000000000") == 0) {
+        lk_error("bus: bus_curve_secret %s: not a certificate with a secret key", secret_cert);
+        zcert_destroy(&self->cert);
+        return -1;
+    }
+    return 0;
+}
+
+void lk_bus_allow_plaintext_tcp(lk_bus_t *self, bool allow)
+{
+    self->allow_plaintext = allow;
+}
+
+int lk_bus_configure(lk_bus_t *self, lk_config_t *config)
+{
+    lk_bus_allow_plaintext_tcp(self, lk_config_get_bool(config, "bus_allow_plaintext_tcp", false));
+    return lk_bus_set_curve(self, lk_config_get(config, "bus_curve_secret", NULL),
+                            lk_config_get(config, "bus_curve_public_dir", NULL),
+                            lk_config_get(config, "bus_curve_server_dir", NULL));
+}
+
+static bool s_is_tcp(const char *endpoint)
+{
+    return strncmp(endpoint, "tcp://", 6) == 0;
+}
+
+/* makes the ROUTER a Curve server admitting the certificates of public_dir; -1 when the
+   keys are missing */
+static int s_curve_server(lk_bus_t *self, const char *endpoint)
+{
+    if (!self->cert || !self->public_dir) {
+        if (self->allow_plaintext)
+            return 0;
+        lk_error("bus: refusing to serve %s in plaintext: set bus_curve_secret and "
+                 "bus_curve_public_dir (latchkey keygen), or bus_allow_plaintext_tcp true",
+                 endpoint);
+        return -1;
+    }
+    if (!self->zap) {
+        self->zap = zactor_new(zauth, NULL);
+        zstr_sendx(self->zap, "CURVE", self->public_dir, NULL);
+        zsock_wait(self->zap);
+    }
+    zcert_apply(self->cert, self->router);
+    zsock_set_curve_server(self->router, 1);
+    self->curve_router = true;
+    return 0;
+}
+
+/* makes a DEALER a Curve client of the server known as name; -1 when the keys are
+   missing */
+static int s_curve_client(lk_bus_t *self, lk_peer_t *p, const char *endpoint)
+{
+    zcert_t *server = NULL;
+    if (self->cert && self->server_dir) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s.key", self->server_dir, p->name);
+        server = zcert_load(path);
+        if (!server)
+            lk_error("bus: no server certificate %s for %s", path, endpoint);
+    }
+    if (!server) {
+        if (self->allow_plaintext && !(self->cert && self->server_dir))
+            return 0;
+        lk_error("bus: refusing to connect %s in plaintext: set bus_curve_secret and "
+                 "bus_curve_server_dir with %s.key (latchkey keygen), or "
+                 "bus_allow_plaintext_tcp true",
+                 endpoint, p->name);
+        return -1;
+    }
+    zcert_apply(self->cert, p->dealer);
+    zsock_set_curve_serverkey(p->dealer, zcert_public_txt(server));
+    zcert_destroy(&server);
+    return 0;
+}
+
 int lk_bus_bind(lk_bus_t *self, const char *endpoint)
 {
+    bool fresh = !self->router;
     if (!self->router) {
         self->router = zsock_new(ZMQ_ROUTER);
         s_socket_options(self->router);
         /* a restarted peer reconnects with its old identity: the new link wins */
         zsock_set_router_handover(self->router, 1);
         lk_loop_add_zsock(self->loop, self->router, s_recv_router, self);
+    }
+    if (s_is_tcp(endpoint) && !self->curve_router) {
+        /* Curve options only take effect on endpoints bound after them */
+        if (!fresh && self->cert && self->public_dir) {
+            lk_error("bus: %s: bind tcp:// endpoints first, so that Curve covers them", endpoint);
+            return -1;
+        }
+        if (s_curve_server(self, endpoint) != 0)
+            return -1;
     }
     if (strncmp(endpoint, "ipc://", 6) == 0)
         unlink(endpoint + 6);   /* a stale socket file of a previous life */
@@ -703,6 +829,8 @@ lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint
         zsock_set_reconnect_ivl_max(p->dealer, 500);
         lk_loop_add_zsock(self->loop, p->dealer, s_recv_dealer, p);
     }
+    if (s_is_tcp(endpoint) && s_curve_client(self, p, endpoint) != 0)
+        return p; /* never alive: the service sees its peer down */
     if (zsock_connect(p->dealer, "%s", endpoint) < 0)
         lk_error("bus: cannot connect %s: %s", endpoint, zmq_strerror(errno));
     s_send_hello(self, p, false);
@@ -814,6 +942,118 @@ static void s_bt_publish(lk_bus_t *bus, lk_peer_t *peer, int n, bool reliable)
     }
 }
 
+/* A TCP port nobody listens on right now (the kernel's pick) */
+static int s_bt_port(void)
+{
+    zsock_t *s = zsock_new(ZMQ_ROUTER);
+    int port = zsock_bind(s, "tcp://127.0.0.1:*");
+    zsock_destroy(&s);
+    return port;
+}
+
+/* a new zcert saved as dir/name.key (+ _secret), also copied (public) into pub_dir */
+static void s_bt_cert(const char *dir, const char *name, const char *pub_dir)
+{
+    char path[1024];
+    zcert_t *c = zcert_new();
+    snprintf(path, sizeof(path), "%s/%s.key", dir, name);
+    zcert_save(c, path);
+    if (pub_dir) {
+        snprintf(path, sizeof(path), "%s/%s.key", pub_dir, name);
+        zcert_save_public(c, path);
+    }
+    zcert_destroy(&c);
+}
+
+/* CurveZMQ over tcp://127.0.0.1: an admitted client talks; a client whose certificate is
+   not admitted, one expecting another server key, and a plaintext one get nothing
+   through; plaintext tcp:// is refused without keys unless allowed. */
+static int s_bt_curve(bool verbose)
+{
+    int rc = 0;
+    char dir[] = "/tmp/lk-curve-XXXXXX";
+    if (!mkdtemp(dir))
+        return -1;
+    char keys[64], allowed[64], servers[64], other[64], path[256], ep[64];
+    snprintf(keys, sizeof(keys), "%s/keys", dir);
+    snprintf(allowed, sizeof(allowed), "%s/allowed", dir);
+    snprintf(servers, sizeof(servers), "%s/servers", dir);
+    snprintf(other, sizeof(other), "%s/other", dir);
+    zsys_dir_create(keys);
+    zsys_dir_create(allowed);
+    zsys_dir_create(servers);
+    zsys_dir_create(other);
+    s_bt_cert(keys, "router", servers);
+    s_bt_cert(keys, "fe-good", allowed);
+    s_bt_cert(keys, "fe-bad", NULL);
+    s_bt_cert(other, "router", NULL); /* an impostor's key under the same name */
+    snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", s_bt_port());
+
+    lk_loop_t *loop = lk_loop_new();
+    lk_bus_handlers_t h = {s_bt_msg, s_bt_up, NULL};
+    s_bt_t srv = {.loop = loop}, good = {.loop = loop}, bad = {.loop = loop},
+           wrong = {.loop = loop}, plain = {.loop = loop};
+    lk_bus_t *server = lk_bus_new(loop, "router", "router", &h, &srv);
+
+    /* without keys and without the plaintext switch: refused */
+    lk_bus_t *nokeys = lk_bus_new(loop, "nokeys", "router", &h, NULL);
+    if (lk_bus_bind(nokeys, ep) != -1)
+        rc = -1;
+    lk_bus_destroy(&nokeys);
+
+    snprintf(path, sizeof(path), "%s/router.key_secret", keys);
+    if (lk_bus_set_curve(server, path, allowed, NULL) != 0 || lk_bus_bind(server, ep) != 0)
+        rc = -1;
+    lk_bus_t *cg = lk_bus_new(loop, "fe-good", "mqtt-frontend", &h, &good);
+    lk_bus_t *cb = lk_bus_new(loop, "fe-bad", "mqtt-frontend", &h, &bad);
+    lk_bus_t *cw = lk_bus_new(loop, "fe-wrong", "mqtt-frontend", &h, &wrong);
+    lk_bus_t *cp = lk_bus_new(loop, "fe-plain", "mqtt-frontend", &h, &plain);
+    snprintf(path, sizeof(path), "%s/fe-good.key", keys); /* the public name works too */
+    if (lk_bus_set_curve(cg, path, NULL, servers) != 0)
+        rc = -1;
+    snprintf(path, sizeof(path), "%s/fe-bad.key_secret", keys);
+    if (lk_bus_set_curve(cb, path, NULL, servers) != 0)
+        rc = -1;
+    snprintf(path, sizeof(path), "%s/fe-good.key_secret", keys);
+    if (lk_bus_set_curve(cw, path, NULL, other) != 0)
+        rc = -1;
+    lk_bus_allow_plaintext_tcp(cp, true);
+    lk_peer_t *pg = lk_bus_connect(cg, "router", ep);
+    lk_peer_t *pb = lk_bus_connect(cb, "router", ep);
+    lk_peer_t *pw = lk_bus_connect(cw, "router", ep);
+    lk_peer_t *pp = lk_bus_connect(cp, "router", ep);
+    s_bt_spin(loop, 600);
+    s_bt_publish(cg, pg, 7, true);
+    s_bt_publish(cb, pb, 1, true);
+    s_bt_publish(cw, pw, 1, true);
+    s_bt_publish(cp, pp, 1, true);
+    s_bt_spin(loop, 400);
+    if (!lk_peer_alive(pg) || srv.got != 1 || srv.items != 7 || lk_peer_unacked(pg) != 0)
+        rc = -1;
+    if (lk_peer_alive(pb) || lk_peer_alive(pw) || lk_peer_alive(pp) || srv.ups != 1)
+        rc = -1;
+    /* an unreadable certificate is a configuration error */
+    snprintf(path, sizeof(path), "%s/none.key", keys);
+    if (lk_bus_set_curve(cp, path, NULL, servers) != -1)
+        rc = -1;
+    if (verbose)
+        printf("lk_bus curve: good alive %d, items %d, peers up at server %d; bad %d wrong %d "
+               "plain %d\n",
+               lk_peer_alive(pg), srv.items, srv.ups, lk_peer_alive(pb), lk_peer_alive(pw),
+               lk_peer_alive(pp));
+    lk_bus_destroy(&cg);
+    lk_bus_destroy(&cb);
+    lk_bus_destroy(&cw);
+    lk_bus_destroy(&cp);
+    lk_bus_destroy(&server);
+    lk_loop_destroy(&loop);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        rc = -1;
+    return rc;
+}
+
 int lk_bus_test(bool verbose)
 {
     char ep[128];
@@ -885,5 +1125,9 @@ int lk_bus_test(bool verbose)
     lk_bus_destroy(&client);
     lk_bus_destroy(&server);
     lk_loop_destroy(&loop);
+    if (s_bt_curve(verbose) != 0) {
+        fprintf(stderr, "lk_bus: CurveZMQ test failed\n");
+        rc = -1;
+    }
     return rc;
 }

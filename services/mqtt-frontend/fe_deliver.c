@@ -117,7 +117,7 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
     p.u.publish.payload.len = (uint32_t)m->payload.len;
     p.u.publish.qos = (uint8_t)m->qos;
     p.u.publish.retain = m->retain;
-    p.u.publish.dup = dup && m->qos > 0;
+    p.u.publish.dup = (dup || m->dup) && m->qos > 0;
     p.u.publish.packet_id = pid;
     bool props_decoded = false;
     if (conn->version == LK_MQTT_V5) {

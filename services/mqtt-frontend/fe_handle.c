@@ -293,6 +293,7 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
         return;
     if (conn->state == FE_ACTIVE) {
         /* a re-open after the session store restarted: only what we do not have yet */
+        conn->reopening = false;
         for (size_t i = 0; i < r->n_pending; i++)
             if (r->pending[i]->store_id > conn->max_store_id)
                 fe_deliver_to(conn, r->pending[i], true);

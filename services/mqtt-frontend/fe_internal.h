@@ -106,6 +106,7 @@ typedef struct fe_conn {
     uint32_t expiry;        /* session expiry seconds; 0 = ends at disconnect */
     uint16_t keepalive;
     uint64_t req;           /* pending auth/session request id */
+    bool reopening;         /* ACTIVE, re-opening its session after a session store restart */
     int64_t req_sent_ms;
     int64_t req_first_ms;
     uint8_t *connect_pw;    /* kept only until auth answers */

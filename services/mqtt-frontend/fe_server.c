@@ -133,6 +133,7 @@ static void s_reopen(fe_server_t *srv)
             continue;
         c->req = ((uint64_t)c->fd << 40) | (c->id & 0xFFFFFFFFFFULL);
         c->clean = false;
+        c->reopening = true;
         fe_session_open_send(c);
         n++;
     }
@@ -606,6 +607,9 @@ static void s_cron(lk_loop_t *loop, void *arg)
                 else
                     fe_session_open_send(c);
             }
+        } else if (c->state == FE_ACTIVE && c->reopening && now - c->req_sent_ms > 1000) {
+            /* a store that restarted answers only once it has loaded Redis */
+            fe_session_open_send(c);
         } else if (c->state == FE_ACTIVE && c->keepalive &&
                    now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
             fe_conn_close(c, LK_RC_KEEP_ALIVE_TIMEOUT, true, "keepalive timeout");

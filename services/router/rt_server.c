@@ -318,6 +318,9 @@ static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *en
     self->cur_store_seq = 0;
     self->cur_retain_seq = 0;
     for (size_t i = 0; i < env->publish->n_items; i++)
+        if (env->publish->items[i]->msg && env->resent)
+            env->publish->items[i]->msg->dup = true;   /* a router before us may have sent it */
+    for (size_t i = 0; i < env->publish->n_items; i++)
         if (env->publish->items[i]->msg)
             s_publish_one(self, env->publish->items[i]->msg, env->publish->items[i]->share,
                           true);
