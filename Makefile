@@ -40,7 +40,7 @@ BINS := $(SERVICES:%=$(BUILD)/bin/%)
 BENCH := $(BUILD)/bin/lkbench
 SELFTESTS := $(BUILD)/test/common-selftest
 
-.PHONY: all run test check memcheck fuzz format format-check clean deps bench
+.PHONY: all run test test-fast check memcheck fuzz format format-check clean deps bench
 .DEFAULT_GOAL := all
 
 $(GEN_C) $(GEN_H): $(PROTO)
@@ -131,7 +131,18 @@ run: deps
 deps:
 	supervise/install-deps
 
+# make test: every test on the normal build, then again on the ASan + UBSan build;
+# make test-fast: the normal build only (the everyday loop)
+ifeq ($(SANITIZE),)
 test: all
+	$(MAKE) --no-print-directory SANITIZE=address,undefined all
+	tests/run-suites $(BUILD) build-san
+else
+test: all
+	tests/run-all $(BUILD)
+endif
+
+test-fast: all
 	tests/run-all $(BUILD)
 
 check: test
