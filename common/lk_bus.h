@@ -18,10 +18,25 @@
     peer; every pending batch goes out as one envelope at the end of the loop turn (or
     when it grows past batch_max bytes).
 
-    Message log: with lk_bus_set_msglog(), every envelope received is recorded. */
+    Message log: with lk_bus_set_msglog(), every envelope received is recorded.
+
+    CurveZMQ: a tcp:// endpoint is authenticated and encrypted (CZMQ zcert + zauth); ipc://
+    stays plain (one host, file permissions). lk_bus_configure() reads
+      bus_curve_secret <file>       this node's certificate (zcert: `latchkey keygen` writes
+                                    <node>.key and <node>.key_secret; either name works)
+      bus_curve_public_dir <dir>    serving node: the public certificates of the clients it
+                                    admits (a zauth actor checks every handshake)
+      bus_curve_server_dir <dir>    connecting node: <name>.key, the public certificate of
+                                    each server it connects to by that name
+      bus_allow_plaintext_tcp       false (default): a tcp:// bind or connect without the
+                                    keys above is refused with a log line
+    Curve is a property of the socket: a node that serves tcp:// with Curve serves its
+    other endpoints with Curve too. One process holds at most one zauth (ZeroMQ's ZAP
+    handler is per process): one Curve-serving bus per process. */
 #ifndef LK_BUS_H_INCLUDED
 #define LK_BUS_H_INCLUDED
 
+#include "lk_config.h"
 #include "lk_loop.h"
 #include "latchkey.pb-c.h"
 #include <stdbool.h>
@@ -52,6 +67,14 @@ void lk_bus_set_timing(lk_bus_t *self, int heartbeat_ms, int dead_ms, int resend
 
 const char *lk_bus_node(lk_bus_t *self);
 uint64_t lk_bus_epoch(lk_bus_t *self);
+
+/* CurveZMQ and the plaintext policy from the configuration keys above; call before
+   lk_bus_bind / lk_bus_connect. 0, or -1 with a log line (unreadable certificate). */
+int lk_bus_configure(lk_bus_t *self, lk_config_t *config);
+/* the same with explicit values (NULL = unset) */
+int lk_bus_set_curve(lk_bus_t *self, const char *secret_cert, const char *public_dir,
+                     const char *server_dir);
+void lk_bus_allow_plaintext_tcp(lk_bus_t *self, bool allow);
 
 /* serve on endpoint ("ipc://..." or "tcp://127.0.0.1:port"); 0 or -1 with a log line */
 int lk_bus_bind(lk_bus_t *self, const char *endpoint);

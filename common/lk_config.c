@@ -231,6 +231,16 @@ bool lk_config_get_bool(lk_config_t *self, const char *key, bool def)
     return def;
 }
 
+int lk_config_each(lk_config_t *self, lk_config_each_fn *fn, void *arg)
+{
+    for (int i = 0; i < self->count; i++) {
+        int rc = fn(self->entries[i].key, self->entries[i].value, arg);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 void lk_config_set(lk_config_t *self, const char *key, const char *value)
 {
     int w = 0;
@@ -243,6 +253,14 @@ void lk_config_set(lk_config_t *self, const char *key, const char *value)
     }
     self->count = w;
     s_add(self, key, strlen(key), value);
+}
+
+static int s_each_test(const char *key, const char *value, void *arg)
+{
+    char *acc = arg;
+    size_t n = strlen(acc);
+    snprintf(acc + n, 256 - n, "%s=%s;", key, value);
+    return strcmp(key, "stop") == 0 ? 7 : 0;
 }
 
 int lk_config_test(bool verbose)
@@ -268,10 +286,20 @@ int lk_config_test(bool verbose)
         rc = -1;
     if (!lk_config_get_bool(c, "allow_anonymous", false) || lk_config_get_bool(c, "nope", false))
         rc = -1;
+    char acc[256] = "";
+    if (lk_config_each(c, s_each_test, acc) != 0 ||
+        strncmp(acc, "listener=1883 127.0.0.1;listener=1884;router_endpoint=ipc:///tmp/x/r.ipc;"
+                     "max_inflight_messages=20;", 98) != 0)
+        rc = -1;
     lk_config_set(c, "listener", "2000");
     if (lk_config_count(c, "listener") != 1)
         rc = -1;
     lk_config_destroy(&c);
+    lk_config_t *st = lk_config_parse("a 1\nstop 2\nb 3\n", "test");
+    acc[0] = 0;
+    if (!st || lk_config_each(st, s_each_test, acc) != 7 || strcmp(acc, "a=1;stop=2;") != 0)
+        rc = -1;
+    lk_config_destroy(&st);
     lk_config_t *bad = lk_config_parse("ok 1\n!bad value\n", "test");
     if (bad)
         rc = -1;

@@ -28,6 +28,11 @@ const char *lk_config_get_nth(lk_config_t *self, const char *key, int i);
 /* typed getters; a malformed value logs an error and returns def */
 int64_t lk_config_get_int(lk_config_t *self, const char *key, int64_t def);
 bool lk_config_get_bool(lk_config_t *self, const char *key, bool def);
+/* Calls fn for every (key, value) of the file in file order, repeated keys included, until
+   fn returns non-zero (returned). For sectioned keys (a `listener` line and the lines that
+   follow it): environment overrides do not apply here, so such keys are file-only. */
+typedef int(lk_config_each_fn)(const char *key, const char *value, void *arg);
+int lk_config_each(lk_config_t *self, lk_config_each_fn *fn, void *arg);
 /* sets (replaces) a value, e.g. from a command-line option */
 void lk_config_set(lk_config_t *self, const char *key, const char *value);
 

@@ -45,6 +45,48 @@ int lk_crypto_pw_verify(const char *stored, const char *salt, const void *passwo
    about unknown users, so that the reply time does not say whether the user exists. */
 void lk_crypto_pw_dummy(const void *password, size_t len);
 
+/* SHA-1 of len bytes, for the WebSocket handshake's Sec-WebSocket-Accept (RFC 6455): not
+   for anything that needs a secure hash */
+void lk_crypto_sha1(const void *data, size_t len, uint8_t out[20]);
+
+/* EMQX 5 password hashing (its Redis authenticator's `password_hash` field, with `salt`):
+   plain (the password itself), md5 / sha (SHA-1) / sha256 / sha512 as lowercase hex of
+   the digest of salt+password (salt prefix) or password+salt (suffix), bcrypt as a
+   crypt(3) string ($2a$ / $2b$ / $2y$, through libxcrypt; the salt field is not used),
+   and pbkdf2 as the hex of PBKDF2-HMAC-<mac>(password, salt, iterations, dk_length). */
+typedef enum {
+    LK_EMQX_PLAIN = 0,
+    LK_EMQX_MD5,
+    LK_EMQX_SHA,
+    LK_EMQX_SHA256,
+    LK_EMQX_SHA512,
+    LK_EMQX_BCRYPT,
+    LK_EMQX_PBKDF2
+} lk_emqx_alg_t;
+
+typedef enum { LK_EMQX_SALT_DISABLE = 0, LK_EMQX_SALT_PREFIX, LK_EMQX_SALT_SUFFIX } lk_emqx_salt_t;
+
+typedef struct {
+    lk_emqx_alg_t alg;
+    lk_emqx_salt_t salt_position;
+    char mac[16];   /* pbkdf2: md5 sha sha224 sha256 sha384 sha512 */
+    int iterations; /* pbkdf2 */
+    int dk_length;  /* pbkdf2 key bytes; 0 = the mac's digest size */
+} lk_crypto_emqx_t;
+
+/* spec: "plain", "md5", "sha", "sha256", "sha512", "bcrypt" or
+   "pbkdf2 <mac> <iterations> [<dk_length>]"; salt_position "prefix" (EMQX's default),
+   "suffix" or "disable". 0, or -1 with a log line. */
+int lk_crypto_emqx_parse(lk_crypto_emqx_t *alg, const char *spec, const char *salt_position);
+/* 1 on a match, 0 on a mismatch, -1 when stored does not fit the algorithm. The digests
+   (or, for plain, the SHA-256 of both sides) are compared in constant time. */
+int lk_crypto_emqx_verify(const lk_crypto_emqx_t *alg, const char *stored, const char *salt,
+                          const void *password, size_t len);
+/* A new stored hash for password, and *salt_out the salt to store beside it (empty for
+   plain and bcrypt). Caller frees both. NULL when randomness or the algorithm fails. */
+char *lk_crypto_emqx_hash(const lk_crypto_emqx_t *alg, const void *password, size_t len,
+                          char **salt_out);
+
 /* standard base64 of len bytes (padded); caller frees */
 char *lk_crypto_b64_encode(const void *data, size_t len);
 /* decodes standard padded base64 into out (capacity cap); returns the byte count, or -1

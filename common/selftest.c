@@ -9,6 +9,9 @@
 #include "lk_msglog.h"
 #include "lk_bus.h"
 #include "lk_pbjson.h"
+#include "lk_proxy.h"
+#include "lk_tls.h"
+#include "lk_ws.h"
 #include <stdio.h>
 #include <czmq.h>
 #include <string.h>
@@ -28,6 +31,9 @@ static const s_test_t s_tests[] = {
     {"lk_mqtt", lk_mqtt_test},
     {"lk_crypto", lk_crypto_test},
     {"lk_acl", lk_acl_test},
+    {"lk_ws", lk_ws_test},
+    {"lk_proxy", lk_proxy_test},
+    {"lk_tls", lk_tls_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)

@@ -10,20 +10,24 @@
 #include "lk_common.h"
 #include "lk_crypto.h"
 #include "lk_redis.h"
+#include <cjson/cJSON.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
-typedef enum { S_BACKEND_FILE, S_BACKEND_REDIS } s_backend_t;
+typedef enum { S_BACKEND_FILE, S_BACKEND_REDIS, S_BACKEND_EMQX } s_backend_t;
 
 struct _au_check_t {
     lk_config_t *config; /* not owned */
     lk_redis_t *redis;
     bool allow_anonymous;
     bool nomatch_allow;
-    s_backend_t backends[2];
+    s_backend_t backends[3];
     int n_backends;
+    /* Redis key templates (%u = username): the seed layout's and EMQX 5's */
+    const char *user_key, *acl_key, *emqx_user_key, *emqx_acl_key;
+    lk_crypto_emqx_t emqx_alg;
     const char *password_path; /* NULL when unset; lives with config */
     const char *acl_path;
     au_pwfile_t *pwfile;
@@ -43,8 +47,10 @@ static int s_parse_backends(au_check_t *self, const char *spec)
             b = S_BACKEND_FILE;
         else if (strcmp(w, "redis") == 0)
             b = S_BACKEND_REDIS;
+        else if (strcmp(w, "emqx") == 0)
+            b = S_BACKEND_EMQX;
         else {
-            lk_error("auth_backends: unknown backend '%s' (want file and/or redis)", w);
+            lk_error("auth_backends: unknown backend '%s' (want file, redis, emqx)", w);
             rc = -1;
             break;
         }
@@ -88,6 +94,14 @@ au_check_t *au_check_new(lk_config_t *config)
         spec = self->password_path ? "file redis" : "redis";
     if (rc == 0)
         rc = s_parse_backends(self, spec);
+    self->user_key = lk_config_get(config, "redis_user_key", "mqtt_user:%u");
+    self->acl_key = lk_config_get(config, "redis_acl_key", "mqtt_acl:%u");
+    self->emqx_user_key = lk_config_get(config, "emqx_user_key", "mqtt:%u");
+    self->emqx_acl_key = lk_config_get(config, "emqx_acl_key", "mqtt_acl:%u");
+    if (rc == 0 && s_has_backend(self, S_BACKEND_EMQX))
+        rc = lk_crypto_emqx_parse(&self->emqx_alg,
+                                  lk_config_get(config, "emqx_password_hash", "sha256"),
+                                  lk_config_get(config, "emqx_salt_position", "prefix"));
     if (rc == 0 && s_has_backend(self, S_BACKEND_FILE) && !self->password_path) {
         lk_error("auth_backends names 'file' but password_file is not set");
         rc = -1;
@@ -154,7 +168,26 @@ int au_check_reload(au_check_t *self)
 
 bool au_check_uses_redis(au_check_t *self)
 {
-    return s_has_backend(self, S_BACKEND_REDIS);
+    return s_has_backend(self, S_BACKEND_REDIS) || s_has_backend(self, S_BACKEND_EMQX);
+}
+
+/* template with every %u replaced by user (a Redis key: any bytes are fine) */
+static char *s_key(const char *template, const char *user)
+{
+    size_t n = strlen(template) + 1, ulen = strlen(user);
+    for (const char *p = strstr(template, "%u"); p; p = strstr(p + 2, "%u"))
+        n += ulen;
+    char *key = lk_malloc(n), *w = key;
+    for (const char *p = template; *p;) {
+        if (p[0] == '%' && p[1] == 'u') {
+            memcpy(w, user, ulen);
+            w += ulen;
+            p += 2;
+        } else
+            *w++ = *p++;
+    }
+    *w = 0;
+    return key;
 }
 
 int au_check_ping(au_check_t *self)
@@ -181,11 +214,14 @@ static bool s_truthy(const lk_redis_reply_t *r)
     return r->type == LK_REDIS_STR && (strcmp(r->str, "1") == 0 || strcmp(r->str, "true") == 0);
 }
 
-/* checks the password against one stored hash; the work is done in every case */
-static s_auth_t s_verify(const char *user, const char *stored, const char *salt,
-                         const Lk__AuthRequest *req)
+/* checks the password against one stored hash (emqx: the EMQX algorithm, else the
+   Mosquitto formats); the work is done in every case */
+static s_auth_t s_verify(au_check_t *self, const char *user, const char *stored, const char *salt,
+                         const Lk__AuthRequest *req, bool emqx)
 {
-    int rc = lk_crypto_pw_verify(stored, salt, req->password.data, req->password.len);
+    int rc = emqx ? lk_crypto_emqx_verify(&self->emqx_alg, stored, salt, req->password.data,
+                                          req->password.len)
+                  : lk_crypto_pw_verify(stored, salt, req->password.data, req->password.len);
     if (rc < 0) {
         char u[80];
         s_printable(u, sizeof(u), user);
@@ -198,67 +234,149 @@ static s_auth_t s_verify(const char *user, const char *stored, const char *salt,
     return rc == 1 && has_password ? S_AUTH_OK : S_AUTH_BAD;
 }
 
+/* HMGET of the user's hash in a Redis layout: [password, salt, is_superuser], password
+   NIL when the layout does not know the user. EMQX 5 names the field password_hash and
+   still reads `password` (4.x) when that is missing. NULL when Redis fails. */
+static lk_redis_reply_t *s_redis_user(au_check_t *self, s_backend_t b, const char *user)
+{
+    char *key = s_key(b == S_BACKEND_EMQX ? self->emqx_user_key : self->user_key, user);
+    const char *argv[6] = {"HMGET", key, "password", "salt", "is_superuser", "password_hash"};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++)
+        lens[i] = strlen(argv[i]);
+    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, b == S_BACKEND_EMQX ? 6 : 5, argv, lens);
+    free(key);
+    if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count < 3) {
+        lk_redis_reply_free(&r);
+        return NULL;
+    }
+    if (b == S_BACKEND_EMQX && r->count == 4 && r->items[3].type == LK_REDIS_STR) {
+        lk_redis_reply_t tmp = r->items[0];
+        r->items[0] = r->items[3];
+        r->items[3] = tmp;
+    }
+    return r;
+}
+
+/* Finds the first backend that knows user and, unless acl_only, checks the password there.
+   acl_only (a connected client's ACL is re-read after a change): the user only has to
+   exist still. *via tells which backend decided. */
 static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__AuthRequest *req,
-                               bool *superuser, bool *via_redis)
+                               bool acl_only, bool *superuser, s_backend_t *via)
 {
     for (int i = 0; i < self->n_backends; i++) {
-        if (self->backends[i] == S_BACKEND_FILE) {
+        s_backend_t b = self->backends[i];
+        if (b == S_BACKEND_FILE) {
             const char *stored = self->pwfile ? au_pwfile_lookup(self->pwfile, user) : NULL;
-            if (stored)
-                return s_verify(user, stored, NULL, req);
-            continue;
+            if (!stored)
+                continue;
+            *via = b;
+            return acl_only ? S_AUTH_OK : s_verify(self, user, stored, NULL, req, false);
         }
-        lk_redis_reply_t *r = lk_redis_cmd(
-            self->redis, "HMGET mqtt_user:%b password salt is_superuser", user, strlen(user));
-        if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 3) {
-            lk_redis_reply_free(&r);
+        lk_redis_reply_t *r = s_redis_user(self, b, user);
+        if (!r)
             return S_AUTH_UNAVAILABLE;
-        }
         if (r->items[0].type != LK_REDIS_STR) {
             lk_redis_reply_free(&r);
-            continue; /* not a Redis user */
+            continue; /* not a user of this layout */
         }
         const char *salt = r->items[1].type == LK_REDIS_STR ? r->items[1].str : NULL;
-        s_auth_t rc = s_verify(user, r->items[0].str, salt, req);
+        s_auth_t rc = acl_only
+                          ? S_AUTH_OK
+                          : s_verify(self, user, r->items[0].str, salt, req, b == S_BACKEND_EMQX);
         *superuser = rc == S_AUTH_OK && s_truthy(&r->items[2]);
-        *via_redis = true;
+        *via = b;
         lk_redis_reply_free(&r);
         return rc;
     }
     /* nobody knows the user: spend the time a known user's check takes */
-    lk_crypto_pw_dummy(req->password.data, req->password.len);
+    if (!acl_only)
+        lk_crypto_pw_dummy(req->password.data, req->password.len);
     return S_AUTH_BAD;
 }
 
-/* appends the rules of mqtt_acl:<user>; -1 when Redis fails */
-static int s_redis_acl(au_check_t *self, const char *user, const char *client, lk_acl_list_t *acl)
+/* The access bits of an ACL hash value: the seed's "1" subscribe / "2" publish / "3"
+   both, EMQX 5's "subscribe" / "publish" / "all", or EMQX's JSON form
+   {"action": ..., "qos": [...], "retain": bool}. A JSON rule restricted by qos or retain
+   cannot be expressed in our rules and grants nothing (deny by default). 0 = unusable. */
+static uint32_t s_acl_access(const char *v)
 {
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL mqtt_acl:%b", user, strlen(user));
+    if (strcmp(v, "1") == 0 || strcmp(v, "subscribe") == 0)
+        return LK_ACL_SUB;
+    if (strcmp(v, "2") == 0 || strcmp(v, "publish") == 0)
+        return LK_ACL_PUB;
+    if (strcmp(v, "3") == 0 || strcmp(v, "all") == 0)
+        return LK_ACL_BOTH;
+    if (*v != '{')
+        return 0;
+    cJSON *j = cJSON_Parse(v);
+    uint32_t access = 0;
+    const cJSON *action = cJSON_GetObjectItemCaseSensitive(j, "action");
+    const cJSON *perm = cJSON_GetObjectItemCaseSensitive(j, "permission");
+    bool restricted = cJSON_GetObjectItemCaseSensitive(j, "qos") ||
+                      cJSON_GetObjectItemCaseSensitive(j, "retain") ||
+                      (cJSON_IsString(perm) && strcmp(perm->valuestring, "allow") != 0);
+    if (cJSON_IsString(action) && !restricted)
+        access = s_acl_access(action->valuestring);
+    cJSON_Delete(j);
+    return access == LK_ACL_SUB || access == LK_ACL_PUB || access == LK_ACL_BOTH ? access : 0;
+}
+
+/* EMQX's topic placeholders ${username} / ${clientid} in our %u / %c; a copy */
+static char *s_emqx_placeholders(const char *f)
+{
+    char *out = lk_malloc(strlen(f) + 1), *w = out;
+    while (*f) {
+        if (strncmp(f, "${username}", 11) == 0) {
+            memcpy(w, "%u", 2);
+            w += 2;
+            f += 11;
+        } else if (strncmp(f, "${clientid}", 11) == 0) {
+            memcpy(w, "%c", 2);
+            w += 2;
+            f += 11;
+        } else
+            *w++ = *f++;
+    }
+    *w = 0;
+    return out;
+}
+
+/* appends the rules of the user's ACL hash in the layout of backend b; -1 when Redis
+   fails */
+static int s_redis_acl(au_check_t *self, s_backend_t b, const char *user, const char *client,
+                       lk_acl_list_t *acl)
+{
+    char *key = s_key(b == S_BACKEND_EMQX ? self->emqx_acl_key : self->acl_key, user);
+    const char *argv[2] = {"HGETALL", key};
+    size_t lens[2] = {7, strlen(key)};
+    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, 2, argv, lens);
     if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY) {
         lk_redis_reply_free(&r);
+        free(key);
         return -1;
     }
     for (size_t i = 0; i + 1 < r->count; i += 2) {
         const lk_redis_reply_t *f = &r->items[i], *v = &r->items[i + 1];
         if (f->type != LK_REDIS_STR || v->type != LK_REDIS_STR)
             continue;
-        uint32_t access = strcmp(v->str, "1") == 0   ? LK_ACL_SUB
-                          : strcmp(v->str, "2") == 0 ? LK_ACL_PUB
-                          : strcmp(v->str, "3") == 0 ? LK_ACL_BOTH
-                                                     : 0;
-        char *pattern = access ? lk_acl_subst(f->str, user, client) : NULL;
+        uint32_t access = s_acl_access(v->str);
+        char *filter = s_emqx_placeholders(f->str);
+        char *pattern = access ? lk_acl_subst(filter, user, client) : NULL;
+        free(filter);
         if (!pattern) {
             /* a bad entry, or %u/%c that this client's names cannot fill safely */
-            char u[80], p[80];
-            s_printable(u, sizeof(u), user);
+            char k[80], p[80];
+            s_printable(k, sizeof(k), key);
             s_printable(p, sizeof(p), f->str);
-            lk_info("mqtt_acl:%s: entry '%s' skipped for this client", u, p);
+            lk_info("%s: entry '%s' skipped for this client", k, p);
             continue;
         }
         lk_acl_list_add(acl, pattern, access);
         free(pattern);
     }
     lk_redis_reply_free(&r);
+    free(key);
     return 0;
 }
 
@@ -313,7 +431,8 @@ static void s_full_access(lk_acl_list_t *acl)
 Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
 {
     lk_acl_list_t acl = {0};
-    bool ok = false, superuser = false, via_redis = false;
+    bool ok = false, superuser = false;
+    s_backend_t via = S_BACKEND_FILE;
     const char *reason = NULL;
     const char *client = req->client ? req->client : "";
     const char *user = req->username ? req->username : "";
@@ -329,7 +448,20 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         else
             s_full_access(&acl);
     } else {
-        s_auth_t rc = s_authenticate(self, user, req, &superuser, &via_redis);
+        /* use_identity_as_username: the frontend verified the client's certificate on a
+           listener that requires one and named the user by its CN. The certificate is the
+           credential (no password); superuser and ACLs are that user's. */
+        bool by_cert = req->cert_cn && *req->cert_cn && strcmp(req->cert_cn, user) == 0 &&
+                       !req->has_password && req->password.len == 0;
+        s_auth_t rc =
+            s_authenticate(self, user, req, req->acl_only || by_cert, &superuser, &via);
+        if (by_cert && rc == S_AUTH_BAD) {
+            /* known to no backend: its ACL from the first Redis layout configured, if any */
+            rc = S_AUTH_OK;
+            for (int i = self->n_backends - 1; i >= 0; i--)
+                if (self->backends[i] != S_BACKEND_FILE)
+                    via = self->backends[i];
+        }
         if (rc == S_AUTH_UNAVAILABLE)
             reason = AU_REASON_UNAVAILABLE;
         else if (rc == S_AUTH_BAD)
@@ -337,7 +469,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         else if (superuser) {
             ok = true;
             s_full_access(&acl);
-        } else if (via_redis && s_redis_acl(self, user, client, &acl) != 0)
+        } else if (via != S_BACKEND_FILE && s_redis_acl(self, via, user, client, &acl) != 0)
             reason = AU_REASON_UNAVAILABLE;
         else {
             ok = true;
@@ -361,7 +493,9 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         s_printable(u, sizeof(u), named ? user : "(anonymous)");
         lk_debug("accepted client '%s' as %s, %zu rules", c, u, acl.count);
     }
-    return s_reply(req->req, ok, superuser, &acl, reason);
+    Lk__AuthReply *reply = s_reply(req->req, ok, superuser, &acl, reason);
+    reply->acl_only = req->acl_only;
+    return reply;
 }
 
 /* ---- selftest ------------------------------------------------------------------------ */
@@ -618,15 +752,102 @@ int au_check_test(au_tally_t *t, int redis_port)
     }
     lk_config_destroy(&cfg);
 
+    /* EMQX 5 layout chained after the seed's: mqtt:<name> with password_hash / salt /
+       is_superuser, ACL values publish / subscribe / all / JSON */
+    {
+        const char *emqx[][6] = {
+            /* sha256("salt" + "secret"): salt prefixed, EMQX's default */
+            {"HSET", "mqtt:eve", "password_hash",
+             "bede90386d450cea8b77b822f8887065e4e5abf132c2f9dccfcc7fbd4cba5e35", "salt", "salt"},
+            {"HSET", "mqtt:boss", "password_hash",
+             "bede90386d450cea8b77b822f8887065e4e5abf132c2f9dccfcc7fbd4cba5e35", "salt", "salt"},
+            {"HSET", "mqtt:boss", "is_superuser", "true", NULL, NULL},
+            {"HSET", "mqtt_acl:eve", "t/${username}/#", "subscribe", NULL, NULL},
+            {"HSET", "mqtt_acl:eve", "p/1", "publish", NULL, NULL},
+            {"HSET", "mqtt_acl:eve", "a/#", "all", NULL, NULL},
+            {"HSET", "mqtt_acl:eve", "j/1", "{\"action\": \"publish\"}", NULL, NULL},
+            {"HSET", "mqtt_acl:eve", "j/2", "{\"action\": \"publish\", \"qos\": [1]}", NULL, NULL},
+            {"HSET", "mqtt_acl:eve", "j/3", "nonsense", NULL, NULL},
+        };
+        bool ok = true;
+        for (size_t i = 0; i < LK_ARRAY_LEN(emqx); i++) {
+            int argc = 0;
+            size_t lens[6];
+            while (argc < 6 && emqx[i][argc]) {
+                lens[argc] = strlen(emqx[i][argc]);
+                argc++;
+            }
+            lk_redis_reply_t *r = lk_redis_cmdv(rd, argc, emqx[i], lens);
+            ok &= !lk_redis_reply_failed(r);
+            lk_redis_reply_free(&r);
+        }
+        AU_CHECK(t, "check: emqx users seeded", ok);
+        snprintf(text, sizeof(text), "redis_port %d\nauth_backends redis emqx\n", redis_port);
+        cfg = lk_config_parse(text, "test");
+        c = au_check_new(cfg);
+        AU_CHECK(t, "check: new (redis + emqx)", c && au_check_uses_redis(c));
+        if (c) {
+            S_ASK("check: emqx sha256 salt prefix good", "eve", "secret", "c9",
+                  s_is(r, true, NULL, 4) && !r->superuser && s_has_rule(r, "t/eve/#", 1) &&
+                      s_has_rule(r, "p/1", 2) && s_has_rule(r, "a/#", 3) &&
+                      s_has_rule(r, "j/1", 2));
+            S_ASK("check: emqx bad password", "eve", "secrets", NULL,
+                  s_is(r, false, AU_REASON_BAD_CREDENTIALS, 0));
+            S_ASK("check: emqx superuser", "boss", "secret", NULL,
+                  s_is(r, true, NULL, 2) && r->superuser);
+            S_ASK("check: seed user still first", "ann", "secret", "c1", s_is(r, true, NULL, 4));
+            /* acl_only: no password, the user must exist */
+            Lk__AuthRequest q = LK__AUTH_REQUEST__INIT;
+            q.req = 42;
+            q.client = "c9";
+            q.username = "eve";
+            q.has_username = true;
+            q.acl_only = true;
+            Lk__AuthReply *r = au_check_request(c, &q);
+            AU_CHECK(t, "check: acl_only without password", s_is(r, true, NULL, 4) && r->acl_only);
+            au_reply_destroy(&r);
+            q.username = "nobody";
+            r = au_check_request(c, &q);
+            AU_CHECK(t, "check: acl_only for a deleted user refused",
+                     s_is(r, false, AU_REASON_BAD_CREDENTIALS, 0) && r->acl_only);
+            au_reply_destroy(&r);
+            au_check_destroy(&c);
+        }
+        lk_config_destroy(&cfg);
+        /* suffix and a key template of our own */
+        lk_redis_reply_t *r =
+            lk_redis_cmd(rd, "HSET dev/fred password_hash %s salt pepper",
+                         "37ed63206cdbaf3f6675549dadf40ba61f411d59ec57ec7c12e439a317d5d39b");
+        lk_redis_reply_free(&r);
+        snprintf(text, sizeof(text),
+                 "redis_port %d\nauth_backends emqx\nemqx_user_key dev/%%u\n"
+                 "emqx_salt_position suffix\n",
+                 redis_port);
+        cfg = lk_config_parse(text, "test");
+        c = au_check_new(cfg);
+        AU_CHECK(t, "check: new (emqx, suffix, own key)", c != NULL);
+        if (c) {
+            S_ASK("check: emqx suffix with key template", "fred", "secret", NULL,
+                  s_is(r, true, NULL, 0));
+            S_ASK("check: emqx layout does not read the seed's", "ann", "secret", NULL,
+                  s_is(r, false, AU_REASON_BAD_CREDENTIALS, 0));
+            au_check_destroy(&c);
+        }
+        lk_config_destroy(&cfg);
+    }
+
     /* configuration errors */
     const char *bad[] = {
         "auth_backends bogus\n",       "auth_backends file\n", "password_file /nonexistent/pw\n",
-        "acl_file /nonexistent/acl\n", "acl_nomatch maybe\n",  "redis_port 70000\n"};
+        "acl_file /nonexistent/acl\n", "acl_nomatch maybe\n",  "redis_port 70000\n",
+        "auth_backends emqx\nemqx_password_hash sha3\n"};
     for (size_t i = 0; i < LK_ARRAY_LEN(bad); i++) {
         cfg = lk_config_parse(bad[i], "test");
         c = au_check_new(cfg);
         snprintf(text, sizeof(text), "check: bad config refused: %.*s", (int)strlen(bad[i]) - 1,
                  bad[i]);
+        for (char *nl = strchr(text, '\n'); nl; nl = strchr(nl, '\n'))
+            *nl = ' ';
         AU_CHECK(t, text, c == NULL);
         au_check_destroy(&c);
         lk_config_destroy(&cfg);

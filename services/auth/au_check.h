@@ -8,7 +8,17 @@
       password_file            optional Mosquitto password file (reloaded by au_check_reload)
       acl_file                 optional Mosquitto ACL file (reloaded by au_check_reload)
       auth_backends            the password sources, tried in order, separated by blanks or
-                               commas: "file" (password_file) and/or "redis". The first one
+                               commas: "file" (password_file), "redis" (the seed's layout:
+                               redis_user_key, default mqtt_user:%u, field `password`;
+                               redis_acl_key, default mqtt_acl:%u, values 1/2/3) and/or
+                               "emqx" (EMQX 5's layout: emqx_user_key, default mqtt:%u,
+                               fields password_hash, salt, is_superuser; emqx_acl_key,
+                               default mqtt_acl:%u, values subscribe/publish/all or JSON
+                               {"action": ...}; a JSON rule limited by qos or retain grants
+                               nothing; emqx_password_hash plain|md5|sha|sha256|sha512|
+                               bcrypt|pbkdf2 <mac> <iterations> [<dk_length>], default
+                               sha256; emqx_salt_position prefix (default)|suffix|disable).
+                               Either ACL layout's values are understood in both. The first one
                                that knows the username decides; the next is asked only about
                                users the previous one does not know. Default "redis", or
                                "file redis" when password_file is set.
@@ -25,6 +35,8 @@
                        fields of mqtt_acl:<name> (filter -> "1" sub, "2" pub, "3" both,
                        %u/%c substituted) if Redis authenticated them, plus the acl_file's
                        rules for them; none at all -> acl_nomatch.
+    AuthRequest{acl_only} (a connected client's ACL re-read after a change): no password is
+    checked; the user must still be known to a backend; the reply echoes acl_only.
     Reasons on refusal, for the frontend's CONNACK: AU_REASON_BAD_CREDENTIALS (unknown user
     and wrong password alike, in the same time), AU_REASON_NOT_AUTHORIZED (anonymous while
     not allowed), AU_REASON_UNAVAILABLE (Redis unreachable). */

@@ -70,7 +70,8 @@ static void s_handle_revoke(self_t *self, lk_peer_t *peer, Lk__Revoke *revoke)
     env.revoke = revoke;
     s_forward_t f = {self, &env, 0};
     lk_bus_each_peer(self->bus, s_forward_one, &f);
-    lk_notice("revoke of %zu user(s) from %s forwarded to %d frontend(s)", revoke->n_usernames,
+    lk_notice("%s of %zu user(s) from %s forwarded to %d frontend(s)",
+              revoke->acl_changed ? "ACL change" : "revoke", revoke->n_usernames,
               lk_peer_name(peer), f.sent);
 }
 
@@ -112,6 +113,15 @@ static void s_on_hup(lk_loop_t *loop, void *arg)
     self_t *self = arg;
     lk_notice("SIGHUP: reloading password and ACL files");
     au_check_reload(self->check);
+    /* the files may have changed anybody's rights: every connected client re-reads its
+       ACL (and one whose user left the password file is disconnected) */
+    Lk__Revoke all = LK__REVOKE__INIT;
+    all.acl_changed = true;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_REVOKE;
+    env.revoke = &all;
+    s_forward_t f = {self, &env, 0};
+    lk_bus_each_peer(self->bus, s_forward_one, &f);
 }
 
 au_server_t *au_server_new(lk_loop_t *loop, lk_config_t *config, const char *node)
@@ -126,6 +136,10 @@ au_server_t *au_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(loop, node, "auth", &h, self);
     lk_loop_on_hup(loop, s_on_hup, self);
+    if (lk_bus_configure(self->bus, config) != 0) {
+        au_server_destroy(&self);
+        return NULL;
+    }
     return self;
 }
 

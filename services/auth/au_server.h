@@ -1,8 +1,10 @@
 /*  au_server: the auth actor. It serves `auth_endpoint` (ROUTER) on the bus, answers
     every AuthRequest with au_check's AuthReply (unreliable: the frontend retries on
     timeout), forwards a Revoke from an operator (the CLI, kind "latchkey", or the
-    lock-arbiter) reliably to every connected mqtt-frontend, and reloads the password and
-    ACL files on SIGHUP. */
+    lock-arbiter) reliably to every connected mqtt-frontend — with acl_changed set they
+    re-read the ACL of those users' clients (AuthRequest{acl_only}) instead of
+    disconnecting them — and reloads the password and ACL files on SIGHUP, after which
+    every connected client re-reads its ACL. */
 #ifndef AU_SERVER_H_INCLUDED
 #define AU_SERVER_H_INCLUDED
 

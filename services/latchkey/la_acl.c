@@ -1,7 +1,9 @@
-/*  la_acl: `latchkey acl set|show` (the Redis hash mqtt_acl:<user>: topic filter ->
-    "1" subscribe, "2" publish, "3" both) and `latchkey user superuser|show` (the
-    `is_superuser` field of mqtt_user:<user>). Connected clients keep the ACL they got at
-    connect; a change that takes rights away is applied now by revoking their sessions. */
+/*  la_acl: `latchkey acl set|show` (the user's Redis ACL hash: topic filter -> "1"
+    subscribe, "2" publish, "3" both in the seed layout, "subscribe" / "publish" / "all" in
+    EMQX 5's; see la_emqx_layout) and `latchkey user superuser|show` (the `is_superuser`
+    field of the user's hash). After `acl set`, auth tells the frontends, which re-read
+    the ACL of the user's connected clients at once (Revoke{acl_changed}); turning
+    superuser off revokes the user's sessions. */
 #include "la_cli.h"
 #include "lk_acl.h"
 #include "lk_common.h"
@@ -11,10 +13,11 @@
 
 static const char *s_access_name(const char *v)
 {
-    return strcmp(v, "1") == 0   ? "sub"
-           : strcmp(v, "2") == 0 ? "pub"
-           : strcmp(v, "3") == 0 ? "both"
-                                 : "?";
+    return strcmp(v, "1") == 0 || strcmp(v, "subscribe") == 0 ? "sub"
+           : strcmp(v, "2") == 0 || strcmp(v, "publish") == 0 ? "pub"
+           : strcmp(v, "3") == 0 || strcmp(v, "all") == 0     ? "both"
+           : *v == '{'                                        ? v
+                                                              : "?";
 }
 
 static int s_cmp_str(const void *a, const void *b)
@@ -26,10 +29,10 @@ static int s_cmp_str(const void *a, const void *b)
 /* 1 when mqtt_user:<user> exists, 0 when not, -1 on failure */
 static int s_user_exists(la_ctx_t *ctx, const char *user)
 {
-    char key[1100];
-    snprintf(key, sizeof(key), "mqtt_user:%s", user);
+    char *key = la_user_key(ctx, user);
     const char *cmd[] = {"EXISTS", key};
     lk_redis_reply_t *r = la_redis_cmd(ctx, 2, cmd);
+    free(key);
     if (!r)
         return -1;
     int rc = r->type == LK_REDIS_INT && r->integer > 0;
@@ -39,9 +42,10 @@ static int s_user_exists(la_ctx_t *ctx, const char *user)
 
 static int s_acl_set(la_ctx_t *ctx, const char *user, const char *filter, const char *right)
 {
-    const char *value = strcmp(right, "sub") == 0    ? "1"
-                        : strcmp(right, "pub") == 0  ? "2"
-                        : strcmp(right, "both") == 0 ? "3"
+    bool emqx = la_emqx_layout(ctx);
+    const char *value = strcmp(right, "sub") == 0    ? (emqx ? "subscribe" : "1")
+                        : strcmp(right, "pub") == 0  ? (emqx ? "publish" : "2")
+                        : strcmp(right, "both") == 0 ? (emqx ? "all" : "3")
                         : strcmp(right, "none") == 0 ? ""
                                                      : NULL;
     if (!value)
@@ -50,29 +54,33 @@ static int s_acl_set(la_ctx_t *ctx, const char *user, const char *filter, const 
         fprintf(stderr, "latchkey: '%s' is not a valid topic filter\n", filter);
         return LA_EXIT_USAGE;
     }
-    char key[1100];
-    snprintf(key, sizeof(key), "mqtt_acl:%s", user);
+    char *key = la_acl_key(ctx, user);
     const char *set[] = {"HSET", key, filter, value};
     const char *del[] = {"HDEL", key, filter};
     lk_redis_reply_t *r = *value ? la_redis_cmd(ctx, 4, set) : la_redis_cmd(ctx, 3, del);
+    free(key);
     if (!r)
         return LA_EXIT_FAIL;
     lk_redis_reply_free(&r);
     printf("%s: %s %s\n", user, filter, *value ? right : "removed");
-    if (s_user_exists(ctx, user) == 0)
-        fprintf(stderr, "latchkey: note: there is no mqtt_user:%s (yet)\n", user);
-    printf("connected clients keep their ACL until they reconnect "
-           "(latchkey revoke %s disconnects them)\n",
-           user);
+    if (s_user_exists(ctx, user) == 0) {
+        char *uk = la_user_key(ctx, user);
+        fprintf(stderr, "latchkey: note: there is no %s (yet)\n", uk);
+        free(uk);
+    }
+    /* connected clients of the user get the new rules now */
+    char *users[] = {(char *)user};
+    if (la_acl_changed(ctx, users, 1, S_REVOKE_WAIT_MS) == 0)
+        printf("auth confirmed: connected clients of '%s' re-read their ACL\n", user);
     return LA_EXIT_OK;
 }
 
 static int s_acl_show(la_ctx_t *ctx, const char *user)
 {
-    char key[1100];
-    snprintf(key, sizeof(key), "mqtt_acl:%s", user);
+    char *key = la_acl_key(ctx, user);
     const char *cmd[] = {"HGETALL", key};
     lk_redis_reply_t *r = la_redis_cmd(ctx, 2, cmd);
+    free(key);
     if (!r)
         return LA_EXIT_FAIL;
     size_t pairs = r->type == LK_REDIS_ARRAY ? r->count / 2 : 0;
@@ -113,11 +121,11 @@ static int s_superuser(la_ctx_t *ctx, const char *user, const char *onoff)
         fprintf(stderr, "latchkey: no user '%s' in Redis (set a password first)\n", user);
         return LA_EXIT_FAIL;
     }
-    char key[1100];
-    snprintf(key, sizeof(key), "mqtt_user:%s", user);
+    char *key = la_user_key(ctx, user);
     const char *set[] = {"HSET", key, "is_superuser", "1"};
     const char *del[] = {"HDEL", key, "is_superuser"};
     lk_redis_reply_t *r = on ? la_redis_cmd(ctx, 4, set) : la_redis_cmd(ctx, 3, del);
+    free(key);
     if (!r)
         return LA_EXIT_FAIL;
     lk_redis_reply_free(&r);
@@ -133,10 +141,11 @@ static int s_superuser(la_ctx_t *ctx, const char *user, const char *onoff)
 
 static int s_show(la_ctx_t *ctx, const char *user)
 {
-    char key[1100];
-    snprintf(key, sizeof(key), "mqtt_user:%s", user);
-    const char *cmd[] = {"HMGET", key, "password", "is_superuser"};
+    char *key = la_user_key(ctx, user);
+    bool emqx = la_emqx_layout(ctx);
+    const char *cmd[] = {"HMGET", key, emqx ? "password_hash" : "password", "is_superuser"};
     lk_redis_reply_t *r = la_redis_cmd(ctx, 4, cmd);
+    free(key);
     if (!r)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_OK;
@@ -145,7 +154,8 @@ static int s_show(la_ctx_t *ctx, const char *user)
         rc = LA_EXIT_FAIL;
     } else {
         const char *pw = r->items[0].str;
-        const char *fmt = strncmp(pw, "$7$", 3) == 0   ? "$7$ (PBKDF2-SHA512)"
+        const char *fmt = emqx ? lk_config_get(ctx->config, "emqx_password_hash", "sha256")
+                          : strncmp(pw, "$7$", 3) == 0 ? "$7$ (PBKDF2-SHA512)"
                           : strncmp(pw, "$6$", 3) == 0 ? "$6$ (SHA512)"
                           : strlen(pw) == 64           ? "sha256"
                                                        : "unknown (login impossible)";

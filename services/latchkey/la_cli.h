@@ -34,17 +34,18 @@ typedef struct {
 } la_command_t;
 
 /* ---- subcommands ---- */
-int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv); /* la_passwd.c */
-int la_cmd_acl(la_ctx_t *ctx, int argc, char **argv);    /* la_acl.c */
-int la_cmd_user(la_ctx_t *ctx, int argc, char **argv);   /* la_acl.c */
-int la_cmd_revoke(la_ctx_t *ctx, int argc, char **argv); /* la_revoke.c */
-int la_cmd_users(la_ctx_t *ctx, int argc, char **argv);  /* la_lock.c: user add|del|list */
-int la_cmd_lock(la_ctx_t *ctx, int argc, char **argv);   /* la_lock.c */
-int la_cmd_bind(la_ctx_t *ctx, int argc, char **argv);   /* la_lock.c */
-int la_cmd_unbind(la_ctx_t *ctx, int argc, char **argv); /* la_lock.c */
-int la_cmd_login(la_ctx_t *ctx, int argc, char **argv);  /* la_login.c */
+int la_cmd_passwd(la_ctx_t *ctx, int argc, char **argv);  /* la_passwd.c */
+int la_cmd_acl(la_ctx_t *ctx, int argc, char **argv);     /* la_acl.c */
+int la_cmd_user(la_ctx_t *ctx, int argc, char **argv);    /* la_acl.c */
+int la_cmd_revoke(la_ctx_t *ctx, int argc, char **argv);  /* la_revoke.c */
+int la_cmd_users(la_ctx_t *ctx, int argc, char **argv);   /* la_lock.c: user add|del|list */
+int la_cmd_lock(la_ctx_t *ctx, int argc, char **argv);    /* la_lock.c */
+int la_cmd_bind(la_ctx_t *ctx, int argc, char **argv);    /* la_lock.c */
+int la_cmd_unbind(la_ctx_t *ctx, int argc, char **argv);  /* la_lock.c */
+int la_cmd_login(la_ctx_t *ctx, int argc, char **argv);   /* la_login.c */
 int la_cmd_history(la_ctx_t *ctx, int argc, char **argv); /* la_login.c */
 int la_cmd_log(la_ctx_t *ctx, int argc, char **argv);     /* la_log.c */
+int la_cmd_keygen(la_ctx_t *ctx, int argc, char **argv);  /* la_keygen.c */
 
 /* ---- shared helpers (la_util.c) ---- */
 
@@ -71,5 +72,17 @@ char *la_read_password(void);
    "cli-<pid>" of kind "latchkey" and waits up to timeout_ms for its ack. 0 when acked;
    -1 after printing why (no auth_endpoint, auth not answering). */
 int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms);
+/* The same round trip with Revoke{acl_changed}: the frontends re-read these users' ACLs
+   for their connected clients (and disconnect those whose user is gone). */
+int la_acl_changed(la_ctx_t *ctx, char **users, int n, int timeout_ms);
+
+/* The Redis layout the CLI edits: the first of `redis` (the seed's: mqtt_user:<name>
+   `password`, ACL values 1/2/3) and `emqx` (EMQX 5: mqtt:<name> `password_hash` + `salt`,
+   ACL values subscribe/publish/all) named in auth_backends; `redis` when neither is. */
+bool la_emqx_layout(la_ctx_t *ctx);
+/* the user's hash / ACL hash key in that layout (redis_user_key, redis_acl_key,
+   emqx_user_key, emqx_acl_key with %u); caller frees */
+char *la_user_key(la_ctx_t *ctx, const char *user);
+char *la_acl_key(la_ctx_t *ctx, const char *user);
 
 #endif

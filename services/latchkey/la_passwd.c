@@ -1,8 +1,10 @@
-/*  la_passwd: `latchkey passwd` — set or delete a user's password, in Redis
-    (mqtt_user:<user> `password`, a $7$ PBKDF2 hash as mosquitto_passwd writes) or in a
-    Mosquitto password file (-f). Deleting also drops the user's ACL (Redis) and asks the
-    auth service to disconnect the user's clients. A file is rewritten through a temporary
-    file and rename(), so auth never reads half a file. */
+/*  la_passwd: `latchkey passwd` — set or delete a user's password, in Redis or in a
+    Mosquitto password file (-f). Redis in the layout auth_backends names first (see
+    la_emqx_layout): the seed's mqtt_user:<user> `password`, a $7$ PBKDF2 hash as
+    mosquitto_passwd writes, or EMQX 5's mqtt:<user> `password_hash` + `salt` in the
+    algorithm of emqx_password_hash / emqx_salt_position. Deleting also drops the user's
+    ACL (Redis) and asks the auth service to disconnect the user's clients. A file is
+    rewritten through a temporary file and rename(), so auth never reads half a file. */
 #include "la_cli.h"
 #include "lk_common.h"
 #include "lk_crypto.h"
@@ -127,8 +129,41 @@ static int s_file_update(const char *path, const char *user, const char *hash, b
     return rc;
 }
 
+/* EMQX 5 layout: password_hash and salt in the configured algorithm */
+static int s_set_emqx(la_ctx_t *ctx, const char *user, const char *password)
+{
+    lk_crypto_emqx_t alg;
+    if (lk_crypto_emqx_parse(&alg, lk_config_get(ctx->config, "emqx_password_hash", "sha256"),
+                             lk_config_get(ctx->config, "emqx_salt_position", "prefix")) != 0)
+        return LA_EXIT_FAIL;
+    char *salt = NULL, *hash = lk_crypto_emqx_hash(&alg, password, strlen(password), &salt);
+    if (!hash) {
+        fprintf(stderr, "latchkey: cannot hash the password\n");
+        return LA_EXIT_FAIL;
+    }
+    char *key = la_user_key(ctx, user);
+    const char *set[] = {"HSET", key, "password_hash", hash, "salt", salt};
+    const char *del[] = {"HDEL", key, "password"}; /* EMQX 4.x's field would shadow nothing,
+                                                      but must not linger */
+    lk_redis_reply_t *r = la_redis_cmd(ctx, 6, set);
+    int rc = r ? LA_EXIT_OK : LA_EXIT_FAIL;
+    lk_redis_reply_free(&r);
+    if (rc == LA_EXIT_OK && !(r = la_redis_cmd(ctx, 3, del)))
+        rc = LA_EXIT_FAIL;
+    lk_redis_reply_free(&r);
+    if (rc == LA_EXIT_OK)
+        printf("password set for user '%s' (%s)\n", user, key);
+    explicit_bzero(hash, strlen(hash));
+    free(hash);
+    free(salt);
+    free(key);
+    return rc;
+}
+
 static int s_set(la_ctx_t *ctx, const char *file, const char *user, const char *password)
 {
+    if (!file && la_emqx_layout(ctx))
+        return s_set_emqx(ctx, user, password);
     char *hash = lk_crypto_pw_hash(password, strlen(password), 0);
     if (!hash) {
         fprintf(stderr, "latchkey: cannot hash the password (no randomness)\n");
@@ -143,8 +178,7 @@ static int s_set(la_ctx_t *ctx, const char *file, const char *user, const char *
             printf("%s user '%s' in %s (auth reads it again on SIGHUP)\n",
                    found ? "updated" : "added", user, file);
     } else {
-        char key[1100];
-        snprintf(key, sizeof(key), "mqtt_user:%s", user);
+        char *key = la_user_key(ctx, user);
         const char *set[] = {"HSET", key, "password", hash};
         const char *del[] = {"HDEL", key, "salt"}; /* a sha256 salt means nothing to $7$ */
         lk_redis_reply_t *r = la_redis_cmd(ctx, 4, set);
@@ -156,6 +190,7 @@ static int s_set(la_ctx_t *ctx, const char *file, const char *user, const char *
         lk_redis_reply_free(&r);
         if (rc == LA_EXIT_OK)
             printf("password set for user '%s'\n", user);
+        free(key);
     }
     free(hash);
     return rc;
@@ -168,11 +203,11 @@ static int s_delete(la_ctx_t *ctx, const char *file, const char *user)
         if (s_file_update(file, user, NULL, &found) != 0)
             return LA_EXIT_FAIL;
     } else {
-        char key[1100], acl[1100];
-        snprintf(key, sizeof(key), "mqtt_user:%s", user);
-        snprintf(acl, sizeof(acl), "mqtt_acl:%s", user);
+        char *key = la_user_key(ctx, user), *acl = la_acl_key(ctx, user);
         const char *del[] = {"DEL", key, acl};
         lk_redis_reply_t *r = la_redis_cmd(ctx, 3, del);
+        free(key);
+        free(acl);
         if (!r)
             return LA_EXIT_FAIL;
         found = r->type == LK_REDIS_INT && r->integer > 0;

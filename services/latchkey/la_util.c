@@ -170,7 +170,7 @@ static void s_rv_timeout(lk_loop_t *loop, void *arg)
     lk_loop_stop(loop);
 }
 
-int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
+static int s_revoke(la_ctx_t *ctx, char **users, int n, bool acl_changed, int timeout_ms)
 {
     const char *endpoint = lk_config_get(ctx->config, "auth_endpoint", NULL);
     if (!endpoint || !*endpoint) {
@@ -180,6 +180,7 @@ int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
     Lk__Revoke revoke = LK__REVOKE__INIT;
     revoke.n_usernames = (size_t)n;
     revoke.usernames = users;
+    revoke.acl_changed = acl_changed;
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_REVOKE;
     env.revoke = &revoke;
@@ -191,6 +192,8 @@ int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
     lk_bus_handlers_t h = {NULL, s_rv_up, NULL};
     lk_bus_t *bus = lk_bus_new(rv.loop, node, "latchkey", &h, &rv);
     lk_bus_on_acked(bus, s_rv_acked);
+    if (lk_bus_configure(bus, ctx->config) != 0)
+        fprintf(stderr, "latchkey: bus keys unusable: a tcp:// auth_endpoint will be refused\n");
     rv.auth = lk_bus_connect(bus, "auth", endpoint);
     int timer = lk_loop_timer(rv.loop, timeout_ms, false, s_rv_timeout, &rv);
     lk_loop_run(rv.loop);
@@ -200,10 +203,62 @@ int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
     if (!rv.acked) {
         fprintf(stderr,
                 "latchkey: the auth service (%s) %s within %d ms: connected clients "
-                "were not disconnected\n",
-                endpoint, rv.sent ? "did not confirm the revocation" : "is not running",
-                timeout_ms);
+                "were not %s\n",
+                endpoint, rv.sent ? "did not confirm" : "is not running", timeout_ms,
+                acl_changed ? "told of the change" : "disconnected");
         return -1;
     }
     return 0;
+}
+
+int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms)
+{
+    return s_revoke(ctx, users, n, false, timeout_ms);
+}
+
+int la_acl_changed(la_ctx_t *ctx, char **users, int n, int timeout_ms)
+{
+    return s_revoke(ctx, users, n, true, timeout_ms);
+}
+
+/* ---- Redis layouts ---- */
+
+bool la_emqx_layout(la_ctx_t *ctx)
+{
+    const char *spec = lk_config_get(ctx->config, "auth_backends", "");
+    const char *r = strstr(spec, "redis"), *e = strstr(spec, "emqx");
+    return e && (!r || e < r);
+}
+
+/* template with every %u replaced by user */
+static char *s_key(const char *template, const char *user)
+{
+    size_t n = strlen(template) + 1, ulen = strlen(user);
+    for (const char *p = strstr(template, "%u"); p; p = strstr(p + 2, "%u"))
+        n += ulen;
+    char *key = lk_malloc(n), *w = key;
+    for (const char *p = template; *p;) {
+        if (p[0] == '%' && p[1] == 'u') {
+            memcpy(w, user, ulen);
+            w += ulen;
+            p += 2;
+        } else
+            *w++ = *p++;
+    }
+    *w = 0;
+    return key;
+}
+
+char *la_user_key(la_ctx_t *ctx, const char *user)
+{
+    return la_emqx_layout(ctx)
+               ? s_key(lk_config_get(ctx->config, "emqx_user_key", "mqtt:%u"), user)
+               : s_key(lk_config_get(ctx->config, "redis_user_key", "mqtt_user:%u"), user);
+}
+
+char *la_acl_key(la_ctx_t *ctx, const char *user)
+{
+    return s_key(lk_config_get(ctx->config, la_emqx_layout(ctx) ? "emqx_acl_key" : "redis_acl_key",
+                               "mqtt_acl:%u"),
+                 user);
 }

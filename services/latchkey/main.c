@@ -53,6 +53,8 @@ static const la_command_t s_commands[] = {
      "temporary MQTT credentials for a user's locks (asked of the lock-arbiter)"},
     {"history", la_cmd_history, "history [--from ms] [--to ms] [--limit n] <lock>",
      "a lock's history events as JSON (PostgreSQL)"},
+    {"keygen", la_cmd_keygen, "keygen <dir> <node>...",
+     "CurveZMQ certificates for the tcp:// bus (<node>.key, <node>.key_secret)"},
     {"help", s_cmd_help, "help [command]", "list the commands, or show one's usage"},
 };
 

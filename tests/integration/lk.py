@@ -80,7 +80,8 @@ class StackError(RuntimeError):
 
 class Stack:
     """A Latchkey stack in its own run folder. Attributes: mqtt_port, redis_port, pg_port,
-    run_dir, build, services (the s6 services it runs), env (the environment given to
+    tls_port, mtls_port, ws_port, wss_port, proxy_port (supervise/latchkey.conf's extra
+    listeners), tls_dir (their certificates, from supervise/make-certs), run_dir, build, services (the s6 services it runs), env (the environment given to
     latchkey-up). Methods: start_all, stop_all, kill(svc), svc_pid(svc), is_up(svc),
     has(svc), require(*svcs), redis_cli(*args), psql(sql), log(svc), processes()."""
 
@@ -100,6 +101,14 @@ class Stack:
         self.mqtt_port = free_port(ports); ports.add(self.mqtt_port)
         self.redis_port = free_port(ports); ports.add(self.redis_port)
         self.pg_port = free_port(ports); ports.add(self.pg_port)
+        # the extra listeners of supervise/latchkey.conf (TLS, mutual TLS, WebSocket,
+        # WebSocket over TLS, PROXY protocol); certificates in <run_dir>/tls (tls_dir)
+        self.tls_port = free_port(ports); ports.add(self.tls_port)
+        self.mtls_port = free_port(ports); ports.add(self.mtls_port)
+        self.ws_port = free_port(ports); ports.add(self.ws_port)
+        self.wss_port = free_port(ports); ports.add(self.wss_port)
+        self.proxy_port = free_port(ports); ports.add(self.proxy_port)
+        self.tls_dir = os.path.join(self.run_dir, "tls")
         # latchkey-up's own bound; within pytest-timeout's 120 s for the first test
         self.up_timeout = int(up_timeout or os.environ.get("LATCHKEY_UP_TIMEOUT", 30))
         self.env = dict(os.environ)
@@ -108,6 +117,11 @@ class Stack:
             "MQTT_PORT": str(self.mqtt_port),
             "REDIS_PORT": str(self.redis_port),
             "PG_PORT": str(self.pg_port),
+            "MQTT_TLS_PORT": str(self.tls_port),
+            "MQTT_MTLS_PORT": str(self.mtls_port),
+            "MQTT_WS_PORT": str(self.ws_port),
+            "MQTT_WSS_PORT": str(self.wss_port),
+            "MQTT_PROXY_PORT": str(self.proxy_port),
             "BUILD": self.build,
             "LATCHKEY_BIN": os.path.join(self.build, "bin"),
             "LATCHKEY_SERVICES": " ".join(self.services),
@@ -115,6 +129,10 @@ class Stack:
             # every service records what it receives: exercised by every test, read by
             # test_08_msglog
             "LATCHKEY_MSGLOG_DIR": os.path.join(self.run_dir, "msglog"),
+            # every test client comes from 127.0.0.1: the login back-off (fe_limits) would
+            # slow down unrelated tests after others' deliberate bad logins; test_44 tests
+            # it on a frontend of its own
+            "LATCHKEY_AUTH_FAIL_THRESHOLD": "0",
         })
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)

@@ -1,12 +1,16 @@
-// MQTT.js round trip: `node roundtrip.js <url> <4|5>` subscribes at QoS 2, publishes QoS
-// 0, 1 and 2 to itself (v5 with a user property), checks what comes back, exits 0 on
-// success. <url> is mqtt://127.0.0.1:<port> or ws://127.0.0.1:<port>/mqtt.
+// MQTT.js round trip: `node roundtrip.js <url> <4|5> [cafile]` subscribes at QoS 2,
+// publishes QoS 0, 1 and 2 to itself (v5 with a user property), checks what comes back,
+// exits 0 on success. <url> is mqtt://127.0.0.1:<port>, ws://127.0.0.1:<port>/mqtt,
+// mqtts://... or wss://...; for the TLS ones, cafile is the CA the server's certificate is
+// verified against (verification is on).
+const fs = require('fs');
 const mqtt = require('mqtt');
-const [url, ver] = process.argv.slice(2);
+const [url, ver, cafile] = process.argv.slice(2);
 const v = Number(ver);
 const topic = `interop/mqttjs/${process.pid}/${v}`;
+const tls = cafile ? { ca: fs.readFileSync(cafile), rejectUnauthorized: true } : {};
 const c = mqtt.connect(url, { protocolVersion: v, clientId: `mqttjs-${process.pid}-${v}`,
-                              connectTimeout: 5000, reconnectPeriod: 0 });
+                              connectTimeout: 5000, reconnectPeriod: 0, ...tls });
 const fail = (why) => { console.error('mqtt.js:', why); process.exit(1); };
 setTimeout(() => fail('timeout'), 10000).unref();
 const got = [];

@@ -1,0 +1,121 @@
+/*  ar_internal: the lock-arbiter's shared structures.
+
+    One ar_server_t actor per process owns the internal MQTT client (lk_iclient: its bus is
+    the process's one bus node), the Redis connection, the link to the history writer and
+    the login endpoint. Every state the arbiter decides on lives in Redis and is changed by
+    Lua scripts (ar_unlock.c), so a decision is atomic however confirmations race, and a
+    restart resumes from Redis. Its files:
+      ar_server.c   construction, bus and MQTT dispatch, cron
+      ar_unlock.c   /<lock>/statu and /<lock>/<role>: the scripts and the unlock publish
+      ar_login.c    LoginRequest (temporary credentials) and /unauth (revocation)
+      ar_history.c  the history outbox (Redis → history-writer)
+      ar_query.c    the history query over MQTT 5 request/response (PostgreSQL)
+
+    Redis keys (see docs/architecture.md for the whole table): lk:lockstate, lk:round:<lock>,
+    lk:rounds, lk:lockcfg:<lock>, lk:bind:<lock>, lk:ubind:<user>, lk:users, lk:login:<temp>,
+    lk:arb:* (outbox, unpublished decisions, event counter, seen confirmations). */
+#ifndef AR_INTERNAL_H_INCLUDED
+#define AR_INTERNAL_H_INCLUDED
+
+#include "ar_server.h"
+#include "latchkey.pb-c.h"
+#include "lk_bus.h"
+#include "lk_common.h"
+#include "lk_config.h"
+#include "lk_iclient.h"
+#include "lk_redis.h"
+#include <czmq.h>
+
+#define AR_MAX_ROLES 8
+#define AR_HISTORY_TOPIC "$lk/history/req"
+#define AR_REPLY_PREFIX "$lk/reply/"
+
+/* a publish (unlock) or a history batch waiting for its bus ack: the Redis entries to
+   forget once it comes */
+typedef struct ar_wait {
+    uint64_t seq;
+    char **ids;
+    size_t n, cap;
+    struct ar_wait *next;
+} ar_wait_t;
+
+struct _ar_server_t {
+    lk_config_t *config;
+    lk_loop_t *loop;
+    char *node;
+    lk_iclient_t *ic;
+    lk_bus_t *bus; /* the iclient's */
+    lk_redis_t *redis;
+    lk_peer_t *history; /* NULL when history_endpoint is unset */
+    lk_peer_t *auth;    /* NULL when auth_endpoint is unset */
+    void *pg;           /* the history query's PostgreSQL link (ar_history.c) */
+    int ready_fd;
+    bool ready_told;
+    int exit_code; /* set when the loop was stopped for a failure */
+    int cron;
+    /* configuration */
+    char *roles[AR_MAX_ROLES];
+    int n_roles;
+    int quorum;
+    int64_t window_ms;
+    int64_t login_ttl_s;
+    int history_limit;
+    /* unlock publishes waiting for the router's ack (lk:arb:unpub entries) */
+    ar_wait_t *pub_waits;
+    zhashx_t *in_flight; /* decision ids being published by this process */
+    /* history batches waiting for the writer's ack (lk:arb:outbox entries) */
+    ar_wait_t *hist_waits;
+    zhashx_t *hist_sent; /* outbox ids sent by this process */
+    bool outbox_warned;
+    int64_t redis_warned_ms; /* last "redis script failed" line (mono ms) */
+    /* statistics */
+    uint64_t granted, refused, expired, states, logins, revoked, queries;
+};
+
+typedef ar_server_t self_t;
+
+/* ar_server.c */
+/* Redis failed where the work cannot be skipped: stop (exit 111, s6 restarts us; the
+   message was not acked and comes again) */
+void ar_server_fail(self_t *self, const char *why);
+/* the real user behind an MQTT username (lk:login:<temp> → user, else the name itself);
+   caller frees; NULL when Redis failed */
+char *ar_real_user(self_t *self, const char *username);
+
+/* ar_unlock.c */
+void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, uint64_t store_id);
+void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
+                       uint64_t store_id);
+/* the cron: rounds past their deadline become `expired` decisions */
+void ar_unlock_expire(self_t *self);
+/* publishes every granted decision not yet acked by the router (at start and re-open) */
+void ar_unlock_resume(self_t *self);
+void ar_unlock_published(self_t *self, uint64_t seq);
+
+/* ar_login.c */
+void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req);
+void ar_login_unauth(self_t *self, const Lk__Msg *msg);
+/* the cron: logins past their expiry are revoked (their clients disconnected) */
+void ar_login_expire(self_t *self);
+
+/* ar_history.c (the outbox) and ar_query.c (the query) */
+/* Takes the outbox entries a script returned (id, value pairs from reply items [from,
+   count)) and sends them to the history writer. */
+void ar_history_send_entries(self_t *self, const lk_redis_reply_t *r, size_t from);
+/* Puts one event into the outbox and sends it (events made outside a script) */
+void ar_history_event(self_t *self, const char *kind, const char *lock, const char *actor,
+                      const char *details_json);
+/* sends every outbox entry this process has not sent (at start, on the writer's return) */
+void ar_history_resume(self_t *self);
+void ar_history_acked(self_t *self, uint64_t seq);
+void ar_history_query(self_t *self, const Lk__Msg *msg);
+void ar_history_close(self_t *self);
+
+/* waits (shared by unlock and history) */
+ar_wait_t *ar_wait_for(ar_wait_t **list, uint64_t seq);
+void ar_wait_add(ar_wait_t *w, const char *id);
+/* unlinks and returns the wait for seq (caller frees with ar_wait_free), or NULL */
+ar_wait_t *ar_wait_take(ar_wait_t **list, uint64_t seq);
+void ar_wait_free(ar_wait_t **w_p);
+
+#endif

@@ -1,0 +1,370 @@
+/*  ar_server: the lock-arbiter actor — construction, the MQTT and bus dispatch, readiness
+    and the cron (see ar_server.h and ar_internal.h).
+
+    Failure policy: when Redis fails under a message the arbiter must not skip, it stops
+    with exit 111 without acking that message; s6 restarts it and the session store hands
+    the message over again. Every script is idempotent for a message seen twice. */
+#include "ar_internal.h"
+#include <unistd.h>
+
+#define S_REDIS_WAIT_MS 10000
+#define S_CRON_MS 250
+
+/* --- waits ------------------------------------------------------------------------ */
+
+ar_wait_t *ar_wait_for(ar_wait_t **list, uint64_t seq)
+{
+    for (ar_wait_t *w = *list; w; w = w->next)
+        if (w->seq == seq)
+            return w;
+    ar_wait_t *w = lk_calloc(1, sizeof(*w));
+    w->seq = seq;
+    w->next = *list;
+    *list = w;
+    return w;
+}
+
+void ar_wait_add(ar_wait_t *w, const char *id)
+{
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 8;
+        w->ids = lk_realloc(w->ids, w->cap * sizeof(char *));
+    }
+    w->ids[w->n++] = lk_strdup(id);
+}
+
+ar_wait_t *ar_wait_take(ar_wait_t **list, uint64_t seq)
+{
+    for (ar_wait_t **pp = list; *pp; pp = &(*pp)->next)
+        if ((*pp)->seq == seq) {
+            ar_wait_t *w = *pp;
+            *pp = w->next;
+            w->next = NULL;
+            return w;
+        }
+    return NULL;
+}
+
+void ar_wait_free(ar_wait_t **w_p)
+{
+    ar_wait_t *w = *w_p;
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->n; i++)
+        free(w->ids[i]);
+    free(w->ids);
+    free(w);
+    *w_p = NULL;
+}
+
+static void s_waits_free(ar_wait_t **list)
+{
+    while (*list) {
+        ar_wait_t *w = *list;
+        *list = w->next;
+        ar_wait_free(&w);
+    }
+}
+
+/* --- helpers ---------------------------------------------------------------------- */
+
+void ar_server_fail(self_t *self, const char *why)
+{
+    if (!self->exit_code)
+        lk_error("%s: stopping (exit %d) so that the work is done again after a restart", why,
+                 LK_EXIT_TEMPORARY);
+    self->exit_code = LK_EXIT_TEMPORARY;
+    lk_iclient_defer(self->ic);
+    lk_loop_stop(self->loop);
+}
+
+char *ar_real_user(self_t *self, const char *username)
+{
+    if (!username || !*username)
+        return lk_strdup("");
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "GET lk:login:%s", username);
+    if (!r || r->type == LK_REDIS_ERR) {
+        lk_redis_reply_free(&r);
+        return NULL;
+    }
+    char *user = lk_strdup(r->type == LK_REDIS_STR ? r->str : username);
+    lk_redis_reply_free(&r);
+    return user;
+}
+
+/* --- MQTT messages ---------------------------------------------------------------- */
+
+static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id, void *arg)
+{
+    self_t *self = arg;
+    if (self->exit_code) {
+        lk_iclient_defer(ic);
+        return;
+    }
+    const char *t = msg->topic;
+    if (strcmp(t, AR_HISTORY_TOPIC) == 0) {
+        ar_history_query(self, msg);
+        return;
+    }
+    if (strcmp(t, "/unauth") == 0) {
+        ar_login_unauth(self, msg);
+        return;
+    }
+    /* /<lock>/<what>: exactly three levels, the first empty */
+    if (t[0] != '/')
+        return;
+    const char *lock = t + 1;
+    const char *slash = strchr(lock, '/');
+    if (!slash || slash == lock || strchr(slash + 1, '/'))
+        return;
+    char lockno[256];
+    size_t n = (size_t)(slash - lock);
+    if (n >= sizeof(lockno)) {
+        lk_info("topic '%s': lock id too long, ignored", t);
+        return;
+    }
+    memcpy(lockno, lock, n);
+    lockno[n] = 0;
+    const char *what = slash + 1;
+    if (strcmp(what, "statu") == 0) {
+        ar_unlock_statu(self, lockno, msg, store_id);
+        return;
+    }
+    for (int i = 0; i < self->n_roles; i++)
+        if (strcmp(what, self->roles[i]) == 0) {
+            ar_unlock_confirm(self, lockno, what, msg, store_id);
+            return;
+        }
+}
+
+static void s_on_ready(lk_iclient_t *ic, void *arg)
+{
+    self_t *self = arg;
+    ar_unlock_resume(self);
+    ar_history_resume(self);
+    if (!self->ready_told) {
+        self->ready_told = true;
+        lk_ready_notify(self->ready_fd);
+        self->ready_fd = -1;
+        lk_notice("ready: roles %d, quorum %d, window %" PRId64 " ms", self->n_roles, self->quorum,
+                  self->window_ms);
+    }
+}
+
+static void s_on_published(lk_iclient_t *ic, uint64_t seq, void *arg)
+{
+    ar_unlock_published((self_t *)arg, seq);
+}
+
+/* --- the service's own peers: login clients, auth, history writer ------------------ */
+
+static void s_on_envelope(lk_iclient_t *ic, lk_peer_t *peer, Lk__Envelope *env, void *arg)
+{
+    self_t *self = arg;
+    switch (env->body_case) {
+    case LK__ENVELOPE__BODY_LOGIN_REQUEST:
+        ar_login_request(self, peer, env->login_request);
+        break;
+    default:
+        lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
+        break;
+    }
+    if (env->seq)
+        lk_bus_ack(self->bus, peer, env->seq);
+}
+
+static void s_on_peer_up(lk_iclient_t *ic, lk_peer_t *peer, bool restarted, void *arg)
+{
+    /* work unacked by a restarted writer or auth is re-sent by the bus */
+    lk_info("peer %s (%s) %s", lk_peer_name(peer), lk_peer_kind(peer),
+            restarted ? "restarted" : "up");
+}
+
+static void s_on_acked(lk_iclient_t *ic, lk_peer_t *peer, uint64_t seq, void *arg)
+{
+    self_t *self = arg;
+    if (peer == self->history)
+        ar_history_acked(self, seq);
+}
+
+/* --- cron ------------------------------------------------------------------------- */
+
+static void s_cron(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    if (self->exit_code || !lk_iclient_ready(self->ic))
+        return;
+    ar_unlock_expire(self);
+    ar_login_expire(self);
+}
+
+/* --- construction ----------------------------------------------------------------- */
+
+static int s_config(self_t *self)
+{
+    const char *roles = lk_config_get(self->config, "lock_roles", "m f");
+    char *copy = lk_strdup(roles), *save = NULL;
+    int rc = 0;
+    for (char *w = strtok_r(copy, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save)) {
+        if (self->n_roles == AR_MAX_ROLES) {
+            lk_error("lock_roles: at most %d roles", AR_MAX_ROLES);
+            rc = -1;
+            break;
+        }
+        if (strcmp(w, "statu") == 0 || strcmp(w, "call") == 0 || strpbrk(w, "+#/$")) {
+            lk_error("lock_roles: '%s' cannot be a role", w);
+            rc = -1;
+            break;
+        }
+        self->roles[self->n_roles++] = lk_strdup(w);
+    }
+    free(copy);
+    if (rc == 0 && self->n_roles == 0) {
+        lk_error("lock_roles: no role");
+        rc = -1;
+    }
+    self->quorum = (int)lk_config_get_int(self->config, "lock_quorum", self->n_roles);
+    if (rc == 0 && (self->quorum < 1 || self->quorum > self->n_roles)) {
+        lk_error("lock_quorum: %d is not between 1 and the %d roles", self->quorum, self->n_roles);
+        rc = -1;
+    }
+    const char *win = lk_config_get(self->config, "lock_window", "35");
+    char *end = NULL;
+    double w = strtod(win, &end);
+    if (rc == 0 && (!end || *end || w <= 0 || w > 86400)) {
+        lk_error("lock_window: '%s' is not a number of seconds (0 < window <= 86400)", win);
+        rc = -1;
+    }
+    self->window_ms = (int64_t)(w * 1000);
+    self->login_ttl_s = lk_config_get_int(self->config, "login_ttl", 86400);
+    if (rc == 0 && (self->login_ttl_s < 1 || self->login_ttl_s > 365 * 86400)) {
+        lk_error("login_ttl: %" PRId64 " seconds is out of range", self->login_ttl_s);
+        rc = -1;
+    }
+    self->history_limit = (int)lk_config_get_int(self->config, "history_query_limit", 500);
+    if (self->history_limit < 1)
+        self->history_limit = 500;
+    return rc;
+}
+
+static int s_wait_redis(self_t *self)
+{
+    int64_t deadline = lk_mono_ms() + S_REDIS_WAIT_MS;
+    int64_t delay = 50;
+    while (lk_redis_connect(self->redis) != 0) {
+        int64_t left = deadline - lk_mono_ms();
+        if (left <= 0) {
+            lk_error("redis not reachable after %d ms", S_REDIS_WAIT_MS);
+            return -1;
+        }
+        usleep((useconds_t)(delay < left ? delay : left) * 1000);
+        delay = delay * 2 > 1000 ? 1000 : delay * 2;
+    }
+    return 0;
+}
+
+ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *node, int ready_fd,
+                           int *exit_code)
+{
+    self_t *self = lk_calloc(1, sizeof(*self));
+    self->config = config;
+    self->loop = loop;
+    self->node = lk_strdup(node);
+    self->ready_fd = ready_fd;
+    self->in_flight = zhashx_new();
+    self->hist_sent = zhashx_new();
+    *exit_code = LK_EXIT_CONFIG;
+    if (s_config(self) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    int64_t port = lk_config_get_int(config, "redis_port", 6379);
+    if (port < 0 || port > 65535) {
+        lk_error("redis_port: %" PRId64 " is out of range", port);
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
+    lk_iclient_handlers_t h = {s_on_message,  s_on_ready,   s_on_published,
+                               s_on_envelope, s_on_peer_up, s_on_acked};
+    self->ic = lk_iclient_new(loop, config, node, "lock-arbiter", "$lk-arbiter", &h, self);
+    if (!self->ic) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    self->bus = lk_iclient_bus(self->ic);
+    if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    *exit_code = LK_EXIT_TEMPORARY;
+    if (s_wait_redis(self) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    const char *aep = lk_config_get(config, "arbiter_endpoint", NULL);
+    if (aep && *aep && lk_bus_bind(self->bus, aep) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    if (!aep || !*aep)
+        lk_warn("arbiter_endpoint is not configured: no login service");
+    const char *ep = lk_config_get(config, "auth_endpoint", NULL);
+    if (ep && *ep)
+        self->auth = lk_bus_connect(self->bus, "auth", ep);
+    else
+        lk_warn("auth_endpoint is not configured: revoked logins stay connected");
+    ep = lk_config_get(config, "history_endpoint", NULL);
+    if (ep && *ep)
+        self->history = lk_bus_connect(self->bus, "history-writer", ep);
+    else
+        lk_warn("history_endpoint is not configured: history events wait in Redis");
+    /* QoS 1 on a persistent session: what is published while we are away is kept */
+    char filter[64];
+    lk_iclient_subscribe(self->ic, "/+/statu", 1);
+    for (int i = 0; i < self->n_roles; i++) {
+        snprintf(filter, sizeof(filter), "/+/%s", self->roles[i]);
+        lk_iclient_subscribe(self->ic, filter, 1);
+    }
+    lk_iclient_subscribe(self->ic, "/unauth", 1);
+    lk_iclient_subscribe(self->ic, AR_HISTORY_TOPIC, 1);
+    self->cron = lk_loop_timer(loop, S_CRON_MS, true, s_cron, self);
+    *exit_code = 0;
+    return self;
+}
+
+int ar_server_exit_code(ar_server_t *self)
+{
+    return self->exit_code;
+}
+
+void ar_server_destroy(ar_server_t **self_p)
+{
+    self_t *self = *self_p;
+    if (!self)
+        return;
+    if (self->cron)
+        lk_loop_timer_cancel(self->loop, self->cron);
+    if (self->ic) {
+        lk_notice("%" PRIu64 " granted, %" PRIu64 " refused, %" PRIu64 " expired, %" PRIu64
+                  " state changes, %" PRIu64 " logins, %" PRIu64 " revoked, %" PRIu64
+                  " history queries",
+                  self->granted, self->refused, self->expired, self->states, self->logins,
+                  self->revoked, self->queries);
+        /* after a failure the unhandled message must stay un-acked: leave abruptly */
+        if (!self->exit_code)
+            lk_iclient_close(self->ic, 500);
+        lk_iclient_destroy(&self->ic);
+    }
+    ar_history_close(self);
+    s_waits_free(&self->pub_waits);
+    s_waits_free(&self->hist_waits);
+    zhashx_destroy(&self->in_flight);
+    zhashx_destroy(&self->hist_sent);
+    lk_redis_destroy(&self->redis);
+    for (int i = 0; i < self->n_roles; i++)
+        free(self->roles[i]);
+    free(self->node);
+    free(self);
+    *self_p = NULL;
+}

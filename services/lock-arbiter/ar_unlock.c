@@ -1,0 +1,326 @@
+/*  ar_unlock: the lock state history and the quorum unlock, each one Redis Lua script so
+    that a decision is atomic — two confirmations racing through two frontends meet in
+    Redis, and exactly one of them sees the quorum complete.
+
+    A round (lk:round:<lock>: start, deadline, c:<role> = "user<TAB>ms") opens with the
+    first confirmation and lasts the window (lk:lockcfg:<lock> window_ms, else lock_window).
+    The confirmation that completes the quorum closes it as `granted`: the script deletes
+    the round, records the decision in lk:arb:unpub and its history event in lk:arb:outbox.
+    The arbiter then publishes `unlock` to /<lock>/call (QoS 1) and deletes the unpub entry
+    once the router acked it; at every start the entries left are published again, so a
+    crash between decision and publish still unlocks (a crash after the router's ack and
+    before the delete would unlock twice: that window is one Redis round trip).
+
+    Message redelivery (QoS 1, after a crash) never decides twice: each stored confirmation
+    leaves lk:arb:seen:<store id> for a day and a second sight is ignored; a state message
+    is ignored unless its store id is above the lock's last one. A round past its deadline
+    becomes an `expired` decision (cron, or the next confirmation, whichever first).
+    A confirmation from a user not bound to the lock in that role (lk:bind:<lock>: user →
+    roles) — or one filling a second role of the same round — is `refused`. */
+#include "ar_internal.h"
+
+/* an outbox value: kind, lock, actor, time ms, details (JSON), separated by \x1f */
+#define S_LUA_EVENT                                                                                \
+    "local out = {}\n"                                                                             \
+    "local function event(kind, lock, actor, now, details)\n"                                      \
+    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:arb:evseq')\n"                          \
+    "  local v = kind .. '\\31' .. lock .. '\\31' .. actor .. '\\31' .. now .. '\\31' ..\n"        \
+    "            cjson.encode(details)\n"                                                          \
+    "  redis.call('HSET', 'lk:arb:outbox', id, v)\n"                                               \
+    "  table.insert(out, id); table.insert(out, v)\n"                                              \
+    "  return id\n"                                                                                \
+    "end\n"                                                                                        \
+    "local function confirmations(key)\n"                                                          \
+    "  local list = {}\n"                                                                          \
+    "  local h = redis.call('HGETALL', key)\n"                                                     \
+    "  for i = 1, #h, 2 do\n"                                                                      \
+    "    if string.sub(h[i], 1, 2) == 'c:' then\n"                                                 \
+    "      local tab = string.find(h[i + 1], '\\t', 1, true)\n"                                    \
+    "      table.insert(list, {role = string.sub(h[i], 3),\n"                                      \
+    "                          user = string.sub(h[i + 1], 1, tab - 1),\n"                         \
+    "                          time = tonumber(string.sub(h[i + 1], tab + 1))})\n"                 \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  table.sort(list, function(a, b) return a.time < b.time end)\n"                              \
+    "  return list\n"                                                                              \
+    "end\n"                                                                                        \
+    "local function expire(lock, key, now)\n"                                                      \
+    "  local start = tonumber(redis.call('HGET', key, 'start'))\n"                                 \
+    "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"                                 \
+    "  local c = confirmations(key)\n"                                                             \
+    "  redis.call('DEL', key)\n"                                                                   \
+    "  redis.call('ZREM', 'lk:rounds', lock)\n"                                                    \
+    "  if #c == 0 then return end\n"                                                               \
+    "  event('unlock_decision', lock, '', now, {decision = 'expired', started = start,\n"          \
+    "        deadline = dl, confirmations = c})\n"                                                 \
+    "end\n"
+
+/* KEYS: none (every key is derived from the lock: one Redis, no cluster).
+   ARGV: node, lock, role, username (MQTT), now ms, default window ms, default quorum,
+   store id (0: not stored). Returns {status, decision id, reason, outbox id, value, ...}. */
+static const char s_confirm_lua[] = S_LUA_EVENT
+    "local lock, role, login, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
+    "local sid = ARGV[8]\n"
+    "if sid ~= '0' then\n"
+    "  if not redis.call('SET', 'lk:arb:seen:' .. sid, '1', 'NX', 'EX', 86400) then\n"
+    "    return {'duplicate', '', ''}\n"
+    "  end\n"
+    "end\n"
+    "local key = 'lk:round:' .. lock\n"
+    "local cfg = 'lk:lockcfg:' .. lock\n"
+    "local window = tonumber(redis.call('HGET', cfg, 'window_ms')) or tonumber(ARGV[6])\n"
+    "local quorum = tonumber(redis.call('HGET', cfg, 'quorum')) or tonumber(ARGV[7])\n"
+    "local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
+    "if dl and dl < now then expire(lock, key, now); dl = nil end\n"
+    "local user = login\n"
+    "if login ~= '' then user = redis.call('GET', 'lk:login:' .. login) or login end\n"
+    "local reason = nil\n"
+    "if user == '' then reason = 'anonymous'\n"
+    "else\n"
+    "  local roles = redis.call('HGET', 'lk:bind:' .. lock, user)\n"
+    "  if not roles or not string.find(' ' .. roles .. ' ', ' ' .. role .. ' ', 1, true) then\n"
+    "    reason = 'not bound in this role'\n"
+    "  else\n"
+    "    for _, c in ipairs(confirmations(key)) do\n"
+    "      if c.user == user and c.role ~= role then reason = 'already confirmed as ' .. c.role "
+    "end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if reason then\n"
+    "  local id = event('unlock_decision', lock, user, now, {decision = 'refused', role = role,\n"
+    "                   user = user, login = login, reason = reason})\n"
+    "  local r = {'refused', id, reason}\n"
+    "  for _, x in ipairs(out) do table.insert(r, x) end\n"
+    "  return r\n"
+    "end\n"
+    "if not dl then\n"
+    "  dl = now + window\n"
+    "  redis.call('HSET', key, 'start', now, 'deadline', dl)\n"
+    "  redis.call('ZADD', 'lk:rounds', dl, lock)\n"
+    "end\n"
+    "redis.call('HSET', key, 'c:' .. role, user .. '\\t' .. now)\n"
+    "redis.call('PEXPIRE', key, dl - now + 600000)\n"
+    "local c = confirmations(key)\n"
+    "local status, id = 'pending', ''\n"
+    "if #c >= quorum then\n"
+    "  local start = tonumber(redis.call('HGET', key, 'start'))\n"
+    "  id = event('unlock_decision', lock, user, now, {decision = 'granted', started = start,\n"
+    "             confirmations = c})\n"
+    "  redis.call('HSET', 'lk:arb:unpub', id, lock)\n"
+    "  redis.call('DEL', key)\n"
+    "  redis.call('ZREM', 'lk:rounds', lock)\n"
+    "  status = 'granted'\n"
+    "end\n"
+    "local r = {status, id, ''}\n"
+    "for _, x in ipairs(out) do table.insert(r, x) end\n"
+    "return r\n";
+
+/* ARGV: node, now ms, max. Expires rounds past their deadline. Returns {count, outbox id,
+   value, ...}. */
+static const char s_expire_lua[] = S_LUA_EVENT
+    "local now = tonumber(ARGV[2])\n"
+    "local due = redis.call('ZRANGEBYSCORE', 'lk:rounds', '-inf', now - 1, 'LIMIT', 0,\n"
+    "                       tonumber(ARGV[3]))\n"
+    "local n = 0\n"
+    "for _, lock in ipairs(due) do\n"
+    "  local key = 'lk:round:' .. lock\n"
+    "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
+    "  if not dl then redis.call('ZREM', 'lk:rounds', lock)\n"
+    "  elseif dl < now then expire(lock, key, now); n = n + 1\n"
+    "  else redis.call('ZADD', 'lk:rounds', dl, lock) end\n"
+    "end\n"
+    "local r = {tostring(n)}\n"
+    "for _, x in ipairs(out) do table.insert(r, x) end\n"
+    "return r\n";
+
+/* ARGV: node, lock, state, now ms, store id, actor. The seed's monitor: a state that differs
+   from the last one is history. Returns {change or '', outbox id, value}. */
+static const char s_statu_lua[] = S_LUA_EVENT
+    "local lock, state, now, sid = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "if sid > 0 then\n"
+    "  local last = tonumber(redis.call('HGET', 'lk:lockstate:sid', lock))\n"
+    "  if last and sid <= last then return {''} end\n"
+    "  redis.call('HSET', 'lk:lockstate:sid', lock, sid)\n"
+    "end\n"
+    "local prev = redis.call('HGET', 'lk:lockstate', lock)\n"
+    "if prev == state then return {''} end\n"
+    "redis.call('HSET', 'lk:lockstate', lock, state)\n"
+    "local change\n"
+    "if prev == '-2' then change = 'online'\n"
+    "elseif state == '-2' then change = 'offline'\n"
+    "elseif state == '1' then change = 'locked'\n"
+    "else change = 'unlocked' end\n"
+    "event('lock_state', lock, ARGV[6], now, {state = state, previous = prev or cjson.null,\n"
+    "      change = change})\n"
+    "local r = {change}\n"
+    "for _, x in ipairs(out) do table.insert(r, x) end\n"
+    "return r\n";
+
+/* EVAL with no keys; NULL (after a log line) when Redis failed or the script erred */
+static lk_redis_reply_t *s_eval(self_t *self, const char *script, int argc, const char **args)
+{
+    const char *argv[16];
+    size_t lens[16];
+    argv[0] = "EVAL";
+    argv[1] = script;
+    argv[2] = "0";
+    int n = 3;
+    for (int i = 0; i < argc && n < 16; i++)
+        argv[n++] = args[i];
+    for (int i = 0; i < n; i++)
+        lens[i] = strlen(argv[i]);
+    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, n, argv, lens);
+    if (!r || r->type != LK_REDIS_ARRAY || r->count < 1) {
+        /* the cron asks every 250 ms: one line per 5 s while Redis is away */
+        int64_t now = lk_mono_ms();
+        if (r || now - self->redis_warned_ms >= 5000) {
+            self->redis_warned_ms = now;
+            lk_error("redis script failed: %s", r && r->str ? r->str : "no reply");
+        }
+        lk_redis_reply_free(&r);
+        return NULL;
+    }
+    return r;
+}
+
+/* --- /<lock>/statu ---------------------------------------------------------------- */
+
+void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, uint64_t store_id)
+{
+    char state[8];
+    size_t n = msg->payload.len;
+    if (n == 0 || n >= sizeof(state)) {
+        lk_info("lock %s: state payload of %zu bytes ignored", lock, n);
+        return;
+    }
+    memcpy(state, msg->payload.data, n);
+    state[n] = 0;
+    if (strcmp(state, "-2") != 0 && strcmp(state, "0") != 0 && strcmp(state, "1") != 0) {
+        lk_info("lock %s: unknown state '%s' ignored (want -2, 0 or 1)", lock, state);
+        return;
+    }
+    char now[24], sid[24];
+    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    snprintf(sid, sizeof(sid), "%" PRIu64, store_id);
+    const char *actor = msg->origin_client ? msg->origin_client : "";
+    const char *args[] = {self->node, lock, state, now, sid, actor};
+    lk_redis_reply_t *r = s_eval(self, s_statu_lua, 6, args);
+    if (!r) {
+        ar_server_fail(self, "state change not recorded");
+        return;
+    }
+    if (r->items[0].len) {
+        self->states++;
+        lk_info("lock %s: %s (%s)", lock, r->items[0].str, state);
+        ar_history_send_entries(self, r, 1);
+    }
+    lk_redis_reply_free(&r);
+}
+
+/* --- /<lock>/<role> --------------------------------------------------------------- */
+
+static void s_publish_unlock(self_t *self, const char *id, const char *lock)
+{
+    if (zhashx_lookup(self->in_flight, id))
+        return;
+    char topic[300];
+    snprintf(topic, sizeof(topic), "/%s/call", lock);
+    uint64_t seq = lk_iclient_publish(self->ic, topic, "unlock", 6, 1, false, NULL, 0);
+    zhashx_insert(self->in_flight, id, (void *)1);
+    ar_wait_add(ar_wait_for(&self->pub_waits, seq), id);
+}
+
+void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
+                       uint64_t store_id)
+{
+    char now[24], sid[24], win[24], quorum[16];
+    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    snprintf(sid, sizeof(sid), "%" PRIu64, store_id);
+    snprintf(win, sizeof(win), "%" PRId64, self->window_ms);
+    snprintf(quorum, sizeof(quorum), "%d", self->quorum);
+    const char *login = msg->origin_user ? msg->origin_user : "";
+    const char *args[] = {self->node, lock, role, login, now, win, quorum, sid};
+    lk_redis_reply_t *r = s_eval(self, s_confirm_lua, 8, args);
+    if (!r || r->count < 3) {
+        lk_redis_reply_free(&r);
+        ar_server_fail(self, "confirmation not recorded");
+        return;
+    }
+    const char *status = r->items[0].str;
+    if (strcmp(status, "granted") == 0) {
+        self->granted++;
+        lk_info("lock %s: unlock granted (%s by %s)", lock, role, login);
+        s_publish_unlock(self, r->items[1].str, lock);
+    } else if (strcmp(status, "refused") == 0) {
+        self->refused++;
+        lk_notice("lock %s: confirmation as %s by '%s' refused: %s", lock, role, login,
+                  r->items[2].str);
+    } else if (strcmp(status, "duplicate") == 0)
+        lk_info("lock %s: confirmation (store id %s) seen before, ignored", lock, sid);
+    else
+        lk_debug("lock %s: %s confirmed by %s, waiting for the others", lock, role, login);
+    for (size_t i = 3; i + 1 < r->count; i += 2) {
+        /* an expired round may come with any status */
+        if (strstr(r->items[i + 1].str, "\"expired\""))
+            self->expired++;
+    }
+    ar_history_send_entries(self, r, 3);
+    lk_redis_reply_free(&r);
+}
+
+/* --- cron, restart, acks ---------------------------------------------------------- */
+
+void ar_unlock_expire(self_t *self)
+{
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    const char *args[] = {self->node, now, "200"};
+    lk_redis_reply_t *r = s_eval(self, s_expire_lua, 3, args);
+    if (!r)
+        return; /* tried again next tick */
+    long n = strtol(r->items[0].str ? r->items[0].str : "0", NULL, 10);
+    if (n > 0) {
+        self->expired += (uint64_t)n;
+        lk_info("%ld unlock round(s) expired", n);
+    }
+    ar_history_send_entries(self, r, 1);
+    lk_redis_reply_free(&r);
+}
+
+void ar_unlock_resume(self_t *self)
+{
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:arb:unpub");
+    if (!r || r->type != LK_REDIS_ARRAY) {
+        lk_redis_reply_free(&r);
+        ar_server_fail(self, "cannot read the decisions to publish");
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i + 1 < r->count; i += 2)
+        if (!zhashx_lookup(self->in_flight, r->items[i].str)) {
+            s_publish_unlock(self, r->items[i].str, r->items[i + 1].str);
+            n++;
+        }
+    if (n)
+        lk_notice("publishing %zu granted unlock(s) left from before", n);
+    lk_redis_reply_free(&r);
+}
+
+void ar_unlock_published(self_t *self, uint64_t seq)
+{
+    ar_wait_t *w = ar_wait_take(&self->pub_waits, seq);
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->n; i++) {
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:arb:unpub %s", w->ids[i]);
+        if (lk_redis_reply_failed(r))
+            lk_warn("decision %s published but not marked so: it is published again at the "
+                    "next start",
+                    w->ids[i]);
+        else
+            zhashx_delete(self->in_flight, w->ids[i]);
+        lk_redis_reply_free(&r);
+    }
+    ar_wait_free(&w);
+}

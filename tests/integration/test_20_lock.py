@@ -1,0 +1,279 @@
+"""20: the smart lock (seed 004) — the lock-arbiter's two-party unlock and state history.
+
+Real clients only: a simulated lock (paho, subscribed to /<lock>/call, publishing
+/<lock>/statu with a Last Will of -2) and app users with permanent MQTT accounts named like
+the lock users (their confirmations count as those users'). Users, locks and bindings go
+through the `latchkey` CLI (PostgreSQL + the arbiter's Redis mirror).
+"""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+import lk
+from lockhelp import cli, events, mqtt_account, setup_lock, wait_decisions
+
+RUN = uuid.uuid4().hex[:6]
+PW = "secret-pw"
+
+
+@pytest.fixture(scope="module")
+def users(stack):
+    stack.require("lock-arbiter", "mqtt-frontend-1", "router", "session-store", "auth")
+    names = {}
+    for u in ("alice", "bob", "carol"):
+        name = "%s-%s" % (u, RUN)
+        mqtt_account(stack, name, PW)
+        cli(stack, "user", "add", name)
+        names[u] = name
+    return names
+
+
+def lockname(tag):
+    return "L%s%s" % (RUN, tag)
+
+
+def app(stack, user, tag):
+    return lk.paho_client(stack, "%s-%s" % (user, tag), username=user, password=PW)
+
+
+def device(stack, lock):
+    """The lock: subscribed to its call topic (QoS 1), Last Will -2 on its state topic."""
+    c = lk.paho_client(stack, "dev-" + lock,
+                       will=dict(topic="/%s/statu" % lock, payload="-2", qos=1))
+    assert c.subscribe("/%s/call" % lock, 1) == [1]
+    return c
+
+
+def test_two_parties_within_window_unlock_once(stack, users):
+    lock = lockname("a")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")])
+    dev = device(stack, lock)
+    with app(stack, users["alice"], "a") as a, app(stack, users["bob"], "a") as b:
+        a.publish("/%s/m" % lock, "1", qos=1)
+        dev.messages.expect_none(0.5)          # one party: nothing yet
+        b.publish("/%s/f" % lock, "1", qos=1)
+        m = dev.messages.get(timeout=5)
+        assert (m.topic, m.payload) == ("/%s/call" % lock, b"unlock")
+        dev.messages.expect_none(1.0)          # exactly once
+    d = wait_decisions(stack, lock, lambda d: any(x["decision"] == "granted" for x in d))
+    granted = [x for x in d if x["decision"] == "granted"]
+    assert len(granted) == 1
+    who = sorted((c["role"], c["user"]) for c in granted[0]["confirmations"])
+    assert who == [("f", users["bob"]), ("m", users["alice"])]
+    assert all(c["time"] > 0 for c in granted[0]["confirmations"])
+    dev.disconnect()
+
+
+def test_one_party_expires_without_unlock(stack, users):
+    lock = lockname("b")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")], window="1")
+    dev = device(stack, lock)
+    with app(stack, users["alice"], "b") as a, app(stack, users["bob"], "b") as b:
+        a.publish("/%s/m" % lock, "1", qos=1)
+        d = wait_decisions(stack, lock, lambda d: any(x["decision"] == "expired" for x in d),
+                           timeout=10)
+        exp = [x for x in d if x["decision"] == "expired"]
+        assert len(exp) == 1
+        assert [(c["role"], c["user"]) for c in exp[0]["confirmations"]] == \
+            [("m", users["alice"])]
+        # the round is over: the other party alone does not unlock
+        b.publish("/%s/f" % lock, "1", qos=1)
+        dev.messages.expect_none(1.5)
+    # bob's lone confirmation opened a new round that expires in turn
+    wait_decisions(stack, lock, lambda d: len([x for x in d if x["decision"] == "expired"]) == 2)
+    dev.disconnect()
+
+
+def test_unbound_user_is_refused_and_recorded(stack, users):
+    lock = lockname("c")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")])
+    dev = device(stack, lock)
+    with app(stack, users["alice"], "c") as a, app(stack, users["carol"], "c") as c:
+        c.publish("/%s/f" % lock, "1", qos=1)      # carol is not bound at all
+        a.publish("/%s/f" % lock, "1", qos=1)      # alice is bound, but as m
+        a.publish("/%s/m" % lock, "1", qos=1)      # a valid m: still only one party
+        dev.messages.expect_none(1.5)
+    d = wait_decisions(stack, lock,
+                       lambda d: len([x for x in d if x["decision"] == "refused"]) >= 2)
+    refused = sorted((x["user"], x["role"]) for x in d if x["decision"] == "refused")
+    assert refused == sorted([(users["carol"], "f"), (users["alice"], "f")])
+    assert not any(x["decision"] == "granted" for x in d)
+    dev.disconnect()
+
+
+def test_lock_state_changes_are_history(stack, users):
+    lock = lockname("d")
+    setup_lock(stack, lock, [(users["alice"], "m")])
+    dev = device(stack, lock)
+    for state in ("1", "1", "0"):
+        dev.publish("/%s/statu" % lock, state, qos=1)
+    dev.close()                                    # Last Will: -2
+    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:lockstate", lock) == "-2", 10,
+                  what="offline state recorded")
+    dev2 = lk.paho_client(stack, "dev2-" + lock)
+    dev2.publish("/%s/statu" % lock, "1", qos=1)
+    dev2.disconnect()
+
+    def changes():
+        ev = events(stack, lock, "lock_state")
+        return [e["details"]["change"] for e in ev] if len(ev) >= 4 else None
+    got = lk.wait_until(changes, 10, what="four state events")
+    assert got == ["locked", "unlocked", "offline", "online"]
+    assert stack.redis_cli("HGET", "lk:lockstate", lock) == "1"
+
+
+def test_arbiter_killed_between_confirmations(stack, users):
+    lock = lockname("e")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")])
+    dev = device(stack, lock)
+    scan = stack.scan("lock-arbiter")
+    with app(stack, users["alice"], "e") as a, app(stack, users["bob"], "e") as b:
+        a.publish("/%s/m" % lock, "1", qos=1)
+        lk.wait_until(lambda: stack.redis_cli("HEXISTS", "lk:round:%s" % lock, "c:m") == "1",
+                      5, what="m confirmation recorded")
+        # SIGKILL, and keep it down (-O: do not restart) while the other party confirms
+        pid = stack.svc_pid("lock-arbiter")
+        subprocess.run(["s6-svc", "-O", scan], check=True, timeout=10)
+        os.kill(pid, signal.SIGKILL)
+        subprocess.run(["s6-svwait", "-d", "-t", "10000", scan], check=True, timeout=20)
+        try:
+            b.publish("/%s/f" % lock, "1", qos=1)   # stored for the arbiter's session
+            dev.messages.expect_none(1.0)
+        finally:
+            subprocess.run(["s6-svc", "-u", scan], check=True, timeout=10)
+            stack.wait_up("lock-arbiter", timeout=30)
+        m = dev.messages.get(timeout=10)
+        assert m.payload == b"unlock"
+        dev.messages.expect_none(1.5)
+    dev.disconnect()
+
+
+def test_redelivered_confirmation_does_not_unlock_again(stack, users):
+    """A grant, then the arbiter is killed and restarted twice: the stored confirmations
+    it may see again must not start a new round that unlocks once more."""
+    lock = lockname("f")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")])
+    dev = device(stack, lock)
+    with app(stack, users["alice"], "f") as a, app(stack, users["bob"], "f") as b:
+        a.publish("/%s/m" % lock, "1", qos=1)
+        b.publish("/%s/f" % lock, "1", qos=1)
+        assert dev.messages.get(timeout=5).payload == b"unlock"
+        stack.kill("lock-arbiter")
+        stack.kill("lock-arbiter")
+        a.publish("/%s/m" % lock, "1", qos=1)      # a fresh m alone: no unlock
+        dev.messages.expect_none(1.5)
+    dev.disconnect()
+
+
+def test_thousand_locks_race_on_two_frontends(stack, users):
+    """1000 locks; both parties confirm each at the same moment through several
+    connections (spread over both frontends by SO_REUSEPORT): exactly one unlock each."""
+    n = 1000
+    prefix = "R%s-" % RUN
+    al, bo = users["alice"], users["bob"]
+    stack.psql("INSERT INTO locks (lockno) SELECT '%s' || i FROM generate_series(0, %d) i "
+               "ON CONFLICT DO NOTHING; "
+               "INSERT INTO bindings (user_name, lockno, role) SELECT '%s', '%s' || i, 'm' "
+               "FROM generate_series(0, %d) i ON CONFLICT DO NOTHING; "
+               "INSERT INTO bindings (user_name, lockno, role) SELECT '%s', '%s' || i, 'f' "
+               "FROM generate_series(0, %d) i ON CONFLICT DO NOTHING"
+               % (prefix, n - 1, al, prefix, n - 1, bo, prefix, n - 1))
+    cli(stack, "lock", "sync")
+    obs = lk.paho_client(stack, "obs-" + RUN)
+    assert obs.subscribe("/+/call", 1) == [1]
+    conns = 4
+    clients = [app(stack, al, "r%d" % i) for i in range(conns)] + \
+              [app(stack, bo, "r%d" % i) for i in range(conns)]
+    start = threading.Barrier(len(clients))
+    errors = []
+
+    def confirm(idx):
+        c = clients[idx]
+        role = "m" if idx < conns else "f"
+        mine = range(idx % conns, n, conns)
+        try:
+            start.wait(10)
+            infos = [c.publish("/%s%d/%s" % (prefix, i, role), "1", qos=1, wait=False)
+                     for i in mine]
+            for info in infos:
+                info.wait_for_publish(30)
+                assert info.is_published()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=confirm, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    counts = {}
+    deadline = time.monotonic() + 40
+    while len(counts) < n and time.monotonic() < deadline:
+        for m in obs.messages.drain(quiet=0.3, timeout=2):
+            if m.topic.startswith("/" + prefix):
+                counts[m.topic] = counts.get(m.topic, 0) + 1
+    for m in obs.messages.drain(quiet=1.5, timeout=5):
+        if m.topic.startswith("/" + prefix):
+            counts[m.topic] = counts.get(m.topic, 0) + 1
+    elapsed = time.monotonic() - t0
+    print("1000 locks: %d unlocks in %.1fs" % (sum(counts.values()), elapsed))
+    assert len(counts) == n, "%d locks unlocked of %d" % (len(counts), n)
+    assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    assert elapsed < 60
+    for c in clients + [obs]:
+        c.disconnect()
+
+
+@pytest.mark.parametrize("svc", ["router", "session-store"])
+def test_unlock_after_bus_service_restart(stack, users, svc):
+    """The arbiter's internal client re-attaches to a restarted router and keeps its
+    session through a restarted session store."""
+    lock = lockname("g" + svc[0])
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")])
+    stack.kill(svc)
+    dev = device(stack, lock)
+    with app(stack, users["alice"], "g") as a, app(stack, users["bob"], "g") as b:
+        a.publish("/%s/m" % lock, "1", qos=1, timeout=15)
+        b.publish("/%s/f" % lock, "1", qos=1, timeout=15)
+        assert dev.messages.get(timeout=10).payload == b"unlock"
+        dev.messages.expect_none(1.0)
+    dev.disconnect()
+
+
+def test_cli_registry_and_mirror(stack, users):
+    """user/lock list show PostgreSQL's records; unbind and lock del reach the arbiter's
+    mirror (an unbound member is refused from then on); lock sync rebuilds the mirror."""
+    lock = lockname("h")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")], window="30")
+    out = cli(stack, "lock", "list").stdout
+    line = [x for x in out.splitlines() if x.startswith(lock + "\t")]
+    assert line and "window_ms=30000" in line[0]
+    assert "%s:m" % users["alice"] in line[0] and "%s:f" % users["bob"] in line[0]
+    assert "%s:m" % lock in cli(stack, "user", "list").stdout
+    assert stack.redis_cli("HGET", "lk:bind:" + lock, users["alice"]) == "m"
+    # a wiped mirror comes back from PostgreSQL
+    stack.redis_cli("DEL", "lk:bind:" + lock)
+    cli(stack, "lock", "sync")
+    assert stack.redis_cli("HGET", "lk:bind:" + lock, users["bob"]) == "f"
+    cli(stack, "unbind", users["alice"], lock)
+    assert stack.redis_cli("HEXISTS", "lk:bind:" + lock, users["alice"]) == "0"
+    dev = device(stack, lock)
+    with app(stack, users["alice"], "h") as a, app(stack, users["bob"], "h") as b:
+        a.publish("/%s/m" % lock, "1", qos=1)
+        b.publish("/%s/f" % lock, "1", qos=1)
+        dev.messages.expect_none(1.5)
+    wait_decisions(stack, lock, lambda d: [x["user"] for x in d if x["decision"] == "refused"]
+                   == [users["alice"]])
+    p = cli(stack, "bind", "nobody-" + RUN, lock, "m", check=False)
+    assert p.returncode == 1 and "no user" in p.stderr
+    cli(stack, "lock", "del", lock)
+    assert stack.redis_cli("EXISTS", "lk:bind:" + lock, "lk:lockcfg:" + lock) == "0"
+    assert lock not in cli(stack, "lock", "list").stdout
+    dev.disconnect()
