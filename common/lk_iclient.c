@@ -405,6 +405,8 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
     lk_loop_on_turn_end(loop, s_turn_end, self);
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     self->bus = lk_bus_new(loop, node, kind, &h, self);
+    if (lk_bus_configure(self->bus, config) != 0)
+        lk_error("iclient %s: bus configuration refused; tcp:// endpoints will not work", node);
     lk_bus_on_acked(self->bus, s_on_acked);
     self->router = lk_bus_connect(self->bus, "router", rep);
     self->store = lk_bus_connect(self->bus, "session-store", sep);

@@ -26,6 +26,7 @@ typedef struct _hw_server_t self_t;
 
 struct _hw_server_t {
     lk_loop_t *loop;
+    lk_config_t *config;    /* the caller's; outlives us */
     char *node;
     int ready_fd;
     const char *endpoint; /* strings of the configuration */
@@ -82,6 +83,7 @@ hw_server_t *hw_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
 {
     self_t *self = lk_calloc(1, sizeof(*self));
     self->loop = loop;
+    self->config = cfg;
     self->node = lk_strdup(node);
     self->ready_fd = ready_fd;
     self->endpoint = lk_config_get(cfg, "history_endpoint", NULL);
@@ -342,6 +344,8 @@ int hw_server_start(hw_server_t *self)
     self->hooked = true;
     lk_bus_handlers_t h = {s_on_message, NULL, NULL};
     self->bus = lk_bus_new(self->loop, self->node, "history-writer", &h, self);
+    if (lk_bus_configure(self->bus, self->config) != 0)
+        return -1;
     if (lk_bus_bind(self->bus, self->endpoint) != 0)
         return -1;
     bool fatal = false;

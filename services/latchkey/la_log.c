@@ -72,7 +72,7 @@ static const char *s_body_name(const Lk__Envelope *env)
     return f ? f->name : "";
 }
 
-static int s_replay(int argc, char **argv)
+static int s_replay(lk_config_t *config, int argc, char **argv)
 {
     const char *endpoint = NULL, *name = "replay-target", *only = NULL;
     double speed = 1.0;
@@ -102,6 +102,7 @@ static int s_replay(int argc, char **argv)
     char node[64];
     snprintf(node, sizeof(node), "replay-%d", (int)getpid());
     lk_bus_t *bus = lk_bus_new(loop, node, "latchkey", NULL, NULL);
+    lk_bus_configure(bus, config);
     lk_peer_t *peer = lk_bus_connect(bus, name, endpoint);
     s_spin(loop, 300);
     if (!lk_peer_alive(peer))
@@ -155,6 +156,6 @@ int la_cmd_log(la_ctx_t *ctx, int argc, char **argv)
     if (strcmp(argv[1], "dump") == 0)
         return s_dump(argc - 2, argv + 2);
     if (strcmp(argv[1], "replay") == 0)
-        return s_replay(argc - 1, argv + 1);
+        return s_replay(ctx->config, argc - 1, argv + 1);
     return la_usage("log");
 }

@@ -98,6 +98,7 @@ int la_cmd_login(la_ctx_t *ctx, int argc, char **argv)
     st.loop = lk_loop_new();
     lk_bus_handlers_t h = {s_on_message, s_up, NULL};
     st.bus = lk_bus_new(st.loop, node, "latchkey", &h, &st);
+    lk_bus_configure(st.bus, ctx->config);
     st.arbiter = lk_bus_connect(st.bus, "lock-arbiter", endpoint);
     int t1 = lk_loop_timer(st.loop, S_RESEND_MS, true, s_resend, &st);
     int t2 = lk_loop_timer(st.loop, S_LOGIN_WAIT_MS, false, s_timeout, &st);

@@ -26,6 +26,17 @@ static uint16_t s_next_pid(fe_conn_t *conn)
     }
 }
 
+bool fe_holds(fe_conn_t *conn, uint64_t store_id)
+{
+    for (size_t i = 0; i < conn->n_inflight; i++)
+        if (conn->inflight[i].store_id == store_id)
+            return true;
+    for (fe_queued_t *q = conn->q_head; q; q = q->next)
+        if (q->store_id == store_id)
+            return true;
+    return false;
+}
+
 void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid)
 {
     if (conn->n_rel == conn->cap_rel) {

@@ -294,8 +294,10 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
     if (conn->state == FE_ACTIVE) {
         /* a re-open after the session store restarted: only what we do not have yet */
         conn->reopening = false;
+        /* not "newer than max_store_id": a forward of a new copy may have overtaken this
+           answer, and older copies the dead store never forwarded must still go out */
         for (size_t i = 0; i < r->n_pending; i++)
-            if (r->pending[i]->store_id > conn->max_store_id)
+            if (!fe_holds(conn, r->pending[i]->store_id))
                 fe_deliver_to(conn, r->pending[i], true);
         fe_pump(conn);
         return;

@@ -286,6 +286,8 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);
 int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid);
 void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
+/* a stored copy the connection has in flight or queued */
+bool fe_holds(fe_conn_t *conn, uint64_t store_id);
 /* a QoS 2 stored copy the client PUBRECed under pid: kept, for PUBREL after a reconnect */
 void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid);
 

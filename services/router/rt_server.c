@@ -674,6 +674,10 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->started_ms = lk_mono_ms();
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
+    if (lk_bus_configure(self->bus, config) != 0) {
+        rt_server_destroy(&self);
+        return NULL;
+    }
     lk_bus_on_acked(self->bus, s_store_acked);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         rt_server_destroy(&self);

@@ -44,6 +44,7 @@ typedef struct _ss_server_t self_t;
 
 struct _ss_server_t {
     lk_loop_t *loop;
+    lk_config_t *config;    /* the caller's; outlives us */
     char *node;
     const char *session_endpoint; /* strings of the configuration */
     const char *router_endpoint;
@@ -150,6 +151,7 @@ ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
 {
     self_t *self = lk_calloc(1, sizeof(*self));
     self->loop = loop;
+    self->config = cfg;
     self->node = lk_strdup(node);
     self->ready_fd = ready_fd;
     self->retry = zlistx_new();
@@ -709,6 +711,8 @@ int ss_server_start(ss_server_t *self)
 {
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(self->loop, self->node, "session-store", &h, self);
+    if (lk_bus_configure(self->bus, self->config) != 0)
+        return -1;
     if (self->msglog_dir) {
         self->msglog = lk_msglog_open(self->msglog_dir, self->node, lk_bus_epoch(self->bus),
                                       SS_MSGLOG_SEGMENT);
