@@ -56,6 +56,7 @@ struct _lk_peer_t {
     uint64_t next_seq;
     s_unacked_t *head, *tail;
     size_t unacked;
+    size_t unacked_bytes;
     /* receiving */
     uint64_t rx_contig;
     s_seqset_t rx_above;
@@ -193,6 +194,11 @@ size_t lk_peer_unacked(lk_peer_t *peer)
     return peer->unacked;
 }
 
+size_t lk_peer_unacked_bytes(lk_peer_t *peer)
+{
+    return peer->unacked_bytes;
+}
+
 void lk_peer_drop_unacked(lk_peer_t *peer)
 {
     while (peer->head) {
@@ -203,6 +209,7 @@ void lk_peer_drop_unacked(lk_peer_t *peer)
     }
     peer->tail = NULL;
     peer->unacked = 0;
+    peer->unacked_bytes = 0;
 }
 
 void lk_peer_set_data(lk_peer_t *peer, void *data)
@@ -287,6 +294,7 @@ static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t le
         peer->head = u;
     peer->tail = u;
     peer->unacked++;
+    peer->unacked_bytes += len;
 }
 
 static void s_flush_batch(lk_bus_t *self, lk_peer_t *peer, int kind)
@@ -416,6 +424,7 @@ static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, int64_t older_than)
             u->data[u->len++] = (6 << 3) | 0;
             u->data[u->len++] = 1;
             u->marked = true;
+            peer->unacked_bytes += 2;
         }
         s_raw_send(self, peer, u->data, u->len);
         u->sent_ms = now;
@@ -434,6 +443,7 @@ static void s_acked(lk_bus_t *self, lk_peer_t *peer, uint64_t seq)
             peer->head = u->next;
         if (peer->tail == u)
             peer->tail = prev;
+        peer->unacked_bytes -= u->len;
         free(u->data);
         free(u);
         peer->unacked--;

@@ -94,8 +94,9 @@ const char *lk_peer_kind(lk_peer_t *peer);
 uint64_t lk_peer_epoch(lk_peer_t *peer);
 /* heard from within dead_ms (for a server we connect to: its Hello answers) */
 bool lk_peer_alive(lk_peer_t *peer);
-/* envelopes sent reliably and not yet acked */
+/* envelopes sent reliably and not yet acked, and their bytes */
 size_t lk_peer_unacked(lk_peer_t *peer);
+size_t lk_peer_unacked_bytes(lk_peer_t *peer);
 /* drop every unacked envelope to this peer (its work is moot) */
 void lk_peer_drop_unacked(lk_peer_t *peer);
 /* service data attached to a peer */

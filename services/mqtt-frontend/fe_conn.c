@@ -117,12 +117,18 @@ void fe_conn_flush(fe_conn_t *conn)
         fe_conn_close(conn, LK_RC_QUOTA_EXCEEDED, true, "client does not read its messages");
 }
 
+void fe_conn_io_events(fe_conn_t *conn)
+{
+    bool read = !conn->lim.paused && !conn->bp_paused;
+    lk_loop_mod_fd(conn->srv->loop, conn->fd,
+                   (read ? EPOLLIN : 0) | (conn->want_write ? EPOLLOUT : 0));
+}
+
 void fe_conn_want_write(fe_conn_t *conn, bool want)
 {
     if (want != conn->want_write) {
         conn->want_write = want;
-        lk_loop_mod_fd(conn->srv->loop, conn->fd,
-                       (conn->lim.paused ? 0 : EPOLLIN) | (want ? EPOLLOUT : 0));
+        fe_conn_io_events(conn);
     }
 }
 
@@ -220,6 +226,18 @@ void fe_conn_readable(fe_conn_t *conn)
 {
     fe_server_t *srv = conn->srv;
     size_t want = 0;
+    if (conn->state == FE_ACTIVE &&
+        (srv->congested || lk_peer_unacked_bytes(srv->router) > srv->backlog_high)) {
+        /* the router is behind: leave the bytes in the socket, so TCP slows the
+           publisher down, rather than take messages we could not keep */
+        if (!srv->congested) {
+            srv->congested = true;
+            lk_warn("router backlog %zu bytes: reading paused", lk_peer_unacked_bytes(srv->router));
+        }
+        conn->bp_paused = true;
+        fe_conn_io_events(conn);
+        return;
+    }
     if (!conn->tp && conn->rlen == 0) {
         /* the common case: read into the process's one buffer and keep only what is left
            of an incomplete packet, so that an idle connection holds no read buffer */

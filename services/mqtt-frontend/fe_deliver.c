@@ -7,6 +7,9 @@
     the client gets it again on reconnect. */
 #include "fe_internal.h"
 
+/* output bytes waiting for a slow consumer past which its QoS 0 messages are shed */
+#define FE_SHED_QOS0_BYTES (1u << 20)
+
 static bool s_pid_busy(fe_conn_t *conn, uint16_t pid)
 {
     for (size_t i = 0; i < conn->n_inflight; i++)
@@ -203,7 +206,12 @@ static void s_send_now(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
 static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
 {
     fe_server_t *srv = conn->srv;
-    if (conn->n_queued >= srv->max_queued) {
+    size_t size = lk__deliver__get_packed_size(d);
+    /* stored copies are bounded by the session store's own queue: dropping one here
+       would strand it until the client reconnects */
+    if (!d->store_id && (conn->n_queued >= srv->max_queued ||
+                         (srv->max_queued_bytes &&
+                          conn->queued_bytes + size > srv->max_queued_bytes))) {
         /* the session store keeps stored copies; the rest is lost for this client */
         srv->dropped++;
         return;
@@ -215,6 +223,7 @@ static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     q->data = lk_malloc(q->len ? q->len : 1);
     lk__deliver__pack(&copy, q->data);
     q->store_id = d->store_id;
+    conn->queued_bytes += q->len;
     if (conn->q_tail)
         conn->q_tail->next = q;
     else
@@ -247,6 +256,11 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
         return;
     }
     bool dup_flag = dup && d->dup;
+    if (d->msg->qos == 0 && conn->out.len > FE_SHED_QOS0_BYTES) {
+        /* a consumer this far behind loses QoS 0 first (counted in $SYS dropped) */
+        conn->srv->dropped++;
+        return;
+    }
     if (conn->state == FE_ACTIVE &&
         (d->msg->qos == 0 || (!conn->q_head && conn->n_inflight < conn->max_inflight)))
         s_send_now(conn, d, dup_flag);
@@ -275,6 +289,7 @@ void fe_pump(fe_conn_t *conn)
         if (!conn->q_head)
             conn->q_tail = NULL;
         conn->n_queued--;
+        conn->queued_bytes -= q->len;
         Lk__Deliver *d = lk__deliver__unpack(NULL, q->len, q->data);
         if (d) {
             if (d->msg && d->msg->expiry_at_ms && (int64_t)d->msg->expiry_at_ms <= lk_wall_ms()) {

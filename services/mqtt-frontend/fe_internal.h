@@ -107,6 +107,8 @@ typedef struct fe_conn {
     uint16_t keepalive;
     uint64_t req;           /* pending auth/session request id */
     bool reopening;         /* ACTIVE, re-opening its session after a session store restart */
+    bool bp_paused;         /* not read while the router's backlog is too large */
+    size_t queued_bytes;    /* packed size of what waits in the queue */
     int64_t req_sent_ms;
     int64_t req_first_ms;
     uint8_t *connect_pw;    /* kept only until auth answers */
@@ -202,6 +204,11 @@ struct _fe_server_t {
     fe_conn_t *graveyard;   /* closed this turn, freed at turn end */
     uint8_t *rbuf;          /* the read buffer every plain connection reads into */
     int64_t accept_warned_ms;
+    /* back-pressure: past backlog_high unacked bytes towards the router, active
+       connections are not read until acks bring it under backlog_low */
+    bool congested;
+    size_t backlog_high, backlog_low;
+    uint64_t max_queued_bytes;
     fe_wait_t *waits, *waits_tail;
     size_t n_conns;
     /* configuration */
@@ -231,6 +238,11 @@ void fe_conn_writable(fe_conn_t *conn);
 void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt);
 void fe_conn_mark_dirty(fe_conn_t *conn);
 void fe_conn_flush(fe_conn_t *conn);
+/* the epoll events this connection wants now: EPOLLIN unless a limit or back-pressure
+   stopped reading, EPOLLOUT while output waits */
+void fe_conn_io_events(fe_conn_t *conn);
+/* re-reads everything back-pressure paused, when the router's backlog is low again */
+void fe_backlog_check(fe_server_t *srv);
 /* closes: will published when publish_will; v5 DISCONNECT with reason first when reason
    != 0 and the connection is past CONNECT */
 void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const char *why);

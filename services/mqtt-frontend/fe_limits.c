@@ -359,8 +359,7 @@ int64_t fe_limits_bucket(double *tokens, int64_t *last_ms, int64_t now, double r
 
 static void s_io_events(fe_conn_t *conn)
 {
-    uint32_t ev = (conn->lim.paused ? 0 : EPOLLIN) | (conn->want_write ? EPOLLOUT : 0);
-    lk_loop_mod_fd(conn->srv->loop, conn->fd, ev);
+    fe_conn_io_events(conn);
 }
 
 static void s_resume(lk_loop_t *loop, void *arg)

@@ -77,9 +77,31 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
     free(w);
 }
 
+void fe_backlog_check(fe_server_t *srv)
+{
+    if (!srv->congested || lk_peer_unacked_bytes(srv->router) > srv->backlog_low)
+        return;
+    srv->congested = false;
+    int64_t now = lk_loop_now(srv->loop);
+    int n = 0;
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (!c || !c->bp_paused)
+            continue;
+        c->bp_paused = false;
+        c->last_rx_ms = now;    /* its silence was ours */
+        fe_conn_io_events(c);
+        n++;
+    }
+    lk_notice("router backlog %zu bytes: reading resumed (%d connections)",
+              lk_peer_unacked_bytes(srv->router), n);
+}
+
 static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     fe_server_t *srv = arg;
+    if (peer == srv->router && srv->congested)
+        fe_backlog_check(srv);
     fe_wait_t **pp = &srv->waits, *prev = NULL;
     while (*pp && !((*pp)->seq == seq && (*pp)->peer == peer)) {
         prev = *pp;
@@ -587,6 +609,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
     int64_t now = lk_loop_now(loop);
     if (srv->wills)
         s_wills_due(srv, now);
+    fe_backlog_check(srv);
     if (srv->lingering)
         fe_transport_cron(srv, now);
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
@@ -610,7 +633,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
         } else if (c->state == FE_ACTIVE && c->reopening && now - c->req_sent_ms > 1000) {
             /* a store that restarted answers only once it has loaded Redis */
             fe_session_open_send(c);
-        } else if (c->state == FE_ACTIVE && c->keepalive &&
+        } else if (c->state == FE_ACTIVE && c->keepalive && !c->bp_paused &&
                    now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
             fe_conn_close(c, LK_RC_KEEP_ALIVE_TIMEOUT, true, "keepalive timeout");
         }
@@ -698,6 +721,9 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     if (srv->max_inflight == 0)
         srv->max_inflight = 65535;
     srv->max_queued = (uint32_t)lk_config_get_int(config, "max_queued_messages", 1000);
+    srv->max_queued_bytes = (uint64_t)lk_config_get_int(config, "max_queued_bytes", 0);
+    srv->backlog_high = (size_t)lk_config_get_int(config, "router_backlog_bytes", 16 << 20);
+    srv->backlog_low = srv->backlog_high / 2;
     srv->max_packet = (uint32_t)lk_config_get_int(config, "max_packet_size", 268435455);
     /* 60 s, as the MQTT 5 interoperability suite expects of a Server Keep Alive */
     srv->max_keepalive = (uint16_t)lk_config_get_int(config, "max_keepalive", 60);
