@@ -218,7 +218,9 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     /* a connection of the same client on this frontend is taken over here; the one on
        another frontend by the session store's Takeover */
     fe_conn_t *old = zhashx_lookup(srv->by_client, conn->client_id);
-    zhashx_update(srv->by_client, conn->client_id, conn);
+    /* delete, then insert: an update would keep the old connection's key string */
+    zhashx_delete(srv->by_client, conn->client_id);
+    zhashx_insert(srv->by_client, conn->client_id, conn);
     if (old && old != conn) {
         lk_info("client %s: taken over by a new connection from %s", conn->client_id,
                 conn->peer);

@@ -716,6 +716,9 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     srv->loop = loop;
     srv->node = lk_strdup(node);
     srv->by_client = zhashx_new();
+    /* keys are the connections' own client ids (an entry goes before its connection) */
+    zhashx_set_key_duplicator(srv->by_client, NULL);
+    zhashx_set_key_destructor(srv->by_client, NULL);
     lk_wbuf_init(&srv->scratch);
     srv->max_inflight = (uint16_t)lk_config_get_int(config, "max_inflight_messages", 20);
     if (srv->max_inflight == 0)

@@ -117,7 +117,7 @@ static s_client_t *s_client_get(rt_server_t *self, const char *id)
     if (!c) {
         c = lk_calloc(1, sizeof(*c));
         c->id = lk_strdup(id);
-        zhashx_insert(self->clients, id, c);
+        zhashx_insert(self->clients, c->id, c);
     }
     return c;
 }
@@ -666,6 +666,9 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->config = config;
     self->loop = loop;
     self->clients = zhashx_new();
+    /* the key is the record's own id: no second copy per client */
+    zhashx_set_key_duplicator(self->clients, NULL);
+    zhashx_set_key_destructor(self->clients, NULL);
     zhashx_set_destructor(self->clients, s_client_free);
     self->trie = rt_trie_new();
     self->retain = rt_retain_new(s_retain_free);

@@ -41,6 +41,7 @@ static const char s_replace_subs_lua[] =
 struct _ss_store_t {
     lk_redis_t *redis;
     zhashx_t *sessions; /* client -> ss_session_t; the key is the session's client */
+    zhashx_t *node_names; /* node -> its one shared name string */
     uint32_t max_queued;
     uint32_t forced_expiry; /* s, for SS_EXPIRY_NEVER sessions; 0 = never */
     uint64_t dropped;       /* over quota, since start */
@@ -151,9 +152,14 @@ static void s_session_destroy(void **item_p)
     if (!s)
         return;
     free(s->client);
-    free(s->node);
     free(s);
     *item_p = NULL;
+}
+
+static void s_name_free(void **item)
+{
+    free(*item);
+    *item = NULL;
 }
 
 static zhashx_t *s_sessions_new(void)
@@ -175,10 +181,22 @@ static ss_session_t *s_session_add(ss_store_t *self, const char *client)
     return s;
 }
 
-static void s_session_set_node(ss_session_t *s, const char *node, uint64_t epoch)
+/* Node names are few and every session names one: one shared copy of each, owned by the
+   store, instead of a copy per session (which was 32 bytes per connected client). */
+static const char *s_node_name(ss_store_t *self, const char *node)
 {
-    free(s->node);
-    s->node = node && *node ? lk_strdup(node) : NULL;
+    char *n = zhashx_lookup(self->node_names, node);
+    if (!n) {
+        n = lk_strdup(node);
+        zhashx_insert(self->node_names, node, n);
+    }
+    return n;
+}
+
+static void s_session_set_node(ss_store_t *self, ss_session_t *s, const char *node,
+                               uint64_t epoch)
+{
+    s->node = node && *node ? (char *)s_node_name(self, node) : NULL;
     s->node_epoch = s->node ? epoch : 0;
 }
 
@@ -192,6 +210,8 @@ ss_store_t *ss_store_new(const char *host, int port)
     ss_store_t *self = lk_calloc(1, sizeof(*self));
     self->redis = lk_redis_new(host, port);
     self->sessions = s_sessions_new();
+    self->node_names = zhashx_new();
+    zhashx_set_destructor(self->node_names, s_name_free);
     self->max_queued = SS_DEFAULT_MAX_QUEUED;
     return self;
 }
@@ -202,6 +222,7 @@ void ss_store_destroy(ss_store_t **self_p)
     if (!self)
         return;
     zhashx_destroy(&self->sessions);
+    zhashx_destroy(&self->node_names);
     lk_redis_destroy(&self->redis);
     free(self->touched);
     ss_buf_release(&self->key);
@@ -356,7 +377,7 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
             else {
                 ss_session_t *s = lk_calloc(1, sizeof(*s));
                 s->client = lk_strdup(c);
-                s_session_set_node(s, rec->items[0].str, s_reply_u64(&rec->items[1]));
+                s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
                 s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
                 s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
                 /* a record without node nor disconnect time: offline since now */
@@ -594,7 +615,7 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     if (!s)
         s = s_session_add(self, req->client);
     bool present = retry ? s->last_present : keep;
-    s_session_set_node(s, req->node, req->node_epoch);
+    s_session_set_node(self, s, req->node, req->node_epoch);
     s->expiry = req->expiry;
     s->disconnected_at = 0;
     s->persistent = persistent;
@@ -652,7 +673,7 @@ int ss_store_close(ss_store_t *self, const char *client, const char *node, uint3
         s_append_replace_subs(self, &p, client, subs, n_subs);
     if (s_pipe_end(&p) != 0)
         return -1;
-    s_session_set_node(s, NULL, 0);
+    s_session_set_node(self, s, NULL, 0);
     s->expiry = expiry;
     s->disconnected_at = now;
     s->persistent = true;
@@ -951,7 +972,7 @@ void ss_store_node_up(ss_store_t *self, const char *node, uint64_t epoch, int64_
         } else if (!s->persistent)
             zlistx_add_end(gone, lk_strdup(s->client));
         else {
-            s_session_set_node(s, NULL, 0);
+            s_session_set_node(self, s, NULL, 0);
             if (!s->disconnected_at)
                 s->disconnected_at = now_ms;
             zlistx_add_end(changed, lk_strdup(s->client));

@@ -38,7 +38,7 @@ typedef struct _ss_store_t ss_store_t;
    may delete sessions (open, close, node_up/down, expire). */
 typedef struct {
     char *client;
-    char *node;              /* node holding the client, NULL when none */
+    char *node;              /* node holding the client, NULL when none (shared string) */
     uint64_t node_epoch;     /* that node's epoch when the client opened there */
     uint32_t expiry;         /* session expiry interval, seconds */
     int64_t disconnected_at; /* wall ms; 0 = connected at node */
