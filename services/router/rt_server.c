@@ -92,6 +92,9 @@ struct _rt_server_t {
     uint64_t cur_retain_seq;
     const char *cur_origin;
     const char *cur_share;
+    /* retained caps (0 = none) */
+    uint64_t max_retained, max_retained_size, retain_refused;
+    int64_t retain_warned_ms;
     /* $SYS */
     zhashx_t *stats;        /* node -> s_stats_t */
     int64_t started_ms;
@@ -252,6 +255,15 @@ static bool s_available(void *client, void *arg)
     return c->node && lk_peer_alive(c->node);
 }
 
+/* a new retained message must fit the caps; replacing an existing topic always may */
+static bool s_retain_fits(rt_server_t *self, const Lk__Msg *msg)
+{
+    if (self->max_retained_size && msg->payload.len > self->max_retained_size)
+        return false;
+    return !self->max_retained || rt_retain_count(self->retain) < self->max_retained ||
+           rt_retain_get(self->retain, msg->topic) != NULL;
+}
+
 /* share: deliver only through that shared filter (a handed-back message);
    durable_retain: a retained message is also stored by the session store ($SYS is not) */
 static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
@@ -268,6 +280,17 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
         self->cur_share = share;
     else if (msg->retain && !durable_retain) {
         rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+    } else if (msg->retain && msg->payload.len && !s_retain_fits(self, msg)) {
+        /* over max_retained_messages / max_retained_size: delivered, not retained */
+        self->retain_refused++;
+        if (lk_mono_ms() - self->retain_warned_ms > 10000) {
+            lk_warn("retained message on '%s' (%zu bytes) not kept: %" PRIu64
+                    " refused so far (max_retained_messages %" PRIu64 ", max_retained_size %"
+                    PRIu64 ")",
+                    msg->topic, msg->payload.len, self->retain_refused, self->max_retained,
+                    self->max_retained_size);
+            self->retain_warned_ms = lk_mono_ms();
+        }
     } else if (msg->retain) {
         if (msg->payload.len == 0)
             rt_retain_delete(self->retain, msg->topic);
@@ -675,6 +698,8 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->stats = zhashx_new();
     zhashx_set_destructor(self->stats, s_stats_free);
     self->started_ms = lk_mono_ms();
+    self->max_retained = (uint64_t)lk_config_get_int(config, "max_retained_messages", 0);
+    self->max_retained_size = (uint64_t)lk_config_get_int(config, "max_retained_size", 0);
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
     if (lk_bus_configure(self->bus, config) != 0) {
