@@ -366,28 +366,9 @@ lk_acl_file_t *lk_acl_file_parse(const char *text, const char *origin)
 
 lk_acl_file_t *lk_acl_file_load(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        lk_error("cannot read ACL file %s: %s", path, strerror(errno));
+    char *buf = lk_file_read_text(path, "ACL file", NULL);
+    if (!buf)
         return NULL;
-    }
-    size_t cap = 4096, len = 0, r;
-    char *buf = lk_malloc(cap);
-    while ((r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += r;
-        if (cap - len < 2) {
-            cap *= 2;
-            buf = lk_realloc(buf, cap);
-        }
-    }
-    bool bad = ferror(f) != 0;
-    fclose(f);
-    buf[len] = 0;
-    if (bad || memchr(buf, 0, len)) {
-        lk_error("%s: %s", path, bad ? "read error" : "NUL byte in ACL file");
-        free(buf);
-        return NULL;
-    }
     lk_acl_file_t *self = lk_acl_file_parse(buf, path);
     free(buf);
     return self;

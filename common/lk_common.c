@@ -109,6 +109,35 @@ int lk_args_parse(int argc, char **argv, const char *service, const char *defaul
     return 0;
 }
 
+char *lk_file_read_text(const char *path, const char *what, size_t *len_out)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        lk_error("cannot read %s %s: %s", what, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0, r;
+    char *buf = lk_malloc(cap);
+    while ((r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += r;
+        if (cap - len < 2) {
+            cap *= 2;
+            buf = lk_realloc(buf, cap);
+        }
+    }
+    bool bad = ferror(f) != 0;
+    fclose(f);
+    buf[len] = 0;
+    if (bad || memchr(buf, 0, len)) {
+        lk_error("%s: %s", path, bad ? "read error" : "NUL byte in file");
+        free(buf);
+        return NULL;
+    }
+    if (len_out)
+        *len_out = len;
+    return buf;
+}
+
 void lk_ready_notify(int fd)
 {
     if (fd < 0)

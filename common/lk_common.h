@@ -39,6 +39,11 @@ typedef struct {
 /* parses argv; prints usage and returns -1 on a bad option */
 int lk_args_parse(int argc, char **argv, const char *service, const char *default_node,
                   lk_args_t *args);
+/* Reads a whole text file into a NUL-terminated buffer (caller frees; *len, when given,
+   is its length). NULL with a log line naming `what` ("ACL file", ...) when it cannot be
+   read or holds a NUL byte, which no text format of ours allows. */
+char *lk_file_read_text(const char *path, const char *what, size_t *len);
+
 /* s6 readiness: writes a newline to fd and closes it (no-op when fd < 0) */
 void lk_ready_notify(int fd);
 

@@ -114,28 +114,9 @@ lk_config_t *lk_config_load(const char *path)
 {
     if (!path)
         return lk_config_parse("", "defaults");
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        lk_error("cannot read configuration %s: %s", path, strerror(errno));
+    char *buf = lk_file_read_text(path, "configuration", NULL);
+    if (!buf)
         return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = lk_malloc(cap);
-    size_t r;
-    while ((r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += r;
-        if (cap - len < 2) {
-            cap *= 2;
-            buf = lk_realloc(buf, cap);
-        }
-    }
-    fclose(f);
-    buf[len] = 0;
-    if (memchr(buf, 0, len)) {
-        lk_error("%s: NUL byte in configuration", path);
-        free(buf);
-        return NULL;
-    }
     lk_config_t *self = lk_config_parse(buf, path);
     free(buf);
     return self;

@@ -1,5 +1,6 @@
 /*  common-selftest: runs the selftest of every module of the common library.
     `common-selftest [-v] [name]` runs all, or the one named. */
+#include "lk_selftest.h"
 #include "lk_common.h"
 #include "lk_acl.h"
 #include "lk_crypto.h"
@@ -12,16 +13,8 @@
 #include "lk_proxy.h"
 #include "lk_tls.h"
 #include "lk_ws.h"
-#include <stdio.h>
-#include <czmq.h>
-#include <string.h>
 
-typedef struct {
-    const char *name;
-    int (*fn)(bool verbose);
-} s_test_t;
-
-static const s_test_t s_tests[] = {
+static const lk_selftest_t s_tests[] = {
     {"lk_common", lk_common_test},
     {"lk_config", lk_config_test},
     {"lk_loop", lk_loop_test},
@@ -38,25 +31,5 @@ static const s_test_t s_tests[] = {
 
 int main(int argc, char **argv)
 {
-    bool verbose = false;
-    const char *only = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-v") == 0)
-            verbose = true;
-        else
-            only = argv[i];
-    }
-    int passed = 0, failed = 0;
-    for (const s_test_t *t = s_tests; t->name; t++) {
-        if (only && strcmp(only, t->name) != 0)
-            continue;
-        int rc = t->fn(verbose);
-        printf("%s %s\n", rc == 0 ? "PASS" : "FAIL", t->name);
-        if (rc == 0)
-            passed++;
-        else
-            failed++;
-    }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return lk_selftest_main(argc, argv, s_tests, NULL);
 }

@@ -69,28 +69,10 @@ au_pwfile_t *au_pwfile_parse(const char *text, const char *origin)
 
 au_pwfile_t *au_pwfile_load(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        lk_error("cannot read password file %s: %s", path, strerror(errno));
+    size_t len = 0;
+    char *buf = lk_file_read_text(path, "password file", &len);
+    if (!buf)
         return NULL;
-    }
-    size_t cap = 4096, len = 0, r;
-    char *buf = lk_malloc(cap);
-    while ((r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += r;
-        if (cap - len < 2) {
-            cap *= 2;
-            buf = lk_realloc(buf, cap);
-        }
-    }
-    bool bad = ferror(f) != 0;
-    fclose(f);
-    buf[len] = 0;
-    if (bad || memchr(buf, 0, len)) {
-        lk_error("%s: %s", path, bad ? "read error" : "NUL byte in password file");
-        free(buf);
-        return NULL;
-    }
     au_pwfile_t *self = au_pwfile_parse(buf, path);
     /* the buffer held hashes only, but wipe it anyway: cheap, and files get misused */
     memset(buf, 0, len);

@@ -15,7 +15,7 @@ static char *s_dup(lk_str_t s)
     return lk_strndup(s.p ? s.p : "", s.len);
 }
 
-static uint64_t s_req_of(fe_conn_t *conn)
+uint64_t fe_conn_req(fe_conn_t *conn)
 {
     return ((uint64_t)conn->fd << 40) | (conn->id & 0xFFFFFFFFFFULL);
 }
@@ -179,7 +179,7 @@ static int s_connect(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
             conn->will_delay = c->will_props.will_delay;
     }
     conn->state = FE_AUTH;
-    conn->req = s_req_of(conn);
+    conn->req = fe_conn_req(conn);
     conn->req_first_ms = lk_loop_now(srv->loop);
     fe_limits_connect(conn); /* sends the AuthRequest, or holds or refuses the CONNECT */
     return 0;

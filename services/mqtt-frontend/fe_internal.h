@@ -285,6 +285,9 @@ int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt);
 void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r);
 void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r);
 void fe_session_open_send(fe_conn_t *conn);
+/* the request id of a connection's auth/session requests: its fd and id, so a reply
+   finds it again (or nothing, once it closed) */
+uint64_t fe_conn_req(fe_conn_t *conn);
 void fe_auth_request_send(fe_conn_t *conn);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
 

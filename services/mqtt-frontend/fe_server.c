@@ -153,7 +153,7 @@ static void s_reopen(fe_server_t *srv)
         fe_conn_t *c = srv->by_fd[fd];
         if (!c || c->state != FE_ACTIVE || c->expiry == 0)
             continue;
-        c->req = ((uint64_t)c->fd << 40) | (c->id & 0xFFFFFFFFFFULL);
+        c->req = fe_conn_req(c);
         c->clean = false;
         c->reopening = true;
         fe_session_open_send(c);
