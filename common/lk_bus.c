@@ -14,6 +14,7 @@
 #include "lk_common.h"
 #include "lk_msglog.h"
 #include "lk_mqtt.h"
+#include "lk_zmtp.h"
 #include <czmq.h>
 #include <errno.h>
 
@@ -50,7 +51,9 @@ struct _lk_peer_t {
     bool known;         /* epoch learnt */
     bool alive;
     bool is_server;     /* we connected to it */
-    zsock_t *dealer;
+    zsock_t *dealer;    /* tcp:// server: libzmq (CurveZMQ) */
+    lk_zmtp_t *zdealer; /* ipc:// server: our own ZMTP */
+    bool via_zmtp;      /* a client last heard through our ipc:// router */
     int64_t last_heard;
     /* sending */
     uint64_t next_seq;
@@ -74,7 +77,8 @@ struct _lk_bus_t {
     uint64_t epoch;
     lk_bus_handlers_t h;
     void *arg;
-    zsock_t *router;
+    zsock_t *router;    /* tcp:// endpoints */
+    lk_zmtp_t *zrouter; /* ipc:// endpoints */
     zhashx_t *peers;
     int hb_ms, dead_ms, resend_ms;
     int timer;
@@ -151,6 +155,7 @@ static void s_peer_destroy(void **item)
         lk_loop_del_zsock(p->bus->loop, p->dealer);
         zsock_destroy(&p->dealer);
     }
+    lk_zmtp_destroy(&p->zdealer);
     free(p->name);
     free(p->kind);
     free(p);
@@ -227,7 +232,17 @@ void *lk_peer_data(lk_peer_t *peer)
 static void s_raw_send(lk_bus_t *self, lk_peer_t *peer, const uint8_t *data, size_t len)
 {
     int rc;
+    if (peer->is_server && peer->zdealer) {
+        lk_zmtp_send(peer->zdealer, NULL, data, len);
+        return;
+    }
+    if (!peer->is_server && self->zrouter && (peer->via_zmtp || !self->router)) {
+        lk_zmtp_send(self->zrouter, peer->name, data, len);
+        return;
+    }
     if (peer->is_server) {
+        if (!peer->dealer)
+            return;
         rc = zmq_send(zsock_resolve(peer->dealer), data, len, ZMQ_DONTWAIT);
     } else {
         if (!self->router)
@@ -341,8 +356,13 @@ static void s_flush_peer(lk_bus_t *self, lk_peer_t *peer)
 
 void lk_bus_flush(lk_bus_t *self)
 {
-    for (lk_peer_t *p = zhashx_first(self->peers); p; p = zhashx_next(self->peers))
+    for (lk_peer_t *p = zhashx_first(self->peers); p; p = zhashx_next(self->peers)) {
         s_flush_peer(self, p);
+        if (p->zdealer)
+            lk_zmtp_flush(p->zdealer);
+    }
+    if (self->zrouter)
+        lk_zmtp_flush(self->zrouter);
 }
 
 static void s_turn_end(lk_loop_t *loop, void *arg)
@@ -481,8 +501,10 @@ static void s_send_hello(lk_bus_t *self, lk_peer_t *peer, bool reply)
     s_raw_send(self, peer, self->out.data, self->out.len);
 }
 
+/* peer: NULL when the message came through a router (found by identity); via_zmtp:
+   through which router, so that answers take the same way */
 static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, const uint8_t *data,
-                     size_t len)
+                     size_t len, bool via_zmtp)
 {
     if (self->msglog)
         lk_msglog_append(self->msglog, identity, data, len);
@@ -495,6 +517,7 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
         peer = zhashx_lookup(self->peers, identity);
         if (!peer)
             peer = s_peer_new(self, identity);
+        peer->via_zmtp = via_zmtp;
     }
     peer->last_heard = lk_loop_now(self->loop);
     if (env->body_case == LK__ENVELOPE__BODY_HELLO && env->hello->kind &&
@@ -583,7 +606,7 @@ static void s_recv_router(lk_loop_t *loop, void *zsock, void *arg)
     } else {
         memcpy(name, zmq_msg_data(&id), n);
         name[n] = 0;
-        s_handle(self, NULL, name, zmq_msg_data(&body), zmq_msg_size(&body));
+        s_handle(self, NULL, name, zmq_msg_data(&body), zmq_msg_size(&body), false);
     }
     zmq_msg_close(&id);
     zmq_msg_close(&body);
@@ -596,13 +619,26 @@ static void s_recv_dealer(lk_loop_t *loop, void *zsock, void *arg)
     zmq_msg_t body;
     zmq_msg_init(&body);
     if (zmq_msg_recv(&body, s, ZMQ_DONTWAIT) >= 0)
-        s_handle(peer->bus, peer, peer->name, zmq_msg_data(&body), zmq_msg_size(&body));
+        s_handle(peer->bus, peer, peer->name, zmq_msg_data(&body), zmq_msg_size(&body), false);
     zmq_msg_close(&body);
+}
+
+static void s_recv_zrouter(lk_zmtp_t *z, const char *identity, const uint8_t *data, size_t len,
+                           void *arg)
+{
+    s_handle(arg, NULL, identity, data, len, true);
+}
+
+static void s_recv_zdealer(lk_zmtp_t *z, const char *identity, const uint8_t *data, size_t len,
+                           void *arg)
+{
+    lk_peer_t *peer = arg;
+    s_handle(peer->bus, peer, peer->name, data, len, false);
 }
 
 void lk_bus_inject(lk_bus_t *self, const char *from_identity, const uint8_t *data, size_t len)
 {
-    s_handle(self, NULL, from_identity, data, len);
+    s_handle(self, NULL, from_identity, data, len, false);
 }
 
 /* --- timers ----------------------------------------------------------------------- */
@@ -659,6 +695,7 @@ void lk_bus_destroy(lk_bus_t **self_p)
     lk_loop_timer_cancel(self->loop, self->timer);
     lk_loop_remove_turn_end(self->loop, s_turn_end, self);
     zhashx_destroy(&self->peers);
+    lk_zmtp_destroy(&self->zrouter);
     if (self->router) {
         lk_loop_del_zsock(self->loop, self->router);
         zsock_destroy(&self->router);
@@ -799,6 +836,11 @@ static int s_curve_client(lk_bus_t *self, lk_peer_t *p, const char *endpoint)
 
 int lk_bus_bind(lk_bus_t *self, const char *endpoint)
 {
+    if (lk_zmtp_endpoint_ok(endpoint)) {
+        if (!self->zrouter)
+            self->zrouter = lk_zmtp_router_new(self->loop, s_recv_zrouter, self);
+        return lk_zmtp_bind(self->zrouter, endpoint);
+    }
     bool fresh = !self->router;
     if (!self->router) {
         self->router = zsock_new(ZMQ_ROUTER);
@@ -831,6 +873,13 @@ lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint
     if (!p)
         p = s_peer_new(self, name);
     p->is_server = true;
+    if (lk_zmtp_endpoint_ok(endpoint)) {
+        if (!p->zdealer)
+            p->zdealer = lk_zmtp_dealer_new(self->loop, self->node, name, s_recv_zdealer, p);
+        lk_zmtp_connect(p->zdealer, endpoint);
+        s_send_hello(self, p, false);
+        return p;
+    }
     if (!p->dealer) {
         p->dealer = zsock_new(ZMQ_DEALER);
         s_socket_options(p->dealer);

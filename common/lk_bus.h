@@ -2,7 +2,8 @@
 
     A node serves (ROUTER, lk_bus_bind) and/or connects to named servers (DEALER,
     lk_bus_connect); the peer's node id is its ZeroMQ identity. Every frame is one
-    lk.Envelope (proto/latchkey.proto).
+    lk.Envelope (proto/latchkey.proto). ipc:// endpoints are spoken by lk_zmtp (ZMTP 3.0
+    from this loop, no I/O threads: the hot path's latency); tcp:// ones by libzmq.
 
     Liveness: connectors send Hello every heartbeat; servers answer. A peer that shows a
     new epoch restarted: on_peer_up(restarted=true) is where a service re-sends its state.
@@ -30,8 +31,8 @@
                                     each server it connects to by that name
       bus_allow_plaintext_tcp       false (default): a tcp:// bind or connect without the
                                     keys above is refused with a log line
-    Curve is a property of the socket: a node that serves tcp:// with Curve serves its
-    other endpoints with Curve too. One process holds at most one zauth (ZeroMQ's ZAP
+    Curve is a property of libzmq's socket: a node that serves tcp:// with Curve serves
+    its other tcp:// endpoints with Curve too. One process holds at most one zauth (ZeroMQ's ZAP
     handler is per process): one Curve-serving bus per process. */
 #ifndef LK_BUS_H_INCLUDED
 #define LK_BUS_H_INCLUDED

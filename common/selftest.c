@@ -13,12 +13,14 @@
 #include "lk_proxy.h"
 #include "lk_tls.h"
 #include "lk_ws.h"
+#include "lk_zmtp.h"
 
 static const lk_selftest_t s_tests[] = {
     {"lk_common", lk_common_test},
     {"lk_config", lk_config_test},
     {"lk_loop", lk_loop_test},
     {"lk_msglog", lk_msglog_test},
+    {"lk_zmtp", lk_zmtp_test},
     {"lk_bus", lk_bus_test},
     {"lk_pbjson", lk_pbjson_test},
     {"lk_mqtt", lk_mqtt_test},
