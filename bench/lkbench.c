@@ -30,6 +30,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -662,12 +663,15 @@ static void s_on_readable(lb_t *self, lb_conn_t *c, int64_t now)
     }
 }
 
-/* one epoll turn, at most timeout_ms */
-static void s_poll(lb_t *self, int timeout_ms)
+/* one epoll turn, at most timeout_ns. The wait has nanosecond precision (epoll_pwait2):
+   a fixed-rate run sleeps until the next message is due instead of spinning, which
+   would take a core from the broker under test. */
+static void s_poll_ns(lb_t *self, int64_t timeout_ns)
 {
     struct epoll_event evs[256];
     s_flush_dirty(self);
-    int n = epoll_wait(self->ep, evs, 256, timeout_ms);
+    struct timespec ts = {.tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL};
+    int n = epoll_pwait2(self->ep, evs, 256, &ts, NULL);
     int64_t now = s_now_ns();
     for (int i = 0; i < n; i++) {
         lb_conn_t *c = evs[i].data.ptr;
@@ -679,6 +683,11 @@ static void s_poll(lb_t *self, int timeout_ms)
             s_flush(self, c);
     }
     s_flush_dirty(self);
+}
+
+static void s_poll(lb_t *self, int timeout_ms)
+{
+    s_poll_ns(self, (int64_t)timeout_ms * 1000000);
 }
 
 static lb_conn_t *s_conn_new(lb_t *self, int role, int idx)
@@ -782,17 +791,17 @@ static int s_run_pubsub(lb_t *self)
                 sent_at_measure += self->pubs[i].sent;
         }
         s_publish_turn(self, now);
-        int timeout = 0;
+        int64_t timeout = 0;
         if (self->rate > 0) {
             int64_t next = self->t_end;
             for (int i = 0; i < self->npubs; i++)
                 if (self->pubs[i].next_due < next)
                     next = self->pubs[i].next_due;
-            timeout = next > now ? (int)((next - now) / 1000000) : 0;
-            if (timeout > 5)
-                timeout = 5;
+            timeout = next > now ? next - now : 0;
+            if (timeout > 5000000)
+                timeout = 5000000;
         }
-        s_poll(self, timeout);
+        s_poll_ns(self, timeout);
         now = s_now_ns();
     }
     int64_t t_stop = now;
@@ -976,6 +985,8 @@ static void s_usage(void)
 
 int main(int argc, char **argv)
 {
+    /* fixed-rate sends are paced by timed waits: 10 µs of slack, not the default 50 */
+    prctl(PR_SET_TIMERSLACK, 10000UL, 0, 0, 0);
     if (argc < 2) {
         s_usage();
         return 2;
