@@ -20,11 +20,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define S_MAX_FRAME ((uint64_t)512 << 20)    /* larger frames end the link */
-#define S_MAX_QUEUE ((size_t)256 << 20)      /* queued bytes per link before sends drop */
+#define S_MAX_FRAME ((uint64_t)512 << 20) /* larger frames end the link */
+#define S_MAX_QUEUE ((size_t)256 << 20)   /* queued bytes per link before sends drop */
 #define S_READ_CHUNK 65536
-#define S_READ_BUDGET (1 << 20)              /* bytes read per wake-up; the rest next turn */
-#define S_KEEP_CAP (1 << 20)                 /* idle buffers larger than this are freed */
+#define S_READ_BUDGET (1 << 20) /* bytes read per wake-up; the rest next turn */
+#define S_KEEP_CAP (1 << 20)    /* idle buffers larger than this are freed */
 #define S_RETRY_MIN_MS 100
 #define S_RETRY_MAX_MS 500
 
@@ -32,21 +32,21 @@ typedef enum { S_GREETING, S_READY, S_OPEN } s_stage_t;
 
 typedef struct s_conn {
     lk_zmtp_t *owner;
-    int fd;               /* -1 while down (dealer) or once closed */
+    int fd; /* -1 while down (dealer) or once closed */
     s_stage_t stage;
     lk_wbuf_t in;
     lk_wbuf_t out;
-    size_t out_off;       /* bytes of out already written */
-    bool want_out;        /* EPOLLOUT registered */
-    bool skip;            /* dropping the rest of a multipart message */
-    bool dead;            /* router: closed, to be freed */
-    char *identity;       /* router: the dealer's, once READY */
+    size_t out_off; /* bytes of out already written */
+    bool want_out;  /* EPOLLOUT registered */
+    bool skip;      /* dropping the rest of a multipart message */
+    bool dead;      /* router: closed, to be freed */
+    char *identity; /* router: the dealer's, once READY */
     struct s_conn *next;
 } s_conn_t;
 
 typedef struct {
     int fd;
-    char *path;           /* NULL for an abstract name */
+    char *path; /* NULL for an abstract name */
     ino_t ino;
 } s_listener_t;
 
@@ -59,12 +59,12 @@ struct _lk_zmtp_t {
     s_listener_t *listeners;
     int n_listeners;
     s_conn_t *conns;
-    zhashx_t *by_id;      /* identity → READY connection */
+    zhashx_t *by_id; /* identity → READY connection */
     /* dealer */
     char *identity;
     char *peer_name;
     char *endpoint;
-    s_conn_t *link;       /* always there; fd -1 while down */
+    s_conn_t *link; /* always there; fd -1 while down */
     bool connected;
     int retry_ms;
     int retry_timer;
@@ -350,12 +350,13 @@ static bool s_on_ready(s_conn_t *c, const lk_zmtp_frame_t *f)
     if (!(f->flags & LK_ZMTP_COMMAND) ||
         lk_zmtp_ready_parse(f->body, (size_t)f->size, type, sizeof(type), id, sizeof(id),
                             &id_len) != 0) {
-        lk_warn("zmtp: %s: no valid READY from the peer", self->is_router ? "router" : self->peer_name);
+        lk_warn("zmtp: %s: no valid READY from the peer",
+                self->is_router ? "router" : self->peer_name);
         return false;
     }
     if (!s_type_ok(self, type)) {
-        lk_warn("zmtp: a %s socket cannot talk to a %s socket", self->is_router ? "ROUTER" : "DEALER",
-                type);
+        lk_warn("zmtp: a %s socket cannot talk to a %s socket",
+                self->is_router ? "ROUTER" : "DEALER", type);
         return false;
     }
     if (!self->is_router) {
@@ -402,7 +403,10 @@ static void s_conn_parse(s_conn_t *c)
         lk_zmtp_frame_t f;
         int64_t r = lk_zmtp_frame_parse(p, avail, S_MAX_FRAME, &f);
         if (r < 0) {
-            lk_warn("zmtp: %s: %s frame, link closed", c->identity ? c->identity : self->peer_name ? self->peer_name : "peer",
+            lk_warn("zmtp: %s: %s frame, link closed",
+                    c->identity       ? c->identity
+                    : self->peer_name ? self->peer_name
+                                      : "peer",
                     r == -1 ? "malformed" : "oversized");
             s_conn_close(c, "bad frame");
             return;
@@ -428,7 +432,10 @@ static void s_conn_parse(s_conn_t *c)
         if (f.flags & LK_ZMTP_COMMAND) {
             if (f.size >= 5 && memcmp(f.body, "\x04PING", 5) == 0)
                 s_send_pong(c, &f);
-            else if (f.size >= 6 && memcmp(f.body, "\x05" "ERROR", 6) == 0) {
+            else if (f.size >= 6 && memcmp(f.body,
+                                           "\x05"
+                                           "ERROR",
+                                           6) == 0) {
                 lk_warn("zmtp: the peer reported an error, link closed");
                 s_conn_close(c, "ERROR command");
                 return;
@@ -438,8 +445,8 @@ static void s_conn_parse(s_conn_t *c)
         bool first = !c->skip;
         c->skip = (f.flags & LK_ZMTP_MORE) != 0;
         if (first)
-            self->fn(self, self->is_router ? c->identity : self->peer_name, f.body,
-                     (size_t)f.size, self->arg);
+            self->fn(self, self->is_router ? c->identity : self->peer_name, f.body, (size_t)f.size,
+                     self->arg);
     }
     if (c->fd < 0)
         return;
@@ -736,11 +743,10 @@ typedef struct {
     size_t bytes;
     char last_from[64];
     char last[64];
-    lk_zmtp_t *echo;       /* echoes what it gets back to the sender */
+    lk_zmtp_t *echo; /* echoes what it gets back to the sender */
 } s_zt_t;
 
-static void s_zt_msg(lk_zmtp_t *z, const char *identity, const uint8_t *data, size_t len,
-                     void *arg)
+static void s_zt_msg(lk_zmtp_t *z, const char *identity, const uint8_t *data, size_t len, void *arg)
 {
     s_zt_t *t = arg;
     t->got++;

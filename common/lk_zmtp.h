@@ -31,8 +31,8 @@ typedef struct _lk_zmtp_t lk_zmtp_t;
 /* one message from the peer with this identity (a dealer sees its server's name as given
    to lk_zmtp_dealer_new); data is valid during the call only. The callback must not
    destroy the lk_zmtp_t. */
-typedef void(lk_zmtp_msg_fn)(lk_zmtp_t *z, const char *identity, const uint8_t *data,
-                             size_t len, void *arg);
+typedef void(lk_zmtp_msg_fn)(lk_zmtp_t *z, const char *identity, const uint8_t *data, size_t len,
+                             void *arg);
 
 lk_zmtp_t *lk_zmtp_router_new(lk_loop_t *loop, lk_zmtp_msg_fn *fn, void *arg);
 /* identity: what this dealer tells the router (our node id); peer_name: what fn is told */
