@@ -25,6 +25,7 @@ int main(int argc, char **argv)
         lk_config_destroy(&config);
         return LK_EXIT_CONFIG;
     }
+    lk_sched_slice(lk_config_get_int(config, "sched_slice_us", 100));
     lk_loop_t *loop = lk_loop_new();
     hw_server_t *server = hw_server_new(loop, config, args.node, args.ready_fd);
     if (!server) {

@@ -15,6 +15,7 @@ int main(int argc, char **argv)
         return LK_EXIT_CONFIG;
     if (lk_log_set_level_name(lk_config_get(config, "log_level", "notice")) != 0)
         lk_warn("unknown log_level '%s'", lk_config_get(config, "log_level", ""));
+    lk_sched_slice(lk_config_get_int(config, "sched_slice_us", 100));
     lk_loop_t *loop = lk_loop_new();
     fe_server_t *server = fe_server_new(config, loop, args.node);
     if (!server) {
