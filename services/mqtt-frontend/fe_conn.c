@@ -73,10 +73,30 @@ void fe_conn_mark_dirty(fe_conn_t *conn)
     conn->srv->dirty = conn;
 }
 
+void fe_conn_out_prepare(fe_conn_t *conn)
+{
+    fe_server_t *srv = conn->srv;
+    if (!conn->out.data && srv->out_pool_n > 0)
+        conn->out = srv->out_pool[--srv->out_pool_n];
+}
+
+/* an emptied output buffer goes back to the pool (or is freed) */
+static void s_out_release(fe_conn_t *conn)
+{
+    fe_server_t *srv = conn->srv;
+    if (conn->out.data && conn->out.cap <= FE_OUT_POOL_CAP && srv->out_pool_n < FE_OUT_POOL) {
+        conn->out.len = 0;
+        srv->out_pool[srv->out_pool_n++] = conn->out;
+    } else
+        lk_wbuf_free(&conn->out);
+    lk_wbuf_init(&conn->out);
+}
+
 void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt)
 {
     if (conn->state == FE_CLOSED)
         return;
+    fe_conn_out_prepare(conn);
     if (lk_mqtt_encode(&conn->out, conn->version ? conn->version : LK_MQTT_V311, pkt) != 0) {
         lk_warn("client %s: cannot encode %s", conn->client_id ? conn->client_id : conn->peer,
                 lk_mqtt_type_name(pkt->type));
@@ -107,11 +127,8 @@ void fe_conn_flush(fe_conn_t *conn)
     }
     conn->srv->bytes_out += (uint64_t)n;
     lk_wbuf_consume(&conn->out, (size_t)n);
-    if (conn->out.len == 0) {
-        /* an idle connection holds no output buffer either */
-        lk_wbuf_free(&conn->out);
-        lk_wbuf_init(&conn->out);
-    }
+    if (conn->out.len == 0)
+        s_out_release(conn); /* an idle connection holds no output buffer either */
     fe_conn_want_write(conn, conn->out.len > 0);
     if (conn->out.len > FE_OUT_MAX)
         fe_conn_close(conn, LK_RC_QUOTA_EXCEEDED, true, "client does not read its messages");
@@ -459,7 +476,7 @@ void fe_conn_free(fe_conn_t *conn)
     fe_transport_free(conn);
     free(conn->cert_cn);
     free(conn->rbuf);
-    lk_wbuf_free(&conn->out);
+    s_out_release(conn);
     free(conn->client_id);
     free(conn->username);
     free(conn->connect_pw);

@@ -153,6 +153,7 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
         }
         s_topic_alias(conn, &p);
     }
+    fe_conn_out_prepare(conn);
     size_t before = conn->out.len;
     int rc = lk_mqtt_encode(&conn->out, conn->version, &p);
     if (props_decoded) {

@@ -22,6 +22,9 @@
 
 typedef enum { FE_NEW = 0, FE_AUTH, FE_SESSION, FE_ACTIVE, FE_CLOSED } fe_state_t;
 
+#define FE_OUT_POOL 64                   /* spare output buffers kept per process */
+#define FE_OUT_POOL_CAP (64u * 1024)     /* larger ones are freed, not kept */
+
 /* one listening socket and how its connections speak (fe_server.c parses a `listener`
    section; fe_transport.c does the speaking) */
 typedef struct fe_listener {
@@ -203,6 +206,11 @@ struct _fe_server_t {
     fe_conn_t *ackd;        /* connections with store ids / subs for the session store */
     fe_conn_t *graveyard;   /* closed this turn, freed at turn end */
     uint8_t *rbuf;          /* the read buffer every plain connection reads into */
+    /* output buffers of connections that wrote everything, for the next one that has
+       something to send: an idle connection holds none, and none is malloc'ed per
+       message */
+    lk_wbuf_t out_pool[FE_OUT_POOL];
+    int out_pool_n;
     int64_t accept_warned_ms;
     /* back-pressure: past backlog_high unacked bytes towards the router, active
        connections are not read until acks bring it under backlog_low */
@@ -236,6 +244,8 @@ void fe_conn_readable(fe_conn_t *conn);
 void fe_conn_writable(fe_conn_t *conn);
 /* queues the encoded packet; written at turn end */
 void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt);
+/* gives conn an output buffer from the pool when it has none (call before encoding) */
+void fe_conn_out_prepare(fe_conn_t *conn);
 void fe_conn_mark_dirty(fe_conn_t *conn);
 void fe_conn_flush(fe_conn_t *conn);
 /* the epoll events this connection wants now: EPOLLIN unless a limit or back-pressure

@@ -194,8 +194,9 @@ def test_postgres_outage_spools_then_every_event_once_in_order(stack, pg_back_up
     wait_rows(stack, prefix, count, timeout=60)
     lk.wait_until(lambda: spool_bytes(stack) == 0, 30, what="empty spool")
     assert out_of_order(stack, prefix) == 0
-    log = stack.log("history-writer")
-    assert "spooling events to" in log and "spool drained" in log
+    lk.wait_until(lambda: "spooling events to" in stack.log("history-writer")
+                  and "spool drained" in stack.log("history-writer"), 10,
+                  what="the writer's spool log lines")
 
 
 def test_writer_kill_mid_stream_loses_no_acked_event(stack):

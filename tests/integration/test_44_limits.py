@@ -216,9 +216,10 @@ def test_topic_levels_and_length(stack):
             assert r.closed(3.0)
         finally:
             r.close()
-        log = fe.log()
-        assert "PUBLISH to a topic over max_topic_levels refused" in log
-        assert "subscription to a filter over max_topic_levels refused" in log
+        # log lines reach the file through s6-log, maybe a moment after the answer
+        lk.wait_until(lambda: "PUBLISH to a topic over max_topic_levels refused" in fe.log()
+                      and "subscription to a filter over max_topic_levels refused" in fe.log(),
+                      10, what="the frontend's max_topic_levels log lines")
 
 
 def test_auth_failure_back_off(stack):

@@ -96,8 +96,10 @@ def test_acl_change_reaches_connected_client(stack):
     finally:
         r.close()
         watcher.disconnect()
-    log = stack.log("mqtt-frontend-1") + stack.log("mqtt-frontend-2")
-    assert "ACL updated" in log or "re-reading it" in log
+    def logged():
+        log = stack.log("mqtt-frontend-1") + stack.log("mqtt-frontend-2")
+        return "ACL updated" in log or "re-reading it" in log
+    lk.wait_until(logged, 10, what="the frontends' ACL update log line")
 
 
 def test_deleted_user_is_disconnected(stack):
