@@ -670,7 +670,8 @@ static void s_poll_ns(lb_t *self, int64_t timeout_ns)
 {
     struct epoll_event evs[256];
     s_flush_dirty(self);
-    struct timespec ts = {.tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL};
+    struct timespec ts = {.tv_sec = timeout_ns / 1000000000LL,
+                          .tv_nsec = timeout_ns % 1000000000LL};
     int n = epoll_pwait2(self->ep, evs, 256, &ts, NULL);
     int64_t now = s_now_ns();
     for (int i = 0; i < n; i++) {
