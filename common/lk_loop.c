@@ -269,8 +269,8 @@ static bool s_zsock_readable(s_reg_t *r)
 }
 
 /* serves every ZeroMQ socket with input, a bounded number of rounds; true when some
-   socket still has input */
-static bool s_serve_zsocks(lk_loop_t *self)
+   socket still has input. *served: whether any handler ran. */
+static bool s_serve_zsocks(lk_loop_t *self, bool *served)
 {
     bool more = false;
     for (int i = 0; i < self->zsock_count; i++) {
@@ -282,6 +282,7 @@ static bool s_serve_zsocks(lk_loop_t *self)
                 break;
             }
             r->z_fn(self, r->zsock, r->arg);
+            *served = true;
         }
     }
     return more;
@@ -329,10 +330,14 @@ int lk_loop_run(lk_loop_t *self)
 {
     struct epoll_event events[256];
     self->stop = false;
+    bool first = true; /* what was queued before the loop ran goes out now */
     while (!self->stop) {
         self->now = lk_mono_ms();
-        bool more = s_serve_zsocks(self);
-        for (int i = 0; i < self->hook_count; i++)
+        bool served = first;
+        first = false;
+        bool more = s_serve_zsocks(self, &served);
+        /* the hooks ran at the end of the last turn: again only if a socket was served */
+        for (int i = 0; served && i < self->hook_count; i++)
             self->hooks[i].fn(self, self->hooks[i].arg);
         /* the hooks may have sent: sockets can have become readable without a signal */
         for (int i = 0; i < self->zsock_count && !more; i++)
@@ -364,7 +369,7 @@ int lk_loop_run(lk_loop_t *self)
             /* zsocks are served at the top of the turn */
         }
         s_run_timers(self);
-        s_serve_zsocks(self);
+        s_serve_zsocks(self, &served);
         for (int i = 0; i < self->hook_count; i++)
             self->hooks[i].fn(self, self->hooks[i].arg);
         s_free_dead(self);

@@ -8,8 +8,9 @@
     pointer into it. Output is appended to the connection's buffer and written by
     lk_zmtp_flush() (EPOLLOUT only while a write is incomplete).
 
-    Connections closed during a turn are freed by the next lk_zmtp_flush() (or destroy):
-    the callback that caused the close may still be running on the stack. */
+    Connections closed during a turn are freed by the next lk_zmtp_flush() (or destroy)
+    that runs outside the message callback: the connection being parsed may be the one
+    that closed. */
 #include "lk_zmtp.h"
 #include "lk_common.h"
 #include "lk_mqtt.h"
@@ -60,6 +61,7 @@ struct _lk_zmtp_t {
     int n_listeners;
     s_conn_t *conns;
     zhashx_t *by_id; /* identity → READY connection */
+    int dispatching; /* inside the callback: closed connections are not freed yet */
     /* dealer */
     char *identity;
     char *peer_name;
@@ -444,9 +446,12 @@ static void s_conn_parse(s_conn_t *c)
         }
         bool first = !c->skip;
         c->skip = (f.flags & LK_ZMTP_MORE) != 0;
-        if (first)
+        if (first) {
+            self->dispatching++;
             self->fn(self, self->is_router ? c->identity : self->peer_name, f.body, (size_t)f.size,
                      self->arg);
+            self->dispatching--;
+        }
     }
     if (c->fd < 0)
         return;
@@ -727,7 +732,7 @@ void lk_zmtp_flush(lk_zmtp_t *self)
         s_conn_t *c = *pp;
         if (!c->dead && !c->want_out && c->out.len > c->out_off)
             s_conn_write(c);
-        if (c->dead) {
+        if (c->dead && !self->dispatching) {
             *pp = c->next;
             s_conn_free(c);
         } else
