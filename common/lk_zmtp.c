@@ -24,8 +24,9 @@
 #define S_MAX_FRAME ((uint64_t)512 << 20) /* larger frames end the link */
 #define S_MAX_QUEUE ((size_t)256 << 20)   /* queued bytes per link before sends drop */
 #define S_READ_CHUNK 65536
-#define S_READ_BUDGET (1 << 20) /* bytes read per wake-up; the rest next turn */
-#define S_KEEP_CAP (1 << 20)    /* idle buffers larger than this are freed */
+#define S_READ_BUDGET (1 << 20)  /* bytes read per wake-up; the rest next turn */
+#define S_RESERVE_MAX (16 << 20) /* room made ahead for a frame's body */
+#define S_KEEP_CAP (1 << 20)     /* idle buffers larger than this are freed */
 #define S_RETRY_MIN_MS 100
 #define S_RETRY_MAX_MS 500
 
@@ -414,11 +415,13 @@ static void s_conn_parse(s_conn_t *c)
             return;
         }
         if (r == 0) {
-            /* make room for the whole frame at once */
+            /* make room for the whole frame at once, up to S_RESERVE_MAX: a header alone
+               must not make us allocate what its sender never sends */
             if (avail >= 9 || (avail >= 2 && !(p[0] & LK_ZMTP_LONG))) {
                 uint64_t want = (p[0] & LK_ZMTP_LONG) ? 9 + s_get_be64(p + 1) : 2u + p[1];
                 if (want > avail)
-                    lk_wbuf_reserve(&c->in, (size_t)(want - avail));
+                    lk_wbuf_reserve(&c->in, (size_t)(want - avail > S_RESERVE_MAX ? S_RESERVE_MAX
+                                                                                  : want - avail));
             }
             break;
         }
