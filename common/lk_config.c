@@ -16,7 +16,7 @@ struct _lk_config_t {
     s_entry_t *entries;
     int count;
     int cap;
-    char **owned;           /* other strings handed out */
+    char **owned; /* other strings handed out */
     int owned_count;
 };
 
@@ -244,6 +244,28 @@ static int s_each_test(const char *key, const char *value, void *arg)
     return strcmp(key, "stop") == 0 ? 7 : 0;
 }
 
+lk_config_t *lk_config_daemon_start(int argc, char **argv, const char *service,
+                                    const char *default_node, bool strict_level, lk_args_t *args)
+{
+    if (lk_args_parse(argc, argv, service, default_node, args) != 0)
+        return NULL;
+    lk_log_init(service, args->node);
+    lk_config_t *config = lk_config_load(args->config_path);
+    if (!config)
+        return NULL;
+    const char *level = lk_config_get(config, "log_level", "notice");
+    if (lk_log_set_level_name(level) != 0) {
+        if (strict_level) {
+            lk_error("configuration: unknown log_level '%s'", level);
+            lk_config_destroy(&config);
+            return NULL;
+        }
+        lk_warn("unknown log_level '%s'", level);
+    }
+    lk_sched_slice(lk_config_get_int(config, "sched_slice_us", 100));
+    return config;
+}
+
 int lk_config_test(bool verbose)
 {
     setenv("LK_TEST_DIR", "/tmp/x", 1);
@@ -269,8 +291,10 @@ int lk_config_test(bool verbose)
         rc = -1;
     char acc[256] = "";
     if (lk_config_each(c, s_each_test, acc) != 0 ||
-        strncmp(acc, "listener=1883 127.0.0.1;listener=1884;router_endpoint=ipc:///tmp/x/r.ipc;"
-                     "max_inflight_messages=20;", 98) != 0)
+        strncmp(acc,
+                "listener=1883 127.0.0.1;listener=1884;router_endpoint=ipc:///tmp/x/r.ipc;"
+                "max_inflight_messages=20;",
+                98) != 0)
         rc = -1;
     lk_config_set(c, "listener", "2000");
     if (lk_config_count(c, "listener") != 1)

@@ -7,6 +7,7 @@
 #ifndef LK_CONFIG_H_INCLUDED
 #define LK_CONFIG_H_INCLUDED
 
+#include "lk_common.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -35,6 +36,14 @@ typedef int(lk_config_each_fn)(const char *key, const char *value, void *arg);
 int lk_config_each(lk_config_t *self, lk_config_each_fn *fn, void *arg);
 /* sets (replaces) a value, e.g. from a command-line option */
 void lk_config_set(lk_config_t *self, const char *key, const char *value);
+
+/* The start every daemon shares: parses argv (lk_args_parse: -c, -n, -r into *args),
+   names the log after service and node, loads the configuration file, applies log_level
+   and sched_slice_us (lk_sched_slice). Returns the configuration (the caller destroys
+   it), or NULL after a log line: the daemon exits LK_EXIT_CONFIG. strict_level: an
+   unknown log_level is that error; otherwise a warning. */
+lk_config_t *lk_config_daemon_start(int argc, char **argv, const char *service,
+                                    const char *default_node, bool strict_level, lk_args_t *args);
 
 int lk_config_test(bool verbose);
 

@@ -13,19 +13,10 @@
 int main(int argc, char **argv)
 {
     lk_args_t args;
-    if (lk_args_parse(argc, argv, "history-writer", "history-writer", &args) != 0)
-        return LK_EXIT_CONFIG;
-    lk_log_init("history-writer", args.node);
-    lk_config_t *config = lk_config_load(args.config_path);
+    lk_config_t *config =
+        lk_config_daemon_start(argc, argv, "history-writer", "history-writer", true, &args);
     if (!config)
         return LK_EXIT_CONFIG;
-    const char *level = lk_config_get(config, "log_level", "notice");
-    if (lk_log_set_level_name(level) != 0) {
-        lk_error("configuration: unknown log_level '%s'", level);
-        lk_config_destroy(&config);
-        return LK_EXIT_CONFIG;
-    }
-    lk_sched_slice(lk_config_get_int(config, "sched_slice_us", 100));
     lk_loop_t *loop = lk_loop_new();
     hw_server_t *server = hw_server_new(loop, config, args.node, args.ready_fd);
     if (!server) {

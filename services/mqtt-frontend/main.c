@@ -7,15 +7,9 @@
 int main(int argc, char **argv)
 {
     lk_args_t args;
-    if (lk_args_parse(argc, argv, "mqtt-frontend", "fe-1", &args) != 0)
-        return LK_EXIT_CONFIG;
-    lk_log_init("mqtt-frontend", args.node);
-    lk_config_t *config = lk_config_load(args.config_path);
+    lk_config_t *config = lk_config_daemon_start(argc, argv, "mqtt-frontend", "fe-1", false, &args);
     if (!config)
         return LK_EXIT_CONFIG;
-    if (lk_log_set_level_name(lk_config_get(config, "log_level", "notice")) != 0)
-        lk_warn("unknown log_level '%s'", lk_config_get(config, "log_level", ""));
-    lk_sched_slice(lk_config_get_int(config, "sched_slice_us", 100));
     lk_loop_t *loop = lk_loop_new();
     fe_server_t *server = fe_server_new(config, loop, args.node);
     if (!server) {
