@@ -139,6 +139,24 @@ char *lk_file_read_text(const char *path, const char *what, size_t *len_out)
     return buf;
 }
 
+char *lk_str_subst_user(const char *template, const char *user)
+{
+    size_t n = strlen(template) + 1, ulen = strlen(user);
+    for (const char *p = strstr(template, "%u"); p; p = strstr(p + 2, "%u"))
+        n += ulen;
+    char *key = lk_malloc(n), *w = key;
+    for (const char *p = template; *p;) {
+        if (p[0] == '%' && p[1] == 'u') {
+            memcpy(w, user, ulen);
+            w += ulen;
+            p += 2;
+        } else
+            *w++ = *p++;
+    }
+    *w = 0;
+    return key;
+}
+
 void lk_ready_notify(int fd)
 {
     if (fd < 0)
@@ -198,5 +216,9 @@ int lk_common_test(bool verbose)
     int rc =
         (strcmp(s, "abc") == 0 && lk_mono_ms() >= a && lk_wall_ms() > 1600000000000LL) ? 0 : -1;
     free(s);
+    char *k = lk_str_subst_user("mqtt:%u:%u%", "bob");
+    if (strcmp(k, "mqtt:bob:bob%") != 0)
+        rc = -1;
+    free(k);
     return rc;
 }

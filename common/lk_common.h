@@ -44,6 +44,10 @@ int lk_args_parse(int argc, char **argv, const char *service, const char *defaul
    read or holds a NUL byte, which no text format of ours allows. */
 char *lk_file_read_text(const char *path, const char *what, size_t *len);
 
+/* template with every "%u" replaced by user (Redis key templates of the auth backends);
+   caller frees */
+char *lk_str_subst_user(const char *template, const char *user);
+
 /* s6 readiness: writes a newline to fd and closes it (no-op when fd < 0) */
 void lk_ready_notify(int fd);
 

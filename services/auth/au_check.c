@@ -171,25 +171,6 @@ bool au_check_uses_redis(au_check_t *self)
     return s_has_backend(self, S_BACKEND_REDIS) || s_has_backend(self, S_BACKEND_EMQX);
 }
 
-/* template with every %u replaced by user (a Redis key: any bytes are fine) */
-static char *s_key(const char *template, const char *user)
-{
-    size_t n = strlen(template) + 1, ulen = strlen(user);
-    for (const char *p = strstr(template, "%u"); p; p = strstr(p + 2, "%u"))
-        n += ulen;
-    char *key = lk_malloc(n), *w = key;
-    for (const char *p = template; *p;) {
-        if (p[0] == '%' && p[1] == 'u') {
-            memcpy(w, user, ulen);
-            w += ulen;
-            p += 2;
-        } else
-            *w++ = *p++;
-    }
-    *w = 0;
-    return key;
-}
-
 int au_check_ping(au_check_t *self)
 {
     lk_redis_reply_t *r = lk_redis_cmd(self->redis, "PING");
@@ -239,7 +220,7 @@ static s_auth_t s_verify(au_check_t *self, const char *user, const char *stored,
    still reads `password` (4.x) when that is missing. NULL when Redis fails. */
 static lk_redis_reply_t *s_redis_user(au_check_t *self, s_backend_t b, const char *user)
 {
-    char *key = s_key(b == S_BACKEND_EMQX ? self->emqx_user_key : self->user_key, user);
+    char *key = lk_str_subst_user(b == S_BACKEND_EMQX ? self->emqx_user_key : self->user_key, user);
     const char *argv[6] = {"HMGET", key, "password", "salt", "is_superuser", "password_hash"};
     size_t lens[6];
     for (int i = 0; i < 6; i++)
@@ -347,7 +328,7 @@ static char *s_emqx_placeholders(const char *f)
 static int s_redis_acl(au_check_t *self, s_backend_t b, const char *user, const char *client,
                        lk_acl_list_t *acl)
 {
-    char *key = s_key(b == S_BACKEND_EMQX ? self->emqx_acl_key : self->acl_key, user);
+    char *key = lk_str_subst_user(b == S_BACKEND_EMQX ? self->emqx_acl_key : self->acl_key, user);
     const char *argv[2] = {"HGETALL", key};
     size_t lens[2] = {7, strlen(key)};
     lk_redis_reply_t *r = lk_redis_cmdv(self->redis, 2, argv, lens);
@@ -453,8 +434,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
            credential (no password); superuser and ACLs are that user's. */
         bool by_cert = req->cert_cn && *req->cert_cn && strcmp(req->cert_cn, user) == 0 &&
                        !req->has_password && req->password.len == 0;
-        s_auth_t rc =
-            s_authenticate(self, user, req, req->acl_only || by_cert, &superuser, &via);
+        s_auth_t rc = s_authenticate(self, user, req, req->acl_only || by_cert, &superuser, &via);
         if (by_cert && rc == S_AUTH_BAD) {
             /* known to no backend: its ACL from the first Redis layout configured, if any */
             rc = S_AUTH_OK;
@@ -837,10 +817,13 @@ int au_check_test(au_tally_t *t, int redis_port)
     }
 
     /* configuration errors */
-    const char *bad[] = {
-        "auth_backends bogus\n",       "auth_backends file\n", "password_file /nonexistent/pw\n",
-        "acl_file /nonexistent/acl\n", "acl_nomatch maybe\n",  "redis_port 70000\n",
-        "auth_backends emqx\nemqx_password_hash sha3\n"};
+    const char *bad[] = {"auth_backends bogus\n",
+                         "auth_backends file\n",
+                         "password_file /nonexistent/pw\n",
+                         "acl_file /nonexistent/acl\n",
+                         "acl_nomatch maybe\n",
+                         "redis_port 70000\n",
+                         "auth_backends emqx\nemqx_password_hash sha3\n"};
     for (size_t i = 0; i < LK_ARRAY_LEN(bad); i++) {
         cfg = lk_config_parse(bad[i], "test");
         c = au_check_new(cfg);

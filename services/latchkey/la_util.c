@@ -230,35 +230,18 @@ bool la_emqx_layout(la_ctx_t *ctx)
     return e && (!r || e < r);
 }
 
-/* template with every %u replaced by user */
-static char *s_key(const char *template, const char *user)
-{
-    size_t n = strlen(template) + 1, ulen = strlen(user);
-    for (const char *p = strstr(template, "%u"); p; p = strstr(p + 2, "%u"))
-        n += ulen;
-    char *key = lk_malloc(n), *w = key;
-    for (const char *p = template; *p;) {
-        if (p[0] == '%' && p[1] == 'u') {
-            memcpy(w, user, ulen);
-            w += ulen;
-            p += 2;
-        } else
-            *w++ = *p++;
-    }
-    *w = 0;
-    return key;
-}
-
 char *la_user_key(la_ctx_t *ctx, const char *user)
 {
     return la_emqx_layout(ctx)
-               ? s_key(lk_config_get(ctx->config, "emqx_user_key", "mqtt:%u"), user)
-               : s_key(lk_config_get(ctx->config, "redis_user_key", "mqtt_user:%u"), user);
+               ? lk_str_subst_user(lk_config_get(ctx->config, "emqx_user_key", "mqtt:%u"), user)
+               : lk_str_subst_user(lk_config_get(ctx->config, "redis_user_key", "mqtt_user:%u"),
+                                   user);
 }
 
 char *la_acl_key(la_ctx_t *ctx, const char *user)
 {
-    return s_key(lk_config_get(ctx->config, la_emqx_layout(ctx) ? "emqx_acl_key" : "redis_acl_key",
-                               "mqtt_acl:%u"),
-                 user);
+    return lk_str_subst_user(lk_config_get(ctx->config,
+                                           la_emqx_layout(ctx) ? "emqx_acl_key" : "redis_acl_key",
+                                           "mqtt_acl:%u"),
+                             user);
 }
