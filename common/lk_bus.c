@@ -18,7 +18,7 @@
 #include <czmq.h>
 #include <errno.h>
 
-#define S_BATCH_KINDS 5
+#define S_BATCH_KINDS 6
 #define S_BATCH_MAX (256 * 1024)
 #define S_ARENA_CHUNK (64 * 1024)
 
@@ -75,6 +75,7 @@ struct _lk_peer_t {
     lk_bus_t *bus;
     char *name;
     char *kind;
+    char *endpoint; /* where it serves other nodes, from its Hello ("" when it says none) */
     uint64_t epoch;
     bool known; /* epoch learnt */
     bool alive;
@@ -102,6 +103,7 @@ struct _lk_bus_t {
     lk_loop_t *loop;
     char *node;
     char *kind;
+    char *advert; /* our endpoint in Hello, or NULL */
     uint64_t epoch;
     lk_bus_handlers_t h;
     void *arg;
@@ -126,7 +128,7 @@ struct _lk_bus_t {
 };
 
 static const int s_body_field[S_BATCH_KINDS] = {LK_BODY_PUBLISH, LK_BODY_DELIVER, LK_BODY_STORE,
-                                                LK_BODY_RETAIN, LK_BODY_HISTORY};
+                                                LK_BODY_RETAIN,  LK_BODY_HISTORY, LK_BODY_ROUTE};
 
 /* --- small sorted sets of sequence numbers --------------------------------------- */
 
@@ -188,6 +190,7 @@ static void s_peer_destroy(void **item)
     lk_zmtp_destroy(&p->zdealer);
     free(p->name);
     free(p->kind);
+    free(p->endpoint);
     free(p);
     *item = NULL;
 }
@@ -198,6 +201,7 @@ static lk_peer_t *s_peer_new(lk_bus_t *self, const char *name)
     p->bus = self;
     p->name = lk_strdup(name);
     p->kind = lk_strdup("");
+    p->endpoint = lk_strdup("");
     for (int i = 0; i < S_BATCH_KINDS; i++)
         lk_wbuf_init(&p->batches[i].items);
     zhashx_insert(self->peers, name, p);
@@ -212,6 +216,17 @@ const char *lk_peer_name(lk_peer_t *peer)
 const char *lk_peer_kind(lk_peer_t *peer)
 {
     return peer->kind;
+}
+
+const char *lk_peer_endpoint(lk_peer_t *peer)
+{
+    return peer->endpoint;
+}
+
+void lk_bus_advertise(lk_bus_t *self, const char *endpoint)
+{
+    free(self->advert);
+    self->advert = endpoint && *endpoint ? lk_strdup(endpoint) : NULL;
 }
 
 uint64_t lk_peer_epoch(lk_peer_t *peer)
@@ -524,6 +539,8 @@ static void s_send_hello(lk_bus_t *self, lk_peer_t *peer, bool reply)
     hello.epoch = self->epoch;
     hello.kind = self->kind;
     hello.reply = reply;
+    if (self->advert)
+        hello.endpoint = self->advert;
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_HELLO;
     env.hello = &hello;
@@ -599,6 +616,11 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
         strcmp(peer->kind, env->hello->kind) != 0) {
         free(peer->kind);
         peer->kind = lk_strdup(env->hello->kind);
+    }
+    if (env->body_case == LK__ENVELOPE__BODY_HELLO && env->hello->endpoint &&
+        strcmp(peer->endpoint, env->hello->endpoint) != 0) {
+        free(peer->endpoint);
+        peer->endpoint = lk_strdup(env->hello->endpoint);
     }
     bool up = false, restarted = false;
     if (env->epoch && (!peer->known || env->epoch != peer->epoch)) {
@@ -793,6 +815,7 @@ void lk_bus_destroy(lk_bus_t **self_p)
     lk_msglog_close(&self->own_msglog);
     free(self->node);
     free(self->kind);
+    free(self->advert);
     free(self);
     *self_p = NULL;
 }
@@ -1022,6 +1045,24 @@ int lk_bus_enable_msglog(lk_bus_t *self, const char *dir)
     self->msglog = log;
     lk_notice("recording every received envelope in %s", dir);
     return 0;
+}
+
+bool lk_bus_msglog_on(lk_bus_t *self)
+{
+    return self->msglog != NULL;
+}
+
+void lk_bus_msglog_note(lk_bus_t *self, const char *identity, Lk__Envelope *env)
+{
+    if (!self->msglog)
+        return;
+    env->from = self->node;
+    env->epoch = self->epoch;
+    size_t n = lk__envelope__get_packed_size(env);
+    uint8_t *buf = lk_malloc(n ? n : 1);
+    lk__envelope__pack(env, buf);
+    lk_msglog_append(self->msglog, identity, buf, n);
+    free(buf);
 }
 
 /* --- selftest: a server and a client node in one loop over ipc -------------------- */

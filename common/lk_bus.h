@@ -92,6 +92,10 @@ void lk_bus_each_peer(lk_bus_t *self, void (*fn)(lk_peer_t *peer, void *arg), vo
 
 const char *lk_peer_name(lk_peer_t *peer);
 const char *lk_peer_kind(lk_peer_t *peer);
+/* the endpoint the peer's Hello advertises ("" when none) */
+const char *lk_peer_endpoint(lk_peer_t *peer);
+/* endpoint to advertise in our Hello (NULL or "": none) */
+void lk_bus_advertise(lk_bus_t *self, const char *endpoint);
 uint64_t lk_peer_epoch(lk_peer_t *peer);
 /* heard from within dead_ms (for a server we connect to: its Hello answers) */
 bool lk_peer_alive(lk_peer_t *peer);
@@ -116,9 +120,10 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
 #define LK_BODY_STORE 17
 #define LK_BODY_RETAIN 18
 #define LK_BODY_HISTORY 40
+#define LK_BODY_ROUTE 44
 
 /* Packs item into the pending batch of `body` (one of LK_BODY_*) for peer; item is
-   a Lk__Publish, Lk__Deliver, Lk__StoreItem, Lk__Msg (RETAIN) or Lk__HistoryEvent
+   a Lk__Publish, Lk__Deliver, Lk__StoreItem, Lk__Msg (RETAIN), Lk__HistoryEvent or Lk__Route
    matching the body.
    The batch goes out as one envelope at turn end, reliable if any item was. Returns the
    seq the batch will carry when reliable (so the caller can wait for its ack), else 0. */
@@ -141,6 +146,11 @@ void lk_bus_set_msglog(lk_bus_t *self, lk_msglog_t *log);
 /* records into segment files under dir (msglog_dir); no-op for an empty dir; -1 when the
    folder cannot be written */
 int lk_bus_enable_msglog(lk_bus_t *self, const char *dir);
+
+/* whether a message log records; and records env as if received from `identity` (for
+   work a node does without an envelope, e.g. a frontend's cached QoS 0 routes) */
+bool lk_bus_msglog_on(lk_bus_t *self);
+void lk_bus_msglog_note(lk_bus_t *self, const char *identity, Lk__Envelope *env);
 
 /* Feeds one received frame as if it came from a peer; for replay and fuzzing. */
 void lk_bus_inject(lk_bus_t *self, const char *from_identity, const uint8_t *data, size_t len);

@@ -141,20 +141,26 @@ char *lk_file_read_text(const char *path, const char *what, size_t *len_out)
 
 char *lk_str_subst_user(const char *template, const char *user)
 {
-    size_t n = strlen(template) + 1, ulen = strlen(user);
-    for (const char *p = strstr(template, "%u"); p; p = strstr(p + 2, "%u"))
+    return lk_str_subst(template, 'u', user);
+}
+
+char *lk_str_subst(const char *template, char key, const char *value)
+{
+    const char pat[3] = {'%', key, 0};
+    size_t n = strlen(template) + 1, ulen = strlen(value);
+    for (const char *p = strstr(template, pat); p; p = strstr(p + 2, pat))
         n += ulen;
-    char *key = lk_malloc(n), *w = key;
+    char *out = lk_malloc(n), *w = out;
     for (const char *p = template; *p;) {
-        if (p[0] == '%' && p[1] == 'u') {
-            memcpy(w, user, ulen);
+        if (p[0] == '%' && p[1] == key) {
+            memcpy(w, value, ulen);
             w += ulen;
             p += 2;
         } else
             *w++ = *p++;
     }
     *w = 0;
-    return key;
+    return out;
 }
 
 void lk_ready_notify(int fd)
@@ -218,6 +224,10 @@ int lk_common_test(bool verbose)
     free(s);
     char *k = lk_str_subst_user("mqtt:%u:%u%", "bob");
     if (strcmp(k, "mqtt:bob:bob%") != 0)
+        rc = -1;
+    free(k);
+    k = lk_str_subst("ipc:///run/%n.ipc", 'n', "fe-2");
+    if (strcmp(k, "ipc:///run/fe-2.ipc") != 0)
         rc = -1;
     free(k);
     return rc;

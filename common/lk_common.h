@@ -47,6 +47,8 @@ char *lk_file_read_text(const char *path, const char *what, size_t *len);
 /* template with every "%u" replaced by user (Redis key templates of the auth backends);
    caller frees */
 char *lk_str_subst_user(const char *template, const char *user);
+/* template with every "%<key>" replaced by value; malloc'ed */
+char *lk_str_subst(const char *template, char key, const char *value);
 
 /* s6 readiness: writes a newline to fd and closes it (no-op when fd < 0) */
 void lk_ready_notify(int fd);

@@ -135,6 +135,10 @@ static int s_replay(lk_config_t *config, int argc, char **argv)
                 if (wait > 0)
                     s_spin(loop, (int)wait);
             }
+            /* a frontend's "route it for me" (direct QoS 0): the router is to deliver it */
+            if (env->body_case == LK__ENVELOPE__BODY_PUBLISH)
+                for (size_t k = 0; k < env->publish->n_items; k++)
+                    env->publish->items[k]->resolve = false;
             /* unacknowledged: the replayed target need not answer to us */
             lk_bus_send(bus, peer, env, false);
             lk__envelope__free_unpacked(env, NULL);

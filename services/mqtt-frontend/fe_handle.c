@@ -483,6 +483,10 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     Lk__Msg m = LK__MSG__INIT;
     lk_str_t t = {topic, (uint32_t)strlen(topic)};
     s_msg_fill(conn, &m, t, p->payload, p->qos, p->retain, &pkt->props);
+    if (fe_route_publish(srv, &m, false)) {
+        free(topic);
+        return 0;
+    }
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = &m;
     uint64_t seq = lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, p->qos > 0);

@@ -232,6 +232,13 @@ struct _fe_server_t {
     uint32_t persistent_expiration;
     int connect_timeout_ms;
     int request_timeout_ms;
+    /* direct QoS 0 routing (fe_route.c) */
+    bool direct;            /* frontend_endpoint set: ask the router for routes */
+    zhashx_t *routes;       /* topic -> route */
+    zhashx_t *links;        /* node -> our link to another frontend */
+    uint64_t route_gen;
+    size_t route_max, route_targets;
+    uint64_t route_hits;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     lk_wbuf_t scratch;
@@ -289,6 +296,18 @@ void fe_transport_shutdown(fe_server_t *srv);
 int fe_transport_identity(fe_conn_t *conn);
 /* EPOLLOUT wanted or not (EPOLLIN kept as fe_limits has it) */
 void fe_conn_want_write(fe_conn_t *conn, bool want);
+
+/* fe_route.c */
+void fe_route_init(fe_server_t *srv);
+void fe_route_destroy(fe_server_t *srv);
+/* a QoS 0 message from a client: handed to its subscribers from the cache, or sent to the
+   router to be resolved (always when ask: a will, sent while its connection closes).
+   false: not for this path (send it the usual way) */
+bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask);
+void fe_route_batch(fe_server_t *srv, const Lk__RouteBatch *b);
+void fe_route_flush(fe_server_t *srv, const Lk__RouteFlush *f);
+/* the router restarted */
+void fe_route_reset(fe_server_t *srv);
 
 /* fe_handle.c */
 int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt);

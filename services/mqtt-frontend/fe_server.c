@@ -167,8 +167,10 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
 {
     fe_server_t *srv = arg;
     lk_info("peer %s %s", lk_peer_name(peer), restarted ? "restarted" : "up");
-    if (peer == srv->router && restarted)
+    if (peer == srv->router && restarted) {
+        fe_route_reset(srv);
         s_reattach(srv);
+    }
     if (peer == srv->store && restarted)
         s_reopen(srv);
 }
@@ -226,6 +228,14 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
         break;
     case LK__ENVELOPE__BODY_REVOKE:
         s_revoke(srv, env->revoke);
+        break;
+    case LK__ENVELOPE__BODY_ROUTE:
+        if (peer == srv->router)
+            fe_route_batch(srv, env->route);
+        break;
+    case LK__ENVELOPE__BODY_ROUTE_FLUSH:
+        if (peer == srv->router)
+            fe_route_flush(srv, env->route_flush);
         break;
     default:
         lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
@@ -517,10 +527,12 @@ static void s_on_hup(lk_loop_t *loop, void *arg)
 
 void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg)
 {
+    lk_info("client %s: will published on %s", client_id, msg->topic);
+    if (fe_route_publish(srv, msg, true))
+        return; /* QoS 0: the way the client's other messages took */
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = msg;
     lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, msg->qos > 0);
-    lk_info("client %s: will published on %s", client_id, msg->topic);
 }
 
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s)
@@ -769,6 +781,26 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         fe_server_destroy(&srv);
         return NULL;
     }
+    fe_route_init(srv);
+    srv->links = zhashx_new();
+    const char *fep = lk_config_get(config, "frontend_endpoint", "");
+    if (*fep) {
+        /* %n: this node's id, so that one configuration serves every frontend */
+        char *ep = lk_str_subst(fep, 'n', node);
+        if (strncmp(ep, "ipc://", 6) != 0)
+            lk_warn("frontend_endpoint %s: only ipc:// is served; QoS 0 goes through the "
+                    "router",
+                    ep);
+        else if (lk_bus_bind(srv->bus, ep) != 0) {
+            free(ep);
+            fe_server_destroy(&srv);
+            return NULL;
+        } else {
+            lk_bus_advertise(srv->bus, ep);
+            srv->direct = true;
+        }
+        free(ep);
+    }
     srv->router = lk_bus_connect(srv->bus, "router", rep);
     srv->store = lk_bus_connect(srv->bus, "session-store", sep);
     srv->auth = lk_bus_connect(srv->bus, "auth", aep);
@@ -812,6 +844,8 @@ void fe_server_destroy(fe_server_t **self_p)
         free(w);
     }
     lk_bus_destroy(&srv->bus);
+    fe_route_destroy(srv);
+    zhashx_destroy(&srv->links);
     fe_limits_destroy(&srv->limits);
     zhashx_destroy(&srv->by_client);
     lk_wbuf_free(&srv->scratch);

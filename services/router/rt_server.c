@@ -10,7 +10,14 @@
     Acknowledgement of a publish batch (the PUBACK guarantee): a reliable PublishBatch is
     acked only once every durable copy it caused — StoreItems for persistent subscribers,
     retained updates — has been acked by the session store. `jobs` tracks which store
-    batches each publish batch waits for. */
+    batches each publish batch waits for.
+
+    Direct QoS 0 routing (lk.Route): a frontend asks with Publish{resolve}; the router
+    matches and returns the frontend subscribers for the asker to hand the message to
+    itself, and delivers the rest (shared subscriptions, internal clients). A route marked
+    `cache` holds until the routing generation changes (any subscription or client move);
+    the frontends that hold routes get a reliable RouteFlush, and a SUBSCRIBE or
+    UNSUBSCRIBE is acked (so SUBACK / UNSUBACK sent) only once every one of them acked it. */
 #include "rt_server.h"
 #include "lk_bus.h"
 #include "lk_common.h"
@@ -61,6 +68,22 @@ typedef struct s_wait {
     struct s_wait *next;
 } s_wait_t;
 
+/* a frontend that asks for routes (peer data) */
+typedef struct {
+    bool has_routes;        /* handed a cacheable route since its last flush */
+    uint64_t flush_seq;     /* our RouteFlush it has not acked, 0 when none */
+    uint64_t flush_round;   /* the round of that flush */
+} s_cacher_t;
+
+/* an ack held until the route flushes sent before it are acked */
+typedef struct s_defer {
+    lk_peer_t *peer;
+    uint64_t seq;
+    uint64_t peer_epoch;
+    uint64_t round;
+    struct s_defer *next;
+} s_defer_t;
+
 /* a publish envelope kept while warming */
 typedef struct s_held {
     lk_peer_t *peer;
@@ -98,8 +121,20 @@ struct _rt_server_t {
     /* $SYS */
     zhashx_t *stats;        /* node -> s_stats_t */
     int64_t started_ms;
+    /* direct routing */
+    uint64_t route_gen;
+    uint64_t flush_round;
+    s_defer_t *deferred;
+    size_t route_max_targets;
+    bool cur_nl_seen;       /* a No Local subscription matched the current publish */
+    Lk__RouteTarget *rtargets;
+    Lk__RouteTarget **rtarget_ptrs;
+    size_t cap_rtargets;
+    Lk__RouteNode *rnodes;
+    Lk__RouteNode **rnode_ptrs;
+    size_t cap_rnodes;
     /* counters */
-    uint64_t published, delivered, stored, dropped_expired;
+    uint64_t published, delivered, stored, dropped_expired, resolved;
 };
 
 /* --- clients ---------------------------------------------------------------------- */
@@ -181,9 +216,16 @@ static void s_wait_add(rt_server_t *self, uint64_t store_seq, s_job_t *job)
     job->waits++;
 }
 
+static void s_release_deferred(rt_server_t *self);
+
 static void s_store_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     rt_server_t *self = arg;
+    s_cacher_t *k = lk_peer_data(peer);
+    if (k && k->flush_seq == seq) {
+        k->flush_seq = 0;
+        s_release_deferred(self);
+    }
     if (peer != self->store)
         return;
     s_wait_t **pp = &self->waits;
@@ -214,6 +256,8 @@ static void s_on_match(void *client, const rt_sub_opts_t *opts, const char *filt
     rt_server_t *self = arg;
     s_client_t *c = client;
     (void)filter;
+    if (opts->no_local)
+        self->cur_nl_seen = true;
     /* No Local [MQTT-3.8.3-3]: never back to the publisher through this subscription */
     if (opts->no_local && self->cur_origin && strcmp(self->cur_origin, c->id) == 0)
         return;
@@ -264,6 +308,32 @@ static bool s_retain_fits(rt_server_t *self, const Lk__Msg *msg)
            rt_retain_get(self->retain, msg->topic) != NULL;
 }
 
+/* a retained message: kept here; durable: also stored by the session store ($SYS is not) */
+static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
+{
+    if (!durable) {
+        rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+    } else if (msg->payload.len && !s_retain_fits(self, msg)) {
+        /* over max_retained_messages / max_retained_size: delivered, not retained */
+        self->retain_refused++;
+        if (lk_mono_ms() - self->retain_warned_ms > 10000) {
+            lk_warn("retained message on '%s' (%zu bytes) not kept: %" PRIu64
+                    " refused so far (max_retained_messages %" PRIu64 ", max_retained_size %"
+                    PRIu64 ")",
+                    msg->topic, msg->payload.len, self->retain_refused, self->max_retained,
+                    self->max_retained_size);
+            self->retain_warned_ms = lk_mono_ms();
+        }
+    } else {
+        if (msg->payload.len == 0)
+            rt_retain_delete(self->retain, msg->topic);
+        else
+            rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+        uint64_t seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, msg, true);
+        self->cur_retain_seq = seq;
+    }
+}
+
 /* share: deliver only through that shared filter (a handed-back message);
    durable_retain: a retained message is also stored by the session store ($SYS is not) */
 static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
@@ -278,27 +348,8 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
     }
     if (share && *share)
         self->cur_share = share;
-    else if (msg->retain && !durable_retain) {
-        rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
-    } else if (msg->retain && msg->payload.len && !s_retain_fits(self, msg)) {
-        /* over max_retained_messages / max_retained_size: delivered, not retained */
-        self->retain_refused++;
-        if (lk_mono_ms() - self->retain_warned_ms > 10000) {
-            lk_warn("retained message on '%s' (%zu bytes) not kept: %" PRIu64
-                    " refused so far (max_retained_messages %" PRIu64 ", max_retained_size %"
-                    PRIu64 ")",
-                    msg->topic, msg->payload.len, self->retain_refused, self->max_retained,
-                    self->max_retained_size);
-            self->retain_warned_ms = lk_mono_ms();
-        }
-    } else if (msg->retain) {
-        if (msg->payload.len == 0)
-            rt_retain_delete(self->retain, msg->topic);
-        else
-            rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
-        uint64_t seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, msg, true);
-        self->cur_retain_seq = seq;
-    }
+    else if (msg->retain)
+        s_retain_update(self, msg, durable_retain);
     self->match_gen++;
     self->n_targets = 0;
     self->cur_origin = msg->origin_client;
@@ -336,6 +387,240 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
     self->cur_share = NULL;
 }
 
+/* --- direct QoS 0 routing --------------------------------------------------------- */
+
+static s_cacher_t *s_cacher(lk_peer_t *peer)
+{
+    s_cacher_t *k = lk_peer_data(peer);
+    if (!k) {
+        k = lk_calloc(1, sizeof(*k));
+        lk_peer_set_data(peer, k);
+    }
+    return k;
+}
+
+static void s_flush_one(lk_peer_t *peer, void *arg)
+{
+    rt_server_t *self = arg;
+    s_cacher_t *k = lk_peer_data(peer);
+    if (!k || !k->has_routes)
+        return;
+    k->has_routes = false;
+    Lk__RouteFlush f = LK__ROUTE_FLUSH__INIT;
+    f.gen = self->route_gen;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_ROUTE_FLUSH;
+    env.route_flush = &f;
+    int64_t seq = lk_bus_send(self->bus, peer, &env, true);
+    if (seq > 0) {
+        /* a newer flush supersedes: the peer handles them in order */
+        k->flush_seq = (uint64_t)seq;
+        k->flush_round = ++self->flush_round;
+    }
+}
+
+/* the routing changed: every cached route is void from now on */
+static void s_route_changed(rt_server_t *self)
+{
+    self->route_gen++;
+    lk_bus_each_peer(self->bus, s_flush_one, self);
+}
+
+static void s_min_round(lk_peer_t *peer, void *arg)
+{
+    uint64_t *min = arg;
+    s_cacher_t *k = lk_peer_data(peer);
+    if (k && k->flush_seq && k->flush_round < *min)
+        *min = k->flush_round;
+}
+
+/* the lowest round still waiting for an ack, UINT64_MAX when none */
+static uint64_t s_pending_round(rt_server_t *self)
+{
+    uint64_t min = UINT64_MAX;
+    lk_bus_each_peer(self->bus, s_min_round, &min);
+    return min;
+}
+
+/* ack now, or once the flushes sent so far are acked */
+static void s_ack_after_flush(rt_server_t *self, lk_peer_t *peer, uint64_t seq)
+{
+    if (s_pending_round(self) == UINT64_MAX) {
+        lk_bus_ack(self->bus, peer, seq);
+        return;
+    }
+    s_defer_t *d = lk_calloc(1, sizeof(*d));
+    d->peer = peer;
+    d->seq = seq;
+    d->peer_epoch = lk_peer_epoch(peer);
+    d->round = self->flush_round;
+    s_defer_t **pp = &self->deferred;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = d;
+}
+
+static void s_release_deferred(rt_server_t *self)
+{
+    uint64_t min = s_pending_round(self);
+    s_defer_t **pp = &self->deferred;
+    while (*pp) {
+        s_defer_t *d = *pp;
+        if (d->round < min) {
+            *pp = d->next;
+            if (lk_peer_epoch(d->peer) == d->peer_epoch)
+                lk_bus_ack(self->bus, d->peer, d->seq);
+            free(d);
+        } else
+            pp = &d->next;
+    }
+}
+
+/* a peer whose routes are gone with it (restarted) or that is silent: nothing to wait for */
+static void s_cacher_gone(rt_server_t *self, lk_peer_t *peer)
+{
+    s_cacher_t *k = lk_peer_data(peer);
+    if (!k)
+        return;
+    k->has_routes = false;
+    k->flush_seq = 0;
+    s_release_deferred(self);
+}
+
+static void s_any_sub(void *client, const rt_sub_opts_t *opts, const char *filter,
+                      const char *group, void *arg)
+{
+    (void)client, (void)opts, (void)filter, (void)group;
+    *(bool *)arg = true;
+}
+
+static bool s_client_has_subs(rt_server_t *self, s_client_t *c)
+{
+    bool any = false;
+    rt_trie_each_client_sub(self->trie, c, s_any_sub, &any);
+    return any;
+}
+
+/* can the asker hand a message to this node's clients itself? */
+static bool s_direct(lk_peer_t *asker, lk_peer_t *node)
+{
+    return node == asker || *lk_peer_endpoint(node);
+}
+
+static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
+{
+    bool retain = msg->retain;
+    msg->retain = t->retain && retain;  /* Retain As Published */
+    Lk__Deliver d = LK__DELIVER__INIT;
+    d.client = t->client->id;
+    d.msg = msg;
+    d.n_sub_ids = t->n_sub_ids;
+    d.sub_ids = t->sub_ids;
+    d.share = (char *)t->share;
+    lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, false);
+    self->delivered++;
+    msg->retain = retain;
+}
+
+/* Publish{resolve} from asker: answered with a Route, always (the asker counts them) */
+static void s_resolve_one(rt_server_t *self, lk_peer_t *asker, Lk__Msg *msg, const char *share)
+{
+    Lk__Route r = LK__ROUTE__INIT;
+    r.topic = msg->topic ? msg->topic : "";
+    r.gen = self->route_gen;
+    if (msg->qos != 0 || !msg->topic || !*msg->topic || (share && *share)) {
+        s_publish_one(self, msg, share, true); /* not a resolvable message: the usual way */
+        lk_bus_batch_add(self->bus, asker, LK_BODY_ROUTE, &r, false);
+        return;
+    }
+    self->published++;
+    self->resolved++;
+    if (msg->expiry_at_ms && (int64_t)msg->expiry_at_ms <= lk_wall_ms()) {
+        self->dropped_expired++;
+        lk_bus_batch_add(self->bus, asker, LK_BODY_ROUTE, &r, false);
+        return;
+    }
+    if (msg->retain)
+        s_retain_update(self, msg, true);
+    self->match_gen++;
+    self->n_targets = 0;
+    self->cur_origin = msg->origin_client;
+    self->cur_nl_seen = false;
+    rt_trie_match(self->trie, msg->topic, strlen(msg->topic), s_on_match, s_available, self);
+    /* the route holds for any publisher of the asker only without No Local subscriptions */
+    bool cache = !self->cur_nl_seen;
+    size_t nd = 0;
+    for (size_t i = 0; i < self->n_targets; i++) {
+        s_target_t *t = &self->targets[i];
+        if (!t->client->node)
+            continue;   /* offline: QoS 0 is not kept */
+        if (!t->share && s_direct(asker, t->client->node))
+            nd++;
+        else
+            cache = false;
+    }
+    if (nd > self->route_max_targets) {
+        nd = 0;         /* too many to send back per message: deliver them all here */
+        cache = false;
+    }
+    if (nd > self->cap_rtargets) {
+        self->cap_rtargets = nd * 2;
+        self->rtargets = lk_realloc(self->rtargets, self->cap_rtargets * sizeof(*self->rtargets));
+        self->rtarget_ptrs =
+            lk_realloc(self->rtarget_ptrs, self->cap_rtargets * sizeof(*self->rtarget_ptrs));
+    }
+    size_t n = 0, nn = 0;
+    for (size_t i = 0; i < self->n_targets; i++) {
+        s_target_t *t = &self->targets[i];
+        lk_peer_t *node = t->client->node;
+        if (!node)
+            continue;
+        if (!nd || t->share || !s_direct(asker, node)) {
+            s_deliver(self, t, msg);
+            continue;
+        }
+        Lk__RouteTarget *rt = &self->rtargets[n];
+        lk__route_target__init(rt);
+        rt->node = (char *)lk_peer_name(node);
+        rt->client = t->client->id;
+        rt->n_sub_ids = t->n_sub_ids;
+        rt->sub_ids = t->sub_ids;
+        rt->retain = t->retain && msg->retain;
+        self->rtarget_ptrs[n++] = rt;
+        self->delivered++;
+        if (node == asker)
+            continue;
+        size_t k;
+        for (k = 0; k < nn; k++)
+            if (strcmp(self->rnodes[k].node, rt->node) == 0)
+                break;
+        if (k < nn)
+            continue;
+        if (nn == self->cap_rnodes) {
+            self->cap_rnodes = self->cap_rnodes ? self->cap_rnodes * 2 : 8;
+            self->rnodes = lk_realloc(self->rnodes, self->cap_rnodes * sizeof(*self->rnodes));
+            self->rnode_ptrs =
+                lk_realloc(self->rnode_ptrs, self->cap_rnodes * sizeof(*self->rnode_ptrs));
+        }
+        lk__route_node__init(&self->rnodes[nn]);
+        self->rnodes[nn].node = rt->node;
+        self->rnodes[nn].endpoint = (char *)lk_peer_endpoint(node);
+        nn++;
+    }
+    for (size_t k = 0; k < nn; k++)
+        self->rnode_ptrs[k] = &self->rnodes[k];
+    r.cache = cache;
+    r.n_targets = n;
+    r.targets = self->rtarget_ptrs;
+    r.n_nodes = nn;
+    r.nodes = self->rnode_ptrs;
+    if (n)
+        r.msg = msg;
+    lk_bus_batch_add(self->bus, asker, LK_BODY_ROUTE, &r, false);
+    if (cache)
+        s_cacher(asker)->has_routes = true;
+}
+
 static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     self->cur_store_seq = 0;
@@ -343,10 +628,13 @@ static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *en
     for (size_t i = 0; i < env->publish->n_items; i++)
         if (env->publish->items[i]->msg && env->resent)
             env->publish->items[i]->msg->dup = true;   /* a router before us may have sent it */
-    for (size_t i = 0; i < env->publish->n_items; i++)
-        if (env->publish->items[i]->msg)
-            s_publish_one(self, env->publish->items[i]->msg, env->publish->items[i]->share,
-                          true);
+    for (size_t i = 0; i < env->publish->n_items; i++) {
+        Lk__Publish *p = env->publish->items[i];
+        if (p->resolve && p->msg)
+            s_resolve_one(self, peer, p->msg, p->share);
+        else if (p->msg)
+            s_publish_one(self, p->msg, p->share, true);
+    }
     if (!env->seq)
         return;
     if (!self->cur_store_seq && !self->cur_retain_seq) {
@@ -370,6 +658,8 @@ static void s_attach(rt_server_t *self, lk_peer_t *peer, Lk__Attach *a)
     if (!a->client || !*a->client)
         return;
     s_client_t *c = s_client_get(self, a->client);
+    if (a->n_subs || s_client_has_subs(self, c))
+        s_route_changed(self);
     if (a->clean)
         rt_trie_remove_client(self->trie, c);
     c->persistent = a->persistent;
@@ -394,6 +684,8 @@ static void s_detach(rt_server_t *self, lk_peer_t *peer, Lk__Detach *d)
     s_client_t *c = zhashx_lookup(self->clients, d->client ? d->client : "");
     if (!c)
         return;
+    if (s_client_has_subs(self, c))
+        s_route_changed(self);
     if (peer == self->store) {
         /* session expired in the store */
         if (!c->node)
@@ -442,6 +734,7 @@ static void s_subscribe(rt_server_t *self, lk_peer_t *peer, Lk__SubscribeReq *r)
     s_client_t *c = s_client_get(self, r->client);
     if (!c->node)
         c->node = peer;
+    s_route_changed(self);
     for (size_t i = 0; i < r->n_subs; i++) {
         Lk__Subscription *s = r->subs[i];
         rt_sub_opts_t o;
@@ -466,6 +759,7 @@ static void s_unsubscribe(rt_server_t *self, Lk__UnsubscribeReq *r)
     s_client_t *c = zhashx_lookup(self->clients, r->client ? r->client : "");
     if (!c)
         return;
+    s_route_changed(self);
     for (size_t i = 0; i < r->n_filters; i++)
         rt_trie_remove(self->trie, c, r->filters[i]);
 }
@@ -623,10 +917,14 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
         break;
     case LK__ENVELOPE__BODY_SUBSCRIBE:
         s_subscribe(self, peer, env->subscribe);
-        break;
+        if (env->seq)
+            s_ack_after_flush(self, peer, env->seq);
+        return;
     case LK__ENVELOPE__BODY_UNSUBSCRIBE:
         s_unsubscribe(self, env->unsubscribe);
-        break;
+        if (env->seq)
+            s_ack_after_flush(self, peer, env->seq);
+        return;
     case LK__ENVELOPE__BODY_RETAIN:
         s_retain_resync(self, env->retain);
         break;
@@ -661,6 +959,8 @@ static void s_forget_node(rt_server_t *self, lk_peer_t *peer)
     for (s_client_t *c = zhashx_first(self->clients); c; c = zhashx_next(self->clients))
         if (c->node == peer)
             zlistx_add_end(gone, c);
+    if (zlistx_size(gone))
+        s_route_changed(self);
     for (s_client_t *c = zlistx_first(gone); c; c = zlistx_next(gone)) {
         c->node = NULL;
         if (!c->persistent)
@@ -678,7 +978,22 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         /* its clients are gone with its old life; deliveries to them are moot */
         s_forget_node(self, peer);
         lk_peer_drop_unacked(peer);
+        s_cacher_gone(self, peer);
     }
+}
+
+static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+{
+    (void)bus;
+    /* a silent frontend must not hold SUBACKs; its flush is re-sent when it returns */
+    s_cacher_gone((rt_server_t *)arg, peer);
+}
+
+static void s_free_cacher(lk_peer_t *peer, void *arg)
+{
+    (void)arg;
+    free(lk_peer_data(peer));
+    lk_peer_set_data(peer, NULL);
 }
 
 /* --- construction ----------------------------------------------------------------- */
@@ -700,7 +1015,9 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->started_ms = lk_mono_ms();
     self->max_retained = (uint64_t)lk_config_get_int(config, "max_retained_messages", 0);
     self->max_retained_size = (uint64_t)lk_config_get_int(config, "max_retained_size", 0);
-    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
+    self->route_gen = 1;
+    self->route_max_targets = (size_t)lk_config_get_int(config, "route_max_targets", 1024);
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
     if (lk_bus_configure(self->bus, config) != 0) {
         rt_server_destroy(&self);
@@ -737,7 +1054,18 @@ void rt_server_destroy(rt_server_t **self_p)
     rt_server_t *self = *self_p;
     if (!self)
         return;
+    if (self->bus)
+        lk_bus_each_peer(self->bus, s_free_cacher, NULL);
     lk_bus_destroy(&self->bus);
+    while (self->deferred) {
+        s_defer_t *d = self->deferred;
+        self->deferred = d->next;
+        free(d);
+    }
+    free(self->rtargets);
+    free(self->rtarget_ptrs);
+    free(self->rnodes);
+    free(self->rnode_ptrs);
     rt_trie_destroy(&self->trie);
     zhashx_destroy(&self->clients);
     rt_retain_destroy(&self->retain);
