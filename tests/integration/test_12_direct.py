@@ -290,3 +290,27 @@ def test_frontend_log_holds_direct_messages_and_replays(stack):
         assert r.returncode == 0, r.stderr
         again = [m.text for m in sub.messages.drain(1.0, timeout=10)]
         assert [t for t in again if t.startswith("logged-")] == ["logged-%d" % i for i in range(30)]
+
+
+def test_router_restart_while_routes_are_cached(stack):
+    """A cached route keeps QoS 0 flowing between frontends while the router restarts; the
+    new router's generation empties the caches, so a client subscribing afterwards gets
+    what is published after its SUBACK."""
+    topic = "direct/router-restart"
+    with client_on(stack, "drr-pub", "mqtt-frontend-1") as pub, \
+            client_on(stack, "drr-sub", "mqtt-frontend-2") as sub:
+        sub.subscribe(topic, 0)
+        for i in range(10):
+            pub.publish(topic, "a%d" % i)
+        assert [m.text for m in sub.wait_for(10)] == ["a%d" % i for i in range(10)]
+        readies = stack.log("router").count("ready (")
+        stack.kill("router")
+        # the new router holds publishes until its index is rebuilt
+        lk.wait_until(lambda: stack.log("router").count("ready (") > readies, 15,
+                      what="the new router ready")
+        with client_on(stack, "drr-late", "mqtt-frontend-2") as late:
+            late.subscribe(topic, 0)
+            for i in range(10):
+                pub.publish(topic, "b%d" % i)
+            assert [m.text for m in late.wait_for(10)] == ["b%d" % i for i in range(10)]
+            assert [m.text for m in sub.wait_for(10)] == ["b%d" % i for i in range(10)]
