@@ -1255,6 +1255,7 @@ int lk_bus_test(bool verbose)
     lk_bus_t *server = lk_bus_new(loop, "router", "router", &h, &srv);
     lk_bus_t *client = lk_bus_new(loop, "fe-t", "mqtt-frontend", &h, &cli);
     lk_bus_on_acked(client, s_bt_acked);
+    lk_bus_advertise(client, "ipc:///tmp/fe-t.ipc");
     int rc = 0;
     if (lk_bus_bind(server, ep) != 0)
         rc = -1;
@@ -1262,7 +1263,11 @@ int lk_bus_test(bool verbose)
     s_bt_spin(loop, 300);
     if (!lk_peer_alive(rp) || srv.ups != 1 || cli.ups != 1)
         rc = -1;
-    if (strcmp(lk_peer_kind(rp), "router") != 0)
+    if (strcmp(lk_peer_kind(rp), "router") != 0 || strcmp(lk_peer_endpoint(rp), "") != 0)
+        rc = -1;
+    /* the client's Hello carries its endpoint (direct QoS 0 routing between frontends) */
+    lk_peer_t *fe = lk_bus_peer(server, "fe-t");
+    if (!fe || strcmp(lk_peer_endpoint(fe), "ipc:///tmp/fe-t.ipc") != 0)
         rc = -1;
 
     /* one turn's items leave as one batch; reliable → acked and forgotten */

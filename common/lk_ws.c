@@ -46,6 +46,8 @@ static bool s_has_token(const char *list, const char *token)
 int lk_ws_request_parse(const uint8_t *buf, size_t len, lk_ws_request_t *req)
 {
     static const char get[] = "GET ";
+    /* first: lk_ws_refusal() reads req after any outcome */
+    memset(req, 0, sizeof(*req));
     size_t n = len < 4 ? len : 4;
     if (memcmp(buf, get, n) != 0)
         return -1;
@@ -60,7 +62,6 @@ int lk_ws_request_parse(const uint8_t *buf, size_t len, lk_ws_request_t *req)
         return len >= LK_WS_REQUEST_MAX ? -2 : 0;
     if (memchr(buf, 0, end))
         return -1;
-    memset(req, 0, sizeof(*req));
     char head[LK_WS_REQUEST_MAX + 1];
     memcpy(head, buf, end);
     head[end] = 0;
@@ -420,6 +421,16 @@ int lk_ws_test(bool verbose)
     char acc[29];
     lk_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", acc);
     S_EXPECT(strcmp(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0);
+
+    /* refused before the head is read: req is still defined for lk_ws_refusal (fuzz_ws) */
+    {
+        lk_ws_request_t junk;
+        memset(&junk, 0x5b, sizeof(junk));
+        const char *post = "POST / HTTP/1.1\r\n\r\n";
+        int r = lk_ws_request_parse((const uint8_t *)post, strlen(post), &junk);
+        S_EXPECT(r == -1 && !junk.bad_version);
+        S_EXPECT(strncmp(lk_ws_refusal(r, &junk), "HTTP/1.1 400", 12) == 0);
+    }
 
     const char *req = "GET /mqtt HTTP/1.1\r\n"
                       "Host: 127.0.0.1:8080\r\n"
