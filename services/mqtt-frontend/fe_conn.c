@@ -474,6 +474,7 @@ void fe_conn_free(fe_conn_t *conn)
         conn->srv->by_fd[conn->fd] = NULL;
     }
     fe_transport_free(conn);
+    free(conn->opened);
     free(conn->cert_cn);
     free(conn->rbuf);
     s_out_release(conn);

@@ -239,7 +239,13 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_ATTACH;
     env.attach = &a;
-    lk_bus_send(srv->bus, srv->router, &env, true);
+    int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
+    /* a router known dead is not waited for: connecting must not depend on it */
+    if (seq > 0 && lk_peer_alive(srv->router)) {
+        fe_wait_item_t it = {FE_WAIT_ATTACH, conn->fd, conn->id, 0, NULL, 0};
+        fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
+        conn->attach_wait = true;
+    }
     conn->state = FE_SESSION;
     conn->req_first_ms = lk_loop_now(srv->loop);
     fe_session_open_send(conn);
@@ -293,6 +299,14 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
     fe_conn_t *conn = s_conn_of_req(srv, r->req);
     if (!conn || (conn->state != FE_SESSION && conn->state != FE_ACTIVE))
         return;
+    if (conn->state == FE_SESSION && conn->attach_wait) {
+        /* kept until the router acks the Attach (fe_attach_acked) */
+        free(conn->opened);
+        conn->opened_len = lk__session_opened__get_packed_size(r);
+        conn->opened = lk_malloc(conn->opened_len ? conn->opened_len : 1);
+        lk__session_opened__pack(r, conn->opened);
+        return;
+    }
     if (conn->state == FE_ACTIVE) {
         /* a re-open after the session store restarted: only what we do not have yet */
         conn->reopening = false;
@@ -375,6 +389,20 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
 }
 
 /* --- PUBLISH and its acks --------------------------------------------------------- */
+
+void fe_attach_acked(fe_conn_t *conn)
+{
+    conn->attach_wait = false;
+    if (conn->state != FE_SESSION || !conn->opened)
+        return;
+    Lk__SessionOpened *r = lk__session_opened__unpack(NULL, conn->opened_len, conn->opened);
+    free(conn->opened);
+    conn->opened = NULL;
+    if (r) {
+        fe_handle_session_opened(conn->srv, r);
+        lk__session_opened__free_unpacked(r, NULL);
+    }
+}
 
 static bool s_qos2_in_has(fe_conn_t *conn, uint16_t pid)
 {

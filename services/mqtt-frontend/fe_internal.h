@@ -162,11 +162,22 @@ typedef struct fe_conn {
     struct fe_conn *next_dead;
     struct fe_conn *next_ackd;
     bool on_ack_list;
+    /* CONNACK waits for the router's Attach ack too: routes cached on other frontends
+       are flushed by then, so QoS 0 published after CONNACK finds this connection */
+    bool attach_wait;
+    uint8_t *opened;        /* the SessionOpened that came first (packed) */
+    size_t opened_len;
     fe_limits_conn_t lim;   /* fe_limits: buckets, pause, address */
 } fe_conn_t;
 
 /* work waiting for one reliable bus envelope to be acked */
-typedef enum { FE_WAIT_PUBACK, FE_WAIT_PUBREC, FE_WAIT_SUBACK, FE_WAIT_UNSUBACK } fe_wait_kind_t;
+typedef enum {
+    FE_WAIT_PUBACK,
+    FE_WAIT_PUBREC,
+    FE_WAIT_SUBACK,
+    FE_WAIT_UNSUBACK,
+    FE_WAIT_ATTACH
+} fe_wait_kind_t;
 
 typedef struct {
     fe_wait_kind_t kind;
@@ -313,6 +324,8 @@ void fe_route_reset(fe_server_t *srv);
 int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt);
 void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r);
 void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r);
+/* the router acked the connection's Attach: CONNACK if the session store answered */
+void fe_attach_acked(fe_conn_t *conn);
 void fe_session_open_send(fe_conn_t *conn);
 /* the request id of a connection's auth/session requests: its fd and id, so a reply
    finds it again (or nothing, once it closed) */

@@ -47,7 +47,9 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
     for (size_t i = 0; i < w->n; i++) {
         fe_wait_item_t *it = &w->items[i];
         fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
-        if (conn && conn->state == FE_ACTIVE) {
+        if (conn && it->kind == FE_WAIT_ATTACH)
+            fe_attach_acked(conn);
+        else if (conn && conn->state == FE_ACTIVE) {
             lk_mqtt_packet_t p = {0};
             switch (it->kind) {
             case FE_WAIT_PUBACK:
@@ -57,6 +59,8 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
                 p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
                 p.u.ack.packet_id = it->pid;
                 fe_conn_send(conn, &p);
+                break;
+            case FE_WAIT_ATTACH:
                 break;
             case FE_WAIT_SUBACK:
             case FE_WAIT_UNSUBACK:
@@ -634,8 +638,9 @@ static void s_cron(lk_loop_t *loop, void *arg)
             if (now - c->req_first_ms > srv->request_timeout_ms) {
                 fe_conn_refuse(c, LK_RC_SERVER_UNAVAILABLE,
                                c->state == FE_AUTH ? "auth did not answer"
+                               : c->opened         ? "router did not ack the attach"
                                                    : "session store did not answer");
-            } else if (now - c->req_sent_ms > 1000) {
+            } else if (now - c->req_sent_ms > 1000 && !c->opened) {
                 /* the reply may have been lost with a restarting service: ask again */
                 if (c->state == FE_AUTH)
                     fe_auth_request_send(c);

@@ -911,7 +911,10 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
         return;     /* acked by s_publish_batch or when the store acks */
     case LK__ENVELOPE__BODY_ATTACH:
         s_attach(self, peer, env->attach);
-        break;
+        /* the frontend sends CONNACK on this ack: after the flush, no stale route */
+        if (env->seq)
+            s_ack_after_flush(self, peer, env->seq);
+        return;
     case LK__ENVELOPE__BODY_DETACH:
         s_detach(self, peer, env->detach);
         break;
