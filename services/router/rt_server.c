@@ -134,7 +134,7 @@ struct _rt_server_t {
     Lk__RouteNode **rnode_ptrs;
     size_t cap_rnodes;
     /* counters */
-    uint64_t published, delivered, stored, dropped_expired, resolved;
+    uint64_t published, delivered, stored, dropped_expired;
 };
 
 /* --- clients ---------------------------------------------------------------------- */
@@ -534,7 +534,6 @@ static void s_resolve_one(rt_server_t *self, lk_peer_t *asker, Lk__Msg *msg, con
         return;
     }
     self->published++;
-    self->resolved++;
     if (msg->expiry_at_ms && (int64_t)msg->expiry_at_ms <= lk_wall_ms()) {
         self->dropped_expired++;
         lk_bus_batch_add(self->bus, asker, LK_BODY_ROUTE, &r, false);
