@@ -248,8 +248,7 @@ struct _fe_server_t {
     zhashx_t *routes;       /* topic -> route */
     zhashx_t *links;        /* node -> our link to another frontend */
     uint64_t route_gen;
-    size_t route_max, route_targets;
-    uint64_t route_hits;
+    size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     lk_wbuf_t scratch;

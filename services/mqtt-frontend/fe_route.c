@@ -31,13 +31,11 @@ typedef struct {
     size_t n_targets;
 } s_route_t;
 
-static void s_route_clear(fe_server_t *srv, s_route_t *r)
+static void s_route_clear(s_route_t *r)
 {
     for (size_t i = 0; i < r->n_targets; i++)
         free(r->targets[i].client);
     free(r->targets);
-    if (r->ready)
-        srv->route_targets -= r->n_targets;
     r->targets = NULL;
     r->n_targets = 0;
     r->ready = false;
@@ -48,9 +46,7 @@ static void s_route_free(void **item)
     s_route_t *r = *item;
     if (!r)
         return;
-    for (size_t i = 0; i < r->n_targets; i++)
-        free(r->targets[i].client);
-    free(r->targets);
+    s_route_clear(r);
     free(r->topic);
     free(r);
     *item = NULL;
@@ -63,11 +59,13 @@ void fe_route_init(fe_server_t *srv)
     zhashx_set_key_destructor(srv->routes, NULL);
     zhashx_set_destructor(srv->routes, s_route_free);
     srv->route_max = (size_t)lk_config_get_int(srv->config, "route_cache_topics", 100000);
+    srv->links = zhashx_new();
 }
 
 void fe_route_destroy(fe_server_t *srv)
 {
     zhashx_destroy(&srv->routes);
+    zhashx_destroy(&srv->links);
 }
 
 /* empties the cache; routes with answers outstanding stay, for the count */
@@ -75,7 +73,7 @@ static void s_drop_all(fe_server_t *srv)
 {
     zlistx_t *gone = zlistx_new();
     for (s_route_t *r = zhashx_first(srv->routes); r; r = zhashx_next(srv->routes)) {
-        s_route_clear(srv, r);
+        s_route_clear(r);
         if (!r->asking)
             zlistx_add_end(gone, r->topic);
     }
@@ -95,7 +93,6 @@ void fe_route_reset(fe_server_t *srv)
 {
     /* a new router: the answers the old one owed never come */
     zhashx_purge(srv->routes);
-    srv->route_targets = 0;
     srv->route_gen = 0;
 }
 
@@ -155,7 +152,6 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
             s_target_t *t = &r->targets[i];
             s_hand(srv, t->peer, t->client, t->sub_ids, t->n_sub_ids, m);
         }
-        srv->route_hits++;
         return true;
     }
     if (!r) {
@@ -165,7 +161,7 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
         r->topic = lk_strdup(m->topic);
         zhashx_insert(srv->routes, r->topic, r);
     } else if (r->ready && r->gen != srv->route_gen)
-        s_route_clear(srv, r);
+        s_route_clear(r);
     r->asking++;
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = m;
@@ -184,7 +180,7 @@ static void s_route_one(fe_server_t *srv, const Lk__Route *rt)
         r->asking--;
     bool keep = r && rt->cache && rt->gen == srv->route_gen;
     if (keep) {
-        s_route_clear(srv, r);
+        s_route_clear(r);
         r->targets = lk_calloc(rt->n_targets ? rt->n_targets : 1, sizeof(s_target_t));
     }
     for (size_t i = 0; i < rt->n_targets; i++) {
@@ -218,9 +214,8 @@ static void s_route_one(fe_server_t *srv, const Lk__Route *rt)
     if (keep) {
         r->gen = rt->gen;
         r->ready = true;
-        srv->route_targets += r->n_targets;
     } else if (r) {
-        s_route_clear(srv, r);
+        s_route_clear(r);
         if (!r->asking)
             zhashx_delete(srv->routes, r->topic);
     }

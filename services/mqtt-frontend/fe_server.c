@@ -787,7 +787,6 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         return NULL;
     }
     fe_route_init(srv);
-    srv->links = zhashx_new();
     const char *fep = lk_config_get(config, "frontend_endpoint", "");
     if (*fep) {
         /* %n: this node's id, so that one configuration serves every frontend */
@@ -850,7 +849,6 @@ void fe_server_destroy(fe_server_t **self_p)
     }
     lk_bus_destroy(&srv->bus);
     fe_route_destroy(srv);
-    zhashx_destroy(&srv->links);
     fe_limits_destroy(&srv->limits);
     zhashx_destroy(&srv->by_client);
     lk_wbuf_free(&srv->scratch);

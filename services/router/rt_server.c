@@ -334,6 +334,32 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
     }
 }
 
+/* one copy to a connected client: RETAIN kept only for Retain As Published */
+static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
+{
+    bool retain = msg->retain;
+    msg->retain = t->retain && retain;
+    Lk__Deliver d = LK__DELIVER__INIT;
+    d.client = t->client->id;
+    d.msg = msg;
+    d.n_sub_ids = t->n_sub_ids;
+    d.sub_ids = t->sub_ids;
+    d.share = (char *)t->share;
+    lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, false);
+    self->delivered++;
+    msg->retain = retain;
+}
+
+/* fills self->targets: one per client the message goes to */
+static void s_match(rt_server_t *self, const Lk__Msg *msg)
+{
+    self->match_gen++;
+    self->n_targets = 0;
+    self->cur_origin = msg->origin_client;
+    self->cur_nl_seen = false;
+    rt_trie_match(self->trie, msg->topic, strlen(msg->topic), s_on_match, s_available, self);
+}
+
 /* share: deliver only through that shared filter (a handed-back message);
    durable_retain: a retained message is also stored by the session store ($SYS is not) */
 static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
@@ -350,10 +376,7 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
         self->cur_share = share;
     else if (msg->retain)
         s_retain_update(self, msg, durable_retain);
-    self->match_gen++;
-    self->n_targets = 0;
-    self->cur_origin = msg->origin_client;
-    rt_trie_match(self->trie, msg->topic, strlen(msg->topic), s_on_match, s_available, self);
+    s_match(self, msg);
     bool retain_flag = msg->retain;
     uint32_t pub_qos = msg->qos;
     for (size_t i = 0; i < self->n_targets; i++) {
@@ -371,16 +394,8 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
             self->cur_store_seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_STORE, &item,
                                                    true);
             self->stored++;
-        } else if (c->node) {
-            Lk__Deliver d = LK__DELIVER__INIT;
-            d.client = c->id;
-            d.msg = msg;
-            d.n_sub_ids = t->n_sub_ids;
-            d.sub_ids = t->sub_ids;
-            d.share = (char *)t->share;
-            lk_bus_batch_add(self->bus, c->node, LK_BODY_DELIVER, &d, false);
-            self->delivered++;
-        }
+        } else if (c->node)
+            s_deliver(self, t, msg);
     }
     msg->qos = pub_qos;
     msg->retain = retain_flag;
@@ -507,21 +522,6 @@ static bool s_direct(lk_peer_t *asker, lk_peer_t *node)
     return node == asker || *lk_peer_endpoint(node);
 }
 
-static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
-{
-    bool retain = msg->retain;
-    msg->retain = t->retain && retain;  /* Retain As Published */
-    Lk__Deliver d = LK__DELIVER__INIT;
-    d.client = t->client->id;
-    d.msg = msg;
-    d.n_sub_ids = t->n_sub_ids;
-    d.sub_ids = t->sub_ids;
-    d.share = (char *)t->share;
-    lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, false);
-    self->delivered++;
-    msg->retain = retain;
-}
-
 /* Publish{resolve} from asker: answered with a Route, always (the asker counts them) */
 static void s_resolve_one(rt_server_t *self, lk_peer_t *asker, Lk__Msg *msg, const char *share)
 {
@@ -541,11 +541,7 @@ static void s_resolve_one(rt_server_t *self, lk_peer_t *asker, Lk__Msg *msg, con
     }
     if (msg->retain)
         s_retain_update(self, msg, true);
-    self->match_gen++;
-    self->n_targets = 0;
-    self->cur_origin = msg->origin_client;
-    self->cur_nl_seen = false;
-    rt_trie_match(self->trie, msg->topic, strlen(msg->topic), s_on_match, s_available, self);
+    s_match(self, msg);
     /* the route holds for any publisher of the asker only without No Local subscriptions */
     bool cache = !self->cur_nl_seen;
     size_t nd = 0;

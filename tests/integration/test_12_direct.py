@@ -3,6 +3,9 @@ hand QoS 0 messages to the subscriber's frontend themselves. What must still hol
 client that got SUBACK receives what is published after it, UNSUBACK stops delivery,
 order per publisher and topic survives route changes, No Local and shared subscriptions
 behave as through the router, and a resumed session receives on its new frontend."""
+import glob
+import json
+import os
 import subprocess
 import threading
 import time
@@ -37,11 +40,11 @@ def frontend_of(stack, client):
     raise AssertionError("no frontend holds port %d: %r" % (port, out))
 
 
-def client_on(stack, cid, svc, protocol=lk.MQTTv311, clean=True, tries=40):
+def client_on(stack, cid, svc, protocol=lk.MQTTv311, clean=True, will=None, tries=40):
     """A connected paho client whose connection landed on frontend svc (SO_REUSEPORT
     spreads connections by address: reconnect until one lands there)."""
     for i in range(tries):
-        c = lk.paho_client(stack, cid, protocol=protocol, clean_session=clean)
+        c = lk.paho_client(stack, cid, protocol=protocol, clean_session=clean, will=will)
         if frontend_of(stack, c) == svc:
             return c
         c.disconnect()
@@ -238,15 +241,8 @@ def test_qos0_will_after_direct_messages(stack):
     topic = "direct/will"
     with client_on(stack, "dw-sub", "mqtt-frontend-2") as sub:
         sub.subscribe(topic, 0)
-        dev = lk.Client("dw-dev")
-        dev.paho.will_set(topic, "gone", qos=0)
-        for _ in range(40):
-            dev.connect(stack.mqtt_port)
-            if frontend_of(stack, dev) == "mqtt-frontend-1":
-                break
-            dev.disconnect()
-            dev = lk.Client("dw-dev")
-            dev.paho.will_set(topic, "gone", qos=0)
+        dev = client_on(stack, "dw-dev", "mqtt-frontend-1",
+                        will=dict(topic=topic, payload="gone", qos=0))
         for i in range(100):
             dev.publish(topic, str(i), wait=(i == 99))
         dev.paho.socket().close()   # no DISCONNECT: the will goes out
@@ -259,9 +255,6 @@ def test_frontend_log_holds_direct_messages_and_replays(stack):
     """Cached QoS 0 messages never reach the router: the publisher's frontend records
     every one in its message log, and replaying that log through the router delivers
     them (the replay asks the router to deliver, not to resolve)."""
-    import glob
-    import json
-    import os
     topic = "direct/log"
     with client_on(stack, "dlg-pub", "mqtt-frontend-1") as pub, \
             client_on(stack, "dlg-sub", "mqtt-frontend-2") as sub:
