@@ -280,7 +280,9 @@ void fe_conn_io_events(fe_conn_t *conn);
 /* re-reads everything back-pressure paused, when the router's backlog is low again */
 void fe_backlog_check(fe_server_t *srv);
 /* a CONNECT is being answered (auth, session store, router): nothing past it is read or
-   handled until CONNACK [MQTT-3.1.4-5 lets the client send on; we keep the order] */
+   handled until CONNACK. Clients need not wait for CONNACK (3.1.4); what they send on is
+   handled in order once accepted, and dropped unread when refused [MQTT-3.1.4-5] (5.0:
+   3.1.4-6) */
 static inline bool fe_conn_connecting(const fe_conn_t *conn)
 {
     return conn->state == FE_AUTH || conn->state == FE_SESSION;

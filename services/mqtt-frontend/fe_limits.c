@@ -150,8 +150,12 @@ void fe_limits_cut(fe_conn_t *conn, fe_cut_t kind, const char *why)
         return;
     if (skipped)
         lk_notice("%" PRIu64 " more %s line(s) not logged", skipped, s_cut_names[kind]);
-    lk_notice("client %s (%s) cut off: %s: %s", conn->client_id ? conn->client_id : "-",
-              conn->peer, s_cut_names[kind], why ? why : "-");
+    const char *cid = conn->client_id ? conn->client_id : "-";
+    if (kind == FE_CUT_REFUSED)
+        lk_notice("client %s (%s): refused CONNECT: %s", cid, conn->peer, why ? why : "-");
+    else
+        lk_notice("client %s (%s): cut off: %s: %s", cid, conn->peer, s_cut_names[kind],
+                  why ? why : "-");
 }
 
 void fe_limits_cron(fe_limits_t *self, int64_t now)
