@@ -94,7 +94,9 @@ void fe_backlog_check(fe_server_t *srv)
             continue;
         c->bp_paused = false;
         c->last_rx_ms = now;    /* its silence was ours */
-        fe_conn_io_events(c);
+        /* reading again; packets already in rbuf (behind a CONNECT, before an end of
+           stream) get no socket event: they are handled at turn end */
+        fe_conn_resume(c);
         n++;
     }
     lk_notice("router backlog %zu bytes: reading resumed (%d connections)",
