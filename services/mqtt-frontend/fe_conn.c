@@ -498,8 +498,14 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
                  reason != LK_RC_ADMIN_ACTION && reason != LK_RC_SERVER_UNAVAILABLE &&
                  reason != LK_RC_SERVER_SHUTTING_DOWN)
             kind = FE_CUT_PROTOCOL;
-        if (kind >= 0)
-            fe_limits_cut(conn, (fe_cut_t)kind, why);
+        if (kind >= 0) {
+            char text[192];
+            if (strstr(why, "reason 0x"))
+                snprintf(text, sizeof(text), "%s", why);
+            else
+                snprintf(text, sizeof(text), "%s (reason 0x%02x)", why, reason);
+            fe_limits_cut(conn, (fe_cut_t)kind, text);
+        }
         else
             lk_info("client %s (%s): closing: %s", conn->client_id ? conn->client_id : "-",
                     conn->peer, why);

@@ -472,3 +472,35 @@ def test_client_still_writing_reads_disconnect(stack):
         assert p is not None and p[0] == 14 and p[2][0] == 0x93, (p, got)
     finally:
         c.close()
+
+
+# ---- why a client was cut off, rate-limited ------------------------------------------------
+def test_refused_connect_flood_log_is_bounded(stack):
+    # 60 refused logins (through the PROXY listener, from an address of their own so the
+    # login back-off does not slow other tests): the frontends log at most 10 lines each
+    # and a count of the rest; auth likewise
+    import random
+    src = "198.18.%d.%d" % (random.randint(0, 255), random.randint(1, 254))
+    before_fe = sum(stack.log(s).count("refused CONNECT: ") for s in ("mqtt-frontend-1",
+                                                                    "mqtt-frontend-2"))
+    before_au = stack.log("auth").count("refused client")
+    t0 = time.monotonic()
+    for i in range(60):
+        s = socket.create_connection(("127.0.0.1", stack.proxy_port), timeout=10)
+        try:
+            s.sendall(("PROXY TCP4 %s 127.0.0.1 %d 1884\r\n" % (src, 20000 + i)).encode()
+                      + raw.connect("pl-flood-%d" % i, username="nosuch", password="x"))
+            s.recv(16)
+        finally:
+            s.close()
+    secs = time.monotonic() - t0
+    lk.wait_until(lambda: any("more refused CONNECT line(s) not logged" in stack.log(s)
+                              for s in ("mqtt-frontend-1", "mqtt-frontend-2")), 15,
+                  what="the count of refused CONNECT lines not logged")
+    fe = sum(stack.log(s).count("refused CONNECT: ") for s in ("mqtt-frontend-1",
+                                                               "mqtt-frontend-2")) - before_fe
+    au = stack.log("auth").count("refused client") - before_au
+    bound = 2 * (10 + int(secs) + 2)
+    assert fe <= bound, "%d refused CONNECT lines for 60 refusals in %.1fs" % (fe, secs)
+    assert au <= 10 + int(secs) + 2, "%d auth refusal lines in %.1fs" % (au, secs)
+    assert fe >= 1
