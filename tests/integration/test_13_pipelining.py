@@ -344,6 +344,24 @@ def test_puback_disconnect_coalesced(stack, version):
     c.send(puback(pid) + DISCONNECT)
     assert c.closed()
     c.close()
+    # on the bus: the session store received the ack before the SessionClose
+    def order():
+        import glob
+        import json
+        import subprocess
+        files = sorted(glob.glob(os.path.join(stack.run_dir, "msglog", "session-store-*.lkm")))
+        out = subprocess.run([os.path.join(lk.build_dir(), "bin", "latchkey"), "log", "dump"]
+                             + files, capture_output=True, text=True, timeout=20).stdout
+        kinds = []
+        for line in out.splitlines():
+            env = json.loads(line)["envelope"]
+            for k in ("session_ack", "session_close"):
+                if k in env and env[k].get("client") == cid and \
+                        (k == "session_close" or env[k].get("store_ids")):
+                    kinds.append(k)
+        return kinds if "session_close" in kinds else None
+    kinds = lk.wait_until(order, 10, what="the SessionClose in the session store's log")
+    assert kinds.index("session_ack") < kinds.index("session_close"), kinds
     for _ in range(3):
         c = _persistent_sub(stack, cid, t, version)
         try:
