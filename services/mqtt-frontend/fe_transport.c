@@ -14,6 +14,7 @@
 #include "lk_proxy.h"
 #include "lk_ws.h"
 #include <errno.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -462,10 +463,25 @@ static void s_linger_io(lk_loop_t *loop, int fd, uint32_t events, void *arg)
     s_linger_end(lg->srv, lg);
 }
 
+/* lingering sockets hold descriptors: at most a quarter of what the process may open,
+   so that a flood of refused clients cannot starve accept() */
+static size_t s_linger_cap(void)
+{
+    static size_t cap;
+    if (!cap) {
+        struct rlimit rl;
+        cap = FE_LINGER_MAX;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+            rl.rlim_cur / 4 < cap)
+            cap = rl.rlim_cur / 4 ? (size_t)(rl.rlim_cur / 4) : 1;
+    }
+    return cap;
+}
+
 void fe_transport_linger(fe_conn_t *conn)
 {
     fe_server_t *srv = conn->srv;
-    if (srv->n_lingering >= FE_LINGER_MAX)
+    if (srv->n_lingering >= s_linger_cap())
         return;
     /* the connection closes its own descriptor; this copy keeps the socket open */
     int fd = dup(conn->fd);
