@@ -11,6 +11,7 @@
 #include "lk_bus.h"
 #include "lk_pbjson.h"
 #include "lk_proxy.h"
+#include "lk_ratelog.h"
 #include "lk_tls.h"
 #include "lk_ws.h"
 #include "lk_http.h"
@@ -31,6 +32,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_proxy", lk_proxy_test},
     {"lk_tls", lk_tls_test},
     {"lk_http", lk_http_test},
+    {"lk_ratelog", lk_ratelog_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)

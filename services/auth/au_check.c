@@ -9,6 +9,7 @@
 #include "lk_acl.h"
 #include "lk_common.h"
 #include "lk_crypto.h"
+#include "lk_ratelog.h"
 #include "lk_redis.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -32,6 +33,7 @@ struct _au_check_t {
     const char *acl_path;
     au_pwfile_t *pwfile;
     lk_acl_file_t *aclfile;
+    lk_ratelog_t refusals;
 };
 
 /* the outcome of checking credentials */
@@ -77,6 +79,7 @@ au_check_t *au_check_new(lk_config_t *config)
     au_check_t *self = lk_calloc(1, sizeof(*self));
     self->config = config;
     self->allow_anonymous = lk_config_get_bool(config, "allow_anonymous", false);
+    self->refusals = (lk_ratelog_t)LK_RATELOG_INIT(10, 1);
     const char *v = lk_config_get(config, "password_file", NULL);
     self->password_path = v && *v ? v : NULL;
     v = lk_config_get(config, "acl_file", NULL);
@@ -460,13 +463,20 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         }
     }
 
-    if (!ok) {
+    uint64_t skipped = 0;
+    if (!ok && lk_ratelog_take(&self->refusals, lk_mono_ms(), &skipped)) {
+        /* a flood of bad logins leaves 10 lines, then one a second, and a count */
         char c[80], u[80], p[80];
         s_printable(c, sizeof(c), client);
         s_printable(u, sizeof(u), named ? user : "");
         s_printable(p, sizeof(p), req->peer ? req->peer : "");
-        lk_notice("refused client '%s' username '%s'%s from %s: %s", c, u,
-                  named ? "" : " (anonymous)", *p ? p : "?", reason);
+        if (skipped)
+            lk_notice("%" PRIu64 " more refusal line(s) not logged", skipped);
+        lk_notice("refused client '%s' username '%s'%s from %s: %s%s", c, u,
+                  named ? "" : " (anonymous)", *p ? p : "?", reason,
+                  named && self->allow_anonymous && strcmp(reason, AU_REASON_BAD_CREDENTIALS) == 0
+                      ? " (allow_anonymous admits clients without a username only)"
+                      : "");
     } else if (lk_log_enabled(LK_LOG_DEBUG)) {
         char c[80], u[80];
         s_printable(c, sizeof(c), client);
@@ -709,9 +719,17 @@ int au_check_test(au_tally_t *t, int redis_port)
         S_ASK("check: reloaded password", "fred", "newpw", NULL, s_is(r, true, NULL, 3));
         S_ASK("check: reloaded file dropped a user", "ann", "filepw", NULL,
               s_is(r, false, AU_REASON_BAD_CREDENTIALS, 0));
-        s_write(pwpath, "broken line\n");
-        AU_CHECK(t, "check: reload of a broken file fails", au_check_reload(c) == -1);
-        S_ASK("check: broken reload keeps the old file", "fred", "newpw", NULL,
+        /* a malformed line is skipped (as Mosquitto does), the rest loads */
+        char *hb = lk_crypto_pw_hash("newpw", 5, 0);
+        snprintf(text, sizeof(text), "broken line\nfred:%s\n", hb);
+        free(hb);
+        s_write(pwpath, text);
+        AU_CHECK(t, "check: reload skips a malformed line", au_check_reload(c) == 0);
+        S_ASK("check: the good lines of that file load", "fred", "newpw", NULL,
+              s_is(r, true, NULL, 3));
+        unlink(pwpath);
+        AU_CHECK(t, "check: reload of a missing file fails", au_check_reload(c) == -1);
+        S_ASK("check: failed reload keeps the old file", "fred", "newpw", NULL,
               s_is(r, true, NULL, 3));
         au_check_destroy(&c);
     }

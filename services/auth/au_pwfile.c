@@ -52,12 +52,12 @@ au_pwfile_t *au_pwfile_parse(const char *text, const char *origin)
         }
         char *colon = strchr(line, ':');
         if (!colon || colon == line || !colon[1]) {
-            /* never echo the line: it may hold a password typed in clear */
-            lk_error("%s:%d: malformed password line (want user:hash)",
-                     origin ? origin : "password file", lineno);
+            /* skipped, as Mosquitto does: one bad line does not lock every user out.
+               Never echo the line: it may hold a password typed in clear */
+            lk_warn("%s:%d: malformed password line skipped (want user:hash)",
+                    origin ? origin : "password file", lineno);
             free(line);
-            au_pwfile_destroy(&self);
-            return NULL;
+            continue;
         }
         *colon = 0;
         /* the last line for a user wins, as in Mosquitto */
@@ -111,8 +111,11 @@ int au_pwfile_test(au_tally_t *t)
         AU_CHECK(t, "pwfile unknown user", au_pwfile_lookup(pf, "eve") == NULL);
         au_pwfile_destroy(&pf);
     }
-    AU_CHECK(t, "pwfile malformed refused", au_pwfile_parse("nocolon\n", "test") == NULL);
-    AU_CHECK(t, "pwfile empty hash refused", au_pwfile_parse("ann:\n", "test") == NULL);
+    pf = au_pwfile_parse("nocolon\nann:\n:nouser\nbob:x\n", "test");
+    AU_CHECK(t, "pwfile malformed lines skipped", pf && au_pwfile_size(pf) == 1 &&
+                                                      au_pwfile_lookup(pf, "bob") &&
+                                                      !au_pwfile_lookup(pf, "ann"));
+    au_pwfile_destroy(&pf);
     AU_CHECK(t, "pwfile missing file refused", au_pwfile_load("/nonexistent/pw") == NULL);
     return t->failed == failed ? 0 : -1;
 }

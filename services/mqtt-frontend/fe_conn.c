@@ -17,6 +17,12 @@
 static void s_io(lk_loop_t *loop, int fd, uint32_t events, void *arg)
 {
     fe_conn_t *conn = arg;
+    if (fe_conn_connecting(conn) && (events & (EPOLLHUP | EPOLLERR))) {
+        /* not read while its CONNECT is answered; a reset or hang-up ends it now (the
+           epoll reports those even without EPOLLIN) */
+        fe_conn_close(conn, 0, false, "connection lost before CONNACK");
+        return;
+    }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
         fe_conn_readable(conn);
     if (conn->state != FE_CLOSED && (events & EPOLLOUT))
@@ -92,15 +98,51 @@ static void s_out_release(fe_conn_t *conn)
     lk_wbuf_init(&conn->out);
 }
 
+/* properties left out, in this order, of a packet larger than the client's Maximum
+   Packet Size: first what is only informative [MQTT-3.1.2-29 and the like], then, for
+   CONNACK, what the client can do without (each has a default it then assumes) */
+static const uint8_t s_shed_props[] = {
+    LK_PROP_REASON_STRING,       LK_PROP_USER_PROPERTY,  LK_PROP_TOPIC_ALIAS_MAXIMUM,
+    LK_PROP_MAXIMUM_PACKET_SIZE, LK_PROP_RECEIVE_MAXIMUM, LK_PROP_SERVER_KEEP_ALIVE,
+    LK_PROP_ASSIGNED_CLIENT_ID};
+
 void fe_conn_send(fe_conn_t *conn, const lk_mqtt_packet_t *pkt)
 {
     if (conn->state == FE_CLOSED)
         return;
     fe_conn_out_prepare(conn);
-    if (lk_mqtt_encode(&conn->out, conn->version ? conn->version : LK_MQTT_V311, pkt) != 0) {
+    uint8_t version = conn->version ? conn->version : LK_MQTT_V311;
+    size_t before = conn->out.len;
+    if (lk_mqtt_encode(&conn->out, version, pkt) != 0) {
         lk_warn("client %s: cannot encode %s", conn->client_id ? conn->client_id : conn->peer,
                 lk_mqtt_type_name(pkt->type));
         return;
+    }
+    if (version == LK_MQTT_V5 && conn->client_max_packet &&
+        conn->out.len - before > conn->client_max_packet) {
+        /* [MQTT-3.1.2-24] never larger than the client allows */
+        lk_mqtt_packet_t smaller = *pkt;
+        size_t k = 0;
+        while (conn->out.len - before > conn->client_max_packet &&
+               k < sizeof(s_shed_props)) {
+            uint8_t id = s_shed_props[k++];
+            if (!LK_PROP_HAS(&smaller.props, id))
+                continue;
+            if (id != LK_PROP_REASON_STRING && id != LK_PROP_USER_PROPERTY &&
+                pkt->type != LK_MQTT_CONNACK)
+                break;
+            smaller.props.has &= ~(1ULL << id);
+            conn->out.len = before;
+            if (lk_mqtt_encode(&conn->out, version, &smaller) != 0)
+                break;
+        }
+        if (conn->out.len - before > conn->client_max_packet) {
+            conn->out.len = before;
+            lk_notice("client %s (%s): %s not sent: larger than its Maximum Packet Size %u",
+                      conn->client_id ? conn->client_id : "-", conn->peer,
+                      lk_mqtt_type_name(pkt->type), conn->client_max_packet);
+            return;
+        }
     }
     fe_conn_mark_dirty(conn);
 }
@@ -136,7 +178,12 @@ void fe_conn_flush(fe_conn_t *conn)
 
 void fe_conn_io_events(fe_conn_t *conn)
 {
-    bool read = !conn->lim.paused && !conn->bp_paused;
+    if (conn->state == FE_CLOSED)
+        return;
+    /* not read while the CONNECT is answered: what follows it waits in the socket (TCP
+       back-pressure) or, as far as one read took it, in rbuf */
+    bool read = !conn->lim.paused && !conn->bp_paused && !fe_conn_connecting(conn) &&
+                !conn->rd_eof;
     lk_loop_mod_fd(conn->srv->loop, conn->fd,
                    (read ? EPOLLIN : 0) | (conn->want_write ? EPOLLOUT : 0));
 }
@@ -159,7 +206,7 @@ void fe_conn_writable(fe_conn_t *conn)
 
 static void s_protocol_close(fe_conn_t *conn, int rc, const char *what)
 {
-    char why[128];
+    char why[160];
     snprintf(why, sizeof(why), "%s (reason 0x%02x)", what, rc);
     if (conn->state == FE_NEW && conn->version == LK_MQTT_V5 && rc != LK_RC_UNSUPPORTED_VERSION)
         fe_conn_refuse(conn, (uint8_t)rc, why);
@@ -175,7 +222,9 @@ static ssize_t s_process(fe_conn_t *conn, const uint8_t *buf, size_t len, size_t
     fe_server_t *srv = conn->srv;
     size_t off = 0;
     *want = 0;
-    while (off < len && conn->state != FE_CLOSED && !conn->lim.paused) {
+    /* stops behind a CONNECT being answered: what follows waits for CONNACK */
+    while (off < len && conn->state != FE_CLOSED && !conn->lim.paused &&
+           !fe_conn_connecting(conn)) {
         size_t flen = 0, blen = 0;
         int r = lk_mqtt_frame(buf + off, len - off, srv->max_packet, &flen, &blen);
         if (r == 0) {
@@ -196,7 +245,7 @@ static ssize_t s_process(fe_conn_t *conn, const uint8_t *buf, size_t len, size_t
         uint8_t type = buf[off] >> 4;
         if (conn->state == FE_NEW && type != LK_MQTT_CONNECT) {
             /* [MQTT-3.1.0-1] the first packet must be CONNECT */
-            fe_conn_close(conn, 0, false, "first packet is not CONNECT");
+            fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, false, "first packet is not CONNECT");
             return -1;
         }
         if (conn->state != FE_NEW && type == LK_MQTT_CONNECT) {
@@ -239,10 +288,24 @@ static void s_keep(fe_conn_t *conn, const uint8_t *data, size_t len, size_t want
     conn->rlen = len;
 }
 
+/* the peer closed or the socket failed: handle what rbuf holds first */
+static void s_eof(fe_conn_t *conn, const char *why)
+{
+    conn->rd_eof = true;
+    snprintf(conn->eof_why, sizeof(conn->eof_why), "%s", why);
+}
+
 void fe_conn_readable(fe_conn_t *conn)
 {
     fe_server_t *srv = conn->srv;
     size_t want = 0;
+    if (conn->state == FE_CLOSED)
+        return;
+    if (fe_conn_connecting(conn)) {
+        /* its CONNECT is being answered: nothing more is read until CONNACK */
+        fe_conn_io_events(conn);
+        return;
+    }
     if (conn->state == FE_ACTIVE &&
         (srv->congested || lk_peer_unacked_bytes(srv->router) > srv->backlog_high)) {
         /* the router is behind: leave the bytes in the socket, so TCP slows the
@@ -255,7 +318,7 @@ void fe_conn_readable(fe_conn_t *conn)
         fe_conn_io_events(conn);
         return;
     }
-    if (!conn->tp && conn->rlen == 0) {
+    if (!conn->tp && conn->rlen == 0 && !conn->rd_eof) {
         /* the common case: read into the process's one buffer and keep only what is left
            of an incomplete packet, so that an idle connection holds no read buffer */
         if (!srv->rbuf)
@@ -284,44 +347,39 @@ void fe_conn_readable(fe_conn_t *conn)
         conn->rbuf = lk_realloc(conn->rbuf, cap);
         conn->rcap = cap;
     }
-    ssize_t n;
-    if (conn->tp) {
+    ssize_t n = 0;
+    if (conn->rd_eof) {
+        /* nothing more to read: what waits in rbuf is handled below */
+    } else if (conn->tp) {
         /* TLS, WebSocket, PROXY: MQTT bytes come out of the layers below */
         const char *why = "closed by client";
         n = fe_transport_read(conn, &why);
         if (n == -1) {
-            fe_conn_close(conn, 0, true, why);
-            return;
-        }
-        if (n < 0)
+            s_eof(conn, why);
             n = 0;
-        if (n == 0 && conn->rlen == 0) {
-            if (fe_transport_eof(conn))
-                fe_conn_close(conn, 0, true, "closed by client (WebSocket close)");
-            return;
-        }
+        } else if (n < 0)
+            n = 0;
     } else if ((n = recv(conn->fd, conn->rbuf + conn->rlen, conn->rcap - conn->rlen, 0)) == 0) {
-        fe_conn_close(conn, 0, true, "closed by client");
-        return;
+        s_eof(conn, "closed by client");
     } else if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            fe_conn_close(conn, 0, true, strerror(errno));
-            return;
-        }
-        if (conn->rlen == 0)
-            return;
-        n = 0; /* fe_limits resumed a paused client: handle what waits in rbuf */
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            s_eof(conn, strerror(errno));
+        n = 0; /* fe_limits or a CONNACK resumed the client: handle what waits in rbuf */
     }
-    conn->rlen += (size_t)n;
-    srv->bytes_in += (uint64_t)n;
-    conn->last_rx_ms = lk_loop_now(srv->loop);
-    ssize_t done = s_process(conn, conn->rbuf, conn->rlen, &want);
-    if (done < 0)
-        return;
-    size_t off = (size_t)done;
-    if (off) {
-        memmove(conn->rbuf, conn->rbuf + off, conn->rlen - off);
-        conn->rlen -= off;
+    if (n > 0) {
+        conn->rlen += (size_t)n;
+        srv->bytes_in += (uint64_t)n;
+        conn->last_rx_ms = lk_loop_now(srv->loop);
+    }
+    if (conn->rlen) {
+        ssize_t done = s_process(conn, conn->rbuf, conn->rlen, &want);
+        if (done < 0)
+            return;
+        size_t off = (size_t)done;
+        if (off) {
+            memmove(conn->rbuf, conn->rbuf + off, conn->rlen - off);
+            conn->rlen -= off;
+        }
     }
     if (want > conn->rcap) {
         /* make room for the whole packet, now that its size is known */
@@ -332,8 +390,40 @@ void fe_conn_readable(fe_conn_t *conn)
         conn->rbuf = NULL;
         conn->rcap = 0;
     }
-    if (conn->tp && fe_transport_eof(conn))
+    if (conn->rd_eof) {
+        /* every whole packet before the end is handled (an incomplete one is not a
+           packet); a pause or a CONNECT being answered keeps the rest for later */
+        if (conn->lim.paused || conn->bp_paused || fe_conn_connecting(conn)) {
+            fe_conn_io_events(conn);
+            return;
+        }
+        fe_conn_close(conn, 0, true, conn->eof_why);
+        return;
+    }
+    if (conn->tp && fe_transport_eof(conn) && !fe_conn_connecting(conn))
         fe_conn_close(conn, 0, true, "closed by client (WebSocket close)");
+}
+
+void fe_conn_resume(fe_conn_t *conn)
+{
+    fe_conn_io_events(conn);
+    if (conn->on_resume || (!conn->rlen && !conn->rd_eof && !conn->tp))
+        return; /* nothing waits: the socket's own readiness brings the rest */
+    conn->on_resume = true;
+    conn->next_resume = conn->srv->resume;
+    conn->srv->resume = conn;
+}
+
+void fe_conn_resume_all(fe_server_t *srv)
+{
+    while (srv->resume) {
+        fe_conn_t *c = srv->resume;
+        srv->resume = c->next_resume;
+        c->next_resume = NULL;
+        c->on_resume = false;
+        if (c->state == FE_ACTIVE)
+            fe_conn_readable(c);
+    }
 }
 
 /* the will now, or after its delay: the smaller of Will Delay and Session Expiry
@@ -394,9 +484,32 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
     fe_server_t *srv = conn->srv;
     if (conn->state == FE_CLOSED)
         return;
-    if (why)
-        lk_info("client %s (%s): closing: %s", conn->client_id ? conn->client_id : "-",
-                conn->peer, why);
+    if (why) {
+        /* a client we cut off for what it did: one notice line (rate-limited); the
+           rest (closed by the client, taken over, ...) at info */
+        int kind = -1;
+        if (reason == LK_RC_KEEP_ALIVE_TIMEOUT)
+            kind = FE_CUT_KEEPALIVE;
+        else if (reason == LK_RC_PACKET_TOO_LARGE)
+            kind = FE_CUT_OVERSIZE;
+        else if (reason == LK_RC_QUOTA_EXCEEDED)
+            kind = FE_CUT_SLOW;
+        else if (reason >= 0x80 && reason != LK_RC_SESSION_TAKEN_OVER &&
+                 reason != LK_RC_ADMIN_ACTION && reason != LK_RC_SERVER_UNAVAILABLE &&
+                 reason != LK_RC_SERVER_SHUTTING_DOWN)
+            kind = FE_CUT_PROTOCOL;
+        if (kind >= 0) {
+            char text[192];
+            if (strstr(why, "reason 0x"))
+                snprintf(text, sizeof(text), "%s", why);
+            else
+                snprintf(text, sizeof(text), "%s (reason 0x%02x)", why, reason);
+            fe_limits_cut(conn, (fe_cut_t)kind, text);
+        }
+        else
+            lk_info("client %s (%s): closing: %s", conn->client_id ? conn->client_id : "-",
+                    conn->peer, why);
+    }
     if (reason && conn->version == LK_MQTT_V5 && conn->state == FE_ACTIVE) {
         lk_mqtt_packet_t p = {0};
         p.type = LK_MQTT_DISCONNECT;
@@ -405,9 +518,19 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
     }
     if (conn->tp)
         fe_transport_close(conn);
-    else if (conn->out.len)
-        (void)!send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    else {
+        if (conn->out.len)
+            (void)!send(conn->fd, conn->out.data, conn->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /* we end it while the client may still be sending: let it read our last
+           packets rather than a reset */
+        if (!conn->rd_eof)
+            fe_transport_linger(conn);
+    }
     bool attached = conn->state == FE_ACTIVE || conn->state == FE_SESSION;
+    /* every packet the client sent before this close is applied first: its acks reach
+       the session store ahead of the SessionClose (same link, in order) */
+    if (attached)
+        fe_session_ack_send(conn);
     bool mine = conn->client_id && zhashx_lookup(srv->by_client, conn->client_id) == conn;
     bool will_delayed = false;
     if (attached && publish_will && conn->will && conn->state == FE_ACTIVE)
@@ -461,13 +584,22 @@ void fe_conn_refuse(fe_conn_t *conn, uint8_t reason5, const char *why)
     p.type = LK_MQTT_CONNACK;
     p.u.connack.code = fe_connack_code(conn->version, reason5);
     fe_conn_send(conn, &p);
-    lk_notice("client %s (%s): refused: %s", conn->client_id ? conn->client_id : "-", conn->peer,
-              why);
+    char text[160];
+    snprintf(text, sizeof(text), "%s (CONNACK 0x%02x)", why, p.u.connack.code);
+    fe_limits_cut(conn, FE_CUT_REFUSED, text);
+    /* anything it sent behind the CONNECT is dropped unread */
+    conn->rlen = 0;
     fe_conn_close(conn, 0, false, NULL);
 }
 
 void fe_conn_free(fe_conn_t *conn)
 {
+    if (conn->on_resume)
+        for (fe_conn_t **pp = &conn->srv->resume; *pp; pp = &(*pp)->next_resume)
+            if (*pp == conn) {
+                *pp = conn->next_resume;
+                break;
+            }
     if (conn->state != FE_CLOSED) {
         lk_loop_del_fd(conn->srv->loop, conn->fd);
         close(conn->fd);

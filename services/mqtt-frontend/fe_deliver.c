@@ -311,14 +311,14 @@ static void s_inflight_remove(fe_conn_t *conn, size_t i)
     conn->inflight[i] = conn->inflight[--conn->n_inflight];
 }
 
-int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid)
+int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid, uint8_t reason)
 {
     size_t i;
     for (i = 0; i < conn->n_inflight; i++)
         if (conn->inflight[i].pid == pid)
             break;
     if (i == conn->n_inflight) {
-        if (type == LK_MQTT_PUBREC) {
+        if (type == LK_MQTT_PUBREC && reason < 0x80) {
             /* MQTT 5 4.3.3: answer an unknown PUBREC with PUBREL 0x92 */
             lk_mqtt_packet_t p = {0};
             p.type = LK_MQTT_PUBREL;
@@ -340,6 +340,14 @@ int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid)
     case LK_MQTT_PUBREC: {
         if (f->qos != 2)
             return 0;
+        if (reason >= 0x80 && !f->released) {
+            /* the client refused it: the exchange ends here, no PUBREL, the packet id
+               is free again (MQTT 5 4.3.3); a stored copy is done with */
+            if (f->store_id)
+                fe_store_ack_add(conn, f->store_id);
+            s_inflight_remove(conn, i);
+            break;
+        }
         if (f->store_id && !f->released)
             fe_store_release_add(conn, f->store_id, pid);
         f->released = true;

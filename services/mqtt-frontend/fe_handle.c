@@ -182,6 +182,7 @@ static int s_connect(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     conn->req = fe_conn_req(conn);
     conn->req_first_ms = lk_loop_now(srv->loop);
     fe_limits_connect(conn); /* sends the AuthRequest, or holds or refuses the CONNECT */
+    fe_conn_io_events(conn); /* not read on until CONNACK */
     return 0;
 }
 
@@ -386,6 +387,8 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
                 fe_deliver_to(conn, d, true);
         }
     fe_pump(conn);
+    /* the packets the client sent behind its CONNECT, in order, after the CONNACK */
+    fe_conn_resume(conn);
 }
 
 /* --- PUBLISH and its acks --------------------------------------------------------- */
@@ -651,6 +654,11 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     for (uint32_t i = 0; i < u->count; i++) {
         filters[i] = s_dup(u->filters[i]);
         codes[i] = LK_RC_NO_SUBSCRIPTION_EXISTED;
+        if (!lk_mqtt_filter_valid(filters[i], u->filters[i].len, true)) {
+            /* no subscription can have it: "Topic Filter invalid" (MQTT 5 3.11.3) */
+            codes[i] = LK_RC_TOPIC_FILTER_INVALID;
+            continue;
+        }
         for (size_t k = 0; k < conn->n_subs; k++)
             if (strcmp(conn->subs[k].filter, filters[i]) == 0) {
                 free(conn->subs[k].filter);
@@ -684,9 +692,8 @@ int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     if (pkt->type == LK_MQTT_CONNECT)
         return s_connect(conn, pkt);
     if (conn->state != FE_ACTIVE) {
-        /* packets pipelined behind CONNECT while auth answers: wait for them is not
-           worth the complexity; clients wait for CONNACK [MQTT-3.1.4-5 allows either] */
-        fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, false, "packet before CONNACK");
+        /* cannot happen: fe_conn reads nothing past a CONNECT until it is accepted */
+        fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, false, "packet handled before CONNACK");
         return -1;
     }
     switch (pkt->type) {
@@ -695,7 +702,8 @@ int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     case LK_MQTT_PUBACK:
     case LK_MQTT_PUBREC:
     case LK_MQTT_PUBCOMP:
-        return fe_outbound_ack(conn, pkt->type, pkt->u.ack.packet_id);
+        return fe_outbound_ack(conn, pkt->type, pkt->u.ack.packet_id,
+                               conn->version == LK_MQTT_V5 ? pkt->u.ack.reason : 0);
     case LK_MQTT_PUBREL:
         return s_pubrel(conn, pkt);
     case LK_MQTT_SUBSCRIBE:
@@ -712,8 +720,10 @@ int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         uint8_t reason = pkt->u.reason.reason;
         if (conn->version == LK_MQTT_V5 && LK_PROP_HAS(&pkt->props, LK_PROP_SESSION_EXPIRY)) {
             if (conn->expiry == 0 && pkt->props.session_expiry != 0) {
-                /* [MQTT-3.14.2-2] */
-                fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, false, "session expiry set at DISCONNECT");
+                /* [MQTT-3.14.2-2]; a close for a protocol error sends the will
+                   [MQTT-3.1.2-8] */
+                fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, true,
+                              "session expiry set at DISCONNECT after CONNECT had none");
                 return -1;
             }
             conn->expiry = pkt->props.session_expiry;

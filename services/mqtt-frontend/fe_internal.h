@@ -94,6 +94,14 @@ typedef struct fe_conn {
     /* input */
     uint8_t *rbuf;
     size_t rlen, rcap;
+    /* the peer closed (or the socket failed) with packets still to handle in rbuf: they
+       are handled first, then the connection closes with eof_why */
+    bool rd_eof;
+    char eof_why[96];
+    /* packets that came behind the CONNECT wait in rbuf (and the socket is not read)
+       until CONNACK; then the connection is on srv->resume to handle them at turn end */
+    bool on_resume;
+    struct fe_conn *next_resume;
     /* output, written once per loop turn */
     lk_wbuf_t out;
     bool out_pending;   /* on the server's dirty list */
@@ -216,6 +224,7 @@ struct _fe_server_t {
     fe_conn_t *dirty;       /* connections with output to write this turn */
     fe_conn_t *ackd;        /* connections with store ids / subs for the session store */
     fe_conn_t *graveyard;   /* closed this turn, freed at turn end */
+    fe_conn_t *resume;      /* accepted this turn with packets waiting behind the CONNECT */
     uint8_t *rbuf;          /* the read buffer every plain connection reads into */
     /* output buffers of connections that wrote everything, for the next one that has
        something to send: an idle connection holds none, and none is malloc'ed per
@@ -270,6 +279,18 @@ void fe_conn_flush(fe_conn_t *conn);
 void fe_conn_io_events(fe_conn_t *conn);
 /* re-reads everything back-pressure paused, when the router's backlog is low again */
 void fe_backlog_check(fe_server_t *srv);
+/* a CONNECT is being answered (auth, session store, router): nothing past it is read or
+   handled until CONNACK. Clients need not wait for CONNACK (3.1.4); what they send on is
+   handled in order once accepted, and dropped unread when refused [MQTT-3.1.4-5] (5.0:
+   3.1.4-6) */
+static inline bool fe_conn_connecting(const fe_conn_t *conn)
+{
+    return conn->state == FE_AUTH || conn->state == FE_SESSION;
+}
+/* the CONNECT was accepted: what the client sent behind it is handled at turn end */
+void fe_conn_resume(fe_conn_t *conn);
+/* handles the connections fe_conn_resume listed (turn end) */
+void fe_conn_resume_all(fe_server_t *srv);
 /* closes: will published when publish_will; v5 DISCONNECT with reason first when reason
    != 0 and the connection is past CONNECT */
 void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const char *why);
@@ -296,6 +317,11 @@ void fe_transport_writable(fe_conn_t *conn);
 /* last write before close (best effort, non-blocking), WebSocket close, TLS close_notify */
 void fe_transport_close(fe_conn_t *conn);
 void fe_transport_free(fe_conn_t *conn);
+/* after the last write of a connection the server closes: the socket's write side is
+   shut and its input drained and dropped for up to 2 s (bounded in bytes and sockets),
+   so that the client reads what we sent (DISCONNECT, CONNACK refusal, close frame)
+   instead of a reset caused by the bytes it was still sending */
+void fe_transport_linger(fe_conn_t *conn);
 /* the cron: closes the sockets that have lingered long enough */
 void fe_transport_cron(fe_server_t *srv, int64_t now);
 /* at exit: closes every lingering socket */
@@ -340,7 +366,8 @@ void fe_acl_reply(fe_server_t *srv, const Lk__AuthReply *r);
 void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);
-int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid);
+/* PUBACK / PUBREC / PUBCOMP from the client; reason: its reason code (v5, else 0) */
+int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid, uint8_t reason);
 void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
 /* a stored copy the connection has in flight or queued */
 bool fe_holds(fe_conn_t *conn, uint64_t store_id);
@@ -348,6 +375,9 @@ bool fe_holds(fe_conn_t *conn, uint64_t store_id);
 void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid);
 
 /* fe_server.c */
+/* sends the connection's pending SessionAck now (acked store ids, released ids, changed
+   subscriptions); done at turn end, and before a SessionClose so that it comes first */
+void fe_session_ack_send(fe_conn_t *conn);
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s);
 bool fe_will_cancel(fe_server_t *srv, const char *client_id);
 /* publishes a delayed will now (its session ended); false when none waits */

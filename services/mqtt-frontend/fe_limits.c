@@ -10,6 +10,7 @@
     client's packets is kept. */
 #include "fe_limits.h"
 #include "fe_internal.h"
+#include "lk_ratelog.h"
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -50,7 +51,12 @@ struct _fe_limits_t {
     int64_t log_window_ms;
     int log_lines;
     uint64_t log_suppressed;
+    lk_ratelog_t cut[FE_CUT_KINDS];
 };
+
+static const char *s_cut_names[FE_CUT_KINDS] = {"protocol error", "keepalive timeout",
+                                                "oversize packet", "refused CONNECT",
+                                                "CONNECT timeout", "slow consumer"};
 
 fe_limits_t *fe_limits_new(lk_config_t *config, lk_loop_t *loop)
 {
@@ -78,6 +84,8 @@ fe_limits_t *fe_limits_new(lk_config_t *config, lk_loop_t *loop)
     }
     self->per_addr = zhashx_new();
     self->fails = zhashx_new();
+    for (int i = 0; i < FE_CUT_KINDS; i++)
+        self->cut[i] = (lk_ratelog_t)LK_RATELOG_INIT(10, 1);
     return self;
 }
 
@@ -132,6 +140,31 @@ static void s_refusal(fe_limits_t *self, fe_conn_t *conn, uint32_t kind, const c
         lk_notice("client %s (%s): %s", conn->client_id ? conn->client_id : "-", conn->peer, text);
     else
         lk_notice("%s", text);
+}
+
+void fe_limits_cut(fe_conn_t *conn, fe_cut_t kind, const char *why)
+{
+    fe_limits_t *self = conn->srv->limits;
+    uint64_t skipped;
+    if (!lk_ratelog_take(&self->cut[kind], lk_loop_now(self->loop), &skipped))
+        return;
+    if (skipped)
+        lk_notice("%" PRIu64 " more %s line(s) not logged", skipped, s_cut_names[kind]);
+    const char *cid = conn->client_id ? conn->client_id : "-";
+    if (kind == FE_CUT_REFUSED)
+        lk_notice("client %s (%s): refused CONNECT: %s", cid, conn->peer, why ? why : "-");
+    else
+        lk_notice("client %s (%s): cut off: %s: %s", cid, conn->peer, s_cut_names[kind],
+                  why ? why : "-");
+}
+
+void fe_limits_cron(fe_limits_t *self, int64_t now)
+{
+    for (int i = 0; i < FE_CUT_KINDS; i++) {
+        uint64_t n = lk_ratelog_flush(&self->cut[i], now, 10000);
+        if (n)
+            lk_notice("%" PRIu64 " more %s line(s) not logged", n, s_cut_names[i]);
+    }
 }
 
 /* ---- connections ----------------------------------------------------------------- */

@@ -90,6 +90,22 @@ int fe_limits_publish(struct fe_conn *conn, const char *topic, uint8_t qos, uint
 /* A SUBSCRIBE entry (valid filter): 0 when allowed, else the SUBACK code to answer */
 uint8_t fe_limits_subscribe(struct fe_conn *conn, const char *filter);
 
+/* Why the server cut a client off: one notice line per connection, at most 10 at once
+   and 1 a second per kind after that; the lines left out are counted in a summary line
+   ("N more ... not logged"), at the latest 10 s later (fe_limits_cron). */
+typedef enum {
+    FE_CUT_PROTOCOL,  /* protocol error, malformed packet (with the reason code) */
+    FE_CUT_KEEPALIVE, /* keepalive timeout */
+    FE_CUT_OVERSIZE,  /* packet over max_packet_size */
+    FE_CUT_REFUSED,   /* CONNECT refused (with the reason) */
+    FE_CUT_TIMEOUT,   /* no whole CONNECT in connect_timeout_ms */
+    FE_CUT_SLOW,      /* does not read what it is sent */
+    FE_CUT_KINDS
+} fe_cut_t;
+void fe_limits_cut(struct fe_conn *conn, fe_cut_t kind, const char *why);
+/* the summary lines of kinds whose suppressed lines wait for 10 s */
+void fe_limits_cron(fe_limits_t *self, int64_t now);
+
 /* ---- the pure parts, exposed for the selftest ---- */
 
 /* levels of a topic or filter ("$share/<group>/" not counted) */

@@ -94,7 +94,9 @@ void fe_backlog_check(fe_server_t *srv)
             continue;
         c->bp_paused = false;
         c->last_rx_ms = now;    /* its silence was ours */
-        fe_conn_io_events(c);
+        /* reading again; packets already in rbuf (behind a CONNECT, before an end of
+           stream) get no socket event: they are handled at turn end */
+        fe_conn_resume(c);
         n++;
     }
     lk_notice("router backlog %zu bytes: reading resumed (%d connections)",
@@ -628,12 +630,14 @@ static void s_cron(lk_loop_t *loop, void *arg)
     fe_backlog_check(srv);
     if (srv->lingering)
         fe_transport_cron(srv, now);
+    fe_limits_cron(srv->limits, now);
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
         if (!c || c->state == FE_CLOSED)
             continue;
         if (c->state == FE_NEW && now - c->accepted_ms > srv->connect_timeout_ms) {
-            fe_conn_close(c, 0, false, "no CONNECT in time");
+            fe_limits_cut(c, FE_CUT_TIMEOUT, "no whole CONNECT in time");
+            fe_conn_close(c, 0, false, NULL);
         } else if (c->state == FE_AUTH || c->state == FE_SESSION) {
             if (now - c->req_first_ms > srv->request_timeout_ms) {
                 fe_conn_refuse(c, LK_RC_SERVER_UNAVAILABLE,
@@ -659,39 +663,49 @@ static void s_cron(lk_loop_t *loop, void *arg)
 
 /* --- turn end: one write per connection, then the session store's acks ------------ */
 
+void fe_session_ack_send(fe_conn_t *c)
+{
+    fe_server_t *srv = c->srv;
+    if (c->expiry == 0 || (!c->n_acked_ids && !c->n_rel && !c->subs_changed))
+        return;
+    Lk__SessionAck sa = LK__SESSION_ACK__INIT;
+    sa.client = c->client_id;
+    sa.n_store_ids = c->n_acked_ids;
+    sa.store_ids = c->acked_ids;
+    sa.n_released_ids = c->n_rel;
+    sa.released_ids = c->rel_ids;
+    sa.n_released_pids = c->n_rel;
+    sa.released_pids = c->rel_pids;
+    Lk__Subscription store[c->n_subs ? c->n_subs : 1];
+    Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
+    if (c->subs_changed) {
+        fe_conn_subs_to_proto(c, ptrs, store);
+        sa.subs_changed = true;
+        sa.n_subs = c->n_subs;
+        sa.subs = ptrs;
+    }
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
+    env.session_ack = &sa;
+    lk_bus_send(srv->bus, srv->store, &env, true);
+    c->n_acked_ids = 0;
+    c->n_rel = 0;
+    c->subs_changed = false;
+}
+
 static void s_turn_end(lk_loop_t *loop, void *arg)
 {
     fe_server_t *srv = arg;
+    /* packets that waited behind a CONNECT accepted this turn: their answers and acks
+       leave in this turn too */
+    if (srv->resume)
+        fe_conn_resume_all(srv);
     while (srv->ackd) {
         fe_conn_t *c = srv->ackd;
         srv->ackd = c->next_ackd;
         c->on_ack_list = false;
         c->next_ackd = NULL;
-        if (c->expiry == 0 || (!c->n_acked_ids && !c->n_rel && !c->subs_changed))
-            continue;
-        Lk__SessionAck sa = LK__SESSION_ACK__INIT;
-        sa.client = c->client_id;
-        sa.n_store_ids = c->n_acked_ids;
-        sa.store_ids = c->acked_ids;
-        sa.n_released_ids = c->n_rel;
-        sa.released_ids = c->rel_ids;
-        sa.n_released_pids = c->n_rel;
-        sa.released_pids = c->rel_pids;
-        Lk__Subscription store[c->n_subs ? c->n_subs : 1];
-        Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
-        if (c->subs_changed) {
-            fe_conn_subs_to_proto(c, ptrs, store);
-            sa.subs_changed = true;
-            sa.n_subs = c->n_subs;
-            sa.subs = ptrs;
-        }
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
-        env.session_ack = &sa;
-        lk_bus_send(srv->bus, srv->store, &env, true);
-        c->n_acked_ids = 0;
-        c->n_rel = 0;
-        c->subs_changed = false;
+        fe_session_ack_send(c);
     }
     /* the bus first: one write takes this turn's publishes to the router, where the
        client writes below would make them wait ~10 us per subscriber written */

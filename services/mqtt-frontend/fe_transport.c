@@ -14,6 +14,7 @@
 #include "lk_proxy.h"
 #include "lk_ws.h"
 #include <errno.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -413,17 +414,22 @@ void fe_transport_writable(fe_conn_t *conn)
 /* ---- lingering close ---------------------------------------------------------------- */
 
 /* A socket closed with unread input answers the peer's next bytes with a reset: a
-   WebSocket client still sending its close frame, or a TLS client its close_notify, sees
-   an error instead of a clean end. So a TLS or WebSocket connection's socket is kept open
-   a little after the connection is gone — write side shut, input read and dropped — until
-   the peer closes or FE_LINGER_MS pass (the cron's sweep). */
+   WebSocket client still sending its close frame, a TLS client its close_notify, or any
+   client still publishing when we send DISCONNECT sees an error instead of our last
+   packets. So the socket of a connection the server ends (every TLS or WebSocket one) is
+   kept open a little after the connection is gone — write side shut, input read and
+   dropped — until the peer closes, FE_LINGER_MS pass (the cron's sweep) or
+   FE_LINGER_BYTES were dropped. */
 #define FE_LINGER_MS 2000
 #define FE_LINGER_MAX 10000
+/* a client that goes on sending this much after our close gets its reset after all */
+#define FE_LINGER_BYTES (1u << 20)
 
 struct fe_linger {
     fe_server_t *srv;
     int fd;
     int64_t until_ms;
+    size_t drained;
     struct fe_linger *next;
 };
 
@@ -446,8 +452,10 @@ static void s_linger_io(lk_loop_t *loop, int fd, uint32_t events, void *arg)
     char buf[4096];
     for (int i = 0; i < 16; i++) {
         ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n > 0)
+        if (n > 0 && (lg->drained += (size_t)n) < FE_LINGER_BYTES)
             continue;
+        if (n > 0)
+            break;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return;
         break; /* EOF or error: done */
@@ -455,10 +463,25 @@ static void s_linger_io(lk_loop_t *loop, int fd, uint32_t events, void *arg)
     s_linger_end(lg->srv, lg);
 }
 
-static void s_linger(fe_conn_t *conn)
+/* lingering sockets hold descriptors: at most a quarter of what the process may open,
+   so that a flood of refused clients cannot starve accept() */
+static size_t s_linger_cap(void)
+{
+    static size_t cap;
+    if (!cap) {
+        struct rlimit rl;
+        cap = FE_LINGER_MAX;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+            rl.rlim_cur / 4 < cap)
+            cap = rl.rlim_cur / 4 ? (size_t)(rl.rlim_cur / 4) : 1;
+    }
+    return cap;
+}
+
+void fe_transport_linger(fe_conn_t *conn)
 {
     fe_server_t *srv = conn->srv;
-    if (srv->n_lingering >= FE_LINGER_MAX)
+    if (srv->n_lingering >= s_linger_cap())
         return;
     /* the connection closes its own descriptor; this copy keeps the socket open */
     int fd = dup(conn->fd);
@@ -511,7 +534,7 @@ void fe_transport_close(fe_conn_t *conn)
     bool linger = tp->tls || (tp->ws && tp->ws_open);
     lk_tls_destroy(&tp->tls);
     if (linger)
-        s_linger(conn);
+        fe_transport_linger(conn);
 }
 
 int fe_transport_identity(fe_conn_t *conn)

@@ -248,3 +248,85 @@ def test_oversize_packet_refused_before_body(stack):
     t, _, body = c.read_packet()
     assert t == 14 and body[0] == 0x95
     assert c.closed()
+
+
+# --- packets before CONNACK (3.1.4: "Clients need not wait for a CONNACK") -------------------
+# Each packet type right behind the CONNECT in the same write: CONNACK 0 comes first
+# [MQTT-3.1.4-4] (5.0: [MQTT-3.1.4-5]), then the packet is handled as on an open session.
+# Refused: nothing behind the CONNECT is handled [MQTT-3.1.4-5] (5.0: [MQTT-3.1.4-6]).
+# The other transports (TLS, WebSocket, PROXY) and byte-by-byte delivery: test_13.
+
+def _pipelined(version, cid, t, kind):
+    pid = struct.pack("!H", 7)
+    if kind == "subscribe":
+        return raw.subscribe(7, [(t, 1)], version=version), [(9, pid)]
+    if kind == "publish0":
+        return (raw.subscribe(6, [(t, 0)], version=version)
+                + raw.publish(t, b"p0", version=version)), [(9, b""), (3, b"")]
+    if kind == "publish1":
+        return raw.publish(t, b"p1", qos=1, pid=7, version=version), [(4, pid)]
+    if kind == "publish2":
+        return raw.publish(t, b"p2", qos=2, pid=7, version=version), [(5, pid)]
+    if kind == "pingreq":
+        return bytes([0xC0, 0]), [(13, b"")]
+    if kind == "unsubscribe":
+        body = pid + (raw.props() if version == 5 else b"") + raw.utf8(t)
+        return raw.packet(0xA2, body), [(11, pid)]
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("version", [3, 4, 5])
+@pytest.mark.parametrize("kind", ["subscribe", "publish0", "publish1", "publish2", "pingreq",
+                                  "unsubscribe"])
+def test_packet_behind_connect_handled_after_connack(stack, version, kind):
+    cid = "cf-pl-%s-%d" % (kind[:4] + kind[-1], version)
+    t = "conf/pipe/" + cid
+    extra, want = _pipelined(version, cid, t, kind)
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect(cid, version=version) + extra)
+    first = c.read_packet()
+    assert first is not None and first[0] == 2 and first[2][1] == 0, first
+    # the answers in any order (a message may overtake its SUBACK)
+    left = list(want)
+    while left:
+        p = c.read_packet()
+        assert p is not None, "closed instead of answering %s" % kind
+        match = [w for w in left if p[0] == w[0] and p[2][:len(w[1])] == w[1]]
+        assert match, (kind, p, left)
+        left.remove(match[0])
+    c.send(bytes([0xE0, 0]))
+    assert c.closed()
+
+
+@pytest.mark.parametrize("version", [3, 4, 5])
+def test_disconnect_behind_connect(stack, version):
+    # CONNECT + DISCONNECT in one write: CONNACK, then a normal close (no Will)
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect("cf-pl-disc-%d" % version, version=version) + bytes([0xE0, 0]))
+    p = c.read_packet()
+    assert p is not None and p[0] == 2 and p[2][1] == 0, p
+    assert c.closed()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_packets_behind_refused_connect_not_handled(stack, version):
+    # [MQTT-3.1.4-5] / 5.0 [MQTT-3.1.4-6]: a retained PUBLISH behind a refused CONNECT
+    # leaves no retained message
+    t = "conf/pipe/refused/%d" % version
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect("cf-pl-ref-%d" % version, version=version, username="no-such-user",
+                       password="x")
+           + raw.publish(t, b"never", qos=0, retain=True, version=version))
+    p = c.read_packet()
+    assert p is not None and p[0] == 2 and p[2][1] != 0, p
+    assert c.closed()
+    s = connected(stack, "cf-pl-ref-chk-%d" % version, 4)
+    s.send(raw.subscribe(1, [(t, 0)]))
+    assert s.read_packet()[0] == 9
+    s.s.settimeout(1.0)
+    try:
+        p = s.read_packet(1.0)
+    except Exception:
+        p = None
+    assert p is None, "retained message from behind a refused CONNECT: %r" % (p,)
+    s.close()

@@ -88,7 +88,6 @@ def test_data_right_after_header_and_pubsub(stack):
         c.send(v2("192.0.2.1", 1000, tlvs=b"\x04\x00\x02ab")  # with a NOOP TLV
                + mqttraw.connect("px-sub-" + uuid.uuid4().hex[:6]))
         assert c.read_packet()[0] == 2
-        # (the frontend wants CONNACK awaited before more packets)
         c.send(mqttraw.subscribe(1, [(t, 0)]))
         assert c.read_packet()[0] == 9
         lk.mosquitto_pub(stack, t, "via proxy port subscriber")
