@@ -420,14 +420,22 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
         lk_bus_send(srv->bus, srv->router, &env, true);
-
+    }
+    if (attached && conn->open_sent) {
+        /* what the client acked first, then the close, on the one link: the store (and a
+           connection taking over, which waits for our TakeoverDone) sees the session as
+           this connection left it. The store ignores it unless it still registers this
+           connection. */
+        fe_session_ack_flush(conn);
         Lk__Subscription store[conn->n_subs ? conn->n_subs : 1];
         Lk__Subscription *ptrs[conn->n_subs ? conn->n_subs : 1];
         fe_conn_subs_to_proto(conn, ptrs, store);
         Lk__SessionClose sc = LK__SESSION_CLOSE__INIT;
         sc.client = conn->client_id;
+        sc.conn = conn->id;
         sc.expiry = conn->expiry;
-        sc.subs_changed = true;
+        /* before the store answered, we do not know the subscriptions: keep its set */
+        sc.subs_changed = conn->state == FE_ACTIVE || conn->opened;
         sc.will_delayed = will_delayed;
         sc.n_subs = conn->n_subs;
         sc.subs = ptrs;
@@ -435,10 +443,10 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         env2.body_case = LK__ENVELOPE__BODY_SESSION_CLOSE;
         env2.session_close = &sc;
         lk_bus_send(srv->bus, srv->store, &env2, true);
-        /* after the Detach, so that the router no longer counts this client a member */
-        if (conn->expiry == 0 && conn->state == FE_ACTIVE)
-            s_shared_return(conn);
     }
+    /* after the Detach, so that the router no longer counts this client a member */
+    if (attached && mine && conn->expiry == 0 && conn->state == FE_ACTIVE)
+        s_shared_return(conn);
     if (mine)
         zhashx_delete(srv->by_client, conn->client_id);
     lk_loop_del_fd(srv->loop, conn->fd);
