@@ -558,6 +558,13 @@ static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
                        : 1;
     if (rc < 0)
         return -1;
+    s_handoff_t *h = c->client ? zhashx_lookup(self->handoffs, c->client) : NULL;
+    if (h && strcmp(h->node, lk_peer_name(peer)) == 0 && h->conn == c->conn) {
+        /* the waiting connection itself is gone: nothing to open for it */
+        lk_debug("client %s: connection %" PRIu64 " closed while waiting for a takeover",
+                 c->client, c->conn);
+        zhashx_delete(self->handoffs, c->client);
+    }
     if (rc == 1)
         lk_debug("SessionClose of %s from %s ignored: not there", c->client ? c->client : "",
                  lk_peer_name(peer));

@@ -1368,6 +1368,43 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
          s_raw_int(&t, "EXISTS lk:sess:%s", "c4") == 0;
     s_check(&t, "store: close with expiry 0 deletes the session", ok);
 
+    // --- the registry names one connection: a close from another changes nothing
+    {
+        ss_open_t a = {.client = "c5", .expiry = 100, .node = "fe-1", .node_epoch = 11, .conn = 4};
+        ss_open_t b = {.client = "c5", .expiry = 100, .node = "fe-1", .node_epoch = 11, .conn = 9};
+        ok = ss_store_open(store, &a, &res) == 0;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_open(store, &b, &res) == 0 && res.present;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_close(store, "c5", "fe-1", 4, 0, NULL, 0, false) == 1 &&
+             ss_store_session(store, "c5") && ss_store_session(store, "c5")->conn == 9 &&
+             s_raw_int(&t, "EXISTS lk:sess:%s", "c5") == 1;
+        ok = ok && ss_store_close(store, "c5", "fe-1", 9, 100, NULL, 0, false) == 0 &&
+             ss_store_session(store, "c5")->disconnected_at > 0;
+        s_check(&t, "store: close names its connection", ok);
+
+        // --- inbound QoS 2 packet ids are session state, returned on resume
+        uint32_t add[] = {7, 9}, del[] = {7};
+        ss_open_t c = {.client = "c5", .expiry = 100, .node = "fe-2", .node_epoch = 5, .conn = 1};
+        ok = ss_store_open(store, &c, &res) == 0 && res.present;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_rx(store, "c5", "fe-2", add, 2, NULL, 0) == 0 &&
+             ss_store_rx(store, "c5", "fe-1", del, 1, NULL, 0) == 1 &&
+             ss_store_rx(store, "c5", "fe-2", NULL, 0, del, 1) == 0 &&
+             ss_store_close(store, "c5", "fe-2", 1, 100, NULL, 0, false) == 0;
+        c.conn = 2;
+        ok = ok && ss_store_open(store, &c, &res) == 0 && res.present && res.n_rx_pids == 1 &&
+             res.rx_pids[0] == 9;
+        ss_open_result_clear(&res);
+        c.clean = true;
+        c.conn = 3;
+        ok = ok && ss_store_open(store, &c, &res) == 0 && !res.present && res.n_rx_pids == 0 &&
+             s_raw_int(&t, "EXISTS lk:rx:%s", "c5") == 0;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_close(store, "c5", "fe-2", 3, 0, NULL, 0, false) == 0;
+        s_check(&t, "store: inbound QoS 2 ids kept with the session", ok);
+    }
+
     // --- retained set / delete / scan / expiry
     Lk__Msg rm[4];
     Lk__Msg *rptr[4];
