@@ -46,6 +46,8 @@ typedef struct {
     size_t len;
     char *holder;       /* the node asked to close its connection */
     uint64_t holder_conn;
+    uint64_t holder_epoch;
+    bool resumed;
     int64_t deadline;
 } s_handoff_t;
 
@@ -479,12 +481,13 @@ static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     lk__envelope__pack(env, h->data);
     h->holder = lk_strdup(s->node);
     h->holder_conn = s->conn;
+    h->holder_epoch = s->node_epoch;
     h->deadline = lk_mono_ms() + SS_HANDOFF_MS;
-    zhashx_update(self->handoffs, o->client, h);
     /* the session goes on only when this connection resumes it and the old one would not
        have ended it at its close (Session Expiry 0) */
-    bool resumed = !o->clean && s->persistent && s->expiry > 0;
-    s_send_takeover(self, s->node, o->client, s->conn, s->node_epoch, node, resumed);
+    h->resumed = !o->clean && s->persistent && s->expiry > 0;
+    zhashx_update(self->handoffs, o->client, h);
+    s_send_takeover(self, s->node, o->client, s->conn, s->node_epoch, node, h->resumed);
     return 0;
 }
 
@@ -538,6 +541,9 @@ static void s_handoffs_check(self_t *self, const char *down_node)
         }
         lk_info("client %s: %s did not answer the takeover; opening at %s", c, h->holder,
                 h->node);
+        /* once more, in case the first was lost: that connection must not stay */
+        s_send_takeover(self, h->holder, c, h->holder_conn, h->holder_epoch, h->node,
+                        h->resumed);
         s_handoff_finish(self, h);
     }
     zlistx_destroy(&due);
