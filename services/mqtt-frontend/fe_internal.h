@@ -252,6 +252,7 @@ struct _fe_server_t {
     uint32_t persistent_expiration;
     int connect_timeout_ms;
     int request_timeout_ms;
+    int router_timeout_ms;
     /* direct QoS 0 routing (fe_route.c) */
     bool direct;            /* frontend_endpoint set: ask the router for routes */
     zhashx_t *routes;       /* topic -> route */

@@ -693,7 +693,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
             c->reopening = true;
             fe_session_open_send(c);
         } else if (c->state == FE_ACTIVE && c->n_rt_wait && srv->router_down_ms &&
-                   now - srv->router_down_ms > srv->request_timeout_ms) {
+                   now - srv->router_down_ms > srv->router_timeout_ms) {
             /* its QoS > 0 publishes cannot be acknowledged: the client is told (v5 0x88)
                and re-sends them when it reconnects, rather than wait without end */
             fe_conn_close(c, LK_RC_SERVER_UNAVAILABLE, true, "router unavailable");
@@ -812,6 +812,9 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     /* slowloris: a socket that has not sent a whole CONNECT by then is closed */
     srv->connect_timeout_ms = (int)lk_config_get_int(config, "connect_timeout_ms", 5000);
     srv->request_timeout_ms = (int)lk_config_get_int(config, "request_timeout_ms", 5000);
+    /* QoS > 0 publishes wait this long for a router that is gone (TCP back-pressure holds
+       the publisher meanwhile), then the connection is closed */
+    srv->router_timeout_ms = (int)lk_config_get_int(config, "router_timeout_ms", 30000);
     srv->allow_zero_length_id = lk_config_get_bool(config, "allow_zero_length_clientid", true);
     if (!(srv->limits = fe_limits_new(config, loop))) {
         fe_server_destroy(&srv);
