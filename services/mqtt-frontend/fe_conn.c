@@ -527,10 +527,6 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
             fe_transport_linger(conn);
     }
     bool attached = conn->state == FE_ACTIVE || conn->state == FE_SESSION;
-    /* every packet the client sent before this close is applied first: its acks reach
-       the session store ahead of the SessionClose (same link, in order) */
-    if (attached)
-        fe_session_ack_send(conn);
     bool mine = conn->client_id && zhashx_lookup(srv->by_client, conn->client_id) == conn;
     bool will_delayed = false;
     if (attached && publish_will && conn->will && conn->state == FE_ACTIVE)
@@ -543,14 +539,22 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
         lk_bus_send(srv->bus, srv->router, &env, true);
-
+    }
+    if (attached && conn->open_sent) {
+        /* what the client acked first, then the close, on the one link: the store (and a
+           connection taking over, which waits for our TakeoverDone) sees the session as
+           this connection left it. The store ignores it unless it still registers this
+           connection. */
+        fe_session_ack_flush(conn);
         Lk__Subscription store[conn->n_subs ? conn->n_subs : 1];
         Lk__Subscription *ptrs[conn->n_subs ? conn->n_subs : 1];
         fe_conn_subs_to_proto(conn, ptrs, store);
         Lk__SessionClose sc = LK__SESSION_CLOSE__INIT;
         sc.client = conn->client_id;
+        sc.conn = conn->id;
         sc.expiry = conn->expiry;
-        sc.subs_changed = true;
+        /* before the store answered, we do not know the subscriptions: keep its set */
+        sc.subs_changed = conn->state == FE_ACTIVE || conn->opened;
         sc.will_delayed = will_delayed;
         sc.n_subs = conn->n_subs;
         sc.subs = ptrs;
@@ -558,10 +562,10 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         env2.body_case = LK__ENVELOPE__BODY_SESSION_CLOSE;
         env2.session_close = &sc;
         lk_bus_send(srv->bus, srv->store, &env2, true);
-        /* after the Detach, so that the router no longer counts this client a member */
-        if (conn->expiry == 0 && conn->state == FE_ACTIVE)
-            s_shared_return(conn);
     }
+    /* after the Detach, so that the router no longer counts this client a member */
+    if (attached && mine && conn->expiry == 0 && conn->state == FE_ACTIVE)
+        s_shared_return(conn);
     if (mine)
         zhashx_delete(srv->by_client, conn->client_id);
     lk_loop_del_fd(srv->loop, conn->fd);

@@ -275,8 +275,9 @@ void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
     if (!conn || conn->state == FE_CLOSED || conn->state == FE_AUTH)
         return;
     if (d->store_id) {
-        /* stored copies before SessionOpened come with its pending list */
-        if (conn->state != FE_ACTIVE || d->store_id <= conn->max_store_id)
+        /* stored copies before SessionOpened come with its pending list; those forwarded
+           after it (while the router acks the Attach) wait in the queue */
+        if ((conn->state != FE_ACTIVE && !conn->opened) || d->store_id <= conn->max_store_id)
             return;
     }
     fe_deliver_to(conn, d, false);

@@ -85,10 +85,12 @@ void fe_session_open_send(fe_conn_t *conn)
     o.clean = conn->clean;
     o.expiry = conn->expiry;
     o.max_queued = srv->max_queued;
+    o.conn = conn->id;
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_OPEN;
     env.session_open = &o;
     lk_bus_send(srv->bus, srv->store, &env, false);
+    conn->open_sent = true;
     conn->req_sent_ms = lk_loop_now(srv->loop);
 }
 
@@ -219,37 +221,88 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     /* a connection of the same client on this frontend is taken over here; the one on
        another frontend by the session store's Takeover */
     fe_conn_t *old = zhashx_lookup(srv->by_client, conn->client_id);
+    if (old && old != conn) {
+        fe_takeover_close(old, !conn->clean && old->expiry > 0, conn->peer);
+        /* its SessionClose went first: the store sees it closed before our SessionOpen */
+    }
     /* delete, then insert: an update would keep the old connection's key string */
     zhashx_delete(srv->by_client, conn->client_id);
     zhashx_insert(srv->by_client, conn->client_id, conn);
-    if (old && old != conn) {
-        lk_info("client %s: taken over by a new connection from %s", conn->client_id,
-                conn->peer);
-        fe_conn_close(old, LK_RC_SESSION_TAKEN_OVER, true, NULL);
-    }
     /* a will delayed here (the old connection's too): a resumed session cancels it, a
        clean start ends the old session and so sends it now [MQTT-3.1.3-9] */
     if (conn->clean)
         fe_will_fire(srv, conn->client_id);
     else
         fe_will_cancel(srv, conn->client_id);
-    Lk__Attach a = LK__ATTACH__INIT;
-    a.client = conn->client_id;
-    a.persistent = conn->expiry > 0;
-    a.clean = conn->clean;
-    Lk__Envelope env = LK__ENVELOPE__INIT;
-    env.body_case = LK__ENVELOPE__BODY_ATTACH;
-    env.attach = &a;
-    int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
-    /* a router known dead is not waited for: connecting must not depend on it */
-    if (seq > 0 && lk_peer_alive(srv->router)) {
-        fe_wait_item_t it = {FE_WAIT_ATTACH, conn->fd, conn->id, 0, NULL, 0};
-        fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
-        conn->attach_wait = true;
-    }
     conn->state = FE_SESSION;
     conn->req_first_ms = lk_loop_now(srv->loop);
+    if (conn->clean && conn->expiry == 0 && !lk_peer_alive(srv->store)) {
+        /* no session store: a clean session needs nothing from it. Registered (and a
+           second holder of the client id taken over) once the store is back. */
+        Lk__SessionOpened none = LK__SESSION_OPENED__INIT;
+        none.req = conn->req;
+        none.client = conn->client_id;
+        conn->unregistered = true;
+        lk_info("client %s: session store unavailable, clean session connects unregistered",
+                conn->client_id);
+        fe_session_ready(conn, &none);
+        return;
+    }
     fe_session_open_send(conn);
+}
+
+/* closes conn for a newer connection of its client id (this frontend's or, by Takeover,
+   another's). MQTT 5 3.1.2.5 / 3.1.3.2.2: the will is not published when the new connection
+   continues the session [MQTT-3.1.2-8, 3.1.3-9]; when the session ends (clean start, or
+   the old connection's Session Expiry 0) it is published now, whatever its delay, as
+   Mosquitto does. */
+void fe_takeover_close(fe_conn_t *conn, bool resumed, const char *by)
+{
+    fe_server_t *srv = conn->srv;
+    /* what the client sent before it left (a DISCONNECT with Session Expiry 0, acks) is
+       read first: it decides what the new connection finds */
+    if (conn->state == FE_ACTIVE && !conn->lim.paused && !conn->bp_paused)
+        fe_conn_readable(conn);
+    if (conn->state == FE_CLOSED)
+        return;
+    if (conn->will && conn->state == FE_ACTIVE) {
+        if (!resumed)
+            fe_will_publish(srv, conn->client_id, conn->will);
+        lk__msg__free_unpacked(conn->will, NULL);
+        conn->will = NULL;
+    }
+    lk_info("client %s (%s): taken over by %s%s", conn->client_id, conn->peer, by,
+            resumed ? ", session resumed" : "");
+    fe_conn_close(conn, LK_RC_SESSION_TAKEN_OVER, false, NULL);
+}
+
+void fe_takeover(fe_server_t *srv, const Lk__Takeover *t)
+{
+    if (!t->client)
+        return;
+    const char *by = t->by_node && *t->by_node ? t->by_node : "another node";
+    fe_conn_t *c = zhashx_lookup(srv->by_client, t->client);
+    bool ours = t->conn && t->epoch == lk_bus_epoch(srv->bus);
+    if (c && ours && c->id == t->conn && c->state != FE_CLOSED)
+        fe_takeover_close(c, t->resumed, by);
+    else if (!c || c->state == FE_CLOSED) {
+        /* nobody connected here with that id: a will delayed here goes now when the
+           session ended, is dropped when it goes on elsewhere [MQTT-3.1.3-9] */
+        bool done = t->resumed ? fe_will_cancel(srv, t->client) : fe_will_fire(srv, t->client);
+        if (done)
+            lk_info("client %s: delayed will %s, reconnected on %s", t->client,
+                    t->resumed ? "cancelled" : "published (session ended)", by);
+    }
+    if (t->conn) {
+        /* after everything that connection sent: the store lets the new one open now */
+        Lk__TakeoverDone d = LK__TAKEOVER_DONE__INIT;
+        d.client = t->client;
+        d.conn = t->conn;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_TAKEOVER_DONE;
+        env.takeover_done = &d;
+        lk_bus_send(srv->bus, srv->store, &env, true);
+    }
 }
 
 static void s_sub_set(fe_conn_t *conn, const char *filter, uint8_t qos, bool nl, bool rap,
@@ -295,22 +348,18 @@ void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **ptrs, Lk__Subscri
     }
 }
 
+static void s_qos2_in_add(fe_conn_t *conn, uint16_t pid);
+static bool s_qos2_in_has(fe_conn_t *conn, uint16_t pid);
+
 void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
 {
     fe_conn_t *conn = s_conn_of_req(srv, r->req);
     if (!conn || (conn->state != FE_SESSION && conn->state != FE_ACTIVE))
         return;
-    if (conn->state == FE_SESSION && conn->attach_wait) {
-        /* kept until the router acks the Attach (fe_attach_acked) */
-        free(conn->opened);
-        conn->opened_len = lk__session_opened__get_packed_size(r);
-        conn->opened = lk_malloc(conn->opened_len ? conn->opened_len : 1);
-        lk__session_opened__pack(r, conn->opened);
-        return;
-    }
     if (conn->state == FE_ACTIVE) {
         /* a re-open after the session store restarted: only what we do not have yet */
         conn->reopening = false;
+        conn->unregistered = false;
         /* not "newer than max_store_id": a forward of a new copy may have overtaken this
            answer, and older copies the dead store never forwarded must still go out */
         for (size_t i = 0; i < r->n_pending; i++)
@@ -319,6 +368,14 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
         fe_pump(conn);
         return;
     }
+    if (conn->opened)
+        return; /* answered twice (a re-sent SessionOpen): the first answer holds */
+    fe_session_ready(conn, r);
+}
+
+void fe_session_ready(fe_conn_t *conn, Lk__SessionOpened *r)
+{
+    fe_server_t *srv = conn->srv;
     bool present = r->present && !conn->clean;
     if (present) {
         for (size_t i = 0; i < r->n_subs; i++) {
@@ -328,21 +385,44 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
                 s_sub_set(conn, s->filter, (uint8_t)s->qos, s->no_local, s->retain_as_published,
                           (uint8_t)s->retain_handling, s->sub_id, &is_new);
         }
-        if (conn->n_subs) {
-            /* the router may have lost them in a restart; re-adding is harmless */
-            Lk__Subscription store[conn->n_subs];
-            Lk__Subscription *ptrs[conn->n_subs];
-            fe_conn_subs_to_proto(conn, ptrs, store);
-            Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
-            sr.client = conn->client_id;
-            sr.n_subs = conn->n_subs;
-            sr.subs = ptrs;
-            Lk__Envelope env = LK__ENVELOPE__INIT;
-            env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
-            env.subscribe = &sr;
-            lk_bus_send(srv->bus, srv->router, &env, true);
-        }
+        /* QoS 2 exchanges the client started in an earlier connection [MQTT-4.3.3-10] */
+        for (size_t i = 0; i < r->n_rx_pids; i++)
+            if (!s_qos2_in_has(conn, (uint16_t)r->rx_pids[i]))
+                s_qos2_in_add(conn, (uint16_t)r->rx_pids[i]);
     }
+    conn->opened_len = lk__session_opened__get_packed_size(r);
+    conn->opened = lk_malloc(conn->opened_len ? conn->opened_len : 1);
+    lk__session_opened__pack(r, conn->opened);
+    /* the router learns of this connection only now, in the order the session store chose
+       among racing connections; a resumed session's subscriptions come with it (the router
+       may have lost them in a restart: re-adding is harmless) */
+    Lk__Subscription store[conn->n_subs ? conn->n_subs : 1];
+    Lk__Subscription *ptrs[conn->n_subs ? conn->n_subs : 1];
+    fe_conn_subs_to_proto(conn, ptrs, store);
+    Lk__Attach a = LK__ATTACH__INIT;
+    a.client = conn->client_id;
+    a.persistent = conn->expiry > 0;
+    a.clean = !present;
+    a.n_subs = conn->n_subs;
+    a.subs = ptrs;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_ATTACH;
+    env.attach = &a;
+    int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
+    conn->attach_sent = true;
+    if (seq > 0) {
+        /* CONNACK on the router's ack; no router within request_timeout_ms: CONNACK 0x88
+           (3.x: 3) from the cron. Never a CONNACK that leaves publishes hanging. */
+        fe_wait_item_t it = {FE_WAIT_ATTACH, conn->fd, conn->id, 0, NULL, 0};
+        fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
+    } else
+        fe_conn_refuse(conn, LK_RC_SERVER_UNAVAILABLE, "attach could not be sent");
+}
+
+static void s_connack(fe_conn_t *conn, Lk__SessionOpened *r)
+{
+    fe_server_t *srv = conn->srv;
+    bool present = r->present && !conn->clean;
     lk_mqtt_packet_t p = {0};
     p.type = LK_MQTT_CONNACK;
     p.u.connack.session_present = present;
@@ -376,8 +456,15 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
     conn->alias_in_max = srv->max_topic_alias;
     if (conn->alias_in_max)
         conn->alias_in = lk_calloc(conn->alias_in_max + 1u, sizeof(char *));
-    lk_info("client %s (%s) connected, v%d, %s session%s", conn->client_id, conn->peer,
-            conn->version, conn->expiry ? "persistent" : "clean", present ? " resumed" : "");
+    lk_info("client %s (%s) connected, v%d, %s session%s%s", conn->client_id, conn->peer,
+            conn->version, conn->expiry ? "persistent" : "clean", present ? " resumed" : "",
+            conn->unregistered ? " (session store unavailable)" : "");
+    /* what arrived while the router acked the Attach is newer than the pending list: it
+       goes behind it */
+    fe_queued_t *early = conn->q_head, *early_tail = conn->q_tail;
+    size_t early_n = conn->n_queued, early_bytes = conn->queued_bytes;
+    conn->q_head = conn->q_tail = NULL;
+    conn->n_queued = conn->queued_bytes = 0;
     /* QoS 2 copies owed only a PUBREL first: they keep their packet ids, so those must be
        taken before new deliveries pick ids */
     for (int pass = 0; pass < 2; pass++)
@@ -386,6 +473,15 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
             if ((pass == 0) == (d->released_pid != 0))
                 fe_deliver_to(conn, d, true);
         }
+    if (early) {
+        if (conn->q_tail)
+            conn->q_tail->next = early;
+        else
+            conn->q_head = early;
+        conn->q_tail = early_tail;
+        conn->n_queued += early_n;
+        conn->queued_bytes += early_bytes;
+    }
     fe_pump(conn);
     /* the packets the client sent behind its CONNECT, in order, after the CONNACK */
     fe_conn_resume(conn);
@@ -395,16 +491,16 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
 
 void fe_attach_acked(fe_conn_t *conn)
 {
-    conn->attach_wait = false;
     if (conn->state != FE_SESSION || !conn->opened)
         return;
     Lk__SessionOpened *r = lk__session_opened__unpack(NULL, conn->opened_len, conn->opened);
     free(conn->opened);
     conn->opened = NULL;
     if (r) {
-        fe_handle_session_opened(conn->srv, r);
+        s_connack(conn, r);
         lk__session_opened__free_unpacked(r, NULL);
-    }
+    } else
+        fe_conn_refuse(conn, LK_RC_SERVER_UNAVAILABLE, "session answer unreadable");
 }
 
 static bool s_qos2_in_has(fe_conn_t *conn, uint16_t pid)
@@ -528,6 +624,7 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         s_qos2_in_add(conn, p->packet_id);
     else
         conn->n_qos1_in++;
+    conn->n_rt_wait++;
     fe_wait_item_t it = {p->qos == 1 ? FE_WAIT_PUBACK : FE_WAIT_PUBREC, conn->fd, conn->id,
                          p->packet_id, NULL, 0};
     fe_wait_add(fe_wait_for(srv, srv->router, seq), &it);
@@ -536,8 +633,28 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 
 static int s_pubrel(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 {
-    bool found = s_qos2_in_del(conn, pkt->u.ack.packet_id);
-    s_ack(conn, LK_MQTT_PUBCOMP, pkt->u.ack.packet_id,
+    fe_server_t *srv = conn->srv;
+    uint16_t pid = pkt->u.ack.packet_id;
+    bool found = s_qos2_in_del(conn, pid);
+    if (found && conn->expiry > 0 && !conn->unregistered && lk_peer_alive(srv->store)) {
+        /* PUBCOMP once the session store forgot the id: the client may reuse it at once,
+           on any frontend */
+        uint32_t p32 = pid;
+        Lk__SessionAck sa = LK__SESSION_ACK__INIT;
+        sa.client = conn->client_id;
+        sa.n_rx_del = 1;
+        sa.rx_del = &p32;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
+        env.session_ack = &sa;
+        int64_t seq = lk_bus_send(srv->bus, srv->store, &env, true);
+        if (seq > 0) {
+            fe_wait_item_t it = {FE_WAIT_RX_DEL, conn->fd, conn->id, pid, NULL, 0};
+            fe_wait_add(fe_wait_for(srv, srv->store, (uint64_t)seq), &it);
+            return 0;
+        }
+    }
+    s_ack(conn, LK_MQTT_PUBCOMP, pid,
           (found || conn->version != LK_MQTT_V5) ? 0 : LK_RC_PACKET_ID_NOT_FOUND);
     return 0;
 }

@@ -118,6 +118,10 @@ typedef struct fe_conn {
     uint16_t keepalive;
     uint64_t req;           /* pending auth/session request id */
     bool reopening;         /* ACTIVE, re-opening its session after a session store restart */
+    bool open_sent;         /* SessionOpen sent: the store may register this connection */
+    bool unregistered;      /* connected without the session store (clean session while it
+                               was down): registered when it is back */
+    uint32_t n_rt_wait;     /* QoS > 0 publishes waiting for the router's ack */
     bool bp_paused;         /* not read while the router's backlog is too large */
     size_t queued_bytes;    /* packed size of what waits in the queue */
     int64_t req_sent_ms;
@@ -170,10 +174,12 @@ typedef struct fe_conn {
     struct fe_conn *next_dead;
     struct fe_conn *next_ackd;
     bool on_ack_list;
-    /* CONNACK waits for the router's Attach ack too: routes cached on other frontends
-       are flushed by then, so QoS 0 published after CONNACK finds this connection */
-    bool attach_wait;
-    uint8_t *opened;        /* the SessionOpened that came first (packed) */
+    /* the Attach goes to the router once the session store answered (so the router sees
+       the connections of one client id in the order the store chose); CONNACK waits for
+       its ack: routes cached on other frontends are flushed by then, so QoS 0 published
+       after CONNACK finds this connection */
+    bool attach_sent;
+    uint8_t *opened;        /* the SessionOpened, kept until the router acks (packed) */
     size_t opened_len;
     fe_limits_conn_t lim;   /* fe_limits: buckets, pause, address */
 } fe_conn_t;
@@ -184,7 +190,9 @@ typedef enum {
     FE_WAIT_PUBREC,
     FE_WAIT_SUBACK,
     FE_WAIT_UNSUBACK,
-    FE_WAIT_ATTACH
+    FE_WAIT_ATTACH,
+    FE_WAIT_RX_ADD,     /* session store recorded the QoS 2 packet id: PUBREC */
+    FE_WAIT_RX_DEL      /* session store forgot it: PUBCOMP */
 } fe_wait_kind_t;
 
 typedef struct {
@@ -239,6 +247,7 @@ struct _fe_server_t {
     uint64_t max_queued_bytes;
     fe_wait_t *waits, *waits_tail;
     size_t n_conns;
+    int64_t router_down_ms; /* when the router fell silent; 0 while it is alive */
     /* configuration */
     bool allow_zero_length_id;
     uint16_t max_inflight;
@@ -252,6 +261,7 @@ struct _fe_server_t {
     uint32_t persistent_expiration;
     int connect_timeout_ms;
     int request_timeout_ms;
+    int router_timeout_ms;
     /* direct QoS 0 routing (fe_route.c) */
     bool direct;            /* frontend_endpoint set: ask the router for routes */
     zhashx_t *routes;       /* topic -> route */
@@ -352,11 +362,21 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r);
 /* the router acked the connection's Attach: CONNACK if the session store answered */
 void fe_attach_acked(fe_conn_t *conn);
 void fe_session_open_send(fe_conn_t *conn);
+/* a SessionOpened for a connection in FE_SESSION (or an empty one made up when the session
+   store is down and the session is clean): Attach to the router, CONNACK on its ack */
+void fe_session_ready(fe_conn_t *conn, Lk__SessionOpened *r);
+/* Takeover from the session store: closes the named connection (will per `resumed`) */
+void fe_takeover(fe_server_t *srv, const Lk__Takeover *t);
+/* the connection is replaced by a newer one of its client id: closed with 0x8E; its will
+   dropped when the session goes on (resumed), published now when the session ends */
+void fe_takeover_close(fe_conn_t *conn, bool resumed, const char *by);
 /* the request id of a connection's auth/session requests: its fd and id, so a reply
    finds it again (or nothing, once it closed) */
 uint64_t fe_conn_req(fe_conn_t *conn);
 void fe_auth_request_send(fe_conn_t *conn);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
+/* sends the connection's pending SessionAck (store ids, released ids, subscriptions) now */
+void fe_session_ack_flush(fe_conn_t *conn);
 
 /* fe_acl.c: Revoke{acl_changed} from auth, and the AuthReply{acl_only} it leads to */
 void fe_acl_changed(fe_server_t *srv, const Lk__Revoke *r);
@@ -375,9 +395,6 @@ bool fe_holds(fe_conn_t *conn, uint64_t store_id);
 void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid);
 
 /* fe_server.c */
-/* sends the connection's pending SessionAck now (acked store ids, released ids, changed
-   subscriptions); done at turn end, and before a SessionClose so that it comes first */
-void fe_session_ack_send(fe_conn_t *conn);
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s);
 bool fe_will_cancel(fe_server_t *srv, const char *client_id);
 /* publishes a delayed will now (its session ended); false when none waits */

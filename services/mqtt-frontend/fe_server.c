@@ -54,9 +54,37 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
             switch (it->kind) {
             case FE_WAIT_PUBACK:
             case FE_WAIT_PUBREC:
+                if (conn->n_rt_wait)
+                    conn->n_rt_wait--;
                 if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
                     conn->n_qos1_in--;
+                if (it->kind == FE_WAIT_PUBREC && conn->expiry > 0 && !conn->unregistered &&
+                    lk_peer_alive(srv->store)) {
+                    /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
+                       session store has it, so a PUBLISH re-sent after a reconnect (to any
+                       frontend) is recognised */
+                    uint32_t pid = it->pid;
+                    Lk__SessionAck sa = LK__SESSION_ACK__INIT;
+                    sa.client = conn->client_id;
+                    sa.n_rx_add = 1;
+                    sa.rx_add = &pid;
+                    Lk__Envelope env = LK__ENVELOPE__INIT;
+                    env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
+                    env.session_ack = &sa;
+                    int64_t seq = lk_bus_send(srv->bus, srv->store, &env, true);
+                    if (seq > 0) {
+                        fe_wait_item_t w = {FE_WAIT_RX_ADD, conn->fd, conn->id, it->pid, NULL, 0};
+                        fe_wait_add(fe_wait_for(srv, srv->store, (uint64_t)seq), &w);
+                        break;
+                    }
+                }
                 p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
+                p.u.ack.packet_id = it->pid;
+                fe_conn_send(conn, &p);
+                break;
+            case FE_WAIT_RX_ADD:
+            case FE_WAIT_RX_DEL:
+                p.type = it->kind == FE_WAIT_RX_ADD ? LK_MQTT_PUBREC : LK_MQTT_PUBCOMP;
                 p.u.ack.packet_id = it->pid;
                 fe_conn_send(conn, &p);
                 break;
@@ -129,7 +157,7 @@ static void s_reattach(fe_server_t *srv)
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
-        if (!c || (c->state != FE_ACTIVE && c->state != FE_SESSION))
+        if (!c || (c->state != FE_ACTIVE && c->state != FE_SESSION) || !c->attach_sent)
             continue;
         Lk__Subscription store[c->n_subs ? c->n_subs : 1];
         Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
@@ -149,51 +177,50 @@ static void s_reattach(fe_server_t *srv)
 }
 
 /* The session store restarted: what it stored but had not yet forwarded would wait for
-   the client's next reconnect. Opening each persistent session again (same node, not
-   clean) returns its pending messages; fe_handle_session_opened delivers the ones newer
-   than what the connection already has. */
-static void s_reopen(fe_server_t *srv)
+   the client's next reconnect. Opening each session again (same connection, not clean)
+   registers the connection again and returns its pending messages;
+   fe_handle_session_opened delivers the ones the connection does not have yet.
+   Connections made while the store was down (clean sessions, `unregistered`) are opened
+   as they connected (clean): a client id now held twice is taken over then, the later
+   SessionOpen winning. all = false: only those. */
+static void s_reopen(fe_server_t *srv, bool all)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
-        if (!c || c->state != FE_ACTIVE || c->expiry == 0)
+        if (!c || c->state != FE_ACTIVE || (!all && !c->unregistered))
             continue;
         c->req = fe_conn_req(c);
-        c->clean = false;
+        if (!c->unregistered)
+            c->clean = false;
         c->reopening = true;
         fe_session_open_send(c);
         n++;
     }
     if (n)
-        lk_notice("session store restarted: re-opened %d persistent sessions", n);
+        lk_notice("session store %s: re-opened %d sessions", all ? "restarted" : "back", n);
 }
 
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     fe_server_t *srv = arg;
     lk_info("peer %s %s", lk_peer_name(peer), restarted ? "restarted" : "up");
-    if (peer == srv->router && restarted) {
-        fe_route_reset(srv);
-        s_reattach(srv);
+    if (peer == srv->router) {
+        srv->router_down_ms = 0;
+        if (restarted) {
+            fe_route_reset(srv);
+            s_reattach(srv);
+        }
     }
-    if (peer == srv->store && restarted)
-        s_reopen(srv);
+    if (peer == srv->store)
+        s_reopen(srv, restarted);
 }
 
-static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
+static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
-    fe_conn_t *c = zhashx_lookup(srv->by_client, t->client ? t->client : "");
-    if (!c || c->state == FE_NEW || c->state == FE_CLOSED) {
-        /* the client is back elsewhere: a will waiting here must not be sent
-           [MQTT-3.1.3-9] */
-        if (t->client && fe_will_cancel(srv, t->client))
-            lk_info("client %s: delayed will cancelled, reconnected on %s", t->client,
-                    t->by_node ? t->by_node : "?");
-        return;
-    }
-    lk_info("client %s taken over by %s", c->client_id, t->by_node ? t->by_node : "?");
-    fe_conn_close(c, LK_RC_SESSION_TAKEN_OVER, true, NULL);
+    fe_server_t *srv = arg;
+    if (peer == srv->router && !srv->router_down_ms)
+        srv->router_down_ms = lk_loop_now(srv->loop);
 }
 
 static void s_revoke(fe_server_t *srv, Lk__Revoke *r)
@@ -230,7 +257,8 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
         fe_handle_session_opened(srv, env->session_opened);
         break;
     case LK__ENVELOPE__BODY_TAKEOVER:
-        s_takeover(srv, env->takeover);
+        if (peer == srv->store)
+            fe_takeover(srv, env->takeover);
         break;
     case LK__ENVELOPE__BODY_REVOKE:
         s_revoke(srv, env->revoke);
@@ -644,6 +672,16 @@ static void s_cron(lk_loop_t *loop, void *arg)
                                c->state == FE_AUTH ? "auth did not answer"
                                : c->opened         ? "router did not ack the attach"
                                                    : "session store did not answer");
+            } else if (c->state == FE_SESSION && !c->opened && c->clean && c->expiry == 0 &&
+                       (!lk_peer_alive(srv->store) ||
+                        now - c->req_first_ms > srv->request_timeout_ms * 3 / 5)) {
+                /* a clean session does not need the session store: it connects now and
+                   is registered when the store is back */
+                Lk__SessionOpened none = LK__SESSION_OPENED__INIT;
+                none.req = c->req;
+                none.client = c->client_id;
+                c->unregistered = true;
+                fe_session_ready(c, &none);
             } else if (now - c->req_sent_ms > 1000 && !c->opened) {
                 /* the reply may have been lost with a restarting service: ask again */
                 if (c->state == FE_AUTH)
@@ -651,9 +689,18 @@ static void s_cron(lk_loop_t *loop, void *arg)
                 else
                     fe_session_open_send(c);
             }
-        } else if (c->state == FE_ACTIVE && c->reopening && now - c->req_sent_ms > 1000) {
-            /* a store that restarted answers only once it has loaded Redis */
+        } else if (c->state == FE_ACTIVE && (c->reopening || c->unregistered) &&
+                   now - c->req_sent_ms > 1000 && lk_peer_alive(srv->store)) {
+            /* a store that restarted answers only once it has loaded Redis; a connection
+               made without it is registered as soon as it answers */
+            c->req = fe_conn_req(c);
+            c->reopening = true;
             fe_session_open_send(c);
+        } else if (c->state == FE_ACTIVE && c->n_rt_wait && srv->router_down_ms &&
+                   now - srv->router_down_ms > srv->router_timeout_ms) {
+            /* its QoS > 0 publishes cannot be acknowledged: the client is told (v5 0x88)
+               and re-sends them when it reconnects, rather than wait without end */
+            fe_conn_close(c, LK_RC_SERVER_UNAVAILABLE, true, "router unavailable");
         } else if (c->state == FE_ACTIVE && c->keepalive && !c->bp_paused &&
                    now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
             fe_conn_close(c, LK_RC_KEEP_ALIVE_TIMEOUT, true, "keepalive timeout");
@@ -663,10 +710,10 @@ static void s_cron(lk_loop_t *loop, void *arg)
 
 /* --- turn end: one write per connection, then the session store's acks ------------ */
 
-void fe_session_ack_send(fe_conn_t *c)
+void fe_session_ack_flush(fe_conn_t *c)
 {
     fe_server_t *srv = c->srv;
-    if (c->expiry == 0 || (!c->n_acked_ids && !c->n_rel && !c->subs_changed))
+    if (c->expiry == 0 || c->unregistered || (!c->n_acked_ids && !c->n_rel && !c->subs_changed))
         return;
     Lk__SessionAck sa = LK__SESSION_ACK__INIT;
     sa.client = c->client_id;
@@ -705,7 +752,7 @@ static void s_turn_end(lk_loop_t *loop, void *arg)
         srv->ackd = c->next_ackd;
         c->on_ack_list = false;
         c->next_ackd = NULL;
-        fe_session_ack_send(c);
+        fe_session_ack_flush(c);
     }
     /* the bus first: one write takes this turn's publishes to the router, where the
        client writes below would make them wait ~10 us per subscriber written */
@@ -773,6 +820,9 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     /* slowloris: a socket that has not sent a whole CONNECT by then is closed */
     srv->connect_timeout_ms = (int)lk_config_get_int(config, "connect_timeout_ms", 5000);
     srv->request_timeout_ms = (int)lk_config_get_int(config, "request_timeout_ms", 5000);
+    /* QoS > 0 publishes wait this long for a router that is gone (TCP back-pressure holds
+       the publisher meanwhile), then the connection is closed */
+    srv->router_timeout_ms = (int)lk_config_get_int(config, "router_timeout_ms", 30000);
     srv->allow_zero_length_id = lk_config_get_bool(config, "allow_zero_length_clientid", true);
     if (!(srv->limits = fe_limits_new(config, loop))) {
         fe_server_destroy(&srv);
@@ -781,7 +831,7 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
 
     /* before the bus's own hook: what this one queues must leave in the same turn */
     lk_loop_on_turn_end(loop, s_turn_end, srv);
-    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     srv->bus = lk_bus_new(loop, node, "mqtt-frontend", &h, srv);
     lk_bus_on_acked(srv->bus, s_on_acked);
     if (lk_bus_configure(srv->bus, config) != 0) {

@@ -31,6 +31,25 @@
 #define SS_RESYNC_RETRY_MS 1000
 #define SS_EXPIRE_MAX 1000 /* sessions expired per cron tick */
 #define SS_MSGLOG_SEGMENT (64 * 1024 * 1024)
+#define SS_HANDOFF_MS 1500 /* a holder that does not answer a Takeover by then is gone */
+#define SS_LOST_MS 10000   /* how long a superseded connection's re-sent opens are refused */
+
+/* A SessionOpen waiting until the connection that holds its client is closed: the holder's
+   frontend answers the Takeover with TakeoverDone after everything that connection sent
+   (acks, SessionClose), so the open then sees the session as that connection left it. */
+typedef struct {
+    char *client;
+    char *node;         /* the requester */
+    uint64_t epoch;
+    uint64_t conn;
+    uint8_t *data;      /* its packed SessionOpen */
+    size_t len;
+    char *holder;       /* the node asked to close its connection */
+    uint64_t holder_conn;
+    uint64_t holder_epoch;
+    bool resumed;
+    int64_t deadline;
+} s_handoff_t;
 
 /* a reliable envelope waiting for Redis */
 typedef struct {
@@ -63,8 +82,13 @@ struct _ss_server_t {
     int load_timer;
     int64_t load_backoff;
     int cron_timer;
+    int handoff_timer;
     /* client -> node where its delayed will waits (volatile: the will itself is too) */
     zhashx_t *will_nodes;
+    /* client -> s_handoff_t: opens waiting for the previous connection to close */
+    zhashx_t *handoffs;
+    /* "node/epoch/conn" -> expiry (mono ms) of connections that lost a takeover race */
+    zhashx_t *lost;
     /* waiting for Redis */
     zlistx_t *retry;
     int retry_timer;
@@ -92,6 +116,19 @@ static void s_retry_destroy(void **item_p)
     free(r->peer);
     free(r->data);
     free(r);
+    *item_p = NULL;
+}
+
+static void s_handoff_destroy(void **item_p)
+{
+    s_handoff_t *h = *item_p;
+    if (!h)
+        return;
+    free(h->client);
+    free(h->node);
+    free(h->data);
+    free(h->holder);
+    free(h);
     *item_p = NULL;
 }
 
@@ -156,6 +193,10 @@ ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
     self->ready_fd = ready_fd;
     self->retry = zlistx_new();
     self->will_nodes = zhashx_new();
+    self->handoffs = zhashx_new();
+    zhashx_set_destructor(self->handoffs, s_handoff_destroy);
+    self->lost = zhashx_new();
+    zhashx_set_destructor(self->lost, (zhashx_destructor_fn *)zstr_free);
     zlistx_set_destructor(self->retry, s_retry_destroy);
     self->retry_backoff = SS_BACKOFF_MIN_MS;
 
@@ -204,6 +245,7 @@ void ss_server_destroy(ss_server_t **self_p)
     if (!self)
         return;
     s_cancel(self, &self->cron_timer);
+    s_cancel(self, &self->handoff_timer);
     s_cancel(self, &self->load_timer);
     s_cancel(self, &self->retry_timer);
     s_cancel(self, &self->resync_timer);
@@ -215,6 +257,8 @@ void ss_server_destroy(ss_server_t **self_p)
     ss_store_destroy(&self->store);
     zlistx_destroy(&self->retry);
     zhashx_destroy(&self->will_nodes);
+    zhashx_destroy(&self->handoffs);
+    zhashx_destroy(&self->lost);
     zlistx_destroy(&self->resync_clients);
     free(self->ids);
     ss_buf_release(&self->buf);
@@ -299,52 +343,65 @@ static int s_handle_retain(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 //  --------------------------------------------------------------------------
 //  Work from the frontends
 
-static void s_send_takeover(self_t *self, const char *old_node, const char *client,
-                            const char *by_node)
+/* Takeover{client, conn, epoch} to node: close that connection (conn 0: only a delayed will
+   of the client waits there). resumed: the new connection continues the session. */
+static void s_send_takeover(self_t *self, const char *node, const char *client, uint64_t conn,
+                            uint64_t epoch, const char *by_node, bool resumed)
 {
-    lk_peer_t *old = lk_bus_peer(self->bus, old_node);
+    lk_peer_t *old = lk_bus_peer(self->bus, node);
     if (!old)
         return; /* never heard of since our start: it holds nobody */
     Lk__Takeover t = LK__TAKEOVER__INIT;
     t.client = (char *)client;
     t.by_node = (char *)by_node;
+    t.conn = conn;
+    t.epoch = epoch;
+    t.resumed = resumed;
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_TAKEOVER;
     env.takeover = &t;
     s_send(self, old, &env, false);
-    lk_debug("client %s: taken over from %s by %s", client, old_node, by_node);
+    lk_debug("client %s: connection %" PRIu64 " at %s taken over by %s%s", client, conn, node,
+             by_node, resumed ? " (resumed)" : "");
 }
 
-static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+static char *s_lost_key(const char *node, uint64_t epoch, uint64_t conn)
 {
-    Lk__SessionOpen *o = env->session_open;
+    return zsys_sprintf("%s/%" PRIu64 "/%" PRIu64, node, epoch, conn);
+}
+
+/* a connection that lost the race for its client id: closed at its node, and its
+   SessionOpen (re-sent every second until answered) refused from now on */
+static void s_lose(self_t *self, const char *node, uint64_t epoch, uint64_t conn,
+                   const char *client, const char *by_node)
+{
+    char *key = s_lost_key(node, epoch, conn);
+    char *until = zsys_sprintf("%" PRId64, lk_mono_ms() + SS_LOST_MS);
+    zhashx_update(self->lost, key, until);
+    zstr_free(&key);
+    s_send_takeover(self, node, client, conn, epoch, by_node, false);
+}
+
+static int s_open_now(self_t *self, lk_peer_t *peer, Lk__SessionOpen *o)
+{
     const char *node = lk_peer_name(peer);
-    if (!o->client || !*o->client) {
-        lk_warn("SessionOpen without client id from %s ignored", node);
-        return 0;
-    }
-    ss_session_t *s = ss_store_session(self->store, o->client);
-    char *prev = s && s->node && strcmp(s->node, node) != 0 ? lk_strdup(s->node) : NULL;
     ss_open_t req = {.req = o->req,
                      .client = o->client,
                      .clean = o->clean,
                      .expiry = o->expiry,
                      .max_queued = o->max_queued,
                      .node = node,
-                     .node_epoch = lk_peer_epoch(peer)};
+                     .node_epoch = lk_peer_epoch(peer),
+                     .conn = o->conn};
     ss_open_result_t res;
-    if (ss_store_open(self->store, &req, &res) != 0) {
-        free(prev);
+    if (ss_store_open(self->store, &req, &res) != 0)
         return -1;
-    }
-    if (prev)
-        s_send_takeover(self, prev, o->client, node);
-    /* the client is back: a delayed will elsewhere must not be sent [MQTT-3.1.3-9] */
+    /* the client is back: a delayed will elsewhere is dropped when the session goes on,
+       sent now when this connection ends it (clean start) [MQTT-3.1.3-9, 3.1.2-8] */
     const char *will_node = zhashx_lookup(self->will_nodes, o->client);
-    if (will_node && strcmp(will_node, node) != 0 && (!prev || strcmp(prev, will_node) != 0))
-        s_send_takeover(self, will_node, o->client, node);
+    if (will_node && strcmp(will_node, node) != 0)
+        s_send_takeover(self, will_node, o->client, 0, 0, node, !o->clean);
     zhashx_delete(self->will_nodes, o->client);
-    free(prev);
 
     Lk__SessionOpened reply = LK__SESSION_OPENED__INIT;
     reply.req = o->req;
@@ -354,24 +411,166 @@ static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     reply.subs = res.subs;
     reply.n_pending = res.n_pending;
     reply.pending = res.pending;
+    reply.n_rx_pids = res.n_rx_pids;
+    reply.rx_pids = res.rx_pids;
     Lk__Envelope out = LK__ENVELOPE__INIT;
     out.body_case = LK__ENVELOPE__BODY_SESSION_OPENED;
     out.session_opened = &reply;
     s_send(self, peer, &out, false);
-    lk_debug("client %s opened at %s: present %d, %zu subscription(s), %zu pending", o->client,
-             node, res.present, res.n_subs, res.n_pending);
+    lk_debug("client %s opened at %s (connection %" PRIu64 "): present %d, %zu subscription(s), "
+             "%zu pending",
+             o->client, node, o->conn, res.present, res.n_subs, res.n_pending);
     ss_open_result_clear(&res);
     return 0;
+}
+
+/* The registry names one connection per client id. A SessionOpen from another connection
+   while that one is open waits (s_handoff_t) until its node closed it; an open arriving
+   meanwhile supersedes the waiting one, which is closed. So the last SessionOpen the
+   store took wins, whatever the frontends and the timing. */
+static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__SessionOpen *o = env->session_open;
+    const char *node = lk_peer_name(peer);
+    uint64_t epoch = lk_peer_epoch(peer);
+    if (!o->client || !*o->client) {
+        lk_warn("SessionOpen without client id from %s ignored", node);
+        return 0;
+    }
+    if (o->conn) {
+        char *key = s_lost_key(node, epoch, o->conn);
+        bool lost = zhashx_lookup(self->lost, key) != NULL;
+        zstr_free(&key);
+        if (lost) {
+            s_send_takeover(self, node, o->client, o->conn, epoch, "?", false);
+            return 0;
+        }
+    }
+    ss_session_t *s = ss_store_session(self->store, o->client);
+    bool is_holder = s && s->node && strcmp(s->node, node) == 0 && s->node_epoch == epoch &&
+                     s->conn == o->conn;
+    bool held = s && s->node && !s->disconnected_at && !is_holder &&
+                s_holds(s->node, s->node_epoch, self);
+    s_handoff_t *h = zhashx_lookup(self->handoffs, o->client);
+    if (h) {
+        if (strcmp(h->node, node) == 0 && h->epoch == epoch && h->conn == o->conn)
+            return 0; /* asked again while it waits */
+        if (is_holder)
+            return 0; /* the holder asking again: it is being closed */
+        /* a newer connection: the waiting one loses */
+        s_lose(self, h->node, h->epoch, h->conn, o->client, node);
+        free(h->node);
+        free(h->data);
+        h->node = lk_strdup(node);
+        h->epoch = epoch;
+        h->conn = o->conn;
+        h->len = lk__envelope__get_packed_size(env);
+        h->data = lk_malloc(h->len ? h->len : 1);
+        lk__envelope__pack(env, h->data);
+        return 0;
+    }
+    if (!held)
+        return s_open_now(self, peer, o);
+    h = lk_calloc(1, sizeof(*h));
+    h->client = lk_strdup(o->client);
+    h->node = lk_strdup(node);
+    h->epoch = epoch;
+    h->conn = o->conn;
+    h->len = lk__envelope__get_packed_size(env);
+    h->data = lk_malloc(h->len ? h->len : 1);
+    lk__envelope__pack(env, h->data);
+    h->holder = lk_strdup(s->node);
+    h->holder_conn = s->conn;
+    h->holder_epoch = s->node_epoch;
+    h->deadline = lk_mono_ms() + SS_HANDOFF_MS;
+    /* the session goes on only when this connection resumes it and the old one would not
+       have ended it at its close (Session Expiry 0) */
+    h->resumed = !o->clean && s->persistent && s->expiry > 0;
+    zhashx_update(self->handoffs, o->client, h);
+    s_send_takeover(self, s->node, o->client, s->conn, s->node_epoch, node, h->resumed);
+    return 0;
+}
+
+/* the holder is closed (or gone): the waiting open runs now. -1: Redis failed (the
+   requester asks again) */
+static int s_handoff_finish(self_t *self, s_handoff_t *h)
+{
+    lk_peer_t *peer = lk_bus_peer(self->bus, h->node);
+    int rc = 0;
+    if (peer && lk_peer_alive(peer) && lk_peer_epoch(peer) == h->epoch) {
+        Lk__Envelope *env = lk__envelope__unpack(NULL, h->len, h->data);
+        if (env && env->body_case == LK__ENVELOPE__BODY_SESSION_OPEN)
+            rc = s_open_now(self, peer, env->session_open);
+        if (env)
+            lk__envelope__free_unpacked(env, NULL);
+    }
+    zhashx_delete(self->handoffs, h->client);
+    return rc;
+}
+
+static int s_handle_takeover_done(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__TakeoverDone *d = env->takeover_done;
+    s_handoff_t *h = d->client ? zhashx_lookup(self->handoffs, d->client) : NULL;
+    int rc = 0;
+    if (h && strcmp(h->holder, lk_peer_name(peer)) == 0 && h->holder_conn == d->conn)
+        rc = s_handoff_finish(self, h);
+    s_ack(self, peer, env);
+    (void)rc; /* a failed open is asked again by its frontend */
+    return 0;
+}
+
+/* holders silent past the deadline, or known down: treated as closed. Superseded
+   connections are remembered for SS_LOST_MS. */
+static void s_handoffs_check(self_t *self, const char *down_node)
+{
+    int64_t now = lk_mono_ms();
+    zlistx_t *due = s_name_list();
+    for (s_handoff_t *h = zhashx_first(self->handoffs); h; h = zhashx_next(self->handoffs))
+        if (now >= h->deadline || (down_node && strcmp(h->holder, down_node) == 0))
+            zlistx_add_end(due, lk_strdup(h->client));
+    for (char *c = zlistx_first(due); c; c = zlistx_next(due)) {
+        s_handoff_t *h = zhashx_lookup(self->handoffs, c);
+        if (!h)
+            continue;
+        if (zlistx_size(self->retry)) {
+            /* Redis is behind: the holder's last work may wait there; the requester asks
+               again later */
+            zhashx_delete(self->handoffs, c);
+            continue;
+        }
+        lk_info("client %s: %s did not answer the takeover; opening at %s", c, h->holder,
+                h->node);
+        /* once more, in case the first was lost: that connection must not stay */
+        s_send_takeover(self, h->holder, c, h->holder_conn, h->holder_epoch, h->node,
+                        h->resumed);
+        s_handoff_finish(self, h);
+    }
+    zlistx_destroy(&due);
+    zlistx_t *old = s_name_list();
+    for (char *v = zhashx_first(self->lost); v; v = zhashx_next(self->lost))
+        if (strtoll(v, NULL, 10) <= now)
+            zlistx_add_end(old, lk_strdup(zhashx_cursor(self->lost)));
+    for (char *k = zlistx_first(old); k; k = zlistx_next(old))
+        zhashx_delete(self->lost, k);
+    zlistx_destroy(&old);
 }
 
 static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     Lk__SessionClose *c = env->session_close;
-    int rc = c->client ? ss_store_close(self->store, c->client, lk_peer_name(peer), c->expiry,
-                                        c->subs, c->n_subs, c->subs_changed)
+    int rc = c->client ? ss_store_close(self->store, c->client, lk_peer_name(peer), c->conn,
+                                        c->expiry, c->subs, c->n_subs, c->subs_changed)
                        : 1;
     if (rc < 0)
         return -1;
+    s_handoff_t *h = c->client ? zhashx_lookup(self->handoffs, c->client) : NULL;
+    if (h && strcmp(h->node, lk_peer_name(peer)) == 0 && h->conn == c->conn) {
+        /* the waiting connection itself is gone: nothing to open for it */
+        lk_debug("client %s: connection %" PRIu64 " closed while waiting for a takeover",
+                 c->client, c->conn);
+        zhashx_delete(self->handoffs, c->client);
+    }
     if (rc == 1)
         lk_debug("SessionClose of %s from %s ignored: not there", c->client ? c->client : "",
                  lk_peer_name(peer));
@@ -390,6 +589,12 @@ static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
                                       a->n_store_ids, a->released_ids, a->released_pids, n_rel,
                                       a->subs, a->n_subs, a->subs_changed)
                        : 1;
+    if (rc >= 0 && a->client && (a->n_rx_add || a->n_rx_del)) {
+        int r2 = ss_store_rx(self->store, a->client, lk_peer_name(peer), a->rx_add, a->n_rx_add,
+                             a->rx_del, a->n_rx_del);
+        if (r2 < 0)
+            rc = -1; /* the whole ack again: its deletions are idempotent */
+    }
     if (rc < 0)
         return -1;
     if (rc == 1)
@@ -423,6 +628,10 @@ static int s_dispatch(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     case LK__ENVELOPE__BODY_SESSION_ACK:
         if (!from_router)
             return s_handle_ack(self, peer, env);
+        break;
+    case LK__ENVELOPE__BODY_TAKEOVER_DONE:
+        if (!from_router)
+            return s_handle_takeover_done(self, peer, env);
         break;
     default:
         break;
@@ -533,8 +742,10 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     if (peer == self->router) {
         s_resync_stop(self); /* it starts over when the router is back */
         self->resync_wanted = false;
-    } else if (self->loaded)
+    } else if (self->loaded) {
         ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
+        s_handoffs_check(self, lk_peer_name(peer));
+    }
 }
 
 //  --------------------------------------------------------------------------
@@ -707,6 +918,13 @@ static void s_cron(lk_loop_t *loop, void *arg)
     zlistx_destroy(&expired);
 }
 
+static void s_handoff_tick(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    if (zhashx_size(self->handoffs) || zhashx_size(self->lost))
+        s_handoffs_check(self, NULL);
+}
+
 int ss_server_start(ss_server_t *self)
 {
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
@@ -724,6 +942,7 @@ int ss_server_start(ss_server_t *self)
         return -1;
     self->router = lk_bus_connect(self->bus, "router", self->router_endpoint);
     self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
+    self->handoff_timer = lk_loop_timer(self->loop, 250, true, s_handoff_tick, self);
     lk_info("serving %s, router at %s, redis %s:%d", self->session_endpoint, self->router_endpoint,
             self->redis_host, self->redis_port);
     s_load(self->loop, self);

@@ -11,6 +11,7 @@
                                 sub:<filter> -> packed lk.Subscription
         lk:sessions       set   clients with a persistent session
         lk:q:<client>     hash  store id -> packed lk.Deliver
+        lk:rx:<client>    set   inbound QoS 2 packet ids PUBRECed, not yet released
         lk:qseq:<client>  str   last store id handed out
         lk:retain         hash  topic -> packed lk.Msg */
 #include "ss_store.h"
@@ -198,6 +199,8 @@ static void s_session_set_node(ss_store_t *self, ss_session_t *s, const char *no
 {
     s->node = node && *node ? (char *)s_node_name(self, node) : NULL;
     s->node_epoch = s->node ? epoch : 0;
+    if (!s->node)
+        s->conn = 0;
 }
 
 static void s_session_forget(ss_store_t *self, ss_session_t *s)
@@ -258,14 +261,16 @@ uint64_t ss_store_dropped(ss_store_t *self)
 
 /* HSET of the session's record fields (not its subscriptions) */
 static void s_append_record(ss_store_t *self, s_pipe_t *p, const char *client, const char *node,
-                            uint64_t epoch, uint32_t expiry, int64_t disconnected_at)
+                            uint64_t epoch, uint64_t conn, uint32_t expiry,
+                            int64_t disconnected_at)
 {
-    char e[24], x[16], d[24];
+    char e[24], c[24], x[16], d[24];
     snprintf(e, sizeof(e), "%" PRIu64, epoch);
+    snprintf(c, sizeof(c), "%" PRIu64, conn);
     snprintf(x, sizeof(x), "%" PRIu32, expiry);
     snprintf(d, sizeof(d), "%" PRId64, disconnected_at);
     s_pipe_str(p, "HSET", s_key(self, "lk:sess:", client), "node", node ? node : "", "node_epoch",
-               e, "expiry", x, "disconnected_at", d, NULL);
+               e, "conn", c, "expiry", x, "disconnected_at", d, NULL);
 }
 
 /* every key of a session, and its lk:sessions membership */
@@ -274,6 +279,7 @@ static void s_append_delete(ss_store_t *self, s_pipe_t *p, const char *client)
     s_pipe_str(p, "DEL", s_key(self, "lk:sess:", client), NULL);
     s_pipe_str(p, "DEL", s_key(self, "lk:q:", client), NULL);
     s_pipe_str(p, "DEL", s_key(self, "lk:rel:", client), NULL);
+    s_pipe_str(p, "DEL", s_key(self, "lk:rx:", client), NULL);
     s_pipe_str(p, "DEL", s_key(self, "lk:qseq:", client), NULL);
     s_pipe_str(p, "SREM", "lk:sessions", client, NULL);
 }
@@ -361,7 +367,7 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
     for (size_t i = 0; i < members->count; i++) {
         const char *c = members->items[i].str ? members->items[i].str : "";
         s_pipe_str(&p, "HMGET", s_key(self, "lk:sess:", c), "node", "node_epoch", "expiry",
-                   "disconnected_at", NULL);
+                   "disconnected_at", "conn", NULL);
         s_pipe_str(&p, "GET", s_key(self, "lk:qseq:", c), NULL);
         s_pipe_str(&p, "HLEN", s_key(self, "lk:q:", c), NULL);
     }
@@ -371,7 +377,7 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
         lk_redis_reply_t *seq = s_pipe_next(&p);
         lk_redis_reply_t *len = s_pipe_next(&p);
         if (rec && seq && len && !zhashx_lookup(into, c)) {
-            if (rec->type != LK_REDIS_ARRAY || rec->count != 4 ||
+            if (rec->type != LK_REDIS_ARRAY || rec->count != 5 ||
                 rec->items[2].type == LK_REDIS_NIL)
                 zlistx_add_end(stale, lk_strdup(c)); /* member without a record */
             else {
@@ -380,6 +386,7 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
                 s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
                 s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
                 s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
+                s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
                 /* a record without node nor disconnect time: offline since now */
                 if (!s->node && !s->disconnected_at)
                     s->disconnected_at = lk_wall_ms();
@@ -568,7 +575,8 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     /* the same request again (its answer was lost): same answer, and no second clean
        start, which would delete what was stored for the new session meanwhile */
     bool retry = s && req->req && s->last_req == req->req && s->node && !s->disconnected_at &&
-                 strcmp(s->node, req->node) == 0 && s->node_epoch == req->node_epoch;
+                 strcmp(s->node, req->node) == 0 && s->node_epoch == req->node_epoch &&
+                 s->conn == req->conn;
     bool keep = existed && (!req->clean || retry);
     /* MQTT 5 clean_start=0 with expiry 0 resumes a stored session that then ends at
        disconnect: it stays in Redis until then */
@@ -580,6 +588,7 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
         s_pipe_str(&p, "DEL", s_key(self, "lk:sess:", req->client), NULL);
         s_pipe_str(&p, "DEL", s_key(self, "lk:q:", req->client), NULL);
         s_pipe_str(&p, "DEL", s_key(self, "lk:rel:", req->client), NULL);
+        s_pipe_str(&p, "DEL", s_key(self, "lk:rx:", req->client), NULL);
         /* lk:qseq survives a clean start so store ids never repeat for this client */
         if (!persistent) {
             s_pipe_str(&p, "DEL", s_key(self, "lk:qseq:", req->client), NULL);
@@ -587,7 +596,8 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
         }
     }
     if (persistent) {
-        s_append_record(self, &p, req->client, req->node, req->node_epoch, req->expiry, 0);
+        s_append_record(self, &p, req->client, req->node, req->node_epoch, req->conn,
+                        req->expiry, 0);
         s_pipe_str(&p, "SADD", "lk:sessions", req->client, NULL);
     }
     int n_fixed = p.count;
@@ -595,6 +605,7 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
         s_pipe_str(&p, "HGETALL", s_key(self, "lk:sess:", req->client), NULL);
         s_pipe_str(&p, "HGETALL", s_key(self, "lk:q:", req->client), NULL);
         s_pipe_str(&p, "HGETALL", s_key(self, "lk:rel:", req->client), NULL);
+        s_pipe_str(&p, "SMEMBERS", s_key(self, "lk:rx:", req->client), NULL);
     }
     if (p.failed) {
         s_pipe_end(&p);
@@ -605,10 +616,12 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     lk_redis_reply_t *sess = keep ? s_pipe_next(&p) : NULL;
     lk_redis_reply_t *queue = keep ? s_pipe_next(&p) : NULL;
     lk_redis_reply_t *rel = keep ? s_pipe_next(&p) : NULL;
+    lk_redis_reply_t *rx = keep ? s_pipe_next(&p) : NULL;
     if (s_pipe_end(&p) != 0) {
         lk_redis_reply_free(&sess);
         lk_redis_reply_free(&queue);
         lk_redis_reply_free(&rel);
+        lk_redis_reply_free(&rx);
         return -1;
     }
 
@@ -616,6 +629,7 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
         s = s_session_add(self, req->client);
     bool present = retry ? s->last_present : keep;
     s_session_set_node(self, s, req->node, req->node_epoch);
+    s->conn = req->conn;
     s->expiry = req->expiry;
     s->disconnected_at = 0;
     s->persistent = persistent;
@@ -628,10 +642,18 @@ int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *resu
     if (keep) {
         result->subs = s_parse_subs(sess, &result->n_subs);
         s_parse_pending(self, s, queue, rel, result);
+        size_t n = rx && rx->type == LK_REDIS_ARRAY ? rx->count : 0;
+        result->rx_pids = lk_calloc(n ? n : 1, sizeof(*result->rx_pids));
+        for (size_t i = 0; i < n; i++) {
+            uint64_t pid = s_reply_u64(&rx->items[i]);
+            if (pid > 0 && pid <= 65535)
+                result->rx_pids[result->n_rx_pids++] = (uint32_t)pid;
+        }
     }
     lk_redis_reply_free(&sess);
     lk_redis_reply_free(&queue);
     lk_redis_reply_free(&rel);
+    lk_redis_reply_free(&rx);
     return 0;
 }
 
@@ -641,6 +663,7 @@ void ss_open_result_clear(ss_open_result_t *result)
     for (size_t i = 0; i < result->n_pending; i++)
         ss_codec_deliver_free(&result->pending[i]);
     free(result->pending);
+    free(result->rx_pids);
     memset(result, 0, sizeof(*result));
 }
 
@@ -649,11 +672,12 @@ static bool s_at_node(const ss_session_t *s, const char *node)
     return s && s->node && node && strcmp(s->node, node) == 0;
 }
 
-int ss_store_close(ss_store_t *self, const char *client, const char *node, uint32_t expiry,
-                   Lk__Subscription **subs, size_t n_subs, bool subs_changed)
+int ss_store_close(ss_store_t *self, const char *client, const char *node, uint64_t conn,
+                   uint32_t expiry, Lk__Subscription **subs, size_t n_subs, bool subs_changed)
 {
     ss_session_t *s = zhashx_lookup(self->sessions, client);
-    if (!s_at_node(s, node))
+    /* a connection taken over, or superseded before it was registered, ends nothing */
+    if (!s_at_node(s, node) || s->conn != conn)
         return 1;
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
@@ -667,13 +691,14 @@ int ss_store_close(ss_store_t *self, const char *client, const char *node, uint3
         return 0;
     }
     int64_t now = lk_wall_ms();
-    s_append_record(self, &p, client, NULL, 0, expiry, now);
+    s_append_record(self, &p, client, NULL, 0, 0, expiry, now);
     s_pipe_str(&p, "SADD", "lk:sessions", client, NULL);
     if (subs_changed)
         s_append_replace_subs(self, &p, client, subs, n_subs);
     if (s_pipe_end(&p) != 0)
         return -1;
     s_session_set_node(self, s, NULL, 0);
+    s->conn = 0;
     s->expiry = expiry;
     s->disconnected_at = now;
     s->persistent = true;
@@ -704,6 +729,46 @@ int ss_store_ack(ss_store_t *self, const char *client, const char *node, const u
         return -1;
     s->qlen = deleted < s->qlen ? s->qlen - deleted : 0;
     return 0;
+}
+
+/* SADD / SREM of packet ids on lk:rx:<client> */
+static void s_append_pids(ss_store_t *self, s_pipe_t *p, const char *cmd, const char *client,
+                          const uint32_t *pids, size_t n)
+{
+    const char **argv = lk_calloc(n + 2, sizeof(*argv));
+    size_t *lens = lk_calloc(n + 2, sizeof(*lens));
+    char *nums = lk_malloc(n * 12);
+    argv[0] = cmd;
+    lens[0] = strlen(cmd);
+    argv[1] = s_key(self, "lk:rx:", client);
+    lens[1] = self->key.size;
+    for (size_t i = 0; i < n; i++) {
+        char *num = nums + i * 12;
+        lens[i + 2] = (size_t)snprintf(num, 12, "%" PRIu32, pids[i]);
+        argv[i + 2] = num;
+    }
+    s_pipe_cmd(p, (int)n + 2, argv, lens);
+    free(nums);
+    free(lens);
+    free(argv);
+}
+
+int ss_store_rx(ss_store_t *self, const char *client, const char *node, const uint32_t *add,
+                size_t n_add, const uint32_t *del, size_t n_del)
+{
+    ss_session_t *s = zhashx_lookup(self->sessions, client);
+    if (!s_at_node(s, node) || !s->persistent)
+        return 1;
+    if (n_add == 0 && n_del == 0)
+        return 0;
+    s_pipe_t p;
+    s_pipe_begin(&p, self->redis);
+    /* a PUBREL then a new PUBLISH with the same id in one batch: delete first, then add */
+    if (n_del)
+        s_append_pids(self, &p, "SREM", client, del, n_del);
+    if (n_add)
+        s_append_pids(self, &p, "SADD", client, add, n_add);
+    return s_pipe_end(&p);
 }
 
 //  --------------------------------------------------------------------------
@@ -920,7 +985,8 @@ static void s_write_records(ss_store_t *self, zlistx_t *clients)
     for (char *c = zlistx_first(clients); c; c = zlistx_next(clients)) {
         ss_session_t *s = zhashx_lookup(self->sessions, c);
         if (s && s->persistent)
-            s_append_record(self, &p, c, s->node, s->node_epoch, s->expiry, s->disconnected_at);
+            s_append_record(self, &p, c, s->node, s->node_epoch, s->conn, s->expiry,
+                            s->disconnected_at);
     }
     if (s_pipe_end(&p) != 0)
         lk_warn("redis: session states not written");
@@ -1218,7 +1284,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ok = ok && ss_store_ack(store, "c1", "fe-2", NULL, 0, NULL, NULL, 0, set2, 1, true) == 0 &&
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 0 &&
          s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c1") == 0 &&
-         s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 5;
+         s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 6; /* 5 record fields + 1 subscription */
     ok = ok && s_test_open(store, "c1", "fe-2", 22, false, 3600, &res) == 0 && res.n_subs == 1 &&
          strcmp(res.subs[0]->filter, "$share/g/c/+") == 0 && res.subs[0]->sub_id == 4;
     ss_open_result_clear(&res);
@@ -1265,8 +1331,8 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     // --- close: only from the holding node; expiry 0 deletes; else offline, then expires
     ok = s_test_open(store, "c2", "fe-1", 11, false, 1, &res) == 0;
     ss_open_result_clear(&res);
-    ok = ok && ss_store_close(store, "c2", "fe-2", 1, NULL, 0, false) == 1;
-    ok = ok && ss_store_close(store, "c2", "fe-1", 1, set1, 2, true) == 0;
+    ok = ok && ss_store_close(store, "c2", "fe-2", 0, 1, NULL, 0, false) == 1;
+    ok = ok && ss_store_close(store, "c2", "fe-1", 0, 1, set1, 2, true) == 0;
     s = ss_store_session(store, "c2");
     int64_t closed_at = s ? s->disconnected_at : 0;
     ok = ok && s && !s->node && closed_at > 0 &&
@@ -1282,7 +1348,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
 
     ok = s_test_open(store, "c3", "fe-1", 11, false, SS_EXPIRY_NEVER, &res) == 0;
     ss_open_result_clear(&res);
-    ok = ok && ss_store_close(store, "c3", "fe-1", SS_EXPIRY_NEVER, NULL, 0, false) == 0;
+    ok = ok && ss_store_close(store, "c3", "fe-1", 0, SS_EXPIRY_NEVER, NULL, 0, false) == 0;
     int64_t later = lk_wall_ms() + 10LL * 365 * 86400 * 1000;
     ok = ok && ss_store_expire(store, later, 100, list) == 0 && zlistx_size(list) == 0;
     ss_store_set_forced_expiry(store, 10);
@@ -1297,10 +1363,47 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ok = s_test_open(store, "c4", "fe-1", 11, false, 100, &res) == 0;
     ss_open_result_clear(&res);
     ok = ok && s_test_put(store, "c4", 2, 0, ids) == 0 &&
-         ss_store_close(store, "c4", "fe-1", 0, NULL, 0, false) == 0 &&
+         ss_store_close(store, "c4", "fe-1", 0, 0, NULL, 0, false) == 0 &&
          !ss_store_session(store, "c4") && s_raw_int(&t, "EXISTS lk:q:%s", "c4") == 0 &&
          s_raw_int(&t, "EXISTS lk:sess:%s", "c4") == 0;
     s_check(&t, "store: close with expiry 0 deletes the session", ok);
+
+    // --- the registry names one connection: a close from another changes nothing
+    {
+        ss_open_t a = {.client = "c5", .expiry = 100, .node = "fe-1", .node_epoch = 11, .conn = 4};
+        ss_open_t b = {.client = "c5", .expiry = 100, .node = "fe-1", .node_epoch = 11, .conn = 9};
+        ok = ss_store_open(store, &a, &res) == 0;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_open(store, &b, &res) == 0 && res.present;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_close(store, "c5", "fe-1", 4, 0, NULL, 0, false) == 1 &&
+             ss_store_session(store, "c5") && ss_store_session(store, "c5")->conn == 9 &&
+             s_raw_int(&t, "EXISTS lk:sess:%s", "c5") == 1;
+        ok = ok && ss_store_close(store, "c5", "fe-1", 9, 100, NULL, 0, false) == 0 &&
+             ss_store_session(store, "c5")->disconnected_at > 0;
+        s_check(&t, "store: close names its connection", ok);
+
+        // --- inbound QoS 2 packet ids are session state, returned on resume
+        uint32_t add[] = {7, 9}, del[] = {7};
+        ss_open_t c = {.client = "c5", .expiry = 100, .node = "fe-2", .node_epoch = 5, .conn = 1};
+        ok = ss_store_open(store, &c, &res) == 0 && res.present;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_rx(store, "c5", "fe-2", add, 2, NULL, 0) == 0 &&
+             ss_store_rx(store, "c5", "fe-1", del, 1, NULL, 0) == 1 &&
+             ss_store_rx(store, "c5", "fe-2", NULL, 0, del, 1) == 0 &&
+             ss_store_close(store, "c5", "fe-2", 1, 100, NULL, 0, false) == 0;
+        c.conn = 2;
+        ok = ok && ss_store_open(store, &c, &res) == 0 && res.present && res.n_rx_pids == 1 &&
+             res.rx_pids[0] == 9;
+        ss_open_result_clear(&res);
+        c.clean = true;
+        c.conn = 3;
+        ok = ok && ss_store_open(store, &c, &res) == 0 && !res.present && res.n_rx_pids == 0 &&
+             s_raw_int(&t, "EXISTS lk:rx:%s", "c5") == 0;
+        ss_open_result_clear(&res);
+        ok = ok && ss_store_close(store, "c5", "fe-2", 3, 0, NULL, 0, false) == 0;
+        s_check(&t, "store: inbound QoS 2 ids kept with the session", ok);
+    }
 
     // --- retained set / delete / scan / expiry
     Lk__Msg rm[4];
@@ -1351,7 +1454,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     // --- offline list and their subscriptions (for the router resync)
     ok = s_test_open(store, "n3", "fe-1", 11, false, 600, &res) == 0;
     ss_open_result_clear(&res);
-    ok = ok && ss_store_close(store, "n3", "fe-1", 600, set1, 2, true) == 0;
+    ok = ok && ss_store_close(store, "n3", "fe-1", 0, 600, set1, 2, true) == 0;
     ss_store_offline(store, list, NULL, NULL);
     ok = ok && s_list_has(list, "n1") && s_list_has(list, "n3") && !s_list_has(list, "c9");
     zlistx_purge(list);

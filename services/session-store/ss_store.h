@@ -40,6 +40,7 @@ typedef struct {
     char *client;
     char *node;              /* node holding the client, NULL when none (shared string) */
     uint64_t node_epoch;     /* that node's epoch when the client opened there */
+    uint64_t conn;           /* the connection there (its id at that node and epoch) */
     uint32_t expiry;         /* session expiry interval, seconds */
     int64_t disconnected_at; /* wall ms; 0 = connected at node */
     bool persistent;         /* has state in Redis (lk:sessions member) */
@@ -63,6 +64,7 @@ typedef struct {
     uint32_t max_queued; /* 0: the store's default */
     const char *node;
     uint64_t node_epoch;
+    uint64_t conn; /* the requesting connection at node (0: an internal client) */
 } ss_open_t;
 
 /* the answer: caller owns the arrays, release with ss_open_result_clear */
@@ -72,6 +74,8 @@ typedef struct {
     size_t n_subs;
     Lk__Deliver **pending; /* by store id */
     size_t n_pending;
+    uint32_t *rx_pids; /* inbound QoS 2 packet ids not yet released (lk:rx:<client>) */
+    size_t n_rx_pids;
 } ss_open_result_t;
 
 /* called with each retained message (borrowed for the call) */
@@ -101,9 +105,15 @@ uint64_t ss_store_dropped(ss_store_t *self);
 int ss_store_open(ss_store_t *self, const ss_open_t *req, ss_open_result_t *result);
 void ss_open_result_clear(ss_open_result_t *result);
 
-/* SessionClose from node: 0 done, 1 ignored (client not at node), -1 Redis failed */
-int ss_store_close(ss_store_t *self, const char *client, const char *node, uint32_t expiry,
-                   Lk__Subscription **subs, size_t n_subs, bool subs_changed);
+/* SessionClose of connection conn at node: 0 done, 1 ignored (the client is not registered
+   at that connection), -1 Redis failed */
+int ss_store_close(ss_store_t *self, const char *client, const char *node, uint64_t conn,
+                   uint32_t expiry, Lk__Subscription **subs, size_t n_subs, bool subs_changed);
+
+/* inbound QoS 2 packet ids of a persistent session at node: add (PUBREC sent) and delete
+   (PUBREL received). 0 done, 1 ignored (not at node, or not persistent), -1 Redis failed */
+int ss_store_rx(ss_store_t *self, const char *client, const char *node, const uint32_t *add,
+                size_t n_add, const uint32_t *del, size_t n_del);
 
 /* SessionAck from node: deletes acked messages, replaces the subscription set when
    subs_changed. 0 done, 1 ignored (not at node, or not persistent), -1 Redis failed */
