@@ -170,6 +170,7 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
         return false;
     }
     srv->msgs_out++;
+    conn->sent_msg++;
     fe_conn_mark_dirty(conn);
     return true;
 }

@@ -168,6 +168,9 @@ typedef struct fe_conn {
     uint8_t *opened;        /* the SessionOpened that came first (packed) */
     size_t opened_len;
     fe_limits_conn_t lim;   /* fe_limits: buckets, pause, address */
+    /* for the api's client list (fe_admin.c) */
+    int64_t connected_wall_ms;
+    uint64_t recv_msg, sent_msg, recv_oct, sent_oct;
 } fe_conn_t;
 
 /* work waiting for one reliable bus envelope to be acked */
@@ -346,6 +349,11 @@ void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
 bool fe_holds(fe_conn_t *conn, uint64_t store_id);
 /* a QoS 2 stored copy the client PUBRECed under pid: kept, for PUBREL after a reconnect */
 void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid);
+
+/* fe_admin.c: the api's requests (lk_bus_on_admin) */
+typedef struct _lk_admin_out_t lk_admin_out_t;
+void fe_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, lk_admin_out_t *out,
+              void *arg);
 
 /* fe_server.c */
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s);

@@ -770,6 +770,7 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
     srv->bus = lk_bus_new(loop, node, "mqtt-frontend", &h, srv);
     lk_bus_on_acked(srv->bus, s_on_acked);
+    lk_bus_on_admin(srv->bus, fe_admin, srv);
     if (lk_bus_configure(srv->bus, config) != 0) {
         fe_server_destroy(&srv);
         return NULL;

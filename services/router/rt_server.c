@@ -19,6 +19,7 @@
     the frontends that hold routes get a reliable RouteFlush, and a SUBSCRIBE or
     UNSUBSCRIBE is acked (so SUBACK / UNSUBACK sent) only once every one of them acked it. */
 #include "rt_server.h"
+#include "lk_admin.h"
 #include "lk_bus.h"
 #include "lk_common.h"
 #include "lk_config.h"
@@ -847,6 +848,132 @@ static void s_stats_update(rt_server_t *self, lk_peer_t *peer, const Lk__NodeSta
     n->peer = peer;
 }
 
+/* --- the api's requests (lk.AdminRequest) ----------------------------------------- */
+
+typedef struct {
+    rt_server_t *self;
+    const Lk__AdminRequest *q;
+    lk_admin_out_t *out;
+    uint64_t total;
+    zhashx_t *seen; /* topics: filter -> 1 */
+} s_admin_t;
+
+static void s_admin_sub(void *client, const rt_sub_opts_t *opts, const char *filter,
+                        const char *group, void *arg)
+{
+    s_admin_t *a = arg;
+    s_client_t *c = client;
+    if (a->seen) {
+        /* topics: one row per (filter, node) as EMQX's routes */
+        char key[512];
+        snprintf(key, sizeof(key), "%.400s\n%.100s", filter, c->node ? lk_peer_name(c->node) : "");
+        if (zhashx_lookup(a->seen, key))
+            return;
+        zhashx_insert(a->seen, key, (void *)1);
+    }
+    if (a->q->like && *a->q->like && !strstr(filter, a->q->like))
+        return;
+    if (a->q->topic && *a->q->topic && strcmp(filter, a->q->topic) != 0)
+        return;
+    a->total++;
+    if (a->q->limit && a->total > a->q->limit)
+        return;
+    Lk__AdminSub *s = lk_admin_sub_add(a->out);
+    s->client = lk_admin_str(a->out, a->seen ? "" : c->id);
+    s->node = lk_admin_str(a->out, c->node ? lk_peer_name(c->node) : "");
+    Lk__Subscription *sub = lk_admin_subscription(a->out);
+    sub->filter = lk_admin_str(a->out, filter);
+    sub->qos = opts->qos;
+    sub->no_local = opts->no_local;
+    sub->retain_as_published = opts->retain_as_published;
+    sub->retain_handling = opts->retain_handling;
+    sub->sub_id = opts->sub_id;
+    s->sub = sub;
+}
+
+static int s_admin_retained(const char *topic, void *msg, void *arg)
+{
+    s_admin_t *a = arg;
+    a->total++;
+    if (!a->q->limit || a->total <= a->q->limit)
+        lk_admin_retained_add(a->out, msg, 0);
+    return RT_RETAIN_KEEP;
+}
+
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    rt_server_t *self = arg;
+    const char *op = q->op ? q->op : "";
+    s_admin_t a = {self, q, out, 0, NULL};
+    if (strcmp(op, "node") == 0) {
+        Lk__NodeStats sum = LK__NODE_STATS__INIT;
+        for (s_stats_t *n = zhashx_first(self->stats); n; n = zhashx_next(self->stats))
+            if (lk_peer_alive(n->peer))
+                sum.clients += n->st.clients;
+        size_t persistent = 0;
+        for (s_client_t *c = zhashx_first(self->clients); c; c = zhashx_next(self->clients))
+            persistent += c->persistent;
+        lk_admin_metric(out, "latchkey_router_clients", NULL, (double)zhashx_size(self->clients),
+                        false);
+        lk_admin_metric(out, "latchkey_sessions", NULL, (double)persistent, false);
+        lk_admin_metric(out, "latchkey_subscriptions", NULL, (double)rt_trie_count(self->trie),
+                        false);
+        lk_admin_metric(out, "latchkey_subscribers", NULL,
+                        (double)rt_trie_client_count(self->trie), false);
+        lk_admin_metric(out, "latchkey_retained_messages", NULL,
+                        (double)rt_retain_count(self->retain), false);
+        lk_admin_metric(out, "latchkey_router_published_total", NULL, (double)self->published,
+                        true);
+        lk_admin_metric(out, "latchkey_router_delivered_total", NULL, (double)self->delivered,
+                        true);
+        lk_admin_metric(out, "latchkey_router_stored_total", NULL, (double)self->stored, true);
+        lk_admin_metric(out, "latchkey_messages_dropped_total", "reason=\"expired\"",
+                        (double)self->dropped_expired, true);
+        lk_admin_metric(out, "latchkey_messages_dropped_total", "reason=\"retain_refused\"",
+                        (double)self->retain_refused, true);
+    } else if (strcmp(op, "subscriptions") == 0) {
+        if (q->client && *q->client) {
+            s_client_t *c = zhashx_lookup(self->clients, q->client);
+            if (c)
+                rt_trie_each_client_sub(self->trie, c, s_admin_sub, &a);
+        } else
+            rt_trie_each(self->trie, s_admin_sub, &a);
+        lk_admin_reply(out)->total = a.total;
+    } else if (strcmp(op, "topics") == 0) {
+        a.seen = zhashx_new();
+        rt_trie_each(self->trie, s_admin_sub, &a);
+        zhashx_destroy(&a.seen);
+        lk_admin_reply(out)->total = a.total;
+    } else if (strcmp(op, "retained") == 0) {
+        if (q->topic && *q->topic) {
+            Lk__Msg *m = rt_retain_get(self->retain, q->topic);
+            if (m)
+                s_admin_retained(q->topic, m, &a);
+            else
+                lk_admin_error(out, "NOT_FOUND", "no retained message on that topic");
+        } else if (q->like && *q->like) {
+            if (rt_retain_match(self->retain, q->like, s_admin_retained, &a) != 0)
+                lk_admin_error(out, "BAD_REQUEST", "invalid topic filter");
+        } else
+            rt_retain_each(self->retain, s_admin_retained, &a);
+        lk_admin_reply(out)->total = a.total;
+    } else if (strcmp(op, "retained_delete") == 0) {
+        if (!q->topic || rt_retain_delete(self->retain, q->topic) != 0) {
+            lk_admin_error(out, "NOT_FOUND", "no retained message on that topic");
+            return;
+        }
+        /* the session store forgets it too (an empty payload deletes) */
+        Lk__Msg m = LK__MSG__INIT;
+        m.topic = q->topic;
+        m.retain = true;
+        lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, &m, true);
+        lk_admin_reply(out)->count = 1;
+        lk_notice("retained message on '%s' deleted by %s", q->topic, lk_peer_name(peer));
+    } else
+        lk_admin_error(out, "BAD_REQUEST", "router does not answer '%s'", op);
+}
+
 /* --- warming ---------------------------------------------------------------------- */
 
 static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env);
@@ -1022,6 +1149,7 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         return NULL;
     }
     lk_bus_on_acked(self->bus, s_store_acked);
+    lk_bus_on_admin(self->bus, s_admin, self);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         rt_server_destroy(&self);
         return NULL;
