@@ -346,6 +346,16 @@ static int s_test_live(const char *conninfo, bool verbose)
     return rc;
 }
 
+double hw_store_ping_ms(hw_store_t *self)
+{
+    if (!lk_pg_connected(self->pg))
+        return -1;
+    int64_t a = lk_wall_ns();
+    if (lk_pg_run(self->pg, "SELECT 1", 0, NULL, true) != 0)
+        return -1;
+    return (double)(lk_wall_ns() - a) / 1e6;
+}
+
 int hw_store_test(bool verbose)
 {
     int rc = 0;

@@ -65,6 +65,9 @@ int hw_store_schema_version(hw_store_t *self);
    (some may be written: write them again later). counts are added to. */
 int hw_store_write(hw_store_t *self, const hw_event_t *events, size_t n, hw_counts_t *counts);
 
+/* one SELECT 1's round trip in ms when connected, -1 otherwise (never connects) */
+double hw_store_ping_ms(hw_store_t *self);
+
 int hw_store_test(bool verbose);
 
 #endif

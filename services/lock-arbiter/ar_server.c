@@ -5,6 +5,7 @@
     with exit 111 without acking that message; s6 restarts it and the session store hands
     the message over again. Every script is idempotent for a message seen twice. */
 #include "ar_internal.h"
+#include "lk_admin.h"
 #include <unistd.h>
 
 #define S_REDIS_WAIT_MS 10000
@@ -187,6 +188,26 @@ static void s_on_acked(lk_iclient_t *ic, lk_peer_t *peer, uint64_t seq, void *ar
         ar_history_acked(self, seq);
 }
 
+/* --- the api's "node" request: decisions for Prometheus --------------------------- */
+
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    self_t *self = arg;
+    if (strcmp(q->op ? q->op : "", "node") != 0) {
+        lk_admin_error(out, "BAD_REQUEST", "lock-arbiter does not answer '%s'", q->op);
+        return;
+    }
+    const char *m = "latchkey_lock_decisions_total";
+    lk_admin_metric(out, m, "outcome=\"granted\"", (double)self->granted, true);
+    lk_admin_metric(out, m, "outcome=\"refused\"", (double)self->refused, true);
+    lk_admin_metric(out, m, "outcome=\"expired\"", (double)self->expired, true);
+    lk_admin_metric(out, "latchkey_lock_state_changes_total", NULL, (double)self->states, true);
+    lk_admin_metric(out, "latchkey_lock_logins_total", NULL, (double)self->logins, true);
+    lk_admin_metric(out, "latchkey_lock_logins_revoked_total", NULL, (double)self->revoked, true);
+    lk_admin_metric(out, "latchkey_lock_history_queries_total", NULL, (double)self->queries, true);
+}
+
 /* --- cron ------------------------------------------------------------------------- */
 
 static void s_cron(lk_loop_t *loop, void *arg)
@@ -293,6 +314,7 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         return NULL;
     }
     self->bus = lk_iclient_bus(self->ic);
+    lk_bus_on_admin(self->bus, s_admin, self);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         ar_server_destroy(&self);
         return NULL;
