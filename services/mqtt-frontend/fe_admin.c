@@ -238,8 +238,17 @@ static void s_node(fe_server_t *srv, lk_admin_out_t *out)
     lk_admin_metric(out, "latchkey_sockets", NULL, (double)srv->n_conns, false);
     lk_admin_metric(out, "latchkey_connections_accepted_total", NULL,
                     (double)srv->connections_total, true);
-    lk_admin_metric(out, "latchkey_messages_received_total", NULL, (double)srv->msgs_in, true);
-    lk_admin_metric(out, "latchkey_messages_sent_total", NULL, (double)srv->msgs_out, true);
+    for (int q = 0; q < 3; q++) {
+        char l[16];
+        snprintf(l, sizeof(l), "qos=\"%d\"", q);
+        lk_admin_metric(out, "latchkey_messages_received_total", l, (double)srv->msgs_in_qos[q],
+                        true);
+        lk_admin_metric(out, "latchkey_messages_sent_total", l, (double)srv->msgs_out_qos[q], true);
+        lk_admin_metric(out, "latchkey_payload_bytes_received_total", l,
+                        (double)srv->bytes_in_qos[q], true);
+        lk_admin_metric(out, "latchkey_packet_bytes_sent_total", l, (double)srv->bytes_out_qos[q],
+                        true);
+    }
     lk_admin_metric(out, "latchkey_bytes_received_total", NULL, (double)srv->bytes_in, true);
     lk_admin_metric(out, "latchkey_bytes_sent_total", NULL, (double)srv->bytes_out, true);
     lk_admin_metric(out, "latchkey_messages_dropped_total", "reason=\"client\"",

@@ -171,6 +171,8 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
     }
     srv->msgs_out++;
     conn->sent_msg++;
+    srv->msgs_out_qos[m->qos > 2 ? 2 : m->qos]++;
+    srv->bytes_out_qos[m->qos > 2 ? 2 : m->qos] += conn->out.len - before;
     fe_conn_mark_dirty(conn);
     return true;
 }

@@ -456,6 +456,8 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     lk_mqtt_publish_t *p = &pkt->u.publish;
     srv->msgs_in++;
     conn->recv_msg++;
+    srv->msgs_in_qos[p->qos > 2 ? 2 : p->qos]++;
+    srv->bytes_in_qos[p->qos > 2 ? 2 : p->qos] += p->topic.len + p->payload.len;
     /* topic alias (MQTT 5 3.3.2.3.4) */
     char *topic = NULL;
     if (conn->version == LK_MQTT_V5 && LK_PROP_HAS(&pkt->props, LK_PROP_TOPIC_ALIAS)) {

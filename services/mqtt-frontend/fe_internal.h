@@ -254,6 +254,7 @@ struct _fe_server_t {
     size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
+    uint64_t msgs_in_qos[3], msgs_out_qos[3], bytes_in_qos[3], bytes_out_qos[3];
     lk_wbuf_t scratch;
     fe_limits_t *limits;
 };
