@@ -64,6 +64,7 @@ struct _api_server_t {
     int timeout_ms;
     zhashx_t *keys;         /* "key\nsecret-digest" -> expiry (mono ms), verified API keys */
     bool metrics_auth;
+    int64_t key_cache_ms;   /* a verified key is trusted this long without asking auth */
     char *dashboard_dir;
     int64_t started_ms;
     uint64_t published;

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #define S_DISCOVER_MS 1000
-#define S_KEY_CACHE_MS 10000
 
 /* --- calls: one request fanned out, the replies gathered ------------------------------ */
 
@@ -280,7 +279,7 @@ static void s_key_checked(self_t *self, api_call_t *call)
         return;
     }
     int64_t *until = lk_malloc(sizeof(int64_t));
-    *until = lk_mono_ms() + S_KEY_CACHE_MS;
+    *until = lk_mono_ms() + self->key_cache_ms;
     zhashx_update(self->keys, call->arg, until);
     s_dispatch(self, call->http);
 }
@@ -449,6 +448,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->started_ms = lk_mono_ms();
     self->timeout_ms = (int)lk_config_get_int(config, "api_timeout_ms", 2000);
     self->metrics_auth = lk_config_get_bool(config, "api_metrics_auth", false);
+    self->key_cache_ms = lk_config_get_int(config, "api_key_cache_ms", 5000);
     self->frontends = zhashx_new();
     self->keys = zhashx_new();
     zhashx_set_destructor(self->keys, s_free_ms);

@@ -69,7 +69,7 @@ static int s_rm(la_ctx_t *ctx, const char *key)
         fprintf(stderr, "latchkey: no API key %s\n", key);
         return 1;
     }
-    /* the api caches a verified key for up to 10 s */
+    /* the api trusts a verified key for api_key_cache_ms (5 s) more */
     return 0;
 }
 
