@@ -56,6 +56,7 @@ struct _api_server_t {
     lk_iclient_t *ic;
     lk_bus_t *bus;
     lk_http_t *http;
+    lk_http_t *https;       /* api_https_port, or NULL */
     lk_peer_t *router, *store, *auth, *arbiter, *history;
     zhashx_t *frontends;    /* node -> endpoint we connected to */
     api_call_t *calls;

@@ -115,7 +115,8 @@ static void s_metrics_done(self_t *self, api_call_t *call)
     }
     s_printf(&t, "# TYPE latchkey_api_http_requests_total counter\n");
     s_printf(&t, "latchkey_api_http_requests_total{node=\"%s\",kind=\"api\"} %" PRIu64 "\n",
-             self->node, lk_http_requests(self->http));
+             self->node,
+             lk_http_requests(self->http) + (self->https ? lk_http_requests(self->https) : 0));
     s_printf(&t, "# TYPE latchkey_api_published_total counter\n");
     s_printf(&t, "latchkey_api_published_total{node=\"%s\",kind=\"api\"} %" PRIu64 "\n",
              self->node, self->published);

@@ -11,7 +11,6 @@
 #include "lk_admin.h"
 #include "lk_crypto.h"
 #include <limits.h>
-#include <openssl/sha.h>
 #include <unistd.h>
 
 #define S_DISCOVER_MS 1000
@@ -252,10 +251,10 @@ int api_status_of(const char *code)
 /* the cache key of a verified key:secret pair: key and the SHA-256 of the secret */
 static void s_key_id(const char *key, const char *secret, char *out, size_t cap)
 {
-    uint8_t d[SHA256_DIGEST_LENGTH];
-    SHA256((const uint8_t *)secret, strlen(secret), d);
+    uint8_t d[32];
+    lk_crypto_sha256(secret, strlen(secret), d);
     int n = snprintf(out, cap, "%.200s\n", key);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH && (size_t)n + 3 < cap; i++)
+    for (int i = 0; i < 32 && (size_t)n + 3 < cap; i++)
         n += snprintf(out + n, cap - (size_t)n, "%02x", d[i]);
 }
 
@@ -488,6 +487,22 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->http = lk_http_new(loop, &o, s_on_http, self);
     if (!self->http)
         goto fail;
+    /* an extra HTTPS listener (app login needs HTTPS; the REST API is there too) */
+    int64_t hp = lk_config_get_int(config, "api_https_port", 0);
+    if (hp > 0) {
+        lk_http_opts_t t = o;
+        t.port = (int)hp;
+        t.tls_cert_file = lk_config_get(config, "api_https_certfile", NULL);
+        t.tls_key_file = lk_config_get(config, "api_https_keyfile", NULL);
+        if (!t.tls_cert_file || !*t.tls_cert_file || !t.tls_key_file || !*t.tls_key_file) {
+            lk_error("api_https_port needs api_https_certfile and api_https_keyfile");
+            goto fail;
+        }
+        self->https = lk_http_new(loop, &t, s_on_http, self);
+        if (!self->https)
+            goto fail;
+        lk_notice("serving HTTPS on %s:%d", t.address, lk_http_port(self->https));
+    }
     self->discover_timer = lk_loop_timer(loop, S_DISCOVER_MS, true, s_discover, self);
     s_discover(loop, self);
     lk_notice("serving HTTP%s on %s:%d (dashboard %s)", o.tls_cert_file ? "S" : "",
@@ -518,6 +533,7 @@ void api_server_destroy(api_server_t **self_p)
     if (self->discover_timer)
         lk_loop_timer_cancel(self->loop, self->discover_timer);
     lk_http_destroy(&self->http);
+    lk_http_destroy(&self->https);
     api_login_destroy(self);
     if (self->ic) {
         lk_iclient_close(self->ic, 300);

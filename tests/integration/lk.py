@@ -109,6 +109,7 @@ class Stack:
         self.wss_port = free_port(ports); ports.add(self.wss_port)
         self.proxy_port = free_port(ports); ports.add(self.proxy_port)
         self.api_port = free_port(ports); ports.add(self.api_port)
+        self.api_https_port = free_port(ports); ports.add(self.api_https_port)
         self.tls_dir = os.path.join(self.run_dir, "tls")
         # latchkey-up's own bound; within pytest-timeout's 120 s for the first test
         self.up_timeout = int(up_timeout or os.environ.get("LATCHKEY_UP_TIMEOUT", 30))
@@ -124,6 +125,7 @@ class Stack:
             "MQTT_WSS_PORT": str(self.wss_port),
             "MQTT_PROXY_PORT": str(self.proxy_port),
             "API_PORT": str(self.api_port),
+            "API_HTTPS_PORT": str(self.api_https_port),
             "BUILD": self.build,
             "LATCHKEY_BIN": os.path.join(self.build, "bin"),
             "LATCHKEY_SERVICES": " ".join(self.services),
