@@ -508,6 +508,8 @@ static EVP_PKEY *s_jwk_key(const lk_crypto_jwk_t *jwk, const char *alg)
     OSSL_PARAM *params = NULL;
     EVP_PKEY_CTX *ctx = NULL;
     BIGNUM *n = NULL, *e = NULL;
+    /* the builder keeps a pointer to the point until OSSL_PARAM_BLD_to_param */
+    uint8_t pt[65];
     if (strcmp(alg, "RS256") == 0 && jwk->kty && strcmp(jwk->kty, "RSA") == 0) {
         n = s_bn(jwk->n);
         e = s_bn(jwk->e);
@@ -517,7 +519,6 @@ static EVP_PKEY *s_jwk_key(const lk_crypto_jwk_t *jwk, const char *alg)
         ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
     } else if (strcmp(alg, "ES256") == 0 && jwk->kty && strcmp(jwk->kty, "EC") == 0 && jwk->crv &&
                strcmp(jwk->crv, "P-256") == 0) {
-        uint8_t pt[65];
         pt[0] = 4;
         if (!jwk->x || !jwk->y ||
             lk_crypto_b64url_decode(jwk->x, strlen(jwk->x), pt + 1, 32) != 32 ||

@@ -17,6 +17,7 @@
     does not serve meanwhile. Logins are rare; keep the provider close. */
 #include "api_internal.h"
 #include "lk_crypto.h"
+#include "lk_jwt.h"
 #include "lk_tls.h"
 #include <ctype.h>
 #include <stdio.h>
@@ -116,115 +117,25 @@ static const char *s_jstr(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-/* 1 signature valid with a key of the set (kid matched when given), 0 not, -1 no key */
-static int s_verify_sig(struct api_login *l, const char *kid, const char *alg, const char *input,
-                        size_t input_len, const uint8_t *sig, size_t sig_len)
-{
-    for (int round = 0; round < 2; round++) {
-        int tried = 0;
-        const cJSON *k;
-        const cJSON *keys = l->jwks ? cJSON_GetObjectItem(l->jwks, "keys") : NULL;
-        cJSON_ArrayForEach(k, keys)
-        {
-            const char *kk = s_jstr(k, "kid");
-            if (kid && (!kk || strcmp(kk, kid) != 0))
-                continue;
-            const char *kalg = s_jstr(k, "alg");
-            if (kalg && strcmp(kalg, alg) != 0)
-                continue;
-            lk_crypto_jwk_t jwk = {s_jstr(k, "kty"), s_jstr(k, "crv"), s_jstr(k, "n"),
-                                   s_jstr(k, "e"),   s_jstr(k, "x"),   s_jstr(k, "y")};
-            int r = lk_crypto_jws_verify(&jwk, alg, input, input_len, sig, sig_len);
-            if (r == 1)
-                return 1;
-            if (r == 0)
-                tried++;
-        }
-        if (tried)
-            return 0;
-        /* an unknown kid: the provider may have rotated its keys (at most once a minute) */
-        if (round == 0 && lk_mono_ms() - l->jwks_at >= S_JWKS_REFRESH_MS && s_load_jwks(l) == 0)
-            continue;
-        break;
-    }
-    return -1;
-}
-
-static cJSON *s_b64json(const char *p, size_t n)
-{
-    uint8_t *buf = lk_malloc(n + 1);
-    int len = lk_crypto_b64url_decode(p, n, buf, n + 1);
-    cJSON *j = len > 0 ? cJSON_ParseWithLength((const char *)buf, (size_t)len) : NULL;
-    free(buf);
-    return j;
-}
-
-static bool s_aud_ok(const cJSON *aud, const char *want)
-{
-    if (!want)
-        return true;
-    if (cJSON_IsString(aud))
-        return strcmp(aud->valuestring, want) == 0;
-    if (!cJSON_IsArray(aud))
-        return false;
-    const cJSON *a;
-    cJSON_ArrayForEach(a, aud)
-    {
-        if (cJSON_IsString(a) && strcmp(a->valuestring, want) == 0)
-            return true;
-    }
-    return false;
-}
-
 /* the user an ID token names, or NULL with *why; *exp_ms: when it expires */
 static char *s_id_token(struct api_login *l, const char *tok, const char **why, int64_t *exp_ms)
 {
-    const char *d1 = strchr(tok, '.');
-    const char *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
-    if (!d1 || !d2 || strchr(d2 + 1, '.') || strlen(tok) > 16000) {
-        *why = "not a JWS compact token";
-        return NULL;
-    }
-    cJSON *hdr = s_b64json(tok, (size_t)(d1 - tok));
-    cJSON *claims = s_b64json(d1 + 1, (size_t)(d2 - d1 - 1));
-    uint8_t sig[1024];
-    int sl = lk_crypto_b64url_decode(d2 + 1, strlen(d2 + 1), sig, sizeof(sig));
-    char *user = NULL;
-    const char *alg = hdr ? s_jstr(hdr, "alg") : NULL;
-    int64_t now = lk_wall_ms() / 1000;
-    if (!hdr || !claims || sl <= 0) {
-        *why = "undecodable token";
-    } else if (!alg || (strcmp(alg, "RS256") != 0 && strcmp(alg, "ES256") != 0)) {
-        *why = "alg must be RS256 or ES256";
-    } else {
-        int v = s_verify_sig(l, s_jstr(hdr, "kid"), alg, tok, (size_t)(d2 - tok), sig, (size_t)sl);
-        const cJSON *exp = cJSON_GetObjectItem(claims, "exp");
-        const cJSON *nbf = cJSON_GetObjectItem(claims, "nbf");
-        const cJSON *iat = cJSON_GetObjectItem(claims, "iat");
-        const char *iss = s_jstr(claims, "iss");
-        const char *u = s_jstr(claims, l->user_claim);
-        if (v != 1)
-            *why = v == 0 ? "bad signature" : "no key of the issuer fits";
-        else if (l->issuer && (!iss || strcmp(iss, l->issuer) != 0))
-            *why = "wrong issuer";
-        else if (!s_aud_ok(cJSON_GetObjectItem(claims, "aud"), l->audience))
-            *why = "wrong audience";
-        else if (!cJSON_IsNumber(exp) || exp->valuedouble + l->leeway_s < (double)now)
-            *why = "expired";
-        else if (cJSON_IsNumber(nbf) && nbf->valuedouble - l->leeway_s > (double)now)
-            *why = "not valid yet";
-        else if (cJSON_IsNumber(iat) && iat->valuedouble - l->leeway_s > (double)now)
-            *why = "issued in the future";
-        else if (!u || !*u)
-            *why = "no user claim";
-        else {
-            user = lk_strdup(u);
-            *exp_ms = (int64_t)exp->valuedouble * 1000 + (int64_t)l->leeway_s * 1000;
+    for (int round = 0; round < 2; round++) {
+        lk_jwt_check_t c = {l->jwks, l->issuer, l->audience, l->user_claim,
+                            lk_wall_ms() / 1000, l->leeway_s};
+        bool unknown = false;
+        int64_t exp_s = 0;
+        char *user = lk_jwt_verify(&c, tok, &exp_s, why, &unknown);
+        if (user) {
+            *exp_ms = exp_s * 1000;
+            return user;
         }
+        /* an unknown kid: the provider may have rotated its keys (at most once a minute) */
+        if (!unknown || round > 0 || lk_mono_ms() - l->jwks_at < S_JWKS_REFRESH_MS ||
+            s_load_jwks(l) != 0)
+            return NULL;
     }
-    cJSON_Delete(hdr);
-    cJSON_Delete(claims);
-    return user;
+    return NULL;
 }
 
 /* the user a code stands for, asked of login_code_url; NULL with *why */
