@@ -91,14 +91,14 @@ static void s_grow(void **arr, size_t n, size_t *cap, size_t size)
     }
 }
 
-#define S_ADD(self, field, cap, type, init)                                                   \
-    do {                                                                                       \
-        s_grow((void **)&(self)->reply.field, (self)->reply.n_##field, &(self)->cap,           \
-               sizeof(type *));                                                                \
-        type *item = s_own(self, lk_malloc(sizeof(type)));                                     \
-        init(item);                                                                            \
-        (self)->reply.field[(self)->reply.n_##field++] = item;                                 \
-        return item;                                                                           \
+#define S_ADD(self, field, cap, type, init)                                                        \
+    do {                                                                                           \
+        s_grow((void **)&(self)->reply.field, (self)->reply.n_##field, &(self)->cap,               \
+               sizeof(type *));                                                                    \
+        type *item = s_own(self, lk_malloc(sizeof(type)));                                         \
+        init(item);                                                                                \
+        (self)->reply.field[(self)->reply.n_##field++] = item;                                     \
+        return item;                                                                               \
     } while (0)
 
 Lk__AdminClient *lk_admin_client_add(lk_admin_out_t *self)
@@ -199,8 +199,8 @@ int lk_admin_test(bool verbose)
     Lk__AdminReply *r = lk_admin_reply(o);
     int fails = 0;
     if (r->n_clients != 100 || r->n_metrics != 100 || r->n_retained != 40 ||
-        r->retained_at_ms[39] != 39 || r->ok || strcmp(r->error, "NOT_FOUND") != 0 ||
-        !r->node || r->node->n_peers != 1)
+        r->retained_at_ms[39] != 39 || r->ok || strcmp(r->error, "NOT_FOUND") != 0 || !r->node ||
+        r->node->n_peers != 1)
         fails++;
     size_t len = lk__admin_reply__get_packed_size(r);
     uint8_t *buf = lk_malloc(len);

@@ -21,8 +21,8 @@ typedef struct {
 /* the user claim's value (caller frees) and *exp_s, or NULL with *why (static text).
    *unknown_key is set when no key of the set fits the token's kid/alg: the caller may
    refresh the set and try again. */
-char *lk_jwt_verify(const lk_jwt_check_t *c, const char *token, int64_t *exp_s,
-                    const char **why, bool *unknown_key);
+char *lk_jwt_verify(const lk_jwt_check_t *c, const char *token, int64_t *exp_s, const char **why,
+                    bool *unknown_key);
 
 int lk_jwt_test(bool verbose);
 

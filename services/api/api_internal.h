@@ -56,16 +56,16 @@ struct _api_server_t {
     lk_iclient_t *ic;
     lk_bus_t *bus;
     lk_http_t *http;
-    lk_http_t *https;       /* api_https_port, or NULL */
+    lk_http_t *https; /* api_https_port, or NULL */
     lk_peer_t *router, *store, *auth, *arbiter, *history;
-    zhashx_t *frontends;    /* node -> endpoint we connected to */
+    zhashx_t *frontends; /* node -> endpoint we connected to */
     api_call_t *calls;
     uint64_t next_call;
     int discover_timer;
     int timeout_ms;
-    zhashx_t *keys;         /* "key\nsecret-digest" -> expiry (mono ms), verified API keys */
+    zhashx_t *keys; /* "key\nsecret-digest" -> expiry (mono ms), verified API keys */
     bool metrics_auth;
-    int64_t key_cache_ms;   /* a verified key is trusted this long without asking auth */
+    int64_t key_cache_ms; /* a verified key is trusted this long without asking auth */
     char *dashboard_dir;
     int64_t started_ms;
     uint64_t published;
@@ -74,8 +74,7 @@ struct _api_server_t {
 };
 
 /* api_server.c */
-api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *node,
-                             int ready_fd);
+api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *node, int ready_fd);
 void api_server_destroy(api_server_t **self_p);
 api_call_t *api_call_new(self_t *self, lk_http_req_t *http, api_call_fn *done);
 /* sends q (its req is set here) to peer; a dead peer is skipped */

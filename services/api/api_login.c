@@ -99,8 +99,9 @@ static int s_load_jwks(struct api_login *l)
     }
     l->jwks_at = lk_mono_ms();
     if (!j || !cJSON_IsArray(cJSON_GetObjectItem(j, "keys"))) {
-        lk_warn("login: no JSON Web Key Set from %s",
-                l->jwks_file ? l->jwks_file : l->jwks_url ? l->jwks_url : "the issuer");
+        lk_warn("login: no JSON Web Key Set from %s", l->jwks_file  ? l->jwks_file
+                                                      : l->jwks_url ? l->jwks_url
+                                                                    : "the issuer");
         cJSON_Delete(j);
         return -1;
     }
@@ -121,8 +122,8 @@ static const char *s_jstr(const cJSON *o, const char *k)
 static char *s_id_token(struct api_login *l, const char *tok, const char **why, int64_t *exp_ms)
 {
     for (int round = 0; round < 2; round++) {
-        lk_jwt_check_t c = {l->jwks, l->issuer, l->audience, l->user_claim,
-                            lk_wall_ms() / 1000, l->leeway_s};
+        lk_jwt_check_t c = {l->jwks,       l->issuer,           l->audience,
+                            l->user_claim, lk_wall_ms() / 1000, l->leeway_s};
         bool unknown = false;
         int64_t exp_s = 0;
         char *user = lk_jwt_verify(&c, tok, &exp_s, why, &unknown);

@@ -92,9 +92,8 @@ static void s_metrics_done(self_t *self, api_call_t *call)
                 Lk__AdminMetric *x = r->metrics[m];
                 if (strcmp(x->name, name) != 0)
                     continue;
-                s_printf(&t, "%s{node=\"%s\",kind=\"%s\"%s%s} ", name, r->node->node,
-                         r->node->kind, x->labels && *x->labels ? "," : "",
-                         x->labels ? x->labels : "");
+                s_printf(&t, "%s{node=\"%s\",kind=\"%s\"%s%s} ", name, r->node->node, r->node->kind,
+                         x->labels && *x->labels ? "," : "", x->labels ? x->labels : "");
                 s_value(&t, x->value);
             }
         }
@@ -118,8 +117,8 @@ static void s_metrics_done(self_t *self, api_call_t *call)
              self->node,
              lk_http_requests(self->http) + (self->https ? lk_http_requests(self->https) : 0));
     s_printf(&t, "# TYPE latchkey_api_published_total counter\n");
-    s_printf(&t, "latchkey_api_published_total{node=\"%s\",kind=\"api\"} %" PRIu64 "\n",
-             self->node, self->published);
+    s_printf(&t, "latchkey_api_published_total{node=\"%s\",kind=\"api\"} %" PRIu64 "\n", self->node,
+             self->published);
     s_printf(&t, "# TYPE latchkey_process_resident_memory_bytes gauge\n");
     s_printf(&t, "latchkey_process_resident_memory_bytes{node=\"%s\",kind=\"api\"} %" PRIu64 "\n",
              self->node, lk_admin_rss());
@@ -165,7 +164,8 @@ static cJSON *s_stats_of(api_call_t *call, Lk__AdminReply *fe)
                             s_sum(call, "router", "latchkey_subscriptions", NULL));
     cJSON_AddNumberToObject(j, "subscribers.count",
                             s_sum(call, "router", "latchkey_subscribers", NULL));
-    cJSON_AddNumberToObject(j, "topics.count", s_sum(call, "router", "latchkey_subscriptions", NULL));
+    cJSON_AddNumberToObject(j, "topics.count",
+                            s_sum(call, "router", "latchkey_subscriptions", NULL));
     cJSON_AddNumberToObject(j, "retained.count",
                             s_sum(call, "router", "latchkey_retained_messages", NULL));
     return j;
@@ -202,9 +202,8 @@ static cJSON *s_emqx_metrics_of(api_call_t *call, Lk__AdminReply *fe)
     if (fe)
         cJSON_AddStringToObject(j, "node", fe->node->node);
 #define S_M(key, name, labels)                                                                     \
-    cJSON_AddNumberToObject(j, key,                                                                \
-                            fe ? s_metric(fe, name, labels)                                        \
-                               : s_sum(call, "mqtt-frontend", name, labels))
+    cJSON_AddNumberToObject(                                                                       \
+        j, key, fe ? s_metric(fe, name, labels) : s_sum(call, "mqtt-frontend", name, labels))
     S_M("messages.received", "latchkey_messages_received_total", NULL);
     S_M("messages.sent", "latchkey_messages_sent_total", NULL);
     S_M("messages.qos0.received", "latchkey_messages_received_total", "qos=\"0\"");
@@ -248,8 +247,7 @@ void api_prom_emqx_metrics(self_t *self, lk_http_req_t *req)
     api_call_start(call);
 }
 
-static cJSON *s_node_json(const char *node, const char *kind, const Lk__AdminNode *n,
-                          double conns)
+static cJSON *s_node_json(const char *node, const char *kind, const Lk__AdminNode *n, double conns)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "node", node);

@@ -210,7 +210,8 @@ static cJSON *s_client_json(const Lk__AdminClient *c)
         cJSON_AddNumberToObject(j, "proto_ver", c->proto_ver);
     cJSON_AddNumberToObject(j, "keepalive", c->keepalive);
     cJSON_AddBoolToObject(j, "clean_start", c->clean_start);
-    cJSON_AddNumberToObject(j, "expiry_interval", c->expiry == 0xFFFFFFFFu ? -1.0 : (double)c->expiry);
+    cJSON_AddNumberToObject(j, "expiry_interval",
+                            c->expiry == 0xFFFFFFFFu ? -1.0 : (double)c->expiry);
     cJSON_AddNumberToObject(j, "subscriptions_cnt", c->subscriptions);
     cJSON_AddNumberToObject(j, "inflight_cnt", c->inflight);
     cJSON_AddNumberToObject(j, "inflight_max", c->inflight_max);
@@ -657,8 +658,7 @@ static void s_retained_done(self_t *self, api_call_t *call)
     }
     if (!r->ok) {
         api_error(call->http, api_status_of(r->error), r->error,
-                  strcmp(r->error, "NOT_FOUND") == 0 ? "Viewed message doesn't exist"
-                                                     : r->message);
+                  strcmp(r->error, "NOT_FOUND") == 0 ? "Viewed message doesn't exist" : r->message);
         return;
     }
     if (call->step == 2) { /* deleted */
@@ -670,9 +670,9 @@ static void s_retained_done(self_t *self, api_call_t *call)
             api_error(call->http, 404, "NOT_FOUND", "Viewed message doesn't exist");
             return;
         }
-        api_json(call->http, 200,
-                 s_retained_json(r->retained[0], r->n_retained_at_ms ? r->retained_at_ms[0] : 0,
-                                 true));
+        api_json(
+            call->http, 200,
+            s_retained_json(r->retained[0], r->n_retained_at_ms ? r->retained_at_ms[0] : 0, true));
         return;
     }
     /* sorted by topic, for stable pages */
@@ -754,9 +754,7 @@ static void s_bans_done(self_t *self, api_call_t *call)
     s_page(call->http, all, call->page, call->limit);
 }
 
-static void s_nothing(self_t *self, api_call_t *call)
-{
-}
+static void s_nothing(self_t *self, api_call_t *call) {}
 
 static void s_ban_added(self_t *self, api_call_t *call)
 {
@@ -801,8 +799,9 @@ static void s_ban_add(self_t *self, lk_http_req_t *req)
     if (!b)
         return;
     const char *as = s_str(b, "as"), *who = s_str(b, "who");
-    if (!as || (strcmp(as, "clientid") != 0 && strcmp(as, "username") != 0 &&
-                strcmp(as, "peerhost") != 0) ||
+    if (!as ||
+        (strcmp(as, "clientid") != 0 && strcmp(as, "username") != 0 &&
+         strcmp(as, "peerhost") != 0) ||
         !who || !*who) {
         cJSON_Delete(b);
         api_error(req, 400, "BAD_REQUEST", "as: clientid, username or peerhost; who: not empty");
@@ -855,8 +854,7 @@ static void s_ban_deleted(self_t *self, api_call_t *call)
 
 static void s_ban_del(self_t *self, lk_http_req_t *req, const char *as, const char *who)
 {
-    if (strcmp(as, "clientid") != 0 && strcmp(as, "username") != 0 &&
-        strcmp(as, "peerhost") != 0) {
+    if (strcmp(as, "clientid") != 0 && strcmp(as, "username") != 0 && strcmp(as, "peerhost") != 0) {
         api_error(req, 400, "BAD_REQUEST", "as: clientid, username or peerhost");
         return;
     }
@@ -930,8 +928,7 @@ static void s_publish(self_t *self, lk_http_req_t *req, bool bulk)
     cJSON *b = s_body(req);
     if (!b)
         return;
-    if (bulk ? !cJSON_IsArray(b) || cJSON_GetArraySize(b) == 0 ||
-                   cJSON_GetArraySize(b) > S_BULK_MAX
+    if (bulk ? !cJSON_IsArray(b) || cJSON_GetArraySize(b) == 0 || cJSON_GetArraySize(b) > S_BULK_MAX
              : !cJSON_IsObject(b)) {
         cJSON_Delete(b);
         api_error(req, 400, "BAD_REQUEST",

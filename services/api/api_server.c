@@ -119,8 +119,8 @@ void api_call_all(api_call_t *call, Lk__AdminRequest *q)
 void api_call_start(api_call_t *call)
 {
     /* done from a timer, also when nothing was sent: the handler may still be on the stack */
-    call->timer = lk_loop_timer(call->self->loop, call->waiting ? call->self->timeout_ms : 0,
-                                false, s_call_timeout, call);
+    call->timer = lk_loop_timer(call->self->loop, call->waiting ? call->self->timeout_ms : 0, false,
+                                s_call_timeout, call);
 }
 
 static void s_admin_reply(self_t *self, lk_peer_t *peer, const Lk__AdminReply *r)
@@ -208,9 +208,7 @@ static void s_on_msg(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id, vo
     (void)ic; /* no subscriptions */
 }
 
-static void s_on_ready(lk_iclient_t *ic, void *arg)
-{
-}
+static void s_on_ready(lk_iclient_t *ic, void *arg) {}
 
 /* --- HTTP ----------------------------------------------------------------------------- */
 
@@ -436,8 +434,7 @@ static void s_free_ms(void **item)
     *item = NULL;
 }
 
-api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *node,
-                             int ready_fd)
+api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *node, int ready_fd)
 {
     self_t *self = lk_calloc(1, sizeof(*self));
     self->loop = loop;
@@ -505,8 +502,8 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     }
     self->discover_timer = lk_loop_timer(loop, S_DISCOVER_MS, true, s_discover, self);
     s_discover(loop, self);
-    lk_notice("serving HTTP%s on %s:%d (dashboard %s)", o.tls_cert_file ? "S" : "",
-              o.address, lk_http_port(self->http),
+    lk_notice("serving HTTP%s on %s:%d (dashboard %s)", o.tls_cert_file ? "S" : "", o.address,
+              lk_http_port(self->http),
               self->dashboard_dir ? self->dashboard_dir : "not installed");
     lk_ready_notify(self->ready_fd);
     self->ready_fd = -1;

@@ -149,10 +149,14 @@ static void s_bans(lk_redis_t *redis, lk_admin_out_t *out)
         }
         Lk__AdminBan *b = lk_admin_ban_add(out);
         cJSON *v;
-        b->as = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "as")) ? v->valuestring : "");
-        b->who = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "who")) ? v->valuestring : "");
-        b->reason = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "reason")) ? v->valuestring : "");
-        b->by = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "by")) ? v->valuestring : "");
+        b->as = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "as")) ? v->valuestring
+                                                                                   : "");
+        b->who = lk_admin_str(
+            out, cJSON_IsString(v = cJSON_GetObjectItem(j, "who")) ? v->valuestring : "");
+        b->reason = lk_admin_str(
+            out, cJSON_IsString(v = cJSON_GetObjectItem(j, "reason")) ? v->valuestring : "");
+        b->by = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "by")) ? v->valuestring
+                                                                                   : "");
         b->at_ms = cJSON_IsNumber(v = cJSON_GetObjectItem(j, "at")) ? (uint64_t)v->valuedouble : 0;
         b->until_ms = (uint64_t)u;
         cJSON_Delete(j);

@@ -5,6 +5,7 @@
     new connections across them. Each frontend talks to the router (publish, subscribe,
     attach), the session store (sessions, stored deliveries and their acks) and auth. */
 #include "fe_internal.h"
+#include "lk_admin.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -611,6 +612,7 @@ static void s_stats(lk_loop_t *loop, void *arg)
     st.bytes_sent = srv->bytes_out;
     st.msgs_dropped = srv->dropped;
     st.connections_total = srv->connections_total;
+    st.heap_bytes = lk_admin_rss();
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_STATS;
     env.stats = &st;

@@ -26,6 +26,7 @@
 #include "rt_retain.h"
 #include "rt_trie.h"
 #include <czmq.h>
+#include <math.h>
 #include <stdarg.h>
 
 typedef struct {
@@ -122,6 +123,13 @@ struct _rt_server_t {
     /* $SYS */
     zhashx_t *stats;        /* node -> s_stats_t */
     int64_t started_ms;
+    int64_t sys_interval_s;
+    uint64_t sys_expired;       /* sessions the store expired */
+    uint64_t sys_max_clients;   /* most clients connected at once */
+    uint64_t sys_max_heap;
+    Lk__NodeStats sys_prev;     /* the sums at the previous tick, for the load averages */
+    bool sys_have_prev;
+    double sys_load[5][3];      /* per minute: msgs in/out, bytes in/out, connections; 1/5/15 min */
     /* direct routing */
     uint64_t route_gen;
     uint64_t flush_round;
@@ -684,8 +692,10 @@ static void s_detach(rt_server_t *self, lk_peer_t *peer, Lk__Detach *d)
         s_route_changed(self);
     if (peer == self->store) {
         /* session expired in the store */
-        if (!c->node)
+        if (!c->node) {
             s_client_remove(self, c);
+            self->sys_expired++;
+        }
         return;
     }
     if (c->node != peer)
@@ -796,6 +806,61 @@ static void s_sys_one(rt_server_t *self, const char *topic, const char *fmt, ...
     s_publish_one(self, &m, NULL, false);
 }
 
+/* the rest of Mosquitto's list: load averages (exponentially damped per-minute rates, as
+   Mosquitto computes them), clients expired / maximum, stored messages, heap */
+static void s_sys_more(rt_server_t *self, const Lk__NodeStats *sum, size_t total)
+{
+    uint64_t stored = 0, heap = lk_admin_rss();
+    for (s_stats_t *n = zhashx_first(self->stats); n; n = zhashx_next(self->stats))
+        if (lk_peer_alive(n->peer)) {
+            stored += n->st.stored_messages;
+            heap += n->st.heap_bytes;
+        }
+    if (sum->clients > self->sys_max_clients)
+        self->sys_max_clients = sum->clients;
+    if (heap > self->sys_max_heap)
+        self->sys_max_heap = heap;
+    uint64_t now[5] = {sum->msgs_received, sum->msgs_sent, sum->bytes_received, sum->bytes_sent,
+                       sum->connections_total};
+    uint64_t prev[5] = {self->sys_prev.msgs_received, self->sys_prev.msgs_sent,
+                        self->sys_prev.bytes_received, self->sys_prev.bytes_sent,
+                        self->sys_prev.connections_total};
+    static const double periods[3] = {60, 300, 900};
+    double dt = (double)(self->sys_interval_s > 0 ? self->sys_interval_s : 1);
+    for (int k = 0; k < 5; k++) {
+        /* a counter that went back (a frontend restarted) counts as no traffic */
+        double per_min = self->sys_have_prev && now[k] >= prev[k]
+                             ? (double)(now[k] - prev[k]) * 60.0 / dt
+                             : 0;
+        for (int p = 0; p < 3; p++) {
+            double f = exp(-dt / periods[p]);
+            self->sys_load[k][p] = self->sys_load[k][p] * f + per_min * (1 - f);
+        }
+    }
+    self->sys_prev = *sum;
+    self->sys_have_prev = true;
+    static const char *what[5] = {"messages/received", "messages/sent", "bytes/received",
+                                  "bytes/sent", "connections"};
+    static const char *span[3] = {"1min", "5min", "15min"};
+    for (int k = 0; k < 5; k++)
+        for (int p = 0; p < 3; p++) {
+            char t[96];
+            snprintf(t, sizeof(t), "$SYS/broker/load/%s/%s", what[k], span[p]);
+            s_sys_one(self, t, "%.2f", self->sys_load[k][p]);
+        }
+    s_sys_one(self, "$SYS/broker/clients/expired", "%" PRIu64, self->sys_expired);
+    s_sys_one(self, "$SYS/broker/clients/maximum", "%" PRIu64, self->sys_max_clients);
+    s_sys_one(self, "$SYS/broker/clients/active", "%" PRIu64, sum->clients);
+    s_sys_one(self, "$SYS/broker/clients/inactive", "%" PRIu64,
+              total > sum->clients ? total - sum->clients : 0);
+    s_sys_one(self, "$SYS/broker/messages/stored", "%" PRIu64, stored);
+    s_sys_one(self, "$SYS/broker/store/messages/count", "%" PRIu64, stored);
+    s_sys_one(self, "$SYS/broker/publish/messages/received", "%" PRIu64, sum->msgs_received);
+    s_sys_one(self, "$SYS/broker/publish/messages/sent", "%" PRIu64, sum->msgs_sent);
+    s_sys_one(self, "$SYS/broker/heap/current", "%" PRIu64, heap);
+    s_sys_one(self, "$SYS/broker/heap/maximum", "%" PRIu64, self->sys_max_heap);
+}
+
 static void s_sys(lk_loop_t *loop, void *arg)
 {
     rt_server_t *self = arg;
@@ -828,6 +893,7 @@ static void s_sys(lk_loop_t *loop, void *arg)
     s_sys_one(self, "$SYS/broker/publish/messages/dropped", "%" PRIu64, sum.msgs_dropped);
     s_sys_one(self, "$SYS/broker/subscriptions/count", "%zu", rt_trie_count(self->trie));
     s_sys_one(self, "$SYS/broker/retained messages/count", "%zu", rt_retain_count(self->retain));
+    s_sys_more(self, &sum, total);
 }
 
 static void s_stats_free(void **item)
@@ -1171,7 +1237,8 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->warm_min = now + lk_config_get_int(config, "router_warmup_min_ms", 600);
     self->warm_deadline = now + lk_config_get_int(config, "router_warmup_max_ms", 3000);
     lk_loop_timer(loop, 100, true, s_warm_check, self);
-    lk_loop_timer(loop, lk_config_get_int(config, "sys_interval", 5) * 1000, true, s_sys, self);
+    self->sys_interval_s = lk_config_get_int(config, "sys_interval", 5);
+    lk_loop_timer(loop, self->sys_interval_s * 1000, true, s_sys, self);
     return self;
 }
 

@@ -64,6 +64,7 @@ struct _ss_server_t {
     int load_timer;
     int64_t load_backoff;
     int cron_timer;
+    int sys_timer;
     /* client -> node where its delayed will waits (volatile: the will itself is too) */
     zhashx_t *will_nodes;
     /* waiting for Redis */
@@ -205,6 +206,7 @@ void ss_server_destroy(ss_server_t **self_p)
     if (!self)
         return;
     s_cancel(self, &self->cron_timer);
+    s_cancel(self, &self->sys_timer);
     s_cancel(self, &self->load_timer);
     s_cancel(self, &self->retry_timer);
     s_cancel(self, &self->resync_timer);
@@ -777,6 +779,19 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         lk_admin_error(out, "BAD_REQUEST", "session-store does not answer '%s'", op);
 }
 
+/* the router's $SYS topics: what the store holds (unreliable; the next one replaces it) */
+static void s_sys_stats(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    Lk__NodeStats st = LK__NODE_STATS__INIT;
+    st.stored_messages = ss_store_queued(self->store);
+    st.heap_bytes = lk_admin_rss();
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_STATS;
+    env.stats = &st;
+    lk_bus_send(self->bus, self->router, &env, false);
+}
+
 int ss_server_start(ss_server_t *self)
 {
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
@@ -795,6 +810,9 @@ int ss_server_start(ss_server_t *self)
         return -1;
     self->router = lk_bus_connect(self->bus, "router", self->router_endpoint);
     self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
+    self->sys_timer = lk_loop_timer(
+        self->loop, lk_config_get_int(self->config, "sys_interval", 5) * 500, true, s_sys_stats,
+        self);
     lk_info("serving %s, router at %s, redis %s:%d", self->session_endpoint, self->router_endpoint,
             self->redis_host, self->redis_port);
     s_load(self->loop, self);

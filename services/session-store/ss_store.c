@@ -1052,6 +1052,14 @@ int ss_store_clear(ss_store_t *self, const char *client)
     return 0;
 }
 
+uint64_t ss_store_queued(ss_store_t *self)
+{
+    uint64_t n = 0;
+    for (ss_session_t *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        n += s->qlen;
+    return n;
+}
+
 double ss_store_ping_ms(ss_store_t *self)
 {
     return lk_redis_ping_ms(self->redis);

@@ -17,7 +17,8 @@ static const char *s_jwks =
     "ASWPNTEHR8N2mCREOTMyCw0ODiUPrsryzIvGvuNS0-0dlieak_fHu7t7u8I3YCyrU9G6wfNmTA-Q_fiR"
     "1pIuQdXJZLPI8mPtZqmQR37OPJTzZARcbrOxKaFeP42RYpkksz4ADS4K31qSi0TPS-KhfBU2tGlA3are"
     "vNq0K5JlB8dnIptR8MbyXS6sUWGOTbyBHUbKFjmcAgi7UVlNmiAN9VNgt3AqsYlZqQ\", \"e\": \"AQAB\""
-    "}, {\"kty\": \"EC\", \"kid\": \"e1\", \"crv\": \"P-256\", \"x\": \"J7QilaYLOpIgMGnLmt6Qnkw2492n"
+    "}, {\"kty\": \"EC\", \"kid\": \"e1\", \"crv\": \"P-256\", \"x\": "
+    "\"J7QilaYLOpIgMGnLmt6Qnkw2492n"
     "QGkiDOdc6bNQurk\", \"y\": \"BGVy4tzQYlTboQA4GHG44Glorxcx2axqnHZKUou4y3Y\"}]}";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

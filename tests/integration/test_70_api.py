@@ -383,6 +383,37 @@ def test_nodes_stats_metrics(stack, api, fleet):
     assert 'latchkey_connections{node="fe-1",kind="mqtt-frontend"}' in text
 
 
+def test_sys_topics_more(stack, api):
+    """The rest of Mosquitto's $SYS list, published by the router every sys_interval."""
+    cid = "sysq-" + RUN
+    c = client(stack, cid, clean_session=False)
+    c.subscribe("sysq/%s" % RUN, qos=1)
+    c.disconnect()
+    for i in range(3):
+        lk.mosquitto_pub(stack, "sysq/%s" % RUN, "m%d" % i, qos=1)
+    want = ["$SYS/broker/load/messages/received/1min", "$SYS/broker/load/bytes/sent/15min",
+            "$SYS/broker/load/connections/5min", "$SYS/broker/clients/maximum",
+            "$SYS/broker/clients/expired", "$SYS/broker/messages/stored",
+            "$SYS/broker/heap/current", "$SYS/broker/heap/maximum",
+            "$SYS/broker/publish/messages/received"]
+    w = client(stack, "sysw-" + RUN)
+    try:
+        w.subscribe("$SYS/broker/#", 0)
+        seen = {}
+
+        def enough():
+            for m in w.messages.drain(0.3, timeout=1):
+                seen[m.topic] = m.text
+            return all(t in seen for t in want) and int(seen["$SYS/broker/messages/stored"]) >= 3
+        lk.wait_until(enough, 20, 0.1, what="the new $SYS topics")
+        assert int(seen["$SYS/broker/clients/maximum"]) >= 1
+        assert int(seen["$SYS/broker/heap/current"]) > 1000000
+        assert float(seen["$SYS/broker/load/messages/received/1min"]) > 0
+    finally:
+        w.disconnect()
+        api.delete("/api/v5/clients/" + cid)
+
+
 def test_ban_peerhost(stack, api):
     """Last: a ban of 127.0.0.1 kicks every test client (they all come from there)."""
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
