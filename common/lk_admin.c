@@ -12,7 +12,8 @@ struct _lk_admin_out_t {
     Lk__AdminNode node;
     void **owned;
     size_t n_owned, cap_owned;
-    size_t cap_clients, cap_subs, cap_metrics, cap_bans, cap_retained, cap_retained_at, cap_peers;
+    size_t cap_rows, cap_clients, cap_subs, cap_metrics, cap_bans, cap_retained, cap_retained_at,
+        cap_peers;
 };
 
 static void *s_own(lk_admin_out_t *self, void *p)
@@ -49,6 +50,7 @@ void lk_admin_out_free(lk_admin_out_t **self_p)
     free(self->reply.bans);
     free(self->reply.retained);
     free(self->reply.retained_at_ms);
+    free(self->reply.json_rows);
     free(self->node.peers);
     free(self);
     *self_p = NULL;
@@ -138,6 +140,13 @@ void lk_admin_metric(lk_admin_out_t *self, const char *name, const char *labels,
     m->value = value;
     m->counter = counter;
     self->reply.metrics[self->reply.n_metrics++] = m;
+}
+
+void lk_admin_row_add(lk_admin_out_t *self, const char *json)
+{
+    s_grow((void **)&self->reply.json_rows, self->reply.n_json_rows, &self->cap_rows,
+           sizeof(char *));
+    self->reply.json_rows[self->reply.n_json_rows++] = lk_admin_str(self, json);
 }
 
 Lk__Subscription *lk_admin_subscription(lk_admin_out_t *self)

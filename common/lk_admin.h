@@ -38,6 +38,8 @@ Lk__AdminSub *lk_admin_sub_add(lk_admin_out_t *self);
 Lk__AdminBan *lk_admin_ban_add(lk_admin_out_t *self);
 /* a zero-initialised Subscription owned by the reply */
 Lk__Subscription *lk_admin_subscription(lk_admin_out_t *self);
+/* one JSON object (copied) into json_rows */
+void lk_admin_row_add(lk_admin_out_t *self, const char *json);
 /* a copy of msg (topic, payload, qos, props and origin) with its time */
 void lk_admin_retained_add(lk_admin_out_t *self, const Lk__Msg *msg, uint64_t at_ms);
 

@@ -976,6 +976,50 @@ static void s_publish(self_t *self, lk_http_req_t *req, bool bulk)
         api_json(req, 200, out);
 }
 
+/* --- Latchkey's own: locks and their recent decisions -------------------------------- */
+
+static void s_rows_done(self_t *self, api_call_t *call)
+{
+    Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
+    if (!r) {
+        api_error(call->http, 503, "SERVICE_UNAVAILABLE", "the service did not answer");
+        return;
+    }
+    if (!r->ok) {
+        api_error(call->http, api_status_of(r->error), r->error, r->message);
+        return;
+    }
+    cJSON *all = cJSON_CreateArray();
+    for (size_t i = 0; i < r->n_json_rows; i++) {
+        cJSON *j = cJSON_Parse(r->json_rows[i]);
+        if (j)
+            cJSON_AddItemToArray(all, j);
+    }
+    s_page(call->http, all, call->page, call->limit);
+}
+
+/* GET /latchkey/locks (each lock's last state), /latchkey/decisions (newest first) */
+static void s_latchkey(self_t *self, lk_http_req_t *req, bool decisions)
+{
+    int64_t page, limit;
+    if (!s_paging(req, &page, &limit))
+        return;
+    lk_peer_t *peer = decisions ? self->history : self->arbiter;
+    if (!peer) {
+        api_error(req, 503, "SERVICE_UNAVAILABLE",
+                  decisions ? "no history_endpoint configured" : "no arbiter_endpoint configured");
+        return;
+    }
+    Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
+    q.op = decisions ? "decisions" : "locks";
+    q.limit = decisions ? (uint32_t)(page * limit > 1000 ? 1000 : page * limit) : 0;
+    api_call_t *call = api_call_new(self, req, s_rows_done);
+    call->page = page;
+    call->limit = limit;
+    api_call_send(call, peer, &q);
+    api_call_start(call);
+}
+
 /* --- routing -------------------------------------------------------------------------- */
 
 bool api_rest(self_t *self, lk_http_req_t *req, const char *method, const char *path)
@@ -1036,6 +1080,10 @@ bool api_rest(self_t *self, lk_http_req_t *req, const char *method, const char *
         api_prom_stats(self, req);
     } else if (strcmp(s0, "metrics") == 0 && n == 0 && get) {
         api_prom_emqx_metrics(self, req);
+    } else if (strcmp(s0, "latchkey") == 0 && n == 1 && strcmp(s1, "locks") == 0 && get) {
+        s_latchkey(self, req, false);
+    } else if (strcmp(s0, "latchkey") == 0 && n == 1 && strcmp(s1, "decisions") == 0 && get) {
+        s_latchkey(self, req, true);
     } else if (strcmp(s0, "nodes") == 0 && n == 0 && get) {
         api_prom_nodes(self, req);
     } else

@@ -6,6 +6,7 @@
 #include "hw_server.h"
 #include "hw_spool.h"
 #include "lk_admin.h"
+#include "lk_pg.h"
 #include "hw_store.h"
 #include "lk_bus.h"
 #include "lk_common.h"
@@ -62,6 +63,19 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
                     lk_admin_out_t *out, void *arg)
 {
     self_t *self = arg;
+    if (strcmp(q->op ? q->op : "", "decisions") == 0) {
+        int limit = q->limit && q->limit <= 1000 ? (int)q->limit : 50;
+        lk_pg_result_t *r = self->store ? hw_store_decisions(self->store, limit) : NULL;
+        if (!r) {
+            lk_admin_error(out, "SERVICE_UNAVAILABLE", "PostgreSQL did not answer");
+            return;
+        }
+        for (size_t i = 0; i < r->nrows; i++)
+            if (r->values[i * r->ncols])
+                lk_admin_row_add(out, r->values[i * r->ncols]);
+        lk_pg_result_free(&r);
+        return;
+    }
     if (strcmp(q->op ? q->op : "", "node") != 0) {
         lk_admin_error(out, "BAD_REQUEST", "history-writer does not answer '%s'", q->op);
         return;

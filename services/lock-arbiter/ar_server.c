@@ -6,6 +6,7 @@
     the message over again. Every script is idempotent for a message seen twice. */
 #include "ar_internal.h"
 #include "lk_admin.h"
+#include <cjson/cJSON.h>
 #include <unistd.h>
 
 #define S_REDIS_WAIT_MS 10000
@@ -194,6 +195,32 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
                     lk_admin_out_t *out, void *arg)
 {
     self_t *self = arg;
+    if (strcmp(q->op ? q->op : "", "locks") == 0) {
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:lockstate");
+        if (!r || r->type != LK_REDIS_ARRAY) {
+            lk_redis_reply_free(&r);
+            lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");
+            return;
+        }
+        for (size_t i = 0; i + 1 < r->count; i += 2) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "lock", r->items[i].str);
+            /* the last /<lock>/statu payload: -2 (its Will) offline, 0 unlocked, 1 locked */
+            const char *v = r->items[i + 1].str ? r->items[i + 1].str : "";
+            const char *state = strcmp(v, "-2") == 0  ? "offline"
+                                : strcmp(v, "0") == 0 ? "unlocked"
+                                : strcmp(v, "1") == 0 ? "locked"
+                                                      : v;
+            cJSON_AddStringToObject(j, "state", state);
+            cJSON_AddStringToObject(j, "statu", v);
+            char *text = cJSON_PrintUnformatted(j);
+            lk_admin_row_add(out, text);
+            free(text);
+            cJSON_Delete(j);
+        }
+        lk_redis_reply_free(&r);
+        return;
+    }
     if (strcmp(q->op ? q->op : "", "node") != 0) {
         lk_admin_error(out, "BAD_REQUEST", "lock-arbiter does not answer '%s'", q->op);
         return;

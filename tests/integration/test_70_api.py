@@ -383,6 +383,34 @@ def test_nodes_stats_metrics(stack, api, fleet):
     assert 'latchkey_connections{node="fe-1",kind="mqtt-frontend"}' in text
 
 
+def test_locks_and_decisions(stack, api):
+    """Latchkey's own: each lock's state (lock-arbiter) and the newest unlock decisions
+    (history-writer, from PostgreSQL)."""
+    stack.require("lock-arbiter", "history-writer")
+    from lockhelp import setup_lock
+    lock = "LA70" + RUN
+    m, f = "m70-" + RUN, "f70-" + RUN
+    pw = mqtt_account(stack, m)
+    mqtt_account(stack, f, pw)
+    setup_lock(stack, lock, [(m, "m"), (f, "f")])
+    dev = client(stack, "dev-" + lock)
+    dev.subscribe("/%s/call" % lock, 1)
+    dev.publish("/%s/statu" % lock, "1", qos=1)
+    a = client(stack, "a70-" + RUN, username=m, password=pw)
+    b = client(stack, "b70-" + RUN, username=f, password=pw)
+    a.publish("/%s/m" % lock, "1", qos=1)
+    b.publish("/%s/f" % lock, "1", qos=1)
+    assert dev.messages.get(timeout=10).payload == b"unlock"
+    for c in (a, b, dev):
+        c.disconnect()
+    locks = lk.wait_until(lambda: [x for x in api.get("/api/v5/latchkey/locks?limit=10000")[1]
+                                   ["data"] if x["lock"] == lock], 10, 0.3, what="lock state")
+    assert locks[0]["state"] == "locked" and locks[0]["statu"] == "1"
+    rows = lk.wait_until(lambda: [x for x in api.get("/api/v5/latchkey/decisions?limit=50")[1]
+                                  ["data"] if x["lock"] == lock], 15, 0.3, what="decision row")
+    assert rows[0]["decision"] == "granted" and rows[0]["time"] > 0
+
+
 def test_sys_topics_more(stack, api):
     """The rest of Mosquitto's $SYS list, published by the router every sys_interval."""
     cid = "sysq-" + RUN

@@ -152,6 +152,12 @@ async function locks() {
   $('l-states').textContent = v('latchkey_lock_state_changes_total');
   $('l-logins').textContent = v('latchkey_lock_logins_total');
   push(charts.locks, Date.now() / 1000, [g, f, e]);
+  const [ls, ds] = await Promise.all([api('GET', '/latchkey/locks?limit=200').catch(() => ({ data: [] })),
+    api('GET', '/latchkey/decisions?limit=20').catch(() => ({ data: [] }))]);
+  fill('lock-table', ls.data, (tr, l) => { cell(tr, l.lock); cell(tr, l.state, l.state === 'offline' ? 'off' : 'on'); });
+  fill('decision-table', ds.data, (tr, d) => {
+    cell(tr, new Date(d.time).toLocaleString()); cell(tr, d.lock); cell(tr, d.decision); cell(tr, d.actor);
+  });
 }
 
 const views = { overview, clients, subscriptions, retained, bans, locks };
