@@ -106,6 +106,20 @@ static void s_page(lk_http_req_t *req, cJSON *all, int64_t page, int64_t limit)
     api_json(req, 200, j);
 }
 
+/* answers {"data": data (taken; already the page), "meta": {...}} for count items */
+static void s_page_of(lk_http_req_t *req, cJSON *data, int64_t page, int64_t limit,
+                      int64_t count)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddItemToObject(j, "data", data);
+    cJSON *meta = cJSON_AddObjectToObject(j, "meta");
+    cJSON_AddNumberToObject(meta, "page", (double)page);
+    cJSON_AddNumberToObject(meta, "limit", (double)limit);
+    cJSON_AddNumberToObject(meta, "count", (double)count);
+    cJSON_AddBoolToObject(meta, "hasnext", (page - 1) * limit + limit < count);
+    api_json(req, 200, j);
+}
+
 /* path segment i (0-based, after the prefix) decoded into a new string, or NULL */
 static char *s_seg(const char *path, int i)
 {
@@ -231,8 +245,9 @@ static int s_cmp_client(const void *a, const void *b)
     return strcmp(x->client, y->client);
 }
 
-/* every client in the answers, connected first for the same id, sorted by client id */
-static cJSON *s_clients_all(api_call_t *call)
+/* every client in the answers, one per client id (a connected one wins over its stored
+   session), sorted by client id; *count set. The caller frees the array (not the items). */
+static const Lk__AdminClient **s_clients_sorted(api_call_t *call, size_t *count)
 {
     size_t n = 0;
     for (size_t i = 0; i < call->n; i++)
@@ -246,25 +261,34 @@ static cJSON *s_clients_all(api_call_t *call)
             v[k++] = r->clients[c];
     }
     qsort(v, k, sizeof(*v), s_cmp_client);
-    cJSON *all = cJSON_CreateArray();
+    const Lk__AdminClient **out = (const Lk__AdminClient **)v;
+    size_t m = 0;
     for (size_t i = 0; i < k; i++) {
-        /* one row per client id: a connected one wins over its stored session */
         if (i > 0 && strcmp(v[i]->client, v[i - 1]->client) == 0)
             continue;
         const Lk__AdminClient *best = v[i];
         for (size_t j = i + 1; j < k && strcmp(v[j]->client, v[i]->client) == 0; j++)
             if (v[j]->connected)
                 best = v[j];
-        cJSON_AddItemToArray(all, s_client_json(best));
+        out[m++] = best;
     }
-    free(v);
-    return all;
+    *count = m;
+    return out;
 }
 
+/* only the page's rows become JSON: a page of 100 out of 100 000 clients stays cheap */
 static void s_clients_done(self_t *self, api_call_t *call)
 {
-    s_page(call->http, s_clients_all(call), call->page, call->limit);
+    size_t count;
+    const Lk__AdminClient **v = s_clients_sorted(call, &count);
+    cJSON *all = cJSON_CreateArray();
+    int64_t first = (call->page - 1) * call->limit;
+    for (int64_t i = first; i < (int64_t)count && i < first + call->limit; i++)
+        cJSON_AddItemToArray(all, s_client_json(v[i]));
+    free(v);
+    s_page_of(call->http, all, call->page, call->limit, (int64_t)count);
 }
+
 
 static void s_clients(self_t *self, lk_http_req_t *req)
 {
@@ -309,9 +333,10 @@ static void s_clients(self_t *self, lk_http_req_t *req)
 
 static void s_client_done(self_t *self, api_call_t *call)
 {
-    cJSON *all = s_clients_all(call);
-    cJSON *one = cJSON_DetachItemFromArray(all, 0);
-    cJSON_Delete(all);
+    size_t count;
+    const Lk__AdminClient **v = s_clients_sorted(call, &count);
+    cJSON *one = count ? s_client_json(v[0]) : NULL;
+    free(v);
     if (!one) {
         api_error(call->http, 404, "CLIENTID_NOT_FOUND", "Client ID not found");
         return;
