@@ -68,8 +68,8 @@ api_call_t *api_call_new(self_t *self, lk_http_req_t *http, api_call_fn *done)
 
 void api_call_send(api_call_t *call, lk_peer_t *peer, Lk__AdminRequest *q)
 {
-    if (!peer || !lk_peer_alive(peer))
-        return;
+    if (!peer || !lk_peer_alive(peer) || call->n >= 0xFFFF)
+        return; /* the answer's index travels in the low 16 bits of req */
     if (call->n == call->cap) {
         call->cap = call->cap ? call->cap * 2 : 8;
         call->answers = lk_realloc(call->answers, call->cap * sizeof(api_answer_t));

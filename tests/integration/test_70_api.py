@@ -411,6 +411,15 @@ def test_locks_and_decisions(stack, api):
     assert rows[0]["decision"] == "granted" and rows[0]["time"] > 0
 
 
+def test_api_restart(stack, api):
+    """The api keeps no state: killed, restarted by s6, it answers again with the frontends
+    found anew."""
+    stack.kill("api")
+    lk.wait_until(lambda: len([n for n in api.get("/api/v5/nodes")[1]
+                               if n["kind"] == "mqtt-frontend" and n["node_status"] == "running"])
+                  == 2, 20, 0.3, what="frontends found again")
+
+
 def test_sys_topics_more(stack, api):
     """The rest of Mosquitto's $SYS list, published by the router every sys_interval."""
     cid = "sysq-" + RUN
