@@ -13,19 +13,26 @@
     password, expiry. A wrong, expired or replayed proof is 401 (a token or code is
     accepted once); more than login_rate attempts a minute from one address is 429.
 
-    The identity provider is asked synchronously (at most login_timeout_ms, 3000): the api
-    does not serve meanwhile. Logins are rare; keep the provider close. */
+    A code is exchanged from a worker thread (at most 16 at once, each step bounded by
+    login_timeout_ms, 3000), so the api keeps serving meanwhile. The key set is fetched
+    synchronously: at start, and again at most once a minute when a token names an
+    unknown key (the provider rotated its keys). */
 #include "api_internal.h"
 #include "lk_crypto.h"
 #include "lk_jwt.h"
 #include "lk_tls.h"
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <time.h>
 
 #define S_REPLY_TIMEOUT_MS 3000
 #define S_JWKS_REFRESH_MS 60000
 #define S_CODE_KEEP_MS (10 * 60 * 1000)
+#define S_JOBS_MAX 16
 
 typedef struct s_pending {
     uint64_t req;
@@ -40,6 +47,22 @@ typedef struct {
     int64_t at;
 } s_bucket_t;
 
+/* a code being exchanged on a worker thread */
+typedef struct s_job {
+    lk_http_req_t *http;
+    char *url;
+    const char *cafile;
+    int timeout_ms;
+    int pipe_w;
+    uint32_t ttl;
+    char id[80];
+    pthread_t thread;
+    /* the thread's result */
+    int rc, status;
+    char *body;
+    struct s_job *next;
+} s_job_t;
+
 struct api_login {
     bool enabled;
     const char *issuer, *audience, *jwks_file, *jwks_url, *user_claim, *cafile;
@@ -52,6 +75,9 @@ struct api_login {
     zhashx_t *used;    /* sha256 of a proof -> expiry (wall ms) */
     zhashx_t *buckets; /* address -> s_bucket_t */
     s_pending_t *pending;
+    s_job_t *jobs;
+    int n_jobs;
+    int pipe[2];
     uint64_t next_req;
     int timer;
     uint64_t ok, refused, limited;
@@ -139,44 +165,6 @@ static char *s_id_token(struct api_login *l, const char *tok, const char **why, 
     return NULL;
 }
 
-/* the user a code stands for, asked of login_code_url; NULL with *why */
-static char *s_code(struct api_login *l, const char *code, const char **why)
-{
-    if (!l->code_url) {
-        *why = "code login is not configured";
-        return NULL;
-    }
-    char enc[768];
-    size_t n = 0;
-    for (const char *p = code; *p && n + 4 < sizeof(enc); p++) {
-        unsigned char c = (unsigned char)*p;
-        if (isalnum(c) || strchr("-_.~", c))
-            enc[n++] = (char)c;
-        else
-            n += (size_t)snprintf(enc + n, sizeof(enc) - n, "%%%02X", c);
-    }
-    enc[n] = 0;
-    char *url = lk_str_subst(l->code_url, 'c', enc);
-    int status = 0;
-    char *body = NULL;
-    char *user = NULL;
-    if (lk_tls_https_request(url, l->cafile, "GET", NULL, NULL, l->timeout_ms, 1 << 16, &status,
-                             &body, NULL) != 0) {
-        *why = "identity provider unreachable";
-    } else {
-        cJSON *j = status == 200 ? cJSON_Parse(body) : NULL;
-        const char *u = j ? s_jstr(j, l->code_field) : NULL;
-        if (u && *u)
-            user = lk_strdup(u);
-        else
-            *why = "code refused by the identity provider";
-        cJSON_Delete(j);
-    }
-    free(body);
-    free(url);
-    return user;
-}
-
 /* --- rate limit and replay ------------------------------------------------------------- */
 
 static bool s_rate_ok(struct api_login *l, const char *addr)
@@ -255,6 +243,141 @@ static void s_expire(lk_loop_t *loop, void *arg)
     }
 }
 
+/* a proof was checked: user (taken) or NULL with why; the rest of the login */
+static void s_proven(self_t *self, lk_http_req_t *req, char *user, const char *why, const char *id,
+                     int64_t until, uint32_t ttl)
+{
+    struct api_login *l = self->login;
+    if (user && !s_first_use(l, id, until)) {
+        why = "proof already used";
+        free(user);
+        user = NULL;
+    }
+    if (!user) {
+        l->refused++;
+        lk_notice("login from %s refused: %s", lk_http_peer(req), why);
+        api_error(req, 401, "BAD_PROOF", why);
+        return;
+    }
+    if (!self->arbiter || !lk_peer_alive(self->arbiter)) {
+        free(user);
+        api_error(req, 503, "SERVICE_UNAVAILABLE", "lock-arbiter is not reachable");
+        return;
+    }
+    s_pending_t *p = lk_calloc(1, sizeof(*p));
+    p->req = ++l->next_req;
+    p->http = req;
+    p->user = user;
+    p->deadline = lk_mono_ms() + S_REPLY_TIMEOUT_MS;
+    p->next = l->pending;
+    l->pending = p;
+    Lk__LoginRequest lr = LK__LOGIN_REQUEST__INIT;
+    lr.req = p->req;
+    lr.user = user;
+    lr.ttl = ttl;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_LOGIN_REQUEST;
+    env.login_request = &lr;
+    lk_bus_send(self->bus, self->arbiter, &env, false);
+}
+
+/* --- code exchanges on worker threads ------------------------------------------------------
+   One thread a code (at most S_JOBS_MAX at once): it only does the HTTPS round trip
+   (lk_tls_https_request, which touches nothing of ours) and hands the job back through a
+   pipe the loop watches; everything else happens on the loop's thread. */
+
+static void *s_job_run(void *arg)
+{
+    s_job_t *job = arg;
+    job->rc = lk_tls_https_request(job->url, job->cafile, "GET", NULL, NULL, job->timeout_ms,
+                                   1 << 16, &job->status, &job->body, NULL);
+    ssize_t w;
+    do
+        w = write(job->pipe_w, &job, sizeof(job));
+    while (w < 0 && errno == EINTR);
+    return NULL;
+}
+
+static void s_job_free(s_job_t *job)
+{
+    free(job->url);
+    free(job->body);
+    free(job);
+}
+
+static void s_job_done(self_t *self, s_job_t *job)
+{
+    struct api_login *l = self->login;
+    for (s_job_t **pp = &l->jobs; *pp; pp = &(*pp)->next)
+        if (*pp == job) {
+            *pp = job->next;
+            break;
+        }
+    l->n_jobs--;
+    pthread_join(job->thread, NULL);
+    const char *why = "identity provider unreachable";
+    char *user = NULL;
+    if (job->rc == 0) {
+        cJSON *j = job->status == 200 ? cJSON_Parse(job->body) : NULL;
+        const char *u = j ? s_jstr(j, l->code_field) : NULL;
+        if (u && *u)
+            user = lk_strdup(u);
+        else
+            why = "code refused by the identity provider";
+        cJSON_Delete(j);
+    }
+    s_proven(self, job->http, user, why, job->id, lk_wall_ms() + S_CODE_KEEP_MS, job->ttl);
+    s_job_free(job);
+}
+
+static void s_jobs_readable(lk_loop_t *loop, int fd, uint32_t events, void *arg)
+{
+    self_t *self = arg;
+    s_job_t *job;
+    while (read(fd, &job, sizeof(job)) == (ssize_t)sizeof(job))
+        s_job_done(self, job);
+}
+
+static void s_code_start(self_t *self, lk_http_req_t *req, const char *code, const char *id,
+                         uint32_t ttl)
+{
+    struct api_login *l = self->login;
+    if (!l->code_url) {
+        s_proven(self, req, NULL, "code login is not configured", id, 0, ttl);
+        return;
+    }
+    if (l->n_jobs >= S_JOBS_MAX) {
+        api_error(req, 503, "SERVICE_UNAVAILABLE", "too many logins in progress");
+        return;
+    }
+    char enc[768];
+    size_t n = 0;
+    for (const char *p = code; *p && n + 4 < sizeof(enc); p++) {
+        unsigned char c = (unsigned char)*p;
+        if (isalnum(c) || strchr("-_.~", c))
+            enc[n++] = (char)c;
+        else
+            n += (size_t)snprintf(enc + n, sizeof(enc) - n, "%%%02X", c);
+    }
+    enc[n] = 0;
+    s_job_t *job = lk_calloc(1, sizeof(*job));
+    job->http = req;
+    job->url = lk_str_subst(l->code_url, 'c', enc);
+    job->cafile = l->cafile;
+    job->timeout_ms = l->timeout_ms;
+    job->pipe_w = l->pipe[1];
+    job->ttl = ttl;
+    snprintf(job->id, sizeof(job->id), "%s", id);
+    if (pthread_create(&job->thread, NULL, s_job_run, job) != 0) {
+        s_job_free(job);
+        api_error(req, 503, "SERVICE_UNAVAILABLE", "cannot start the exchange");
+        return;
+    }
+    job->next = l->jobs;
+    l->jobs = job;
+    l->n_jobs++;
+}
+
 void api_login(self_t *self, lk_http_req_t *req)
 {
     struct api_login *l = self->login;
@@ -286,52 +409,23 @@ void api_login(self_t *self, lk_http_req_t *req)
         api_error(req, 400, "BAD_REQUEST", "a JSON body with id_token or code");
         return;
     }
-    const char *why = "refused";
-    char *user = NULL;
-    char id[80];
-    int64_t until = lk_wall_ms() + S_CODE_KEEP_MS;
-    if (tok) {
-        user = s_id_token(l, tok, &why, &until);
-        s_proof_id("token", tok, id, sizeof(id));
-    } else {
-        user = s_code(l, code, &why);
-        s_proof_id("code", code, id, sizeof(id));
-    }
-    if (user && !s_first_use(l, id, until)) {
-        why = "proof already used";
-        free(user);
-        user = NULL;
-    }
     uint32_t ttl = (uint32_t)(cJSON_IsNumber(cJSON_GetObjectItem(j, "ttl"))
                                   ? cJSON_GetObjectItem(j, "ttl")->valuedouble
                                   : 0);
+    char id[80];
+    if (code) {
+        /* the provider is asked from a worker thread: the loop keeps serving */
+        s_proof_id("code", code, id, sizeof(id));
+        s_code_start(self, req, code, id, ttl);
+        cJSON_Delete(j);
+        return;
+    }
+    const char *why = "refused";
+    int64_t until = 0;
+    char *user = s_id_token(l, tok, &why, &until);
+    s_proof_id("token", tok, id, sizeof(id));
     cJSON_Delete(j);
-    if (!user) {
-        l->refused++;
-        lk_notice("login from %s refused: %s", lk_http_peer(req), why);
-        api_error(req, 401, "BAD_PROOF", why);
-        return;
-    }
-    if (!self->arbiter || !lk_peer_alive(self->arbiter)) {
-        free(user);
-        api_error(req, 503, "SERVICE_UNAVAILABLE", "lock-arbiter is not reachable");
-        return;
-    }
-    s_pending_t *p = lk_calloc(1, sizeof(*p));
-    p->req = ++l->next_req;
-    p->http = req;
-    p->user = user;
-    p->deadline = lk_mono_ms() + S_REPLY_TIMEOUT_MS;
-    p->next = l->pending;
-    l->pending = p;
-    Lk__LoginRequest lr = LK__LOGIN_REQUEST__INIT;
-    lr.req = p->req;
-    lr.user = user;
-    lr.ttl = ttl;
-    Lk__Envelope env = LK__ENVELOPE__INIT;
-    env.body_case = LK__ENVELOPE__BODY_LOGIN_REQUEST;
-    env.login_request = &lr;
-    lk_bus_send(self->bus, self->arbiter, &env, false);
+    s_proven(self, req, user, why, id, until, ttl);
 }
 
 void api_login_reply(self_t *self, lk_peer_t *peer, const Lk__LoginReply *r)
@@ -395,6 +489,7 @@ static const char *s_cfg(lk_config_t *c, const char *key)
 int api_login_init(self_t *self)
 {
     struct api_login *l = lk_calloc(1, sizeof(*l));
+    l->pipe[0] = l->pipe[1] = -1;
     self->login = l;
     lk_config_t *c = self->config;
     l->issuer = s_cfg(c, "login_oidc_issuer");
@@ -429,6 +524,15 @@ int api_login_init(self_t *self)
     /* keys now; a provider that is down is asked again at the first token */
     if (oidc && s_load_jwks(l) != 0 && l->jwks_file)
         return -1;
+    if (l->code_url) {
+        if (pipe2(l->pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+            lk_error("login: pipe: %s", strerror(errno));
+            return -1;
+        }
+        /* the workers' end blocks: a finished exchange is never lost */
+        fcntl(l->pipe[1], F_SETFL, 0);
+        lk_loop_add_fd(self->loop, l->pipe[0], EPOLLIN, s_jobs_readable, self);
+    }
     l->timer = lk_loop_timer(self->loop, 500, true, s_expire, self);
     if (l->enabled)
         lk_notice("app login: %s%s%s", oidc ? "OpenID Connect ID tokens of " : "",
@@ -447,6 +551,22 @@ void api_login_destroy(self_t *self)
         api_error(p->http, 503, "SERVICE_UNAVAILABLE", "shutting down");
         free(p->user);
         free(p);
+    }
+    /* exchanges in flight end within login_timeout_ms (each step) */
+    while (l->jobs) {
+        s_job_t *job = l->jobs;
+        pthread_join(job->thread, NULL);
+        s_job_t *back;
+        while (read(l->pipe[0], &back, sizeof(back)) == (ssize_t)sizeof(back))
+            ;
+        l->jobs = job->next;
+        api_error(job->http, 503, "SERVICE_UNAVAILABLE", "shutting down");
+        s_job_free(job);
+    }
+    if (l->pipe[0] >= 0) {
+        lk_loop_del_fd(self->loop, l->pipe[0]);
+        close(l->pipe[0]);
+        close(l->pipe[1]);
     }
     if (l->timer)
         lk_loop_timer_cancel(self->loop, l->timer);

@@ -86,6 +86,8 @@ class Provider:
                     body = keys.jwks()
                 elif u.path == "/code2session":
                     code = urllib.parse.parse_qs(u.query).get("js_code", [""])[0]
+                    if code.startswith("slow-"):
+                        time.sleep(2.5)
                     user = prov.codes.get(code)
                     body = {"openid": user, "session_key": "x"} if user else \
                         {"errcode": 40029, "errmsg": "invalid code"}
@@ -255,6 +257,23 @@ def test_code_login(world):
     assert st == 401 and "used" in r["message"]
     st, r = login(w, {"code": "unknown-" + RUN})
     assert st == 401 and r["code"] == "BAD_PROOF"
+
+
+def test_slow_provider_does_not_block(world):
+    """A code exchange waits for the provider on a worker thread: the api keeps serving."""
+    w = world
+    code = "slow-" + uuid.uuid4().hex
+    w["idp"].codes[code] = w["user"]
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=login(w, {"code": code})))
+    t.start()
+    time.sleep(0.5)
+    a = time.monotonic()
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % w["http"], timeout=10) as r:
+        assert r.status == 200
+    assert time.monotonic() - a < 1.5
+    t.join(15)
+    assert out["r"][0] == 200 and out["r"][1]["exists"] is True
 
 
 def test_user_without_lock(world):
