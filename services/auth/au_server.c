@@ -19,6 +19,7 @@ struct _au_server_t {
     uint64_t requests;
     uint64_t refused;
     uint64_t bans_refused;
+    int64_t ban_warned_ms;
 };
 typedef au_server_t self_t;
 
@@ -35,6 +36,11 @@ static void s_handle_auth_request(self_t *self, lk_peer_t *peer, const Lk__AuthR
     Lk__AuthReply *reply = NULL;
     char why[200];
     int banned = req->acl_only ? 0 : au_ban_check(au_check_redis(self->check), req, why, sizeof(why));
+    if (banned < 0 && lk_mono_ms() - self->ban_warned_ms > 10000) {
+        /* bans are checked again at the next CONNECT; refusing everyone would be worse */
+        self->ban_warned_ms = lk_mono_ms();
+        lk_warn("bans not checked: Redis did not answer");
+    }
     if (banned == 1) {
         lk_info("client %s (user %s, %s): banned (%s)", req->client ? req->client : "",
                 req->username ? req->username : "", req->peer ? req->peer : "", why);
