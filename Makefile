@@ -26,7 +26,7 @@ CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=u
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter history-writer
+SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter history-writer api
 
 PROTO := proto/latchkey.proto
 GEN_C := $(BUILD)/gen/latchkey.pb-c.c
@@ -40,6 +40,8 @@ BINS := $(SERVICES:%=$(BUILD)/bin/%)
 BENCH := $(BUILD)/bin/lkbench
 SELFTESTS := $(BUILD)/test/common-selftest
 
+
+.PHONY: dashboard
 .PHONY: all run test test-fast check memcheck fuzz format format-check clean deps bench
 .DEFAULT_GOAL := all
 
@@ -90,7 +92,23 @@ $(BUILD)/test/lk-%: $(BUILD)/obj/tests/tools/lk_%.o $(LIB)
 
 INTEROP := $(BUILD)/test/interop-paho-c
 
-all: $(BINS) $(SELFTESTS) $(BENCH) $(TEST_TOOLS) $(INTEROP)
+# the api's dashboard: our static files plus the charts library from npm (uPlot, pinned by
+# services/api/dashboard/package-lock.json), installed under $(BUILD) at build time; nothing
+# is fetched at run time and nothing from node_modules is committed
+DASH_SRC := services/api/dashboard
+DASHBOARD := $(BUILD)/dashboard/index.html
+$(DASHBOARD): $(wildcard $(DASH_SRC)/*.html $(DASH_SRC)/*.js $(DASH_SRC)/*.css) $(DASH_SRC)/package-lock.json
+	@mkdir -p $(BUILD)/dashboard-npm $(BUILD)/dashboard/vendor
+	cp $(DASH_SRC)/package.json $(DASH_SRC)/package-lock.json $(BUILD)/dashboard-npm/
+	cd $(BUILD)/dashboard-npm && npm ci --no-audit --no-fund --silent
+	cp $(BUILD)/dashboard-npm/node_modules/uplot/dist/uPlot.iife.min.js \
+	   $(BUILD)/dashboard-npm/node_modules/uplot/dist/uPlot.min.css $(BUILD)/dashboard/vendor/
+	cp $(DASH_SRC)/app.js $(DASH_SRC)/app.css $(BUILD)/dashboard/
+	cp $(DASH_SRC)/index.html $@
+
+dashboard: $(DASHBOARD)
+
+all: $(BINS) $(SELFTESTS) $(BENCH) $(TEST_TOOLS) $(INTEROP) $(DASHBOARD)
 
 # the Eclipse Paho C client, for interoperability tests
 $(BUILD)/test/interop-paho-c: tests/interop/paho_c.c

@@ -11,6 +11,7 @@
     Batches are packed item by item straight into protobuf wire form: a repeated field is
     the concatenation of its items, so no array of messages is ever built. */
 #include "lk_bus.h"
+#include "lk_admin.h"
 #include "lk_common.h"
 #include "lk_msglog.h"
 #include "lk_mqtt.h"
@@ -125,6 +126,8 @@ struct _lk_bus_t {
     zactor_t *zap;
     bool curve_router; /* the ROUTER socket was made a Curve server */
     bool allow_plaintext;
+    lk_bus_admin_fn *admin_fn;
+    void *admin_arg;
 };
 
 static const int s_body_field[S_BATCH_KINDS] = {LK_BODY_PUBLISH, LK_BODY_DELIVER, LK_BODY_STORE,
@@ -590,6 +593,86 @@ static void s_arena_reset(s_arena_t *a)
     }
 }
 
+/* --- admin requests (the api process) ------------------------------------------- */
+
+void lk_bus_on_admin(lk_bus_t *self, lk_bus_admin_fn *fn, void *arg)
+{
+    self->admin_fn = fn;
+    self->admin_arg = arg;
+}
+
+typedef struct {
+    lk_bus_t *bus;
+    lk_admin_out_t *out;
+} s_admin_walk_t;
+
+static void s_admin_peer(lk_peer_t *peer, void *arg)
+{
+    s_admin_walk_t *w = arg;
+    Lk__AdminPeer *p = lk_admin_peer_add(w->out);
+    p->node = lk_admin_str(w->out, peer->name);
+    p->kind = lk_admin_str(w->out, peer->kind);
+    p->endpoint = lk_admin_str(w->out, peer->endpoint);
+    p->alive = peer->alive;
+    p->unacked = peer->unacked;
+    p->unacked_bytes = peer->unacked_bytes;
+    char labels[300];
+    snprintf(labels, sizeof(labels), "peer=\"%.200s\"", peer->name);
+    lk_admin_metric(w->out, "latchkey_bus_unacked_bytes", labels, (double)peer->unacked_bytes,
+                    false);
+    lk_admin_metric(w->out, "latchkey_bus_unacked_envelopes", labels, (double)peer->unacked,
+                    false);
+    lk_admin_metric(w->out, "latchkey_bus_peer_up", labels, peer->alive ? 1 : 0, false);
+}
+
+static void s_admin_node(lk_bus_t *self, lk_admin_out_t *out)
+{
+    Lk__AdminNode *n = lk_admin_node(out);
+    n->node = lk_admin_str(out, self->node);
+    n->kind = lk_admin_str(out, self->kind);
+    n->version = lk_admin_str(out, LK_VERSION);
+    n->epoch = self->epoch;
+    uint64_t now = lk_wall_ns();
+    n->uptime_ms = now > self->epoch ? (now - self->epoch) / 1000000 : 0;
+    n->memory_bytes = lk_admin_rss();
+    double load[3] = {0, 0, 0};
+    if (getloadavg(load, 3) == 3) {
+        n->load1_x100 = (uint64_t)(load[0] * 100);
+        n->load5_x100 = (uint64_t)(load[1] * 100);
+        n->load15_x100 = (uint64_t)(load[2] * 100);
+    }
+    lk_admin_metric(out, "latchkey_process_resident_memory_bytes", NULL, (double)n->memory_bytes,
+                    false);
+    lk_admin_metric(out, "latchkey_process_uptime_seconds", NULL, (double)n->uptime_ms / 1000.0,
+                    false);
+    s_admin_walk_t w = {self, out};
+    lk_bus_each_peer(self, s_admin_peer, &w);
+}
+
+static void s_admin_request(lk_bus_t *self, lk_peer_t *peer, const Lk__AdminRequest *req)
+{
+    lk_admin_out_t *out = lk_admin_out_new(req->req);
+    const char *kind = peer->kind;
+    const char *op = req->op ? req->op : "";
+    if (strcmp(kind, "api") != 0 && strcmp(kind, "latchkey") != 0) {
+        /* the operators' surface only: a frontend or service has no business here */
+        lk_warn("admin request '%s' from %s (kind '%s') refused", op, peer->name, kind);
+        lk_admin_error(out, "FORBIDDEN", "not an operator");
+    } else {
+        if (strcmp(op, "node") == 0)
+            s_admin_node(self, out);
+        if (self->admin_fn)
+            self->admin_fn(self, peer, req, out, self->admin_arg);
+        else if (strcmp(op, "node") != 0)
+            lk_admin_error(out, "BAD_REQUEST", "%s does not answer '%s'", self->kind, op);
+    }
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_ADMIN_REPLY;
+    env.admin_reply = lk_admin_reply(out);
+    lk_bus_send(self, peer, &env, false);
+    lk_admin_out_free(&out);
+}
+
 /* peer: NULL when the message came through a router (found by identity); via_zmtp:
    through which router, so that answers take the same way */
 static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, const uint8_t *data,
@@ -665,7 +748,11 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
             } else
                 s_set_add(&peer->rx_pending, env->seq);
         }
-        if (deliver && self->h.on_message)
+        if (deliver && env->body_case == LK__ENVELOPE__BODY_ADMIN_REQUEST) {
+            s_admin_request(self, peer, env->admin_request);
+            if (env->seq)
+                lk_bus_ack(self, peer, env->seq);
+        } else if (deliver && self->h.on_message)
             self->h.on_message(self, peer, env, self->arg);
     }
     if (--self->arena.depth == 0)

@@ -155,6 +155,16 @@ void lk_bus_msglog_note(lk_bus_t *self, const char *identity, Lk__Envelope *env)
 /* Feeds one received frame as if it came from a peer; for replay and fuzzing. */
 void lk_bus_inject(lk_bus_t *self, const char *from_identity, const uint8_t *data, size_t len);
 
+/* Admin requests (lk.AdminRequest from a peer of kind "api" or "latchkey"; others get
+   FORBIDDEN) are answered by the bus: op "node" with this node's identity, memory,
+   uptime and peers, then fn (when set) for every op, which fills `out` (lk_admin.h) or
+   marks it an error (unknown op: lk_admin_error BAD_REQUEST). The reply leaves when fn
+   returns; fn answers synchronously. */
+typedef struct _lk_admin_out_t lk_admin_out_t;
+typedef void(lk_bus_admin_fn)(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *req,
+                              lk_admin_out_t *out, void *arg);
+void lk_bus_on_admin(lk_bus_t *self, lk_bus_admin_fn *fn, void *arg);
+
 int lk_bus_test(bool verbose);
 
 #endif

@@ -9,6 +9,9 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
+#include <openssl/param_build.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -452,6 +455,129 @@ char *lk_crypto_emqx_hash(const lk_crypto_emqx_t *alg, const void *password, siz
         } else if (verbose)                                                                        \
             fprintf(stderr, "lk_crypto: ok: %s\n", #cond);                                         \
     } while (0)
+
+void lk_crypto_sha256(const void *data, size_t len, uint8_t out[32])
+{
+    SHA256(data, len, out);
+}
+
+int lk_crypto_b64url_decode(const char *in, size_t len, uint8_t *out, size_t cap)
+{
+    if (len > 16384)
+        return -1;
+    char *b = lk_malloc(len + 4);
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        if (c == '-')
+            c = '+';
+        else if (c == '_')
+            c = '/';
+        else if (c == '=')
+            break;
+        else if (!isalnum((unsigned char)c)) {
+            free(b);
+            return -1;
+        }
+        b[n++] = c;
+    }
+    if (n % 4 == 1) {
+        free(b);
+        return -1;
+    }
+    while (n % 4)
+        b[n++] = '=';
+    b[n] = 0;
+    int r = lk_crypto_b64_decode(b, out, cap);
+    free(b);
+    return r;
+}
+
+/* an OSSL BIGNUM param from a base64url member */
+static BIGNUM *s_bn(const char *b64url)
+{
+    uint8_t buf[1024];
+    int n = b64url ? lk_crypto_b64url_decode(b64url, strlen(b64url), buf, sizeof(buf)) : -1;
+    return n > 0 ? BN_bin2bn(buf, n, NULL) : NULL;
+}
+
+static EVP_PKEY *s_jwk_key(const lk_crypto_jwk_t *jwk, const char *alg)
+{
+    EVP_PKEY *pkey = NULL;
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    BIGNUM *n = NULL, *e = NULL;
+    /* the builder keeps a pointer to the point until OSSL_PARAM_BLD_to_param */
+    uint8_t pt[65];
+    if (strcmp(alg, "RS256") == 0 && jwk->kty && strcmp(jwk->kty, "RSA") == 0) {
+        n = s_bn(jwk->n);
+        e = s_bn(jwk->e);
+        if (!n || !e || BN_num_bits(n) < 2048 || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
+            !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
+            goto done;
+        ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    } else if (strcmp(alg, "ES256") == 0 && jwk->kty && strcmp(jwk->kty, "EC") == 0 && jwk->crv &&
+               strcmp(jwk->crv, "P-256") == 0) {
+        pt[0] = 4;
+        if (!jwk->x || !jwk->y ||
+            lk_crypto_b64url_decode(jwk->x, strlen(jwk->x), pt + 1, 32) != 32 ||
+            lk_crypto_b64url_decode(jwk->y, strlen(jwk->y), pt + 33, 32) != 32 ||
+            !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
+            !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof(pt)))
+            goto done;
+        ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    } else
+        goto done;
+    params = OSSL_PARAM_BLD_to_param(bld);
+    if (!ctx || !params || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+        pkey = NULL;
+done:
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(n);
+    BN_free(e);
+    ERR_clear_error();
+    return pkey;
+}
+
+int lk_crypto_jws_verify(const lk_crypto_jwk_t *jwk, const char *alg, const void *input,
+                         size_t input_len, const uint8_t *sig, size_t sig_len)
+{
+    EVP_PKEY *pkey = s_jwk_key(jwk, alg);
+    if (!pkey)
+        return -1;
+    uint8_t der[80];
+    const uint8_t *s = sig;
+    size_t slen = sig_len;
+    if (strcmp(alg, "ES256") == 0) {
+        /* JWS carries r||s; OpenSSL verifies DER */
+        if (sig_len != 64) {
+            EVP_PKEY_free(pkey);
+            return 0;
+        }
+        ECDSA_SIG *es = ECDSA_SIG_new();
+        ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
+        uint8_t *p = der;
+        int n = i2d_ECDSA_SIG(es, &p);
+        ECDSA_SIG_free(es);
+        if (n <= 0 || (size_t)n > sizeof(der)) {
+            EVP_PKEY_free(pkey);
+            return 0;
+        }
+        s = der;
+        slen = (size_t)n;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pkey) == 1 &&
+             EVP_DigestVerify(md, s, slen, input, input_len) == 1;
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return ok ? 1 : 0;
+}
 
 int lk_crypto_test(bool verbose)
 {

@@ -93,6 +93,21 @@ char *lk_crypto_b64_encode(const void *data, size_t len);
    when in is not valid base64 or does not fit */
 int lk_crypto_b64_decode(const char *in, uint8_t *out, size_t cap);
 
+/* SHA-256 of len bytes */
+void lk_crypto_sha256(const void *data, size_t len, uint8_t out[32]);
+/* decodes base64url (RFC 4648 section 5, padding optional) into out (capacity cap): the byte
+   count, or -1 */
+int lk_crypto_b64url_decode(const char *in, size_t len, uint8_t *out, size_t cap);
+
+/* A JWS signature check with one JSON Web Key (RFC 7517/7518): alg "RS256" (kty RSA, n
+   and e) or "ES256" (kty EC, crv P-256, x and y; the signature is r||s, 64 bytes), the
+   key's members base64url as in the JWK. 1 valid, 0 invalid, -1 unusable key or alg. */
+typedef struct {
+    const char *kty, *crv, *n, *e, *x, *y;
+} lk_crypto_jwk_t;
+int lk_crypto_jws_verify(const lk_crypto_jwk_t *jwk, const char *alg, const void *input,
+                         size_t input_len, const uint8_t *sig, size_t sig_len);
+
 int lk_crypto_test(bool verbose);
 
 #endif

@@ -278,6 +278,11 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
                  env->takeover->by_node ? env->takeover->by_node : "?");
         break;
     default:
+        /* the service's own business with these peers (e.g. the api's AdminReply) */
+        if (self->h.on_envelope) {
+            self->h.on_envelope(self, peer, env, self->arg);
+            return;
+        }
         lk_debug("iclient: ignored body %d from %s", env->body_case, lk_peer_name(peer));
         break;
     }

@@ -40,7 +40,8 @@ typedef struct {
     void (*on_ready)(lk_iclient_t *self, void *arg);
     /* the router acked the publish batch with this seq (see lk_iclient_publish) */
     void (*on_published)(lk_iclient_t *self, uint64_t seq, void *arg);
-    /* the service's own peers (neither router nor session-store) */
+    /* the service's own peers (neither router nor session-store), and the bodies from
+       those two the client does not handle itself; the handler acks env->seq */
     void (*on_envelope)(lk_iclient_t *self, lk_peer_t *peer, Lk__Envelope *env, void *arg);
     void (*on_peer_up)(lk_iclient_t *self, lk_peer_t *peer, bool restarted, void *arg);
     void (*on_acked)(lk_iclient_t *self, lk_peer_t *peer, uint64_t seq, void *arg);

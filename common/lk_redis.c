@@ -3,6 +3,7 @@
 #include "lk_common.h"
 #include <hiredis/hiredis.h>
 #include <stdarg.h>
+#include <time.h>
 
 struct _lk_redis_t {
     char *host;
@@ -171,6 +172,19 @@ lk_redis_reply_t *lk_redis_cmd(lk_redis_t *self, const char *fmt, ...)
         s_drop(self);
     }
     return NULL;
+}
+
+double lk_redis_ping_ms(lk_redis_t *self)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    lk_redis_reply_t *r = lk_redis_cmd(self, "PING");
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    bool ok = !lk_redis_reply_failed(r);
+    lk_redis_reply_free(&r);
+    if (!ok)
+        return -1;
+    return (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
 }
 
 int lk_redis_appendv(lk_redis_t *self, int argc, const char **argv, const size_t *lens)

@@ -47,6 +47,9 @@ int lk_redis_appendv(lk_redis_t *self, int argc, const char **argv, const size_t
 int lk_redis_append(lk_redis_t *self, const char *fmt, ...);
 lk_redis_reply_t *lk_redis_get_reply(lk_redis_t *self);
 
+/* one PING's round trip in ms (for metrics), -1 when Redis does not answer */
+double lk_redis_ping_ms(lk_redis_t *self);
+
 void lk_redis_reply_free(lk_redis_reply_t **reply_p);
 /* true for a reply that is an error or missing */
 bool lk_redis_reply_failed(const lk_redis_reply_t *reply);

@@ -15,6 +15,8 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <netdb.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 struct _lk_tls_ctx_t {
@@ -366,6 +368,142 @@ static int s_handshake(SSL *client, lk_tls_t *server)
         }
     }
     return -1;
+}
+
+/* --- a small HTTPS client ------------------------------------------------------------ */
+
+int lk_tls_https_request(const char *url, const char *cafile, const char *method,
+                         const char *ctype, const char *body, int timeout_ms, size_t max_bytes,
+                         int *status, char **out, size_t *out_len)
+{
+    *out = NULL;
+    if (out_len)
+        *out_len = 0;
+    if (strncmp(url, "https://", 8) != 0) {
+        lk_warn("https: %s: only https:// URLs", url);
+        return -1;
+    }
+    const char *h = url + 8;
+    const char *slash = strchr(h, '/');
+    char hostport[256];
+    size_t hl = slash ? (size_t)(slash - h) : strlen(h);
+    if (hl == 0 || hl >= sizeof(hostport))
+        return -1;
+    memcpy(hostport, h, hl);
+    hostport[hl] = 0;
+    const char *path = slash ? slash : "/";
+    char host[256], port[16] = "443";
+    char *colon = strrchr(hostport, ':');
+    if (colon && hostport[0] != '[') {
+        snprintf(port, sizeof(port), "%s", colon + 1);
+        *colon = 0;
+    }
+    snprintf(host, sizeof(host), "%s", hostport);
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai) {
+        lk_warn("https: cannot resolve %s", host);
+        return -1;
+    }
+    int fd = -1;
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    for (struct addrinfo *a = ai; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0)
+            continue;
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) {
+        lk_warn("https: cannot connect to %s:%s", host, port);
+        return -1;
+    }
+    int rc = -1;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (!ctx)
+        goto done;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if ((cafile && SSL_CTX_load_verify_locations(ctx, cafile, NULL) != 1) ||
+        (!cafile && SSL_CTX_set_default_verify_paths(ctx) != 1)) {
+        lk_warn("https: cannot load CA %s", cafile ? cafile : "(system)");
+        goto done;
+    }
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set_tlsext_host_name(ssl, host);
+    SSL_set1_host(ssl, host);
+    if (SSL_connect(ssl) != 1) {
+        lk_warn("https: TLS with %s failed: %s", host,
+                ERR_reason_error_string(ERR_peek_last_error())
+                    ? ERR_reason_error_string(ERR_peek_last_error())
+                    : "handshake");
+        goto done;
+    }
+    size_t blen = body ? strlen(body) : 0;
+    size_t rl = strlen(path) + strlen(host) + 256 + blen;
+    char *req = lk_malloc(rl);
+    int n = snprintf(req, rl,
+                     "%s %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: latchkey/" LK_VERSION
+                     "\r\nAccept: application/json\r\nConnection: close\r\n",
+                     method, path, host);
+    if (body)
+        n += snprintf(req + n, rl - (size_t)n, "Content-Type: %s\r\nContent-Length: %zu\r\n",
+                      ctype ? ctype : "application/json", blen);
+    n += snprintf(req + n, rl - (size_t)n, "\r\n%s", body ? body : "");
+    int w = SSL_write(ssl, req, n);
+    free(req);
+    if (w != n)
+        goto done;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            buf = lk_realloc(buf, cap);
+        }
+        int r = SSL_read(ssl, buf + len, (int)(cap - len - 1));
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+        if (len > max_bytes) {
+            lk_warn("https: answer of %s larger than %zu bytes", host, max_bytes);
+            goto done;
+        }
+    }
+    if (!buf)
+        goto done;
+    buf[len] = 0;
+    int st = 0;
+    char *eoh = strstr(buf, "\r\n\r\n");
+    if (sscanf(buf, "HTTP/%*d.%*d %d", &st) != 1 || !eoh)
+        goto done;
+    if (strcasestr(buf, "Transfer-Encoding: chunked") && strcasestr(buf, "Transfer-Encoding: chunked") < eoh) {
+        lk_warn("https: %s answered chunked to HTTP/1.0", host);
+        goto done;
+    }
+    *status = st;
+    size_t bl = len - (size_t)(eoh + 4 - buf);
+    *out = lk_malloc(bl + 1);
+    memcpy(*out, eoh + 4, bl);
+    (*out)[bl] = 0;
+    if (out_len)
+        *out_len = bl;
+    rc = 0;
+done:
+    free(buf);
+    if (ssl)
+        SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    close(fd);
+    return rc;
 }
 
 int lk_tls_test(bool verbose)

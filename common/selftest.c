@@ -3,6 +3,8 @@
 #include "lk_selftest.h"
 #include "lk_common.h"
 #include "lk_acl.h"
+#include "lk_admin.h"
+#include "lk_jwt.h"
 #include "lk_crypto.h"
 #include "lk_mqtt.h"
 #include "lk_config.h"
@@ -31,6 +33,8 @@ static const lk_selftest_t s_tests[] = {
     {"lk_ws", lk_ws_test},
     {"lk_proxy", lk_proxy_test},
     {"lk_tls", lk_tls_test},
+    {"lk_admin", lk_admin_test},
+    {"lk_jwt", lk_jwt_test},
     {"lk_http", lk_http_test},
     {"lk_ratelog", lk_ratelog_test},
     {NULL, NULL}};

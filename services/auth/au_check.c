@@ -169,6 +169,11 @@ int au_check_reload(au_check_t *self)
     return rc;
 }
 
+struct _lk_redis_t *au_check_redis(au_check_t *self)
+{
+    return self->redis;
+}
+
 bool au_check_uses_redis(au_check_t *self)
 {
     return s_has_backend(self, S_BACKEND_REDIS) || s_has_backend(self, S_BACKEND_EMQX);

@@ -65,6 +65,8 @@ int au_check_reload(au_check_t *self);
 
 /* true when a backend is Redis */
 bool au_check_uses_redis(au_check_t *self);
+/* the Redis connection (bans and API keys live there too; see au_admin.h) */
+struct _lk_redis_t *au_check_redis(au_check_t *self);
 /* PING Redis: 0 when it answers, -1 otherwise */
 int au_check_ping(au_check_t *self);
 

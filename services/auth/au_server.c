@@ -2,6 +2,7 @@
     decision itself is au_check's. Requests are answered inline (Redis is local and the
     password work is ~0.1 ms), so the actor has no queue of its own. */
 #include "au_server.h"
+#include "au_admin.h"
 #include "au_check.h"
 #include "lk_bus.h"
 #include "lk_common.h"
@@ -17,6 +18,8 @@ struct _au_server_t {
     au_check_t *check;
     uint64_t requests;
     uint64_t refused;
+    uint64_t bans_refused;
+    int64_t ban_warned_ms;
 };
 typedef au_server_t self_t;
 
@@ -30,7 +33,24 @@ static bool s_may_revoke(lk_peer_t *peer)
 static void s_handle_auth_request(self_t *self, lk_peer_t *peer, const Lk__AuthRequest *req)
 {
     self->requests++;
-    Lk__AuthReply *reply = au_check_request(self->check, req);
+    Lk__AuthReply *reply = NULL;
+    char why[200];
+    int banned = req->acl_only ? 0 : au_ban_check(au_check_redis(self->check), req, why, sizeof(why));
+    if (banned < 0 && lk_mono_ms() - self->ban_warned_ms > 10000) {
+        /* bans are checked again at the next CONNECT; refusing everyone would be worse */
+        self->ban_warned_ms = lk_mono_ms();
+        lk_warn("bans not checked: Redis did not answer");
+    }
+    if (banned == 1) {
+        lk_info("client %s (user %s, %s): banned (%s)", req->client ? req->client : "",
+                req->username ? req->username : "", req->peer ? req->peer : "", why);
+        reply = lk_calloc(1, sizeof(*reply));
+        lk__auth_reply__init(reply);
+        reply->req = req->req;
+        reply->reason = lk_strdup("banned");
+        self->bans_refused++;
+    } else
+        reply = au_check_request(self->check, req);
     if (!reply->ok)
         self->refused++;
     Lk__Envelope env = LK__ENVELOPE__INIT;
@@ -124,6 +144,26 @@ static void s_on_hup(lk_loop_t *loop, void *arg)
     lk_bus_each_peer(self->bus, s_forward_one, &f);
 }
 
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    self_t *self = arg;
+    if (strcmp(q->op ? q->op : "", "node") == 0) {
+        lk_admin_metric(out, "latchkey_auth_requests_total", NULL, (double)self->requests, true);
+        lk_admin_metric(out, "latchkey_auth_refused_total", "reason=\"any\"", (double)self->refused,
+                        true);
+        lk_admin_metric(out, "latchkey_auth_refused_total", "reason=\"banned\"",
+                        (double)self->bans_refused, true);
+        double rtt = lk_redis_ping_ms(au_check_redis(self->check));
+        lk_admin_metric(out, "latchkey_redis_up", NULL, rtt >= 0 ? 1 : 0, false);
+        if (rtt >= 0)
+            lk_admin_metric(out, "latchkey_redis_rtt_seconds", NULL, rtt / 1000.0, false);
+        return;
+    }
+    if (!au_admin(au_check_redis(self->check), q, out))
+        lk_admin_error(out, "BAD_REQUEST", "auth does not answer '%s'", q->op ? q->op : "");
+}
+
 au_server_t *au_server_new(lk_loop_t *loop, lk_config_t *config, const char *node)
 {
     au_check_t *check = au_check_new(config);
@@ -135,6 +175,7 @@ au_server_t *au_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
     self->check = check;
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(loop, node, "auth", &h, self);
+    lk_bus_on_admin(self->bus, s_admin, self);
     lk_loop_on_hup(loop, s_on_hup, self);
     if (lk_bus_configure(self->bus, config) != 0) {
         au_server_destroy(&self);

@@ -5,6 +5,8 @@
     before the bus's own hook and the acks it releases leave in the same turn. */
 #include "hw_server.h"
 #include "hw_spool.h"
+#include "lk_admin.h"
+#include "lk_pg.h"
 #include "hw_store.h"
 #include "lk_bus.h"
 #include "lk_common.h"
@@ -55,6 +57,41 @@ struct _hw_server_t {
     int64_t blocked_warned;
     int64_t drain_warned;
 };
+
+/* the api's "node" request: the spool and PostgreSQL for Prometheus */
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    self_t *self = arg;
+    if (strcmp(q->op ? q->op : "", "decisions") == 0) {
+        int limit = q->limit && q->limit <= 1000 ? (int)q->limit : 50;
+        lk_pg_result_t *r = self->store ? hw_store_decisions(self->store, limit) : NULL;
+        if (!r) {
+            lk_admin_error(out, "SERVICE_UNAVAILABLE", "PostgreSQL did not answer");
+            return;
+        }
+        for (size_t i = 0; i < r->nrows; i++)
+            if (r->values[i * r->ncols])
+                lk_admin_row_add(out, r->values[i * r->ncols]);
+        lk_pg_result_free(&r);
+        return;
+    }
+    if (strcmp(q->op ? q->op : "", "node") != 0) {
+        lk_admin_error(out, "BAD_REQUEST", "history-writer does not answer '%s'", q->op);
+        return;
+    }
+    lk_admin_metric(out, "latchkey_history_received_total", NULL, (double)self->received, true);
+    lk_admin_metric(out, "latchkey_history_spooled_total", NULL, (double)self->spooled, true);
+    lk_admin_metric(out, "latchkey_history_drained_total", NULL, (double)self->drained, true);
+    lk_admin_metric(out, "latchkey_history_spool_events", NULL,
+                    self->spool ? (double)hw_spool_events(self->spool) : 0, false);
+    lk_admin_metric(out, "latchkey_history_spool_bytes", NULL,
+                    self->spool ? (double)hw_spool_bytes(self->spool) : 0, false);
+    double rtt = self->store ? hw_store_ping_ms(self->store) : -1;
+    lk_admin_metric(out, "latchkey_postgres_up", NULL, rtt >= 0 ? 1 : 0, false);
+    if (rtt >= 0)
+        lk_admin_metric(out, "latchkey_postgres_rtt_seconds", NULL, rtt / 1000.0, false);
+}
 
 static char *s_env_path(const char *var, const char *suffix)
 {
@@ -344,6 +381,7 @@ int hw_server_start(hw_server_t *self)
     self->hooked = true;
     lk_bus_handlers_t h = {s_on_message, NULL, NULL};
     self->bus = lk_bus_new(self->loop, self->node, "history-writer", &h, self);
+    lk_bus_on_admin(self->bus, s_admin, self);
     if (lk_bus_configure(self->bus, self->config) != 0)
         return -1;
     if (lk_bus_bind(self->bus, self->endpoint) != 0)

@@ -346,6 +346,34 @@ static int s_test_live(const char *conninfo, bool verbose)
     return rc;
 }
 
+lk_pg_result_t *hw_store_decisions(hw_store_t *self, int limit)
+{
+    if (!lk_pg_connected(self->pg))
+        return NULL;
+    char l[16];
+    snprintf(l, sizeof(l), "%d", limit);
+    const char *params[] = {l};
+    lk_pg_result_t *r = lk_pg_exec(
+        self->pg,
+        "SELECT json_build_object('id', id, 'lock', lockno, 'decision', decision, 'actor', actor, "
+        "'time', (extract(epoch FROM time) * 1000)::bigint, 'details', details)::text "
+        "FROM unlock_decisions ORDER BY seq DESC LIMIT $1::int",
+        1, params);
+    if (r && r->status != LK_PG_OK)
+        lk_pg_result_free(&r);
+    return r;
+}
+
+double hw_store_ping_ms(hw_store_t *self)
+{
+    if (!lk_pg_connected(self->pg))
+        return -1;
+    int64_t a = lk_wall_ns();
+    if (lk_pg_run(self->pg, "SELECT 1", 0, NULL, true) != 0)
+        return -1;
+    return (double)(lk_wall_ns() - a) / 1e6;
+}
+
 int hw_store_test(bool verbose)
 {
     int rc = 0;

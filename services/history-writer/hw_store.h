@@ -13,6 +13,7 @@
 #ifndef HW_STORE_H_INCLUDED
 #define HW_STORE_H_INCLUDED
 
+#include "lk_pg.h"
 #include "latchkey.pb-c.h"
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,6 +65,12 @@ int hw_store_schema_version(hw_store_t *self);
 /* 0: every event is in PostgreSQL (or rejected); -1: PostgreSQL unavailable or failing
    (some may be written: write them again later). counts are added to. */
 int hw_store_write(hw_store_t *self, const hw_event_t *events, size_t n, hw_counts_t *counts);
+
+/* the newest `limit` unlock decisions as JSON objects {id, lock, decision, actor, time (ms),
+   details}, newest first; NULL when PostgreSQL cannot answer. Caller frees the result. */
+lk_pg_result_t *hw_store_decisions(hw_store_t *self, int limit);
+/* one SELECT 1's round trip in ms when connected, -1 otherwise (never connects) */
+double hw_store_ping_ms(hw_store_t *self);
 
 int hw_store_test(bool verbose);
 

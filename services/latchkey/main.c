@@ -55,6 +55,8 @@ static const la_command_t s_commands[] = {
      "a lock's history events as JSON (PostgreSQL)"},
     {"keygen", la_cmd_keygen, "keygen <dir> <node>...",
      "CurveZMQ certificates for the tcp:// bus (<node>.key, <node>.key_secret)"},
+    {"apikey", la_cmd_apikey, "apikey add [name]\napikey list\napikey rm <key>",
+     "API keys of the api process (HTTP Basic key:secret; the secret is shown once)"},
     {"help", s_cmd_help, "help [command]", "list the commands, or show one's usage"},
 };
 

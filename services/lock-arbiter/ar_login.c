@@ -114,6 +114,7 @@ void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req
 
     size_t n_locks = binds->count / 2;
     char **locks = lk_calloc(n_locks ? n_locks : 1, sizeof(char *));
+    char **lroles = lk_calloc(n_locks ? n_locks : 1, sizeof(char *));
     size_t nl = 0;
     int queued = 0;
     if (hash) {
@@ -129,6 +130,7 @@ void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req
             const char *lock = binds->items[i].str;
             if (!s_lock_ok(lock))
                 continue;
+            lroles[nl] = binds->items[i + 1].str;
             locks[nl++] = (char *)lock;
             char all[256];
             snprintf(all, sizeof(all), "/%s/#", lock);
@@ -179,11 +181,14 @@ void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req
         rep.expires_at_ms = expires;
         rep.n_locks = nl;
         rep.locks = locks;
+        rep.n_roles = nl;
+        rep.roles = lroles;
         s_reply(self, peer, &rep);
         lk_notice("login of %s: temporary user %s for %zu lock(s), %" PRId64 " s", user, name, nl,
                   ttl);
     }
     free(locks);
+    free(lroles);
     lk_redis_reply_free(&binds);
     free(token);
     if (password) {

@@ -5,6 +5,8 @@
     with exit 111 without acking that message; s6 restarts it and the session store hands
     the message over again. Every script is idempotent for a message seen twice. */
 #include "ar_internal.h"
+#include "lk_admin.h"
+#include <cjson/cJSON.h>
 #include <unistd.h>
 
 #define S_REDIS_WAIT_MS 10000
@@ -187,6 +189,52 @@ static void s_on_acked(lk_iclient_t *ic, lk_peer_t *peer, uint64_t seq, void *ar
         ar_history_acked(self, seq);
 }
 
+/* --- the api's "node" request: decisions for Prometheus --------------------------- */
+
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    self_t *self = arg;
+    if (strcmp(q->op ? q->op : "", "locks") == 0) {
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:lockstate");
+        if (!r || r->type != LK_REDIS_ARRAY) {
+            lk_redis_reply_free(&r);
+            lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");
+            return;
+        }
+        for (size_t i = 0; i + 1 < r->count; i += 2) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "lock", r->items[i].str);
+            /* the last /<lock>/statu payload: -2 (its Will) offline, 0 unlocked, 1 locked */
+            const char *v = r->items[i + 1].str ? r->items[i + 1].str : "";
+            const char *state = strcmp(v, "-2") == 0  ? "offline"
+                                : strcmp(v, "0") == 0 ? "unlocked"
+                                : strcmp(v, "1") == 0 ? "locked"
+                                                      : v;
+            cJSON_AddStringToObject(j, "state", state);
+            cJSON_AddStringToObject(j, "statu", v);
+            char *text = cJSON_PrintUnformatted(j);
+            lk_admin_row_add(out, text);
+            free(text);
+            cJSON_Delete(j);
+        }
+        lk_redis_reply_free(&r);
+        return;
+    }
+    if (strcmp(q->op ? q->op : "", "node") != 0) {
+        lk_admin_error(out, "BAD_REQUEST", "lock-arbiter does not answer '%s'", q->op);
+        return;
+    }
+    const char *m = "latchkey_lock_decisions_total";
+    lk_admin_metric(out, m, "outcome=\"granted\"", (double)self->granted, true);
+    lk_admin_metric(out, m, "outcome=\"refused\"", (double)self->refused, true);
+    lk_admin_metric(out, m, "outcome=\"expired\"", (double)self->expired, true);
+    lk_admin_metric(out, "latchkey_lock_state_changes_total", NULL, (double)self->states, true);
+    lk_admin_metric(out, "latchkey_lock_logins_total", NULL, (double)self->logins, true);
+    lk_admin_metric(out, "latchkey_lock_logins_revoked_total", NULL, (double)self->revoked, true);
+    lk_admin_metric(out, "latchkey_lock_history_queries_total", NULL, (double)self->queries, true);
+}
+
 /* --- cron ------------------------------------------------------------------------- */
 
 static void s_cron(lk_loop_t *loop, void *arg)
@@ -293,6 +341,7 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         return NULL;
     }
     self->bus = lk_iclient_bus(self->ic);
+    lk_bus_on_admin(self->bus, s_admin, self);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         ar_server_destroy(&self);
         return NULL;

@@ -46,6 +46,7 @@ fe_conn_t *fe_conn_new(fe_server_t *srv, int fd, const char *peer)
     conn->state = FE_NEW;
     snprintf(conn->peer, sizeof(conn->peer), "%s", peer);
     conn->accepted_ms = lk_loop_now(srv->loop);
+    conn->connected_wall_ms = lk_wall_ms();
     conn->last_rx_ms = conn->accepted_ms;
     conn->next_pid = 1;
     lk_wbuf_init(&conn->out);
@@ -168,6 +169,7 @@ void fe_conn_flush(fe_conn_t *conn)
         }
     }
     conn->srv->bytes_out += (uint64_t)n;
+    conn->sent_oct += (uint64_t)n;
     lk_wbuf_consume(&conn->out, (size_t)n);
     if (conn->out.len == 0)
         s_out_release(conn); /* an idle connection holds no output buffer either */
@@ -334,6 +336,7 @@ void fe_conn_readable(fe_conn_t *conn)
             return;
         }
         srv->bytes_in += (uint64_t)n;
+        conn->recv_oct += (uint64_t)n;
         conn->last_rx_ms = lk_loop_now(srv->loop);
         ssize_t off = s_process(conn, srv->rbuf, (size_t)n, &want);
         if (off >= 0 && off < n)
@@ -369,6 +372,7 @@ void fe_conn_readable(fe_conn_t *conn)
     if (n > 0) {
         conn->rlen += (size_t)n;
         srv->bytes_in += (uint64_t)n;
+        conn->recv_oct += (uint64_t)n;
         conn->last_rx_ms = lk_loop_now(srv->loop);
     }
     if (conn->rlen) {

@@ -170,6 +170,9 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
         return false;
     }
     srv->msgs_out++;
+    conn->sent_msg++;
+    srv->msgs_out_qos[m->qos > 2 ? 2 : m->qos]++;
+    srv->bytes_out_qos[m->qos > 2 ? 2 : m->qos] += conn->out.len - before;
     fe_conn_mark_dirty(conn);
     return true;
 }

@@ -202,8 +202,10 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     if (!r->ok) {
         fe_limits_auth_failed(conn, r->reason);
         bool unavailable = r->reason && strcmp(r->reason, "unavailable") == 0;
+        bool banned = r->reason && strcmp(r->reason, "banned") == 0;
         fe_conn_refuse(conn,
                        unavailable ? LK_RC_SERVER_UNAVAILABLE
+                       : banned    ? LK_RC_BANNED
                        : conn->has_username ? LK_RC_BAD_USERNAME_PASSWORD
                                             : LK_RC_NOT_AUTHORIZED,
                        r->reason ? r->reason : "not authorised");
@@ -552,6 +554,9 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     fe_server_t *srv = conn->srv;
     lk_mqtt_publish_t *p = &pkt->u.publish;
     srv->msgs_in++;
+    conn->recv_msg++;
+    srv->msgs_in_qos[p->qos > 2 ? 2 : p->qos]++;
+    srv->bytes_in_qos[p->qos > 2 ? 2 : p->qos] += p->topic.len + p->payload.len;
     /* topic alias (MQTT 5 3.3.2.3.4) */
     char *topic = NULL;
     if (conn->version == LK_MQTT_V5 && LK_PROP_HAS(&pkt->props, LK_PROP_TOPIC_ALIAS)) {

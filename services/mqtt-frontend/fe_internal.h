@@ -182,6 +182,9 @@ typedef struct fe_conn {
     uint8_t *opened;        /* the SessionOpened, kept until the router acks (packed) */
     size_t opened_len;
     fe_limits_conn_t lim;   /* fe_limits: buckets, pause, address */
+    /* for the api's client list (fe_admin.c) */
+    int64_t connected_wall_ms;
+    uint64_t recv_msg, sent_msg, recv_oct, sent_oct;
 } fe_conn_t;
 
 /* work waiting for one reliable bus envelope to be acked */
@@ -270,6 +273,7 @@ struct _fe_server_t {
     size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
+    uint64_t msgs_in_qos[3], msgs_out_qos[3], bytes_in_qos[3], bytes_out_qos[3];
     lk_wbuf_t scratch;
     fe_limits_t *limits;
 };
@@ -393,6 +397,11 @@ void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
 bool fe_holds(fe_conn_t *conn, uint64_t store_id);
 /* a QoS 2 stored copy the client PUBRECed under pid: kept, for PUBREL after a reconnect */
 void fe_store_release_add(fe_conn_t *conn, uint64_t store_id, uint16_t pid);
+
+/* fe_admin.c: the api's requests (lk_bus_on_admin) */
+typedef struct _lk_admin_out_t lk_admin_out_t;
+void fe_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, lk_admin_out_t *out,
+              void *arg);
 
 /* fe_server.c */
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s);

@@ -5,6 +5,7 @@
     new connections across them. Each frontend talks to the router (publish, subscribe,
     attach), the session store (sessions, stored deliveries and their acks) and auth. */
 #include "fe_internal.h"
+#include "lk_admin.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -641,6 +642,7 @@ static void s_stats(lk_loop_t *loop, void *arg)
     st.bytes_sent = srv->bytes_out;
     st.msgs_dropped = srv->dropped;
     st.connections_total = srv->connections_total;
+    st.heap_bytes = lk_admin_rss();
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_STATS;
     env.stats = &st;
@@ -834,6 +836,7 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     srv->bus = lk_bus_new(loop, node, "mqtt-frontend", &h, srv);
     lk_bus_on_acked(srv->bus, s_on_acked);
+    lk_bus_on_admin(srv->bus, fe_admin, srv);
     if (lk_bus_configure(srv->bus, config) != 0) {
         fe_server_destroy(&srv);
         return NULL;

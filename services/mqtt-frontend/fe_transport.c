@@ -369,6 +369,7 @@ static int s_write(fe_conn_t *conn, const char **why)
             lk_wbuf_append(&tp->wout, hdr, hl);
             lk_wbuf_append(&tp->wout, conn->out.data, conn->out.len);
             conn->srv->bytes_out += conn->out.len;
+            conn->sent_oct += conn->out.len;
             conn->out.len = 0;
         }
         wire = &tp->wout;
@@ -378,8 +379,10 @@ static int s_write(fe_conn_t *conn, const char **why)
     ssize_t n = s_raw_write(conn, wire->data, wire->len, why);
     if (n < 0)
         return -1;
-    if (!tp->ws)
+    if (!tp->ws) {
         conn->srv->bytes_out += (uint64_t)n;
+        conn->sent_oct += (uint64_t)n;
+    }
     lk_wbuf_consume(wire, (size_t)n);
     return 0;
 }

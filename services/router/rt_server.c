@@ -19,12 +19,14 @@
     the frontends that hold routes get a reliable RouteFlush, and a SUBSCRIBE or
     UNSUBSCRIBE is acked (so SUBACK / UNSUBACK sent) only once every one of them acked it. */
 #include "rt_server.h"
+#include "lk_admin.h"
 #include "lk_bus.h"
 #include "lk_common.h"
 #include "lk_config.h"
 #include "rt_retain.h"
 #include "rt_trie.h"
 #include <czmq.h>
+#include <math.h>
 #include <stdarg.h>
 
 typedef struct {
@@ -121,6 +123,13 @@ struct _rt_server_t {
     /* $SYS */
     zhashx_t *stats;        /* node -> s_stats_t */
     int64_t started_ms;
+    int64_t sys_interval_s;
+    uint64_t sys_expired;       /* sessions the store expired */
+    uint64_t sys_max_clients;   /* most clients connected at once */
+    uint64_t sys_max_heap;
+    Lk__NodeStats sys_prev;     /* the sums at the previous tick, for the load averages */
+    bool sys_have_prev;
+    double sys_load[5][3];      /* per minute: msgs in/out, bytes in/out, connections; 1/5/15 min */
     /* direct routing */
     uint64_t route_gen;
     uint64_t flush_round;
@@ -683,8 +692,10 @@ static void s_detach(rt_server_t *self, lk_peer_t *peer, Lk__Detach *d)
         s_route_changed(self);
     if (peer == self->store) {
         /* session expired in the store */
-        if (!c->node)
+        if (!c->node) {
             s_client_remove(self, c);
+            self->sys_expired++;
+        }
         return;
     }
     if (c->node != peer)
@@ -795,6 +806,61 @@ static void s_sys_one(rt_server_t *self, const char *topic, const char *fmt, ...
     s_publish_one(self, &m, NULL, false);
 }
 
+/* the rest of Mosquitto's list: load averages (exponentially damped per-minute rates, as
+   Mosquitto computes them), clients expired / maximum, stored messages, heap */
+static void s_sys_more(rt_server_t *self, const Lk__NodeStats *sum, size_t total)
+{
+    uint64_t stored = 0, heap = lk_admin_rss();
+    for (s_stats_t *n = zhashx_first(self->stats); n; n = zhashx_next(self->stats))
+        if (lk_peer_alive(n->peer)) {
+            stored += n->st.stored_messages;
+            heap += n->st.heap_bytes;
+        }
+    if (sum->clients > self->sys_max_clients)
+        self->sys_max_clients = sum->clients;
+    if (heap > self->sys_max_heap)
+        self->sys_max_heap = heap;
+    uint64_t now[5] = {sum->msgs_received, sum->msgs_sent, sum->bytes_received, sum->bytes_sent,
+                       sum->connections_total};
+    uint64_t prev[5] = {self->sys_prev.msgs_received, self->sys_prev.msgs_sent,
+                        self->sys_prev.bytes_received, self->sys_prev.bytes_sent,
+                        self->sys_prev.connections_total};
+    static const double periods[3] = {60, 300, 900};
+    double dt = (double)(self->sys_interval_s > 0 ? self->sys_interval_s : 1);
+    for (int k = 0; k < 5; k++) {
+        /* a counter that went back (a frontend restarted) counts as no traffic */
+        double per_min = self->sys_have_prev && now[k] >= prev[k]
+                             ? (double)(now[k] - prev[k]) * 60.0 / dt
+                             : 0;
+        for (int p = 0; p < 3; p++) {
+            double f = exp(-dt / periods[p]);
+            self->sys_load[k][p] = self->sys_load[k][p] * f + per_min * (1 - f);
+        }
+    }
+    self->sys_prev = *sum;
+    self->sys_have_prev = true;
+    static const char *what[5] = {"messages/received", "messages/sent", "bytes/received",
+                                  "bytes/sent", "connections"};
+    static const char *span[3] = {"1min", "5min", "15min"};
+    for (int k = 0; k < 5; k++)
+        for (int p = 0; p < 3; p++) {
+            char t[96];
+            snprintf(t, sizeof(t), "$SYS/broker/load/%s/%s", what[k], span[p]);
+            s_sys_one(self, t, "%.2f", self->sys_load[k][p]);
+        }
+    s_sys_one(self, "$SYS/broker/clients/expired", "%" PRIu64, self->sys_expired);
+    s_sys_one(self, "$SYS/broker/clients/maximum", "%" PRIu64, self->sys_max_clients);
+    s_sys_one(self, "$SYS/broker/clients/active", "%" PRIu64, sum->clients);
+    s_sys_one(self, "$SYS/broker/clients/inactive", "%" PRIu64,
+              total > sum->clients ? total - sum->clients : 0);
+    s_sys_one(self, "$SYS/broker/messages/stored", "%" PRIu64, stored);
+    s_sys_one(self, "$SYS/broker/store/messages/count", "%" PRIu64, stored);
+    s_sys_one(self, "$SYS/broker/publish/messages/received", "%" PRIu64, sum->msgs_received);
+    s_sys_one(self, "$SYS/broker/publish/messages/sent", "%" PRIu64, sum->msgs_sent);
+    s_sys_one(self, "$SYS/broker/heap/current", "%" PRIu64, heap);
+    s_sys_one(self, "$SYS/broker/heap/maximum", "%" PRIu64, self->sys_max_heap);
+}
+
 static void s_sys(lk_loop_t *loop, void *arg)
 {
     rt_server_t *self = arg;
@@ -827,6 +893,7 @@ static void s_sys(lk_loop_t *loop, void *arg)
     s_sys_one(self, "$SYS/broker/publish/messages/dropped", "%" PRIu64, sum.msgs_dropped);
     s_sys_one(self, "$SYS/broker/subscriptions/count", "%zu", rt_trie_count(self->trie));
     s_sys_one(self, "$SYS/broker/retained messages/count", "%zu", rt_retain_count(self->retain));
+    s_sys_more(self, &sum, total);
 }
 
 static void s_stats_free(void **item)
@@ -845,6 +912,132 @@ static void s_stats_update(rt_server_t *self, lk_peer_t *peer, const Lk__NodeSta
     n->st = *st;
     n->st.base.descriptor = &lk__node_stats__descriptor;
     n->peer = peer;
+}
+
+/* --- the api's requests (lk.AdminRequest) ----------------------------------------- */
+
+typedef struct {
+    rt_server_t *self;
+    const Lk__AdminRequest *q;
+    lk_admin_out_t *out;
+    uint64_t total;
+    zhashx_t *seen; /* topics: filter -> 1 */
+} s_admin_t;
+
+static void s_admin_sub(void *client, const rt_sub_opts_t *opts, const char *filter,
+                        const char *group, void *arg)
+{
+    s_admin_t *a = arg;
+    s_client_t *c = client;
+    if (a->seen) {
+        /* topics: one row per (filter, node) as EMQX's routes */
+        char key[512];
+        snprintf(key, sizeof(key), "%.400s\n%.100s", filter, c->node ? lk_peer_name(c->node) : "");
+        if (zhashx_lookup(a->seen, key))
+            return;
+        zhashx_insert(a->seen, key, (void *)1);
+    }
+    if (a->q->like && *a->q->like && !strstr(filter, a->q->like))
+        return;
+    if (a->q->topic && *a->q->topic && strcmp(filter, a->q->topic) != 0)
+        return;
+    a->total++;
+    if (a->q->limit && a->total > a->q->limit)
+        return;
+    Lk__AdminSub *s = lk_admin_sub_add(a->out);
+    s->client = lk_admin_str(a->out, a->seen ? "" : c->id);
+    s->node = lk_admin_str(a->out, c->node ? lk_peer_name(c->node) : "");
+    Lk__Subscription *sub = lk_admin_subscription(a->out);
+    sub->filter = lk_admin_str(a->out, filter);
+    sub->qos = opts->qos;
+    sub->no_local = opts->no_local;
+    sub->retain_as_published = opts->retain_as_published;
+    sub->retain_handling = opts->retain_handling;
+    sub->sub_id = opts->sub_id;
+    s->sub = sub;
+}
+
+static int s_admin_retained(const char *topic, void *msg, void *arg)
+{
+    s_admin_t *a = arg;
+    a->total++;
+    if (!a->q->limit || a->total <= a->q->limit)
+        lk_admin_retained_add(a->out, msg, 0);
+    return RT_RETAIN_KEEP;
+}
+
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    rt_server_t *self = arg;
+    const char *op = q->op ? q->op : "";
+    s_admin_t a = {self, q, out, 0, NULL};
+    if (strcmp(op, "node") == 0) {
+        Lk__NodeStats sum = LK__NODE_STATS__INIT;
+        for (s_stats_t *n = zhashx_first(self->stats); n; n = zhashx_next(self->stats))
+            if (lk_peer_alive(n->peer))
+                sum.clients += n->st.clients;
+        size_t persistent = 0;
+        for (s_client_t *c = zhashx_first(self->clients); c; c = zhashx_next(self->clients))
+            persistent += c->persistent;
+        lk_admin_metric(out, "latchkey_router_clients", NULL, (double)zhashx_size(self->clients),
+                        false);
+        lk_admin_metric(out, "latchkey_sessions", NULL, (double)persistent, false);
+        lk_admin_metric(out, "latchkey_subscriptions", NULL, (double)rt_trie_count(self->trie),
+                        false);
+        lk_admin_metric(out, "latchkey_subscribers", NULL,
+                        (double)rt_trie_client_count(self->trie), false);
+        lk_admin_metric(out, "latchkey_retained_messages", NULL,
+                        (double)rt_retain_count(self->retain), false);
+        lk_admin_metric(out, "latchkey_router_published_total", NULL, (double)self->published,
+                        true);
+        lk_admin_metric(out, "latchkey_router_delivered_total", NULL, (double)self->delivered,
+                        true);
+        lk_admin_metric(out, "latchkey_router_stored_total", NULL, (double)self->stored, true);
+        lk_admin_metric(out, "latchkey_messages_dropped_total", "reason=\"expired\"",
+                        (double)self->dropped_expired, true);
+        lk_admin_metric(out, "latchkey_messages_dropped_total", "reason=\"retain_refused\"",
+                        (double)self->retain_refused, true);
+    } else if (strcmp(op, "subscriptions") == 0) {
+        if (q->client && *q->client) {
+            s_client_t *c = zhashx_lookup(self->clients, q->client);
+            if (c)
+                rt_trie_each_client_sub(self->trie, c, s_admin_sub, &a);
+        } else
+            rt_trie_each(self->trie, s_admin_sub, &a);
+        lk_admin_reply(out)->total = a.total;
+    } else if (strcmp(op, "topics") == 0) {
+        a.seen = zhashx_new();
+        rt_trie_each(self->trie, s_admin_sub, &a);
+        zhashx_destroy(&a.seen);
+        lk_admin_reply(out)->total = a.total;
+    } else if (strcmp(op, "retained") == 0) {
+        if (q->topic && *q->topic) {
+            Lk__Msg *m = rt_retain_get(self->retain, q->topic);
+            if (m)
+                s_admin_retained(q->topic, m, &a);
+            else
+                lk_admin_error(out, "NOT_FOUND", "no retained message on that topic");
+        } else if (q->like && *q->like) {
+            if (rt_retain_match(self->retain, q->like, s_admin_retained, &a) != 0)
+                lk_admin_error(out, "BAD_REQUEST", "invalid topic filter");
+        } else
+            rt_retain_each(self->retain, s_admin_retained, &a);
+        lk_admin_reply(out)->total = a.total;
+    } else if (strcmp(op, "retained_delete") == 0) {
+        if (!q->topic || rt_retain_delete(self->retain, q->topic) != 0) {
+            lk_admin_error(out, "NOT_FOUND", "no retained message on that topic");
+            return;
+        }
+        /* the session store forgets it too (an empty payload deletes) */
+        Lk__Msg m = LK__MSG__INIT;
+        m.topic = q->topic;
+        m.retain = true;
+        lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, &m, true);
+        lk_admin_reply(out)->count = 1;
+        lk_notice("retained message on '%s' deleted by %s", q->topic, lk_peer_name(peer));
+    } else
+        lk_admin_error(out, "BAD_REQUEST", "router does not answer '%s'", op);
 }
 
 /* --- warming ---------------------------------------------------------------------- */
@@ -1022,6 +1215,7 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         return NULL;
     }
     lk_bus_on_acked(self->bus, s_store_acked);
+    lk_bus_on_admin(self->bus, s_admin, self);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         rt_server_destroy(&self);
         return NULL;
@@ -1043,7 +1237,8 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->warm_min = now + lk_config_get_int(config, "router_warmup_min_ms", 600);
     self->warm_deadline = now + lk_config_get_int(config, "router_warmup_max_ms", 3000);
     lk_loop_timer(loop, 100, true, s_warm_check, self);
-    lk_loop_timer(loop, lk_config_get_int(config, "sys_interval", 5) * 1000, true, s_sys, self);
+    self->sys_interval_s = lk_config_get_int(config, "sys_interval", 5);
+    lk_loop_timer(loop, self->sys_interval_s * 1000, true, s_sys, self);
     return self;
 }
 

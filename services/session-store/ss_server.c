@@ -12,6 +12,7 @@
     is dropped, since that sender's new life re-sends what still matters. Memory is bounded
     by the senders: the router and frontends stop when their own unacked windows fill. */
 #include "ss_server.h"
+#include "lk_admin.h"
 #include "ss_codec.h"
 #include "ss_store.h"
 #include "lk_bus.h"
@@ -83,6 +84,7 @@ struct _ss_server_t {
     int64_t load_backoff;
     int cron_timer;
     int handoff_timer;
+    int sys_timer;
     /* client -> node where its delayed will waits (volatile: the will itself is too) */
     zhashx_t *will_nodes;
     /* client -> s_handoff_t: opens waiting for the previous connection to close */
@@ -246,6 +248,7 @@ void ss_server_destroy(ss_server_t **self_p)
         return;
     s_cancel(self, &self->cron_timer);
     s_cancel(self, &self->handoff_timer);
+    s_cancel(self, &self->sys_timer);
     s_cancel(self, &self->load_timer);
     s_cancel(self, &self->retry_timer);
     s_cancel(self, &self->resync_timer);
@@ -925,10 +928,93 @@ static void s_handoff_tick(lk_loop_t *loop, void *arg)
         s_handoffs_check(self, NULL);
 }
 
+/* --- the api's requests (lk.AdminRequest) ----------------------------------------- */
+
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
+                    lk_admin_out_t *out, void *arg)
+{
+    self_t *self = arg;
+    const char *op = q->op ? q->op : "";
+    if (strcmp(op, "node") == 0) {
+        zlistx_t *names = s_name_list();
+        ss_store_offline(self->store, names, NULL, NULL);
+        size_t offline = zlistx_size(names);
+        zlistx_destroy(&names);
+        lk_admin_metric(out, "latchkey_session_store_sessions", NULL,
+                        (double)ss_store_size(self->store), false);
+        lk_admin_metric(out, "latchkey_sessions_offline", NULL, (double)offline, false);
+        lk_admin_metric(out, "latchkey_messages_dropped_total", "reason=\"queue_full\"",
+                        (double)ss_store_dropped(self->store), true);
+        double rtt = ss_store_ping_ms(self->store);
+        lk_admin_metric(out, "latchkey_redis_up", NULL, rtt >= 0 ? 1 : 0, false);
+        if (rtt >= 0)
+            lk_admin_metric(out, "latchkey_redis_rtt_seconds", NULL, rtt / 1000.0, false);
+    } else if (strcmp(op, "sessions") == 0) {
+        zlistx_t *names = s_name_list();
+        ss_store_offline(self->store, names, NULL, NULL);
+        uint64_t total = 0;
+        for (char *c = zlistx_first(names); c; c = zlistx_next(names)) {
+            if (q->client && *q->client && strcmp(q->client, c) != 0)
+                continue;
+            if (q->like && *q->like && !strstr(c, q->like))
+                continue;
+            ss_session_t *s = ss_store_session(self->store, c);
+            if (!s)
+                continue;
+            total++;
+            if (q->limit && total > q->limit)
+                continue;
+            Lk__AdminClient *a = lk_admin_client_add(out);
+            a->client = lk_admin_str(out, c);
+            a->expiry = s->expiry;
+            a->mqueue_len = (uint32_t)s->qlen;
+            a->connected = false;
+            a->disconnected_at_ms = (uint64_t)s->disconnected_at;
+            a->node = lk_admin_str(out, s->node);
+        }
+        zlistx_destroy(&names);
+        lk_admin_reply(out)->total = total;
+    } else if (strcmp(op, "session_clear") == 0) {
+        int rc = ss_store_clear(self->store, q->client ? q->client : "");
+        if (rc < 0) {
+            lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");
+            return;
+        }
+        if (rc > 0) {
+            lk_admin_error(out, "CLIENTID_NOT_FOUND", "no offline session");
+            return;
+        }
+        Lk__Detach d = LK__DETACH__INIT;
+        d.client = q->client;
+        d.persistent = false;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_DETACH;
+        env.detach = &d;
+        s_send(self, self->router, &env, true);
+        lk_admin_reply(out)->count = 1;
+        lk_notice("session %s cleared by %s", q->client, lk_peer_name(peer));
+    } else
+        lk_admin_error(out, "BAD_REQUEST", "session-store does not answer '%s'", op);
+}
+
+/* the router's $SYS topics: what the store holds (unreliable; the next one replaces it) */
+static void s_sys_stats(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    Lk__NodeStats st = LK__NODE_STATS__INIT;
+    st.stored_messages = ss_store_queued(self->store);
+    st.heap_bytes = lk_admin_rss();
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_STATS;
+    env.stats = &st;
+    lk_bus_send(self->bus, self->router, &env, false);
+}
+
 int ss_server_start(ss_server_t *self)
 {
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(self->loop, self->node, "session-store", &h, self);
+    lk_bus_on_admin(self->bus, s_admin, self);
     if (lk_bus_configure(self->bus, self->config) != 0)
         return -1;
     if (self->msglog_dir) {
@@ -943,6 +1029,9 @@ int ss_server_start(ss_server_t *self)
     self->router = lk_bus_connect(self->bus, "router", self->router_endpoint);
     self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
     self->handoff_timer = lk_loop_timer(self->loop, 250, true, s_handoff_tick, self);
+    self->sys_timer = lk_loop_timer(
+        self->loop, lk_config_get_int(self->config, "sys_interval", 5) * 500, true, s_sys_stats,
+        self);
     lk_info("serving %s, router at %s, redis %s:%d", self->session_endpoint, self->router_endpoint,
             self->redis_host, self->redis_port);
     s_load(self->loop, self);

@@ -1104,6 +1104,33 @@ int ss_store_expire(ss_store_t *self, int64_t now_ms, size_t max, zlistx_t *expi
     return 0;
 }
 
+int ss_store_clear(ss_store_t *self, const char *client)
+{
+    ss_session_t *s = zhashx_lookup(self->sessions, client);
+    if (!s || !s->persistent || !s->disconnected_at)
+        return 1;
+    s_pipe_t p;
+    s_pipe_begin(&p, self->redis);
+    s_append_delete(self, &p, client);
+    if (s_pipe_end(&p) != 0)
+        return -1;
+    zhashx_delete(self->sessions, client);
+    return 0;
+}
+
+uint64_t ss_store_queued(ss_store_t *self)
+{
+    uint64_t n = 0;
+    for (ss_session_t *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        n += s->qlen;
+    return n;
+}
+
+double ss_store_ping_ms(ss_store_t *self)
+{
+    return lk_redis_ping_ms(self->redis);
+}
+
 //  --------------------------------------------------------------------------
 //  Selftest: runs against a real redis-server (started by selftest.c), which it flushes.
 

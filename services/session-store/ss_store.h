@@ -156,6 +156,14 @@ void ss_store_nodes(ss_store_t *self, zlistx_t *list);
    appends their client ids (strdup'ed) to expired. 0 or -1 (then nothing was deleted). */
 int ss_store_expire(ss_store_t *self, int64_t now_ms, size_t max, zlistx_t *expired);
 
+/* Deletes an offline persistent session at once (the operator's DELETE /clients/{id}):
+   0 done, 1 no such session or it is connected, -1 Redis failed. */
+int ss_store_clear(ss_store_t *self, const char *client);
+/* messages held for all sessions (queued and unacked) */
+uint64_t ss_store_queued(ss_store_t *self);
+/* Redis round trip in ms (-1: down) */
+double ss_store_ping_ms(ss_store_t *self);
+
 /* runs the store's selftest cases against the redis-server at host:port (which it
    flushes), printing PASS/FAIL lines; adds to the counters */
 void ss_store_test(const char *host, int port, bool verbose, int *passed, int *failed);
