@@ -5,6 +5,7 @@
     login can take — unknown user, unknown hash format, missing password — so the time of
     a refusal says nothing about which it was. */
 #include "au_check.h"
+#include "au_lock.h"
 #include "au_pwfile.h"
 #include "lk_acl.h"
 #include "lk_common.h"
@@ -32,6 +33,7 @@ struct _au_check_t {
     const char *acl_path;
     au_pwfile_t *pwfile;
     lk_acl_file_t *aclfile;
+    au_lock_t *locks; /* the smart lock's guard (au_lock.h) */
 };
 
 /* the outcome of checking credentials */
@@ -122,6 +124,7 @@ au_check_t *au_check_new(lk_config_t *config)
         return NULL;
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
+    self->locks = au_lock_new(config);
     return self;
 }
 
@@ -131,6 +134,7 @@ void au_check_destroy(au_check_t **self_p)
     if (!self)
         return;
     lk_redis_destroy(&self->redis);
+    au_lock_destroy(&self->locks);
     au_pwfile_destroy(&self->pwfile);
     lk_acl_file_destroy(&self->aclfile);
     free(self);
@@ -460,6 +464,15 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         }
     }
 
+    /* the lock topics: whatever was granted above (superusers excepted) */
+    /* the lock topics, whatever was granted above (superusers excepted). Fail closed when
+       Redis is a backend; a file-only setup without Redis has no lock registry. */
+    if (ok && !superuser &&
+        au_lock_rules(self->locks, self->redis, named ? user : NULL, &acl) != 0 &&
+        au_check_uses_redis(self)) {
+        ok = false;
+        reason = AU_REASON_UNAVAILABLE;
+    }
     if (!ok) {
         char c[80], u[80], p[80];
         s_printable(c, sizeof(c), client);

@@ -185,6 +185,8 @@ static int s_connect(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     return 0;
 }
 
+static bool s_allowed(fe_conn_t *conn, const char *topic_or_filter, uint32_t access, bool filter);
+
 void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
 {
     if (r->acl_only) {
@@ -215,6 +217,12 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     }
     conn->acl_check_deliveries =
         !conn->superuser && lk_acl_has_deny(conn->acl, conn->n_acl, LK_ACL_SUB);
+    /* a will is a publish: a client may not leave one where it may not publish (as
+       Mosquitto refuses it at CONNECT) — else a Last Will could unlock a smart lock */
+    if (conn->will && !s_allowed(conn, conn->will->topic, LK_ACL_PUB, false)) {
+        fe_conn_refuse(conn, LK_RC_NOT_AUTHORIZED, "will topic not allowed");
+        return;
+    }
     /* a connection of the same client on this frontend is taken over here; the one on
        another frontend by the session store's Takeover */
     fe_conn_t *old = zhashx_lookup(srv->by_client, conn->client_id);
