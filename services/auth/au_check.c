@@ -465,11 +465,8 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
     }
 
     /* the lock topics: whatever was granted above (superusers excepted) */
-    /* the lock topics, whatever was granted above (superusers excepted). Fail closed when
-       Redis is a backend; a file-only setup without Redis has no lock registry. */
-    if (ok && !superuser &&
-        au_lock_rules(self->locks, self->redis, named ? user : NULL, &acl) != 0 &&
-        au_check_uses_redis(self)) {
+    /* the lock topics, whatever was granted above (superusers excepted; fails closed) */
+    if (ok && !superuser && au_lock_rules(self->locks, self->redis, named ? user : NULL, &acl) != 0) {
         ok = false;
         reason = AU_REASON_UNAVAILABLE;
     }
@@ -738,7 +735,9 @@ int au_check_test(au_tally_t *t, int redis_port)
     c = au_check_new(cfg);
     AU_CHECK(t, "check: new (redis down)", c != NULL && au_check_ping(c) == -1);
     if (c) {
-        S_ASK("check: redis down, file user", "fred", "fredpw", NULL, s_is(r, true, NULL, 0));
+        /* connected, with every lock-shaped topic denied (the lock set is unknown) */
+        S_ASK("check: redis down, file user", "fred", "fredpw", NULL,
+              s_is(r, true, NULL, 4) && s_has_rule(r, "/+/call", LK_ACL_DENY | LK_ACL_BOTH));
         S_ASK("check: redis down, other user unavailable", "ann", "secret", NULL,
               s_is(r, false, AU_REASON_UNAVAILABLE, 0));
         au_check_destroy(&c);

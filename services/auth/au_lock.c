@@ -11,6 +11,7 @@ struct _au_lock_t {
     char *ver;    /* lk:locks:ver of the cached set; NULL = none read */
     char **locks; /* the cached lk:locks */
     size_t n_locks;
+    int64_t warned_ms;
 };
 
 au_lock_t *au_lock_new(lk_config_t *config)
@@ -106,28 +107,52 @@ static bool s_reaches(const lk_acl_list_t *acl, size_t n, const char *filter)
     return false;
 }
 
+/* Redis unreachable and no lock set known: every lock-shaped topic closed */
+static void s_closed(au_lock_t *self, lk_acl_list_t *acl)
+{
+    lk_acl_list_add(acl, "/+/call", LK_ACL_DENY | LK_ACL_BOTH);
+    lk_acl_list_add(acl, "/+/statu", LK_ACL_DENY | LK_ACL_BOTH);
+    char t[64];
+    for (int r = 0; r < self->n_roles; r++) {
+        snprintf(t, sizeof(t), "/+/%s", self->roles[r]);
+        lk_acl_list_add(acl, t, LK_ACL_DENY | LK_ACL_BOTH);
+    }
+}
+
 int au_lock_rules(au_lock_t *self, lk_redis_t *redis, const char *user, lk_acl_list_t *acl)
 {
-    if (s_refresh(self, redis) != 0)
-        return -1;
+    /* Redis away: fail closed without refusing the connection — the last lock set read
+       with no binding (nobody reaches a lock), or every lock-shaped topic when none was
+       ever read. The client keeps these rules until its ACL is read again. */
+    bool down = s_refresh(self, redis) != 0;
+    if (down) {
+        int64_t now = lk_mono_ms();
+        if (now - self->warned_ms > 5000) {
+            self->warned_ms = now;
+            lk_warn("lock registry unreadable (Redis): lock topics closed to new clients");
+        }
+        if (!self->ver) {
+            s_closed(self, acl);
+            return 0;
+        }
+    }
     if (self->n_locks == 0)
         return 0;
     lk_redis_reply_t *binds = NULL, *dev = NULL;
-    if (user && *user) {
+    if (user && *user && !down) {
         char key[300];
         snprintf(key, sizeof(key), "lk:login:%s", user);
         lk_redis_reply_t *real = s_cmd(redis, "GET", key);
-        if (!real)
-            return -1;
-        snprintf(key, sizeof(key), "lk:ubind:%s", real->type == LK_REDIS_STR ? real->str : user);
+        snprintf(key, sizeof(key), "lk:ubind:%s",
+                 real && real->type == LK_REDIS_STR ? real->str : user);
+        binds = real ? s_cmd(redis, "HGETALL", key) : NULL;
         lk_redis_reply_free(&real);
-        binds = s_cmd(redis, "HGETALL", key);
         snprintf(key, sizeof(key), "lk:devlock:%s", user);
         dev = binds ? s_cmd(redis, "GET", key) : NULL;
         if (!binds || !dev || binds->type != LK_REDIS_ARRAY) {
             lk_redis_reply_free(&binds);
             lk_redis_reply_free(&dev);
-            return -1;
+            binds = dev = NULL; /* Redis failed halfway: no binding counts */
         }
     }
     const char *dev_lock = dev && dev->type == LK_REDIS_STR ? dev->str : NULL;

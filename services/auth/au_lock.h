@@ -28,8 +28,9 @@ typedef struct _au_lock_t au_lock_t;
 au_lock_t *au_lock_new(lk_config_t *config);
 void au_lock_destroy(au_lock_t **self_p);
 
-/* Appends the lock rules for user (NULL or "" = anonymous) to acl. 0, or -1 when Redis
-   failed (the caller refuses: fail closed). */
+/* Appends the lock rules for user (NULL or "" = anonymous) to acl. Redis unreachable:
+   fails closed without refusing — the last lock set read with no binding, or when none was
+   ever read, deny rules for every lock-shaped topic (/+/call, /+/statu, /+/<role>). 0. */
 int au_lock_rules(au_lock_t *self, lk_redis_t *redis, const char *user, lk_acl_list_t *acl);
 
 #endif
