@@ -194,6 +194,13 @@ int au_lock_rules(au_lock_t *self, lk_redis_t *redis, const char *user, lk_acl_l
                 lk_acl_list_add(acl, t, LK_ACL_DENY | LK_ACL_BOTH);
         }
     }
+    /* a bound user asks the lock-arbiter for history: $lk/history/req, answered under
+       $lk/reply/<username>/ (a name with wildcards or '/' gets no such rule) */
+    if (binds && binds->count && !strpbrk(user, "+#/")) {
+        lk_acl_list_add(acl, "$lk/history/req", LK_ACL_PUB);
+        snprintf(t, sizeof(t), "$lk/reply/%s/#", user);
+        lk_acl_list_add(acl, t, LK_ACL_SUB);
+    }
     lk_redis_reply_free(&binds);
     lk_redis_reply_free(&dev);
     return 0;

@@ -5,6 +5,7 @@
       bound user (lk:ubind:<user>, a temporary login through lk:login:<temp>):
         grant subscribe /<lock>/#, grant publish /<lock>/<role> for each bound role,
         deny publish /<lock>/call, /<lock>/statu and every other role of lock_roles;
+        and (bound to any lock) publish $lk/history/req, subscribe $lk/reply/<username>/#;
       the lock's device credential (lk:devlock:<username> → lock):
         grant publish /<lock>/statu, grant subscribe /<lock>/call,
         deny publish /<lock>/call and every role;

@@ -19,6 +19,8 @@
     roles) — or one filling a second role of the same round — is `refused`. */
 #include "ar_internal.h"
 
+#define S_EXPIRE_GRACE_MS 1000
+
 /* an outbox value: kind, lock, actor, time ms, details (JSON), separated by \x1f */
 #define S_LUA_EVENT                                                                                \
     "local out = {}\n"                                                                             \
@@ -220,13 +222,40 @@ void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, uint64_
 
 /* --- /<lock>/<role> --------------------------------------------------------------- */
 
+/* the MQTT 5 user property decision-id = id, in wire form (0x26, two UTF-8 strings) */
+static size_t s_decision_prop(uint8_t *out, size_t cap, const char *id)
+{
+    static const char name[] = "decision-id";
+    size_t nl = sizeof(name) - 1, il = strlen(id);
+    if (1 + 2 + nl + 2 + il > cap)
+        return 0;
+    size_t n = 0;
+    out[n++] = 0x26;
+    out[n++] = (uint8_t)(nl >> 8);
+    out[n++] = (uint8_t)nl;
+    memcpy(out + n, name, nl);
+    n += nl;
+    out[n++] = (uint8_t)(il >> 8);
+    out[n++] = (uint8_t)il;
+    memcpy(out + n, id, il);
+    return n + il;
+}
+
+/* The unlock of a granted decision: payload "unlock" as ever, the decision id in an MQTT 5
+   user property (MQTT 3.1.1 devices see the payload only) and as the message identity
+   (Lk__Msg.once_id) by which a frontend hands a connection one copy however often the
+   decision is published: after an arbiter restart (lk:arb:unpub still holds it) or a
+   router restart (the bus re-sends the unacked publish). */
 static void s_publish_unlock(self_t *self, const char *id, const char *lock)
 {
     if (zhashx_lookup(self->in_flight, id))
         return;
     char topic[300];
     snprintf(topic, sizeof(topic), "/%s/call", lock);
-    uint64_t seq = lk_iclient_publish(self->ic, topic, "unlock", 6, 1, false, NULL, 0);
+    uint8_t props[256];
+    size_t np = s_decision_prop(props, sizeof(props), id);
+    uint64_t seq =
+        lk_iclient_publish_once(self->ic, topic, "unlock", 6, 1, np ? props : NULL, np, id);
     zhashx_insert(self->in_flight, id, (void *)1);
     ar_wait_add(ar_wait_for(&self->pub_waits, seq), id);
 }
@@ -235,7 +264,13 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
                        uint64_t store_id)
 {
     char now[24], sid[24], win[24], quorum[16];
-    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    /* the confirmation's time is when the broker accepted it, not when we got to it (a
+       restart, a backlog): never later than now */
+    int64_t wall = lk_wall_ms();
+    int64_t at = msg->accepted_at_ms && (int64_t)msg->accepted_at_ms < wall
+                     ? (int64_t)msg->accepted_at_ms
+                     : wall;
+    snprintf(now, sizeof(now), "%" PRId64, at);
     snprintf(sid, sizeof(sid), "%" PRIu64, store_id);
     snprintf(win, sizeof(win), "%" PRId64, self->window_ms);
     snprintf(quorum, sizeof(quorum), "%d", self->quorum);
@@ -273,8 +308,10 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
 
 void ar_unlock_expire(self_t *self)
 {
+    /* a round closes S_EXPIRE_GRACE_MS after its deadline, so that a confirmation the
+       broker accepted in time but that still travels (or waits in our session) counts */
     char now[24];
-    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms() - S_EXPIRE_GRACE_MS);
     const char *args[] = {self->node, now, "200"};
     lk_redis_reply_t *r = s_eval(self, s_expire_lua, 3, args);
     if (!r)

@@ -490,6 +490,8 @@ void fe_conn_free(fe_conn_t *conn)
     free(conn->connect_pw);
     if (conn->will)
         lk__msg__free_unpacked(conn->will, NULL);
+    for (int i = 0; i < FE_ONCE_IDS; i++)
+        free(conn->once_ids[i]);
     for (size_t i = 0; i < conn->n_acl; i++)
         free(conn->acl[i].pattern);
     free(conn->acl);

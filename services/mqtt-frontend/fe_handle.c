@@ -44,6 +44,7 @@ static void s_msg_fill(fe_conn_t *conn, Lk__Msg *m, lk_str_t topic, lk_str_t pay
     m->origin_node = srv->node;
     if (conn->username)
         m->origin_user = conn->username;
+    m->accepted_at_ms = (uint64_t)lk_wall_ms();
     if (conn->version == LK_MQTT_V5 && props && (props->has & FE_FORWARD_PROPS)) {
         srv->scratch.len = 0;
         lk_mqtt_props_encode(&srv->scratch, props, FE_FORWARD_PROPS);
