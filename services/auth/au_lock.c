@@ -178,6 +178,9 @@ int au_lock_rules(au_lock_t *self, lk_redis_t *redis, const char *user, lk_acl_l
             lk_acl_list_add(acl, t, LK_ACL_DENY | LK_ACL_PUB);
             snprintf(t, sizeof(t), "/%s/statu", lock);
             lk_acl_list_add(acl, t, LK_ACL_DENY | LK_ACL_PUB);
+            /* the arbiter's answers (/<lock>/<role>/result) and anything deeper */
+            snprintf(t, sizeof(t), "/%s/+/+/#", lock);
+            lk_acl_list_add(acl, t, LK_ACL_DENY | LK_ACL_PUB);
         } else if (is_dev) {
             snprintf(t, sizeof(t), "/%s/statu", lock);
             lk_acl_list_add(acl, t, LK_ACL_PUB);

@@ -18,6 +18,7 @@
     A confirmation from a user not bound to the lock in that role (lk:bind:<lock>: user →
     roles) — or one filling a second role of the same round — is `refused`. */
 #include "ar_internal.h"
+#include <cjson/cJSON.h>
 
 #define S_EXPIRE_GRACE_MS 1000
 
@@ -260,9 +261,87 @@ static void s_publish_unlock(self_t *self, const char *id, const char *lock)
     ar_wait_add(ar_wait_for(&self->pub_waits, seq), id);
 }
 
+/* The outcome for the confirming app, on /<lock>/<role>/result (QoS 1, readable by the
+   lock's bound users and device, whatever the MQTT version): {"lock", "role", "user",
+   "decision": pending|granted|refused|expired, "decision_id", "reason"} */
+static void s_result(self_t *self, const char *lock, const char *role, const char *user,
+                     const char *decision, const char *id, const char *reason)
+{
+    char topic[300];
+    snprintf(topic, sizeof(topic), "/%s/%s/result", lock, role);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "lock", lock);
+    cJSON_AddStringToObject(o, "role", role);
+    if (user)
+        cJSON_AddStringToObject(o, "user", user);
+    cJSON_AddStringToObject(o, "decision", decision);
+    if (id && *id)
+        cJSON_AddStringToObject(o, "decision_id", id);
+    if (reason && *reason)
+        cJSON_AddStringToObject(o, "reason", reason);
+    char *text = cJSON_PrintUnformatted(o);
+    lk_iclient_publish(self->ic, topic, text, strlen(text), 1, false, NULL, 0);
+    free(text);
+    cJSON_Delete(o);
+}
+
+/* an `expired` decision among outbox entries (id, value pairs from item from): every role
+   that confirmed in that round hears it */
+static void s_expired_results(self_t *self, const lk_redis_reply_t *r, size_t from)
+{
+    for (size_t i = from; i + 1 < r->count; i += 2) {
+        const char *v = r->items[i + 1].str;
+        if (!v || !strstr(v, "\"expired\""))
+            continue;
+        /* kind \x1f lock \x1f actor \x1f ms \x1f details */
+        const char *f[5] = {v};
+        for (int k = 1; k < 5 && f[k - 1]; k++) {
+            const char *sep = strchr(f[k - 1], '\x1f');
+            f[k] = sep ? sep + 1 : NULL;
+        }
+        if (!f[4])
+            continue;
+        char lock[256];
+        size_t ln = (size_t)(f[2] - f[1] - 1);
+        if (ln >= sizeof(lock))
+            continue;
+        memcpy(lock, f[1], ln);
+        lock[ln] = 0;
+        cJSON *d = cJSON_Parse(f[4]);
+        const cJSON *cs = cJSON_GetObjectItemCaseSensitive(d, "confirmations"), *c;
+        cJSON_ArrayForEach(c, cs)
+        {
+            const cJSON *role = cJSON_GetObjectItemCaseSensitive(c, "role");
+            const cJSON *user = cJSON_GetObjectItemCaseSensitive(c, "user");
+            if (cJSON_IsString(role))
+                s_result(self, lock, role->valuestring,
+                         cJSON_IsString(user) ? user->valuestring : NULL, "expired", NULL,
+                         "the window passed without the quorum");
+        }
+        cJSON_Delete(d);
+    }
+}
+
 void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
                        uint64_t store_id)
 {
+    if (msg->qos == 0) {
+        /* not stored for us: lost if we are away. Refused, never counted, so that an app
+           learns at once to confirm at QoS 1 (documented) */
+        const char *login = msg->origin_user ? msg->origin_user : "";
+        char details[512];
+        snprintf(details, sizeof(details),
+                 "{\"decision\": \"refused\", \"role\": \"%s\", \"reason\": \"QoS 0 "
+                 "confirmation (confirm at QoS 1)\"}",
+                 role);
+        char *user = ar_real_user(self, login);
+        ar_history_event(self, "unlock_decision", lock, user ? user : login, details);
+        s_result(self, lock, role, user ? user : login, "refused", NULL,
+                 "QoS 0 confirmation (confirm at QoS 1)");
+        free(user);
+        self->refused++;
+        return;
+    }
     char now[24], sid[24], win[24], quorum[16];
     /* the confirmation's time is when the broker accepted it, not when we got to it (a
        restart, a backlog): never later than now */
@@ -283,6 +362,13 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
         return;
     }
     const char *status = r->items[0].str;
+    if (strcmp(status, "duplicate") != 0) {
+        char *user = ar_real_user(self, login);
+        s_result(self, lock, role, user ? user : login, status, r->items[1].str,
+                 r->items[2].str);
+        free(user);
+    }
+    s_expired_results(self, r, 3);
     if (strcmp(status, "granted") == 0) {
         self->granted++;
         lk_info("lock %s: unlock granted (%s by %s)", lock, role, login);
@@ -320,6 +406,7 @@ void ar_unlock_expire(self_t *self)
     if (n > 0) {
         self->expired += (uint64_t)n;
         lk_info("%ld unlock round(s) expired", n);
+        s_expired_results(self, r, 1);
     }
     ar_history_send_entries(self, r, 1);
     lk_redis_reply_free(&r);

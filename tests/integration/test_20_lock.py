@@ -361,3 +361,51 @@ def test_history_query_over_mqtt311(stack, users):
     assert [x["details"]["change"] for x in r["rows"] if x["kind"] == "lock_state"] == ["locked"]
     c.disconnect()
     dev.disconnect()
+
+
+def test_apps_hear_the_outcome(stack, users):
+    """Each confirmation is answered on /<lock>/<role>/result (QoS 1) for MQTT 3.1.1 and 5
+    alike: pending, granted (with the decision id the unlock carries), refused with a
+    reason, expired; a QoS 0 confirmation is refused (it would be lost while the arbiter
+    restarts)."""
+    import json
+    lock = lockname("o")
+    setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")], window="2")
+    dev = device(stack, lock, protocol=lk.MQTTv5)
+    a = lk.paho_client(stack, "%s-o" % users["alice"], username=users["alice"], password=PW)
+    b = lk.paho_client(stack, "%s-o" % users["bob"], username=users["bob"], password=PW,
+                       protocol=lk.MQTTv5)
+    assert a.subscribe("/%s/m/result" % lock, 1) == [1]
+    assert [getattr(x, "value", x) for x in b.subscribe("/%s/f/result" % lock, 1)] == [1]
+
+    def result(c):
+        return json.loads(c.messages.get(timeout=10).payload)
+    a.publish("/%s/m" % lock, "1", qos=1)
+    r = result(a)
+    assert (r["decision"], r["user"], r["role"]) == ("pending", users["alice"], "m")
+    b.publish("/%s/f" % lock, "1", qos=1)
+    r = result(b)
+    unlock = dev.messages.get(timeout=10)
+    did = dict(unlock.properties.UserProperty)["decision-id"]
+    assert r["decision"] == "granted" and r["decision_id"] == did
+    # alone in the window: pending, then expired (the window is 2 s)
+    a.publish("/%s/m" % lock, "1", qos=1)
+    assert result(a)["decision"] == "pending"
+    r = result(a)
+    assert r["decision"] == "expired", r
+    # QoS 0: refused with its reason, never counted
+    b.publish("/%s/f" % lock, "1", qos=0)
+    r = result(b)
+    assert r["decision"] == "refused" and "QoS 0" in r["reason"]
+    # a second role by the same user in one round: refused by the arbiter
+    cli(stack, "bind", users["alice"], lock, "f")
+    a2 = lk.paho_client(stack, "%s-o2" % users["alice"], username=users["alice"], password=PW)
+    assert a2.subscribe("/%s/+/result" % lock, 1) == [1]
+    a2.publish("/%s/m" % lock, "1", qos=1)
+    assert result(a2)["decision"] == "pending"
+    a2.publish("/%s/f" % lock, "1", qos=1)
+    r = result(a2)
+    assert r["decision"] == "refused" and "already confirmed" in r["reason"]
+    dev.messages.expect_none(0.5)
+    for c in (a, a2, b, dev):
+        c.disconnect()
