@@ -36,8 +36,9 @@ static const la_command_t s_commands[] = {
      "make a Redis user a superuser (or not: its clients are disconnected), or show it; "
      "add, delete or list the users that locks are bound to (PostgreSQL)"},
     {"log", la_cmd_log,
-     "log dump <segment>...\n"
-     "log replay -e <endpoint> [-b body] [-n peer-name] [-s speed] <segment>...",
+     "log dump [-a] [-t body]... <segment>...\n"
+     "log replay -e <endpoint> [-b body] [-n peer-name] [-s speed] <segment>...\n"
+     "log replay -D -e <test stack's router endpoint> [-l lock] [-s speed] <arbiter segment>...",
      "print message-log segments (msglog_dir) as JSON lines, or send them again to a "
      "service endpoint at the recorded pace times speed (0: at once)"},
     {"revoke", la_cmd_revoke, "revoke <user>...",

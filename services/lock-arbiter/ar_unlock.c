@@ -322,6 +322,57 @@ static void s_expired_results(self_t *self, const lk_redis_reply_t *r, size_t fr
     }
 }
 
+/* "a<TAB>b" strings of a hash reply's pairs (caller frees the array and strings) */
+static char **s_pairs(const lk_redis_reply_t *r, size_t *n)
+{
+    *n = 0;
+    if (!r || r->type != LK_REDIS_ARRAY || !r->count)
+        return NULL;
+    char **out = lk_calloc(r->count / 2 + 1, sizeof(char *));
+    for (size_t i = 0; i + 1 < r->count; i += 2) {
+        size_t len = r->items[i].len + r->items[i + 1].len + 2;
+        out[*n] = lk_malloc(len);
+        snprintf(out[(*n)++], len, "%s\t%s", r->items[i].str, r->items[i + 1].str);
+    }
+    return out;
+}
+
+/* With a message log: records what the decision on this confirmation depends on (the
+   login mapping, the lock's bindings, settings and open round) as a LockSnapshot envelope
+   from peer "snapshot", so that a replay can rebuild it (latchkey log replay -D) */
+static void s_snapshot(self_t *self, const char *lock, const char *login)
+{
+    if (!lk_bus_msglog_on(self->bus))
+        return;
+    lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HGETALL lk:bind:%s", lock);
+    lk_redis_reply_t *c = lk_redis_cmd(self->redis, "HMGET lk:lockcfg:%s window_ms quorum", lock);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:round:%s", lock);
+    lk_redis_reply_t *u = *login ? lk_redis_cmd(self->redis, "GET lk:login:%s", login) : NULL;
+    Lk__LockSnapshot snap = LK__LOCK_SNAPSHOT__INIT;
+    snap.lock = (char *)lock;
+    snap.login = (char *)login;
+    snap.user = u && u->type == LK_REDIS_STR ? u->str : "";
+    snap.bindings = s_pairs(b, &snap.n_bindings);
+    snap.round = s_pairs(r, &snap.n_round);
+    bool cfg = c && c->type == LK_REDIS_ARRAY && c->count == 2;
+    snap.window_ms = cfg && c->items[0].type == LK_REDIS_STR ? c->items[0].str : "";
+    snap.quorum = cfg && c->items[1].type == LK_REDIS_STR ? c->items[1].str : "";
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_LOCK_SNAPSHOT;
+    env.lock_snapshot = &snap;
+    lk_bus_msglog_note(self->bus, "snapshot", &env);
+    for (size_t i = 0; i < snap.n_bindings; i++)
+        free(snap.bindings[i]);
+    for (size_t i = 0; i < snap.n_round; i++)
+        free(snap.round[i]);
+    free(snap.bindings);
+    free(snap.round);
+    lk_redis_reply_free(&b);
+    lk_redis_reply_free(&c);
+    lk_redis_reply_free(&r);
+    lk_redis_reply_free(&u);
+}
+
 void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
                        uint64_t store_id)
 {
@@ -354,6 +405,7 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
     snprintf(win, sizeof(win), "%" PRId64, self->window_ms);
     snprintf(quorum, sizeof(quorum), "%d", self->quorum);
     const char *login = msg->origin_user ? msg->origin_user : "";
+    s_snapshot(self, lock, login);
     const char *args[] = {self->node, lock, role, login, now, win, quorum, sid};
     lk_redis_reply_t *r = s_eval(self, s_confirm_lua, 8, args);
     if (!r || r->count < 3) {
