@@ -8,6 +8,7 @@ login of a user bound to the lock. Each tries to publish `unlock` on /<lock>/cal
 state on /<lock>/statu, leave a Last Will on /<lock>/call, and read /<lock>/# or `#`.
 """
 
+import os
 import time
 import uuid
 
@@ -233,3 +234,27 @@ def test_login_refresh_and_expiry(stack, world):
     c.wait_disconnected(timeout=3)
     p = cli(stack, "login", "end", world["m"], check=False)   # never a permanent account
     assert p.returncode == 1
+
+
+def test_device_with_client_certificate(stack, world):
+    """`lock add --cert`: the device logs in with a client certificate (CN = its username)
+    on the mutual-TLS listener, no password; it may report its state, nobody else may."""
+    import subprocess
+    lock = "SC" + RUN
+    dev_user = "lock-" + lock
+    out = cli(stack, "lock", "add", "--cert", lock).stdout
+    assert "CN=" + dev_user in out and "device password" not in out
+    make_certs = os.path.join(lk.ROOT, "supervise", "make-certs")
+    subprocess.run([make_certs, stack.tls_dir, "sign", "dev" + RUN, "/CN=" + dev_user],
+                   check=True, timeout=60, capture_output=True)
+    tls = lambda n: os.path.join(stack.tls_dir, n)  # noqa: E731
+    args = ["--cafile", tls("ca.crt"), "--cert", tls("dev%s.crt" % RUN),
+            "--key", tls("dev%s.key" % RUN)]
+    lk.mosquitto_pub(stack.mtls_port, "/%s/statu" % lock, "1", qos=1, extra=args)
+    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:lockstate", lock) == "1", 10,
+                  what="the certificate device's state")
+    # alice's certificate (another CN) may not
+    alice = ["--cafile", tls("ca.crt"), "--cert", tls("alice.crt"), "--key", tls("alice.key")]
+    lk.mosquitto_pub(stack.mtls_port, "/%s/statu" % lock, "0", qos=1, extra=alice, check=False)
+    time.sleep(1.0)
+    assert stack.redis_cli("HGET", "lk:lockstate", lock) == "1"
