@@ -678,10 +678,24 @@ static void s_admin_request(lk_bus_t *self, lk_peer_t *peer, const Lk__AdminRequ
 static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, const uint8_t *data,
                      size_t len, bool via_zmtp)
 {
-    if (self->msglog)
-        lk_msglog_append(self->msglog, identity, data, len);
     self->arena.depth++;
     Lk__Envelope *env = lk__envelope__unpack(&self->pb_alloc, len, data);
+    if (self->msglog) {
+        /* a password never reaches the disk: an AuthRequest is recorded without it */
+        if (env && env->body_case == LK__ENVELOPE__BODY_AUTH_REQUEST &&
+            env->auth_request->password.len) {
+            ProtobufCBinaryData pw = env->auth_request->password;
+            env->auth_request->password.len = 0;
+            env->auth_request->password.data = NULL;
+            size_t n = lk__envelope__get_packed_size(env);
+            uint8_t *buf = lk_malloc(n ? n : 1);
+            lk__envelope__pack(env, buf);
+            lk_msglog_append(self->msglog, identity, buf, n);
+            free(buf);
+            env->auth_request->password = pw;
+        } else
+            lk_msglog_append(self->msglog, identity, data, len);
+    }
     if (!env) {
         lk_warn("bus: undecodable envelope (%zu bytes) from %s", len, identity);
         if (--self->arena.depth == 0)

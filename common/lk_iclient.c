@@ -367,8 +367,26 @@ static void s_cron(lk_loop_t *loop, void *arg)
 
 /* --- publish ---------------------------------------------------------------------- */
 
+static uint64_t s_publish(lk_iclient_t *self, const char *topic, const void *payload, size_t len,
+                          uint32_t qos, bool retain, const void *props, size_t props_len,
+                          const char *once_id);
+
 uint64_t lk_iclient_publish(lk_iclient_t *self, const char *topic, const void *payload, size_t len,
                             uint32_t qos, bool retain, const void *props, size_t props_len)
+{
+    return s_publish(self, topic, payload, len, qos, retain, props, props_len, NULL);
+}
+
+uint64_t lk_iclient_publish_once(lk_iclient_t *self, const char *topic, const void *payload,
+                                 size_t len, uint32_t qos, const void *props, size_t props_len,
+                                 const char *once_id)
+{
+    return s_publish(self, topic, payload, len, qos, false, props, props_len, once_id);
+}
+
+static uint64_t s_publish(lk_iclient_t *self, const char *topic, const void *payload, size_t len,
+                          uint32_t qos, bool retain, const void *props, size_t props_len,
+                          const char *once_id)
 {
     Lk__Msg m = LK__MSG__INIT;
     m.topic = (char *)topic;
@@ -380,6 +398,8 @@ uint64_t lk_iclient_publish(lk_iclient_t *self, const char *topic, const void *p
     m.props.len = props ? props_len : 0;
     m.origin_client = self->client_id;
     m.origin_node = self->node;
+    if (once_id)
+        m.once_id = (char *)once_id;
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = &m;
     return lk_bus_batch_add(self->bus, self->router, LK_BODY_PUBLISH, &pub, m.qos > 0);

@@ -77,6 +77,12 @@ int lk_iclient_subscribe(lk_iclient_t *self, const char *filter, uint32_t qos);
 uint64_t lk_iclient_publish(lk_iclient_t *self, const char *topic, const void *payload, size_t len,
                             uint32_t qos, bool retain, const void *props, size_t props_len);
 
+/* The same, with a message identity (Lk__Msg.once_id, e.g. a decision id) stable over
+   re-publishing: a connection is handed at most one copy of it. */
+uint64_t lk_iclient_publish_once(lk_iclient_t *self, const char *topic, const void *payload,
+                                 size_t len, uint32_t qos, const void *props, size_t props_len,
+                                 const char *once_id);
+
 /* Inside on_message: do not ack this stored copy now; the service calls
    lk_iclient_ack(store_id) when its work is done (or never: it comes again at the next
    session open). */

@@ -5,6 +5,7 @@
     login can take — unknown user, unknown hash format, missing password — so the time of
     a refusal says nothing about which it was. */
 #include "au_check.h"
+#include "au_lock.h"
 #include "au_pwfile.h"
 #include "lk_acl.h"
 #include "lk_common.h"
@@ -34,6 +35,7 @@ struct _au_check_t {
     au_pwfile_t *pwfile;
     lk_acl_file_t *aclfile;
     lk_ratelog_t refusals;
+    au_lock_t *locks; /* the smart lock's guard (au_lock.h) */
 };
 
 /* the outcome of checking credentials */
@@ -125,6 +127,7 @@ au_check_t *au_check_new(lk_config_t *config)
         return NULL;
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
+    self->locks = au_lock_new(config);
     return self;
 }
 
@@ -134,6 +137,7 @@ void au_check_destroy(au_check_t **self_p)
     if (!self)
         return;
     lk_redis_destroy(&self->redis);
+    au_lock_destroy(&self->locks);
     au_pwfile_destroy(&self->pwfile);
     lk_acl_file_destroy(&self->aclfile);
     free(self);
@@ -468,6 +472,11 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         }
     }
 
+    /* the lock topics, whatever was granted above (superusers excepted; fails closed) */
+    if (ok && !superuser && au_lock_rules(self->locks, self->redis, named ? user : NULL, &acl) != 0) {
+        ok = false;
+        reason = AU_REASON_UNAVAILABLE;
+    }
     uint64_t skipped = 0;
     if (!ok && lk_ratelog_take(&self->refusals, lk_mono_ms(), &skipped)) {
         /* a flood of bad logins leaves 10 lines, then one a second, and a count */
@@ -748,7 +757,9 @@ int au_check_test(au_tally_t *t, int redis_port)
     c = au_check_new(cfg);
     AU_CHECK(t, "check: new (redis down)", c != NULL && au_check_ping(c) == -1);
     if (c) {
-        S_ASK("check: redis down, file user", "fred", "fredpw", NULL, s_is(r, true, NULL, 0));
+        /* connected, with every lock-shaped topic denied (the lock set is unknown) */
+        S_ASK("check: redis down, file user", "fred", "fredpw", NULL,
+              s_is(r, true, NULL, 4) && s_has_rule(r, "/+/call", LK_ACL_DENY | LK_ACL_BOTH));
         S_ASK("check: redis down, other user unavailable", "ann", "secret", NULL,
               s_is(r, false, AU_REASON_UNAVAILABLE, 0));
         au_check_destroy(&c);

@@ -177,7 +177,8 @@ au_server_t *au_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
     self->bus = lk_bus_new(loop, node, "auth", &h, self);
     lk_bus_on_admin(self->bus, s_admin, self);
     lk_loop_on_hup(loop, s_on_hup, self);
-    if (lk_bus_configure(self->bus, config) != 0) {
+    if (lk_bus_configure(self->bus, config) != 0 ||
+        lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0) {
         au_server_destroy(&self);
         return NULL;
     }

@@ -382,7 +382,8 @@ int hw_server_start(hw_server_t *self)
     lk_bus_handlers_t h = {s_on_message, NULL, NULL};
     self->bus = lk_bus_new(self->loop, self->node, "history-writer", &h, self);
     lk_bus_on_admin(self->bus, s_admin, self);
-    if (lk_bus_configure(self->bus, self->config) != 0)
+    if (lk_bus_configure(self->bus, self->config) != 0 ||
+        lk_bus_enable_msglog(self->bus, lk_config_get(self->config, "msglog_dir", "")) != 0)
         return -1;
     if (lk_bus_bind(self->bus, self->endpoint) != 0)
         return -1;

@@ -77,6 +77,11 @@ int la_revoke(la_ctx_t *ctx, char **users, int n, int timeout_ms);
    for their connected clients (and disconnect those whose user is gone). */
 int la_acl_changed(la_ctx_t *ctx, char **users, int n, int timeout_ms);
 
+/* Ends every temporary login (lk:arb:logins) of these users: credentials and mapping
+   deleted in one transaction, then Revoke to auth (their clients disconnected). 0 or -1
+   (printed); prints a count unless quiet. (la_lock.c) */
+int la_end_logins(la_ctx_t *ctx, char **users, int n_users, bool quiet);
+
 /* The Redis layout the CLI edits: the first of `redis` (the seed's: mqtt_user:<name>
    `password`, ACL values 1/2/3) and `emqx` (EMQX 5: mqtt:<name> `password_hash` + `salt`,
    ACL values subscribe/publish/all) named in auth_backends; `redis` when neither is. */

@@ -66,8 +66,121 @@ static void s_timeout(lk_loop_t *loop, void *arg)
     lk_loop_stop(loop);
 }
 
+/* ---- login list / refresh / end ---- */
+
+static int s_login_list(la_ctx_t *ctx, const char *user)
+{
+    const char *zr[] = {"ZRANGE", "lk:arb:logins", "0", "-1", "WITHSCORES"};
+    lk_redis_reply_t *r = la_redis_cmd(ctx, 5, zr);
+    if (!r)
+        return LA_EXIT_FAIL;
+    int64_t now = lk_wall_ms();
+    for (size_t i = 0; i + 1 < r->count; i += 2) {
+        char key[300];
+        snprintf(key, sizeof(key), "lk:login:%s", r->items[i].str);
+        const char *g[] = {"GET", key};
+        lk_redis_reply_t *u = la_redis_cmd(ctx, 2, g);
+        if (u && u->type == LK_REDIS_STR && (!user || strcmp(user, u->str) == 0)) {
+            int64_t exp = strtoll(r->items[i + 1].str, NULL, 10);
+            printf("%s\t%s\texpires_at_ms=%" PRId64 "\tleft_s=%" PRId64 "\n", r->items[i].str,
+                   u->str, exp, exp > now ? (exp - now) / 1000 : 0);
+        }
+        lk_redis_reply_free(&u);
+    }
+    lk_redis_reply_free(&r);
+    return LA_EXIT_OK;
+}
+
+static int s_login_refresh(la_ctx_t *ctx, const char *name, long ttl)
+{
+    if (ttl <= 0)
+        ttl = (long)lk_config_get_int(ctx->config, "login_ttl", 86400);
+    char kl[300], ttl_s[24], exp_s[24];
+    snprintf(kl, sizeof(kl), "lk:login:%s", name);
+    snprintf(ttl_s, sizeof(ttl_s), "%ld", ttl);
+    int64_t exp = lk_wall_ms() + (int64_t)ttl * 1000;
+    snprintf(exp_s, sizeof(exp_s), "%" PRId64, exp);
+    char *uk = la_user_key(ctx, name), *ak = la_acl_key(ctx, name);
+    /* only a login still alive is extended (XX: the sorted set entry must exist) */
+    const char *e[] = {"EXPIRE", kl, ttl_s};
+    lk_redis_reply_t *r = la_redis_cmd(ctx, 3, e);
+    int rc = LA_EXIT_FAIL;
+    if (r && r->integer == 1) {
+        const char *a[] = {"EXPIRE", uk, ttl_s};
+        const char *b[] = {"EXPIRE", ak, ttl_s};
+        const char *z[] = {"ZADD", "lk:arb:logins", "XX", exp_s, name};
+        lk_redis_reply_t *x = la_redis_cmd(ctx, 3, a), *y = la_redis_cmd(ctx, 3, b),
+                         *w = la_redis_cmd(ctx, 5, z);
+        if (x && y && w) {
+            printf("%s\texpires_at_ms=%" PRId64 "\n", name, exp);
+            rc = LA_EXIT_OK;
+        }
+        lk_redis_reply_free(&x);
+        lk_redis_reply_free(&y);
+        lk_redis_reply_free(&w);
+    } else if (r)
+        fprintf(stderr, "latchkey: no active temporary login '%s'\n", name);
+    lk_redis_reply_free(&r);
+    free(uk);
+    free(ak);
+    return rc;
+}
+
+static int s_login_end(la_ctx_t *ctx, int n, char **names)
+{
+    for (int i = 0; i < n; i++) {
+        char kl[300];
+        snprintf(kl, sizeof(kl), "lk:login:%s", names[i]);
+        const char *g[] = {"EXISTS", kl};
+        lk_redis_reply_t *r = la_redis_cmd(ctx, 2, g);
+        bool temporary = r && r->integer == 1;
+        lk_redis_reply_free(&r);
+        if (!temporary) {
+            /* never a permanent account by this door */
+            fprintf(stderr, "latchkey: '%s' is no active temporary login\n", names[i]);
+            return LA_EXIT_FAIL;
+        }
+        char *uk = la_user_key(ctx, names[i]), *ak = la_acl_key(ctx, names[i]);
+        const char *d[] = {"DEL", uk, ak, kl};
+        const char *z[] = {"ZREM", "lk:arb:logins", names[i]};
+        lk_redis_reply_t *x = la_redis_cmd(ctx, 4, d), *y = la_redis_cmd(ctx, 3, z);
+        lk_redis_reply_free(&x);
+        lk_redis_reply_free(&y);
+        free(uk);
+        free(ak);
+    }
+    if (la_revoke(ctx, names, n, 2000) != 0)
+        return LA_EXIT_FAIL;
+    printf("%d temporary login(s) ended\n", n);
+    return LA_EXIT_OK;
+}
+
 int la_cmd_login(la_ctx_t *ctx, int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+        if (argc > 3)
+            return la_usage(argv[0]);
+        return s_login_list(ctx, argc == 3 ? argv[2] : NULL);
+    }
+    if (argc >= 2 && strcmp(argv[1], "end") == 0) {
+        if (argc < 3)
+            return la_usage(argv[0]);
+        return s_login_end(ctx, argc - 2, argv + 2);
+    }
+    if (argc >= 2 && strcmp(argv[1], "refresh") == 0) {
+        long ttl = 0;
+        int i = 2;
+        if (argc == 5 && strcmp(argv[2], "--ttl") == 0) {
+            ttl = strtol(argv[3], NULL, 10);
+            i = 4;
+            if (ttl < 1)
+                return la_usage(argv[0]);
+        }
+        if (i != argc - 1)
+            return la_usage(argv[0]);
+        return s_login_refresh(ctx, argv[i], ttl);
+    }
+
     static const struct option opts[] = {{"ttl", required_argument, NULL, 't'}, {NULL, 0, NULL, 0}};
     long ttl = 0;
     optind = 1;

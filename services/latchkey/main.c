@@ -12,6 +12,8 @@
 #include "lk_config.h"
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 static int s_cmd_help(la_ctx_t *ctx, int argc, char **argv);
 
@@ -34,23 +36,32 @@ static const la_command_t s_commands[] = {
      "make a Redis user a superuser (or not: its clients are disconnected), or show it; "
      "add, delete or list the users that locks are bound to (PostgreSQL)"},
     {"log", la_cmd_log,
-     "log dump <segment>...\n"
-     "log replay -e <endpoint> [-b body] [-n peer-name] [-s speed] <segment>...",
+     "log dump [-a] [-t body]... <segment>...\n"
+     "log replay -e <endpoint> [-b body] [-n peer-name] [-s speed] <segment>...\n"
+     "log replay -D -e <test stack's router endpoint> [-l lock] [-s speed] <arbiter segment>...",
      "print message-log segments (msglog_dir) as JSON lines, or send them again to a "
      "service endpoint at the recorded pace times speed (0: at once)"},
     {"revoke", la_cmd_revoke, "revoke <user>...",
-     "disconnect every client logged in as these users (through the auth service)"},
+     "end these users' access now: temporary logins deleted, own password invalidated, "
+     "every client logged in as them disconnected (through the auth service)"},
     {"lock", la_cmd_lock,
-     "lock add [--window seconds] [--quorum n] [--model m] <lock>\n"
+     "lock add [--window seconds] [--quorum n] [--model m] [--device name] [--cert]\n"
+     "         [--new-credential] <lock>\n"
      "lock del <lock>\n"
      "lock list\n"
      "lock sync",
-     "register, remove or list smart locks; sync rebuilds the lock-arbiter's Redis mirror"},
+     "register, remove or list smart locks (add prints the device's credential once); "
+     "sync rebuilds the Redis mirror (arbiter, auth) from PostgreSQL in one transaction"},
     {"bind", la_cmd_bind, "bind <user> <lock> <role>",
      "let a user confirm unlocks of a lock in a role (m, f, ...)"},
     {"unbind", la_cmd_unbind, "unbind <user> <lock> [role]", "remove a user's binding(s)"},
-    {"login", la_cmd_login, "login [--ttl seconds] <user>",
-     "temporary MQTT credentials for a user's locks (asked of the lock-arbiter)"},
+    {"login", la_cmd_login,
+     "login [--ttl seconds] <user>\n"
+     "login list [user]\n"
+     "login refresh [--ttl seconds] <temporary username>\n"
+     "login end <temporary username>...",
+     "temporary MQTT credentials for a user's locks (asked of the lock-arbiter); list the "
+     "active ones, extend one, or end some at once"},
     {"history", la_cmd_history, "history [--from ms] [--to ms] [--limit n] <lock>",
      "a lock's history events as JSON (PostgreSQL)"},
     {"keygen", la_cmd_keygen, "keygen <dir> <node>...",
@@ -109,6 +120,34 @@ static int s_cmd_help(la_ctx_t *ctx, int argc, char **argv)
     return LA_EXIT_OK;
 }
 
+/* A fresh shell has none of the variables latchkey-up exports: take the stack's defaults
+   (supervise/latchkey-up) so that `latchkey -c supervise/latchkey.conf ...` reaches the
+   stack `make run` started. The root is where the binary lives (<root>/<build>/bin). */
+static void s_stack_defaults(void)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0 && !getenv("LATCHKEY_ROOT")) {
+        exe[n] = 0;
+        for (int i = 0; i < 3; i++) {
+            char *slash = strrchr(exe, '/');
+            if (slash)
+                *slash = 0;
+        }
+        if (*exe)
+            setenv("LATCHKEY_ROOT", exe, 0);
+    }
+    const char *root = getenv("LATCHKEY_ROOT");
+    if (root && !getenv("RUN_DIR")) {
+        char run[4200];
+        snprintf(run, sizeof(run), "%s/run", root);
+        setenv("RUN_DIR", run, 0);
+    }
+    setenv("REDIS_PORT", "6380", 0);
+    setenv("PG_PORT", "5433", 0);
+    setenv("MQTT_PORT", "1883", 0);
+}
+
 int main(int argc, char **argv)
 {
     la_ctx_t ctx = {0};
@@ -135,6 +174,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "latchkey: no command '%s' (latchkey help lists them)\n", argv[optind]);
         return LA_EXIT_USAGE;
     }
+    s_stack_defaults();
     lk_log_init("latchkey", NULL);
     lk_log_set_level(LK_LOG_WARNING);
     ctx.config = lk_config_load(ctx.config_path);

@@ -9,7 +9,7 @@
       ar_unlock.c   /<lock>/statu and /<lock>/<role>: the scripts and the unlock publish
       ar_login.c    LoginRequest (temporary credentials) and /unauth (revocation)
       ar_history.c  the history outbox (Redis → history-writer)
-      ar_query.c    the history query over MQTT 5 request/response (PostgreSQL)
+      ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
 
     Redis keys (see docs/architecture.md for the whole table): lk:lockstate, lk:round:<lock>,
     lk:rounds, lk:lockcfg:<lock>, lk:bind:<lock>, lk:ubind:<user>, lk:users, lk:login:<temp>,
@@ -48,7 +48,7 @@ struct _ar_server_t {
     lk_redis_t *redis;
     lk_peer_t *history; /* NULL when history_endpoint is unset */
     lk_peer_t *auth;    /* NULL when auth_endpoint is unset */
-    void *pg;           /* the history query's PostgreSQL link (ar_history.c) */
+    void *pg;           /* the history query's worker and its PostgreSQL link (ar_query.c) */
     int ready_fd;
     bool ready_told;
     int exit_code; /* set when the loop was stopped for a failure */

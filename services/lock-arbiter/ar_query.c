@@ -11,14 +11,53 @@
     "actor", "time" (ms), "details"}...]} oldest first (the newest `limit` of the range), or
     {"ok": false, "error": "..."}. Only users bound to the lock (any role) get rows.
 
-    PostgreSQL is read through lk_pg; this file and the CLI are the only ones of the
-    arbiter that use cJSON (the request is JSON; the rows come out of PostgreSQL as JSON). */
+    PostgreSQL is read through lk_pg on a worker thread of its own (its own connection), so
+    a slow or locked PostgreSQL never holds the event loop — a decision does not wait for a
+    history query (issue 13). The loop hands the worker a job (lock, range, limit, where to
+    answer); the worker runs the statement and hands the job back through an eventfd; the
+    loop publishes the answer. At most S_MAX_JOBS queries wait; more are answered "busy".
+    Statements run under statement_timeout (3 s), which also bounds the wait at shutdown.
+
+    This file and the CLI are the only ones of the arbiter that use cJSON (the request is
+    JSON; the rows come out of PostgreSQL as JSON). Over MQTT 3.1.1 (no response topic or
+    correlation data) a request's payload may carry them: {"lock": ..., "reply": "$lk/reply/
+    <username>/...", "corr": "..."}; the answer echoes "corr" in its JSON. */
 #include "ar_internal.h"
 #include "lk_mqtt.h"
 #include "lk_pg.h"
 #include <cjson/cJSON.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #define S_DAY_MS 86400000LL
+#define S_MAX_JOBS 64
+
+/* one history query on its way through the worker */
+typedef struct s_job {
+    char *lock, *from, *to, *limit, *user; /* statement parameters (text) */
+    char *topic;                           /* the answer's topic */
+    uint8_t *corr;                         /* MQTT 5 correlation data */
+    size_t corr_len;
+    char *corr_json; /* MQTT 3.1.1: "corr" to echo in the JSON; NULL */
+    uint32_t qos;
+    char *rows;  /* result: the rows as JSON, or NULL */
+    char *error; /* result: PostgreSQL's message when rows is NULL */
+    struct s_job *next;
+} s_job_t;
+
+/* the worker: its own PostgreSQL link, a queue in and a queue out */
+typedef struct {
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    s_job_t *in_head, *in_tail, *out_head, *out_tail;
+    int pending; /* jobs in either queue or running */
+    int efd;     /* eventfd: the worker tells the loop that out has jobs */
+    lk_pg_t *pg;
+} s_worker_t;
 
 static const char s_sql[] =
     "SELECT coalesce(json_agg(json_build_object('id', id, 'kind', kind, 'lock', lockno, "
@@ -28,25 +67,130 @@ static const char s_sql[] =
     "AND time <= to_timestamp($3::double precision / 1000) "
     "ORDER BY time DESC, seq DESC LIMIT $4) e";
 
-static lk_pg_t *s_pg(self_t *self)
+static void s_job_free(s_job_t *j)
 {
-    if (!self->pg) {
-        const char *ci = lk_config_get(self->config, "pg_conninfo", "");
-        lk_pg_t *pg = lk_pg_new(ci, "lock-arbiter");
-        lk_pg_set_timing(pg, 2, 3000, 1000);
-        self->pg = pg;
+    free(j->lock);
+    free(j->from);
+    free(j->to);
+    free(j->limit);
+    free(j->user);
+    free(j->topic);
+    free(j->corr);
+    free(j->corr_json);
+    free(j->rows);
+    free(j->error);
+    free(j);
+}
+
+static void *s_worker_main(void *arg)
+{
+    s_worker_t *w = arg;
+    pthread_mutex_lock(&w->mu);
+    while (!w->stop) {
+        s_job_t *j = w->in_head;
+        if (!j) {
+            pthread_cond_wait(&w->cv, &w->mu);
+            continue;
+        }
+        w->in_head = j->next;
+        if (!w->in_head)
+            w->in_tail = NULL;
+        j->next = NULL;
+        pthread_mutex_unlock(&w->mu);
+        const char *params[] = {j->lock, j->from, j->to, j->limit};
+        lk_pg_result_t *r = lk_pg_exec(w->pg, s_sql, 4, params);
+        const char *rows = r->status == LK_PG_OK ? lk_pg_value(r, 0, 0) : NULL;
+        if (rows)
+            j->rows = lk_strdup(rows);
+        else
+            j->error = lk_strdup(r->message && *r->message ? r->message : "PostgreSQL unavailable");
+        lk_pg_result_free(&r);
+        pthread_mutex_lock(&w->mu);
+        if (w->out_tail)
+            w->out_tail->next = j;
+        else
+            w->out_head = j;
+        w->out_tail = j;
+        uint64_t one = 1;
+        (void)!write(w->efd, &one, sizeof(one));
     }
-    return self->pg;
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void s_answer_job(self_t *self, s_job_t *j);
+
+/* the loop side: answers the jobs the worker finished */
+static void s_on_done(lk_loop_t *loop, int fd, uint32_t events, void *arg)
+{
+    self_t *self = arg;
+    s_worker_t *w = self->pg;
+    uint64_t n;
+    (void)!read(fd, &n, sizeof(n));
+    pthread_mutex_lock(&w->mu);
+    s_job_t *list = w->out_head;
+    w->out_head = w->out_tail = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (list) {
+        s_job_t *j = list;
+        list = j->next;
+        s_answer_job(self, j);
+        pthread_mutex_lock(&w->mu);
+        w->pending--;
+        pthread_mutex_unlock(&w->mu);
+        s_job_free(j);
+    }
+}
+
+static s_worker_t *s_worker(self_t *self)
+{
+    if (self->pg)
+        return self->pg;
+    s_worker_t *w = lk_calloc(1, sizeof(*w));
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->pg = lk_pg_new(lk_config_get(self->config, "pg_conninfo", ""), "lock-arbiter");
+    lk_pg_set_timing(w->pg, 2, 3000, 1000);
+    w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->efd >= 0 && lk_loop_add_fd(self->loop, w->efd, EPOLLIN, s_on_done, self) == 0 &&
+        pthread_create(&w->thread, NULL, s_worker_main, w) == 0)
+        w->started = true;
+    else
+        lk_error("history query worker: cannot start (%s)", strerror(errno));
+    self->pg = w;
+    return w;
 }
 
 void ar_history_close(self_t *self)
 {
-    lk_pg_t *pg = self->pg;
-    lk_pg_destroy(&pg);
+    s_worker_t *w = self->pg;
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    /* a statement running is bounded by statement_timeout */
+    if (w->started)
+        pthread_join(w->thread, NULL);
+    if (w->efd >= 0) {
+        lk_loop_del_fd(self->loop, w->efd);
+        close(w->efd);
+    }
+    for (s_job_t *lists[2] = {w->in_head, w->out_head}, **l = lists; l < lists + 2; l++)
+        while (*l) {
+            s_job_t *j = *l;
+            *l = j->next;
+            s_job_free(j);
+        }
+    lk_pg_destroy(&w->pg);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
     self->pg = NULL;
 }
 
-/* publishes text to the response topic with the request's correlation data */
+/* publishes text to the response topic with the request's correlation data (MQTT 5) */
 static void s_answer(self_t *self, const char *topic, lk_str_t corr, uint32_t qos, const char *text)
 {
     lk_mqtt_props_t p;
@@ -68,18 +212,45 @@ static void s_answer(self_t *self, const char *topic, lk_str_t corr, uint32_t qo
     lk_wbuf_free(&buf);
 }
 
-static void s_error(self_t *self, const char *topic, lk_str_t corr, uint32_t qos, const char *lock,
-                    const char *error)
+/* {"ok": ..., "lock": ..., "corr": ..., then the rest} as text (caller frees) */
+static char *s_reply_json(bool ok, const char *lock, const char *corr_json, const char *error,
+                          const char *rows)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", false);
+    cJSON_AddBoolToObject(o, "ok", ok);
     if (lock)
         cJSON_AddStringToObject(o, "lock", lock);
-    cJSON_AddStringToObject(o, "error", error);
+    if (corr_json)
+        cJSON_AddStringToObject(o, "corr", corr_json);
+    if (error)
+        cJSON_AddStringToObject(o, "error", error);
+    if (rows) /* rows are JSON already: wrapped without re-parsing */
+        cJSON_AddItemToObject(o, "rows", cJSON_CreateRaw(rows));
     char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+static void s_error(self_t *self, const char *topic, lk_str_t corr, const char *corr_json,
+                    uint32_t qos, const char *lock, const char *error)
+{
+    char *text = s_reply_json(false, lock, corr_json, error, NULL);
     s_answer(self, topic, corr, qos, text);
     free(text);
-    cJSON_Delete(o);
+}
+
+static void s_answer_job(self_t *self, s_job_t *j)
+{
+    lk_str_t corr = {(const char *)j->corr, (uint32_t)j->corr_len};
+    if (!j->rows) {
+        lk_warn("history of %s: %s", j->lock, j->error ? j->error : "?");
+        s_error(self, j->topic, corr, j->corr_json, j->qos, j->lock, "unavailable");
+        return;
+    }
+    char *text = s_reply_json(true, j->lock, j->corr_json, NULL, j->rows);
+    s_answer(self, j->topic, corr, j->qos, text);
+    lk_info("history of %s for %s: %zu bytes", j->lock, j->user, strlen(text));
+    free(text);
 }
 
 /* a JSON number member as int64, or def when absent; false when present but not a number */
@@ -102,76 +273,87 @@ void ar_history_query(self_t *self, const Lk__Msg *msg)
     const char *login = msg->origin_user ? msg->origin_user : "";
     lk_mqtt_props_t props;
     memset(&props, 0, sizeof(props));
-    if (!msg->props.len ||
-        lk_mqtt_props_decode(msg->props.data, msg->props.len, LK_MQTT_PUBLISH, &props) != 0 ||
-        !LK_PROP_HAS(&props, LK_PROP_RESPONSE_TOPIC)) {
-        lk_info("history request from %s without a response topic ignored",
-                msg->origin_client ? msg->origin_client : "?");
-        lk_mqtt_props_free(&props);
-        return;
-    }
-    char *topic = lk_strndup(props.response_topic.p, props.response_topic.len);
+    bool v5 = msg->props.len &&
+              lk_mqtt_props_decode(msg->props.data, msg->props.len, LK_MQTT_PUBLISH, &props) == 0 &&
+              LK_PROP_HAS(&props, LK_PROP_RESPONSE_TOPIC);
+    cJSON *req = cJSON_ParseWithLength((const char *)msg->payload.data, msg->payload.len);
+    /* MQTT 3.1.1 has no response topic: the request names it ("reply", "corr") */
+    const cJSON *jr = req ? cJSON_GetObjectItemCaseSensitive(req, "reply") : NULL;
+    const cJSON *jc = req ? cJSON_GetObjectItemCaseSensitive(req, "corr") : NULL;
+    char *topic = NULL;
+    if (v5)
+        topic = lk_strndup(props.response_topic.p, props.response_topic.len);
+    else if (cJSON_IsString(jr))
+        topic = lk_strdup(jr->valuestring);
+    const char *corr_json = !v5 && cJSON_IsString(jc) ? jc->valuestring : NULL;
     char prefix[200];
     snprintf(prefix, sizeof(prefix), AR_REPLY_PREFIX "%s/", login);
-    if (!*login || strncmp(topic, prefix, strlen(prefix)) != 0 ||
+    if (!topic || !*login || strncmp(topic, prefix, strlen(prefix)) != 0 ||
         !lk_mqtt_topic_valid(topic, strlen(topic))) {
         lk_notice("history request from user '%s': response topic '%s' is not under %s, "
                   "ignored",
-                  login, topic, prefix);
+                  login, topic ? topic : "(none)", prefix);
         free(topic);
+        cJSON_Delete(req);
         lk_mqtt_props_free(&props);
         return;
     }
-    lk_str_t corr = LK_PROP_HAS(&props, LK_PROP_CORRELATION_DATA) ? props.correlation_data
-                                                                  : (lk_str_t){NULL, 0};
+    lk_str_t corr = v5 && LK_PROP_HAS(&props, LK_PROP_CORRELATION_DATA) ? props.correlation_data
+                                                                        : (lk_str_t){NULL, 0};
     uint32_t qos = msg->qos;
-    cJSON *req = cJSON_ParseWithLength((const char *)msg->payload.data, msg->payload.len);
     const cJSON *jl = req ? cJSON_GetObjectItemCaseSensitive(req, "lock") : NULL;
     int64_t now = lk_wall_ms(), from = 0, to = 0, limit = 0;
     char *user = NULL;
     if (!req || !cJSON_IsObject(req) || !cJSON_IsString(jl) || !*jl->valuestring ||
         strpbrk(jl->valuestring, "/+#")) {
-        s_error(self, topic, corr, qos, NULL, "bad request: want {\"lock\": ...}");
+        s_error(self, topic, corr, corr_json, qos, NULL, "bad request: want {\"lock\": ...}");
     } else if (!s_num(req, "to", now, &to) || !s_num(req, "from", to - S_DAY_MS, &from) ||
                !s_num(req, "limit", self->history_limit, &limit) || from > to || limit < 1) {
-        s_error(self, topic, corr, qos, jl->valuestring, "bad request: from, to, limit");
+        s_error(self, topic, corr, corr_json, qos, jl->valuestring, "bad request: from, to, limit");
     } else if (!(user = ar_real_user(self, login))) {
-        s_error(self, topic, corr, qos, jl->valuestring, "unavailable");
+        s_error(self, topic, corr, corr_json, qos, jl->valuestring, "unavailable");
     } else {
         const char *lock = jl->valuestring;
         lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HEXISTS lk:bind:%s %s", lock, user);
+        s_worker_t *w = s_worker(self);
         if (!b || b->type != LK_REDIS_INT)
-            s_error(self, topic, corr, qos, lock, "unavailable");
+            s_error(self, topic, corr, corr_json, qos, lock, "unavailable");
         else if (b->integer != 1) {
             lk_notice("history of %s refused to '%s' (login %s): not bound", lock, user, login);
-            s_error(self, topic, corr, qos, lock, "not bound to this lock");
+            s_error(self, topic, corr, corr_json, qos, lock, "not bound to this lock");
+        } else if (!w->started || w->pending >= S_MAX_JOBS) {
+            s_error(self, topic, corr, corr_json, qos, lock, "busy");
         } else {
             if (limit > self->history_limit)
                 limit = self->history_limit;
-            char f[24], t[24], l[24];
-            snprintf(f, sizeof(f), "%" PRId64, from);
+            s_job_t *j = lk_calloc(1, sizeof(*j));
+            char t[24];
+            j->lock = lk_strdup(lock);
+            snprintf(t, sizeof(t), "%" PRId64, from);
+            j->from = lk_strdup(t);
             snprintf(t, sizeof(t), "%" PRId64, to);
-            snprintf(l, sizeof(l), "%" PRId64, limit);
-            const char *params[] = {lock, f, t, l};
-            lk_pg_result_t *r = lk_pg_exec(s_pg(self), s_sql, 4, params);
-            const char *rows = r->status == LK_PG_OK ? lk_pg_value(r, 0, 0) : NULL;
-            if (!rows) {
-                lk_warn("history of %s: %s", lock,
-                        r->message && *r->message ? r->message : "PostgreSQL unavailable");
-                s_error(self, topic, corr, qos, lock, "unavailable");
-            } else {
-                /* rows are JSON already: wrap them without re-parsing */
-                cJSON *o = cJSON_CreateObject();
-                cJSON_AddBoolToObject(o, "ok", true);
-                cJSON_AddStringToObject(o, "lock", lock);
-                cJSON_AddItemToObject(o, "rows", cJSON_CreateRaw(rows));
-                char *text = cJSON_PrintUnformatted(o);
-                s_answer(self, topic, corr, qos, text);
-                lk_info("history of %s for %s: %zu bytes", lock, user, strlen(text));
-                free(text);
-                cJSON_Delete(o);
+            j->to = lk_strdup(t);
+            snprintf(t, sizeof(t), "%" PRId64, limit);
+            j->limit = lk_strdup(t);
+            j->user = lk_strdup(user);
+            j->topic = topic;
+            topic = NULL;
+            if (corr.len) {
+                j->corr = lk_malloc(corr.len);
+                memcpy(j->corr, corr.p, corr.len);
+                j->corr_len = corr.len;
             }
-            lk_pg_result_free(&r);
+            j->corr_json = corr_json ? lk_strdup(corr_json) : NULL;
+            j->qos = qos;
+            pthread_mutex_lock(&w->mu);
+            if (w->in_tail)
+                w->in_tail->next = j;
+            else
+                w->in_head = j;
+            w->in_tail = j;
+            w->pending++;
+            pthread_cond_signal(&w->cv);
+            pthread_mutex_unlock(&w->mu);
         }
         lk_redis_reply_free(&b);
     }

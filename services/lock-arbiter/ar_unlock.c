@@ -18,6 +18,9 @@
     A confirmation from a user not bound to the lock in that role (lk:bind:<lock>: user →
     roles) — or one filling a second role of the same round — is `refused`. */
 #include "ar_internal.h"
+#include <cjson/cJSON.h>
+
+#define S_EXPIRE_GRACE_MS 1000
 
 /* an outbox value: kind, lock, actor, time ms, details (JSON), separated by \x1f */
 #define S_LUA_EVENT                                                                                \
@@ -220,26 +223,189 @@ void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, uint64_
 
 /* --- /<lock>/<role> --------------------------------------------------------------- */
 
+/* the MQTT 5 user property decision-id = id, in wire form (0x26, two UTF-8 strings) */
+static size_t s_decision_prop(uint8_t *out, size_t cap, const char *id)
+{
+    static const char name[] = "decision-id";
+    size_t nl = sizeof(name) - 1, il = strlen(id);
+    if (1 + 2 + nl + 2 + il > cap)
+        return 0;
+    size_t n = 0;
+    out[n++] = 0x26;
+    out[n++] = (uint8_t)(nl >> 8);
+    out[n++] = (uint8_t)nl;
+    memcpy(out + n, name, nl);
+    n += nl;
+    out[n++] = (uint8_t)(il >> 8);
+    out[n++] = (uint8_t)il;
+    memcpy(out + n, id, il);
+    return n + il;
+}
+
+/* The unlock of a granted decision: payload "unlock" as ever, the decision id in an MQTT 5
+   user property (MQTT 3.1.1 devices see the payload only) and as the message identity
+   (Lk__Msg.once_id) by which a frontend hands a connection one copy however often the
+   decision is published: after an arbiter restart (lk:arb:unpub still holds it) or a
+   router restart (the bus re-sends the unacked publish). */
 static void s_publish_unlock(self_t *self, const char *id, const char *lock)
 {
     if (zhashx_lookup(self->in_flight, id))
         return;
     char topic[300];
     snprintf(topic, sizeof(topic), "/%s/call", lock);
-    uint64_t seq = lk_iclient_publish(self->ic, topic, "unlock", 6, 1, false, NULL, 0);
+    uint8_t props[256];
+    size_t np = s_decision_prop(props, sizeof(props), id);
+    uint64_t seq =
+        lk_iclient_publish_once(self->ic, topic, "unlock", 6, 1, np ? props : NULL, np, id);
     zhashx_insert(self->in_flight, id, (void *)1);
     ar_wait_add(ar_wait_for(&self->pub_waits, seq), id);
+}
+
+/* The outcome for the confirming app, on /<lock>/<role>/result (QoS 1, readable by the
+   lock's bound users and device, whatever the MQTT version): {"lock", "role", "user",
+   "decision": pending|granted|refused|expired, "decision_id", "reason"} */
+static void s_result(self_t *self, const char *lock, const char *role, const char *user,
+                     const char *decision, const char *id, const char *reason)
+{
+    char topic[300];
+    snprintf(topic, sizeof(topic), "/%s/%s/result", lock, role);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "lock", lock);
+    cJSON_AddStringToObject(o, "role", role);
+    if (user)
+        cJSON_AddStringToObject(o, "user", user);
+    cJSON_AddStringToObject(o, "decision", decision);
+    if (id && *id)
+        cJSON_AddStringToObject(o, "decision_id", id);
+    if (reason && *reason)
+        cJSON_AddStringToObject(o, "reason", reason);
+    char *text = cJSON_PrintUnformatted(o);
+    lk_iclient_publish(self->ic, topic, text, strlen(text), 1, false, NULL, 0);
+    free(text);
+    cJSON_Delete(o);
+}
+
+/* an `expired` decision among outbox entries (id, value pairs from item from): every role
+   that confirmed in that round hears it */
+static void s_expired_results(self_t *self, const lk_redis_reply_t *r, size_t from)
+{
+    for (size_t i = from; i + 1 < r->count; i += 2) {
+        const char *v = r->items[i + 1].str;
+        if (!v || !strstr(v, "\"expired\""))
+            continue;
+        /* kind \x1f lock \x1f actor \x1f ms \x1f details */
+        const char *f[5] = {v};
+        for (int k = 1; k < 5 && f[k - 1]; k++) {
+            const char *sep = strchr(f[k - 1], '\x1f');
+            f[k] = sep ? sep + 1 : NULL;
+        }
+        if (!f[4])
+            continue;
+        char lock[256];
+        size_t ln = (size_t)(f[2] - f[1] - 1);
+        if (ln >= sizeof(lock))
+            continue;
+        memcpy(lock, f[1], ln);
+        lock[ln] = 0;
+        cJSON *d = cJSON_Parse(f[4]);
+        const cJSON *cs = cJSON_GetObjectItemCaseSensitive(d, "confirmations"), *c;
+        cJSON_ArrayForEach(c, cs)
+        {
+            const cJSON *role = cJSON_GetObjectItemCaseSensitive(c, "role");
+            const cJSON *user = cJSON_GetObjectItemCaseSensitive(c, "user");
+            if (cJSON_IsString(role))
+                s_result(self, lock, role->valuestring,
+                         cJSON_IsString(user) ? user->valuestring : NULL, "expired", NULL,
+                         "the window passed without the quorum");
+        }
+        cJSON_Delete(d);
+    }
+}
+
+/* "a<TAB>b" strings of a hash reply's pairs (caller frees the array and strings) */
+static char **s_pairs(const lk_redis_reply_t *r, size_t *n)
+{
+    *n = 0;
+    if (!r || r->type != LK_REDIS_ARRAY || !r->count)
+        return NULL;
+    char **out = lk_calloc(r->count / 2 + 1, sizeof(char *));
+    for (size_t i = 0; i + 1 < r->count; i += 2) {
+        size_t len = r->items[i].len + r->items[i + 1].len + 2;
+        out[*n] = lk_malloc(len);
+        snprintf(out[(*n)++], len, "%s\t%s", r->items[i].str, r->items[i + 1].str);
+    }
+    return out;
+}
+
+/* With a message log: records what the decision on this confirmation depends on (the
+   login mapping, the lock's bindings, settings and open round) as a LockSnapshot envelope
+   from peer "snapshot", so that a replay can rebuild it (latchkey log replay -D) */
+static void s_snapshot(self_t *self, const char *lock, const char *login)
+{
+    if (!lk_bus_msglog_on(self->bus))
+        return;
+    lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HGETALL lk:bind:%s", lock);
+    lk_redis_reply_t *c = lk_redis_cmd(self->redis, "HMGET lk:lockcfg:%s window_ms quorum", lock);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:round:%s", lock);
+    lk_redis_reply_t *u = *login ? lk_redis_cmd(self->redis, "GET lk:login:%s", login) : NULL;
+    Lk__LockSnapshot snap = LK__LOCK_SNAPSHOT__INIT;
+    snap.lock = (char *)lock;
+    snap.login = (char *)login;
+    snap.user = u && u->type == LK_REDIS_STR ? u->str : "";
+    snap.bindings = s_pairs(b, &snap.n_bindings);
+    snap.round = s_pairs(r, &snap.n_round);
+    bool cfg = c && c->type == LK_REDIS_ARRAY && c->count == 2;
+    snap.window_ms = cfg && c->items[0].type == LK_REDIS_STR ? c->items[0].str : "";
+    snap.quorum = cfg && c->items[1].type == LK_REDIS_STR ? c->items[1].str : "";
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_LOCK_SNAPSHOT;
+    env.lock_snapshot = &snap;
+    lk_bus_msglog_note(self->bus, "snapshot", &env);
+    for (size_t i = 0; i < snap.n_bindings; i++)
+        free(snap.bindings[i]);
+    for (size_t i = 0; i < snap.n_round; i++)
+        free(snap.round[i]);
+    free(snap.bindings);
+    free(snap.round);
+    lk_redis_reply_free(&b);
+    lk_redis_reply_free(&c);
+    lk_redis_reply_free(&r);
+    lk_redis_reply_free(&u);
 }
 
 void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
                        uint64_t store_id)
 {
+    if (msg->qos == 0) {
+        /* not stored for us: lost if we are away. Refused, never counted, so that an app
+           learns at once to confirm at QoS 1 (documented) */
+        const char *login = msg->origin_user ? msg->origin_user : "";
+        char details[512];
+        snprintf(details, sizeof(details),
+                 "{\"decision\": \"refused\", \"role\": \"%s\", \"reason\": \"QoS 0 "
+                 "confirmation (confirm at QoS 1)\"}",
+                 role);
+        char *user = ar_real_user(self, login);
+        ar_history_event(self, "unlock_decision", lock, user ? user : login, details);
+        s_result(self, lock, role, user ? user : login, "refused", NULL,
+                 "QoS 0 confirmation (confirm at QoS 1)");
+        free(user);
+        self->refused++;
+        return;
+    }
     char now[24], sid[24], win[24], quorum[16];
-    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    /* the confirmation's time is when the broker accepted it, not when we got to it (a
+       restart, a backlog): never later than now */
+    int64_t wall = lk_wall_ms();
+    int64_t at = msg->accepted_at_ms && (int64_t)msg->accepted_at_ms < wall
+                     ? (int64_t)msg->accepted_at_ms
+                     : wall;
+    snprintf(now, sizeof(now), "%" PRId64, at);
     snprintf(sid, sizeof(sid), "%" PRIu64, store_id);
     snprintf(win, sizeof(win), "%" PRId64, self->window_ms);
     snprintf(quorum, sizeof(quorum), "%d", self->quorum);
     const char *login = msg->origin_user ? msg->origin_user : "";
+    s_snapshot(self, lock, login);
     const char *args[] = {self->node, lock, role, login, now, win, quorum, sid};
     lk_redis_reply_t *r = s_eval(self, s_confirm_lua, 8, args);
     if (!r || r->count < 3) {
@@ -248,6 +414,13 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
         return;
     }
     const char *status = r->items[0].str;
+    if (strcmp(status, "duplicate") != 0) {
+        char *user = ar_real_user(self, login);
+        s_result(self, lock, role, user ? user : login, status, r->items[1].str,
+                 r->items[2].str);
+        free(user);
+    }
+    s_expired_results(self, r, 3);
     if (strcmp(status, "granted") == 0) {
         self->granted++;
         lk_info("lock %s: unlock granted (%s by %s)", lock, role, login);
@@ -273,8 +446,10 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
 
 void ar_unlock_expire(self_t *self)
 {
+    /* a round closes S_EXPIRE_GRACE_MS after its deadline, so that a confirmation the
+       broker accepted in time but that still travels (or waits in our session) counts */
     char now[24];
-    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
+    snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms() - S_EXPIRE_GRACE_MS);
     const char *args[] = {self->node, now, "200"};
     lk_redis_reply_t *r = s_eval(self, s_expire_lua, 3, args);
     if (!r)
@@ -283,6 +458,7 @@ void ar_unlock_expire(self_t *self)
     if (n > 0) {
         self->expired += (uint64_t)n;
         lk_info("%ld unlock round(s) expired", n);
+        s_expired_results(self, r, 1);
     }
     ar_history_send_entries(self, r, 1);
     lk_redis_reply_free(&r);

@@ -434,6 +434,13 @@ void fe_conn_resume_all(fe_server_t *srv)
    (MQTT 5 3.1.3.2.2) */
 static bool s_will(fe_conn_t *conn)
 {
+    /* the ACL may have changed since CONNECT (a lock unbound): a will is a publish */
+    if (!conn->superuser && conn->will->topic &&
+        !lk_acl_topic_allowed(conn->acl, conn->n_acl, conn->will->topic, LK_ACL_PUB)) {
+        lk_info("client %s: will on '%s' not allowed now, dropped", conn->client_id,
+                conn->will->topic);
+        return false;
+    }
     uint32_t delay = 0;
     if (conn->version == LK_MQTT_V5)
         delay = conn->will_delay < conn->expiry ? conn->will_delay : conn->expiry;
@@ -623,6 +630,8 @@ void fe_conn_free(fe_conn_t *conn)
     free(conn->connect_pw);
     if (conn->will)
         lk__msg__free_unpacked(conn->will, NULL);
+    for (int i = 0; i < FE_ONCE_IDS; i++)
+        free(conn->once_ids[i]);
     for (size_t i = 0; i < conn->n_acl; i++)
         free(conn->acl[i].pattern);
     free(conn->acl);

@@ -236,6 +236,18 @@ static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     conn->n_queued++;
 }
 
+/* true when id was handed to this connection before; else remembers it */
+static bool s_once_seen(fe_conn_t *conn, const char *id)
+{
+    for (int i = 0; i < FE_ONCE_IDS; i++)
+        if (conn->once_ids[i] && strcmp(conn->once_ids[i], id) == 0)
+            return true;
+    free(conn->once_ids[conn->once_next]);
+    conn->once_ids[conn->once_next] = lk_strdup(id);
+    conn->once_next = (uint8_t)((conn->once_next + 1) % FE_ONCE_IDS);
+    return false;
+}
+
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
 {
     if (!d->msg || !d->msg->topic)
@@ -248,6 +260,15 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     if (conn->acl_check_deliveries &&
         !lk_acl_topic_allowed(conn->acl, conn->n_acl, d->msg->topic, LK_ACL_SUB)) {
         /* its subscription overlaps a deny rule, and this topic is the denied part */
+        if (d->store_id)
+            fe_store_ack_add(conn, d->store_id);
+        return;
+    }
+    if (d->msg->once_id && *d->msg->once_id && s_once_seen(conn, d->msg->once_id)) {
+        /* a re-published copy (the lock-arbiter restarted, or the router lost its ack):
+           this connection has the message already */
+        lk_info("client %s: message %s handed over before, dropped", conn->client_id,
+                d->msg->once_id);
         if (d->store_id)
             fe_store_ack_add(conn, d->store_id);
         return;

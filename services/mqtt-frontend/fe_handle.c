@@ -44,6 +44,7 @@ static void s_msg_fill(fe_conn_t *conn, Lk__Msg *m, lk_str_t topic, lk_str_t pay
     m->origin_node = srv->node;
     if (conn->username)
         m->origin_user = conn->username;
+    m->accepted_at_ms = (uint64_t)lk_wall_ms();
     if (conn->version == LK_MQTT_V5 && props && (props->has & FE_FORWARD_PROPS)) {
         srv->scratch.len = 0;
         lk_mqtt_props_encode(&srv->scratch, props, FE_FORWARD_PROPS);
@@ -188,6 +189,8 @@ static int s_connect(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     return 0;
 }
 
+static bool s_allowed(fe_conn_t *conn, const char *topic_or_filter, uint32_t access, bool filter);
+
 void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
 {
     if (r->acl_only) {
@@ -220,6 +223,12 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     }
     conn->acl_check_deliveries =
         !conn->superuser && lk_acl_has_deny(conn->acl, conn->n_acl, LK_ACL_SUB);
+    /* a will is a publish: a client may not leave one where it may not publish (as
+       Mosquitto refuses it at CONNECT) — else a Last Will could unlock a smart lock */
+    if (conn->will && !s_allowed(conn, conn->will->topic, LK_ACL_PUB, false)) {
+        fe_conn_refuse(conn, LK_RC_NOT_AUTHORIZED, "will topic not allowed");
+        return;
+    }
     /* a connection of the same client on this frontend is taken over here; the one on
        another frontend by the session store's Takeover */
     fe_conn_t *old = zhashx_lookup(srv->by_client, conn->client_id);

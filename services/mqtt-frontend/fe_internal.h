@@ -81,6 +81,9 @@ typedef struct fe_queued {
     struct fe_queued *next;
 } fe_queued_t;
 
+/* message identities remembered per connection (a re-published lock decision) */
+#define FE_ONCE_IDS 16
+
 typedef struct fe_conn {
     fe_server_t *srv;
     int fd;
@@ -162,6 +165,9 @@ typedef struct fe_conn {
     size_t n_queued;
     uint16_t next_pid;
     uint64_t max_store_id;  /* highest store id taken; later copies are duplicates */
+    /* the last message identities (Lk__Msg.once_id) handed to this connection */
+    char *once_ids[FE_ONCE_IDS];
+    uint8_t once_next;
     /* store ids completed by the client this turn, for the session store */
     uint64_t *acked_ids;
     size_t n_acked_ids, cap_acked_ids;

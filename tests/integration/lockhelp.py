@@ -36,14 +36,50 @@ def mqtt_account(stack, user, password="pw-" + "x" * 8):
     return password
 
 
-def setup_lock(stack, lock, bindings, window=None):
-    """lock add (with an optional window in seconds), user add and bind for each
-    (user, role) of bindings."""
-    args = ["lock", "add"] + (["--window", window] if window else []) + [lock]
-    cli(stack, *args)
+# lock -> (device username, password) printed by `latchkey lock add`
+DEVICES = {}
+
+
+def setup_lock(stack, lock, bindings, window=None, quorum=None):
+    """lock add (with an optional window in seconds / quorum), user add and bind for each
+    (user, role) of bindings. The device credential `lock add` prints is kept in
+    DEVICES."""
+    args = ["lock", "add"] + (["--window", window] if window else []) + \
+        (["--quorum", quorum] if quorum else []) + [lock]
+    out = cli(stack, *args).stdout
+    kv = dict(line.split(" ", 2)[1:] for line in out.splitlines()
+              if line.startswith("device username ") or line.startswith("device password "))
+    if "username" in kv:
+        DEVICES[lock] = (kv["username"], kv.get("password"))
     for user, role in bindings:
         cli(stack, "user", "add", user)
         cli(stack, "bind", user, lock, role)
+    return DEVICES.get(lock)
+
+
+def device(stack, lock, client_id=None, protocol=lk.MQTTv311, subscribe=True, will=True):
+    """The lock's device, logged in with its credential: subscribed to its call topic
+    (QoS 1), Last Will -2 on its state topic."""
+    user, pw = DEVICES[lock]
+    c = lk.paho_client(stack, client_id or "dev-" + lock, username=user, password=pw,
+                       protocol=protocol,
+                       will=dict(topic="/%s/statu" % lock, payload="-2", qos=1) if will else None)
+    if subscribe:
+        g = c.subscribe("/%s/call" % lock, 1)
+        assert [getattr(x, "value", x) for x in g] == [1], g
+    return c
+
+
+_SUPER = {}
+
+
+def superuser(stack, name, password="su-pw-secret"):
+    """A permanent superuser account (observers of every lock's traffic)."""
+    if name not in _SUPER:
+        cli(stack, "passwd", name, password)
+        cli(stack, "user", "superuser", name, "on")
+        _SUPER[name] = password
+    return name, _SUPER[name]
 
 
 def events(stack, lock, kind=None):
