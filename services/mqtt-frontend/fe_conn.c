@@ -480,6 +480,7 @@ void fe_conn_free(fe_conn_t *conn)
     s_out_release(conn);
     free(conn->client_id);
     free(conn->username);
+    fe_mount_free(conn);
     free(conn->connect_pw);
     if (conn->will)
         lk__msg__free_unpacked(conn->will, NULL);

@@ -215,6 +215,10 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     }
     conn->acl_check_deliveries =
         !conn->superuser && lk_acl_has_deny(conn->acl, conn->n_acl, LK_ACL_SUB);
+    if (fe_mount_set(conn, r->mountpoint) != 0) {
+        fe_conn_refuse(conn, LK_RC_NOT_AUTHORIZED, "mountpoint");
+        return;
+    }
     /* a connection of the same client on this frontend is taken over here; the one on
        another frontend by the session store's Takeover */
     fe_conn_t *old = zhashx_lookup(srv->by_client, conn->client_id);
@@ -508,6 +512,7 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         free(topic);
         return 0;
     }
+    topic = fe_mount_in(conn, topic);
     Lk__Msg m = LK__MSG__INIT;
     lk_str_t t = {topic, (uint32_t)strlen(topic)};
     s_msg_fill(conn, &m, t, p->payload, p->qos, p->retain, &pkt->props);
@@ -590,6 +595,7 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
             fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, true, "No Local on a shared subscription");
             return -1;
         }
+        f = fe_mount_in(conn, f);
         uint8_t q = e->qos > 2 ? 2 : e->qos;
         codes[i] = q;
         bool fresh;
@@ -649,7 +655,7 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     uint8_t *codes = lk_malloc(u->count ? u->count : 1);
     char **filters = lk_calloc(u->count ? u->count : 1, sizeof(char *));
     for (uint32_t i = 0; i < u->count; i++) {
-        filters[i] = s_dup(u->filters[i]);
+        filters[i] = fe_mount_in(conn, s_dup(u->filters[i]));
         codes[i] = LK_RC_NO_SUBSCRIPTION_EXISTED;
         for (size_t k = 0; k < conn->n_subs; k++)
             if (strcmp(conn->subs[k].filter, filters[i]) == 0) {
