@@ -5,6 +5,7 @@
 #include "lk_acl.h"
 #include "lk_crypto.h"
 #include "lk_mqtt.h"
+#include "lk_ota.h"
 #include "lk_config.h"
 #include "lk_loop.h"
 #include "lk_msglog.h"
@@ -29,6 +30,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_ws", lk_ws_test},
     {"lk_proxy", lk_proxy_test},
     {"lk_tls", lk_tls_test},
+    {"lk_ota", lk_ota_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)
