@@ -11,7 +11,7 @@ SANITIZE ?=
 BUILD ?= build$(if $(SANITIZE),-san)
 CC ?= cc
 
-PKGS := libczmq libzmq hiredis libpq libprotobuf-c openssl libcjson
+PKGS := libczmq libzmq hiredis libpq libprotobuf-c openssl libcjson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -14,6 +14,7 @@
 #include "lk_proxy.h"
 #include "lk_tls.h"
 #include "lk_ws.h"
+#include "lk_http.h"
 #include "lk_zmtp.h"
 
 static const lk_selftest_t s_tests[] = {
@@ -31,6 +32,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_proxy", lk_proxy_test},
     {"lk_tls", lk_tls_test},
     {"lk_ota", lk_ota_test},
+    {"lk_http", lk_http_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)
