@@ -215,3 +215,48 @@ CREATE VIEW ota_events AS
            details ->> 'state' AS state, details ->> 'reason' AS reason, time, details
       FROM events
      WHERE kind IN ('ota_device', 'ota_rollout');
+
+-- A device's report (ThingsBoard telemetry current_fw_version / fw_state / fw_error, or a
+-- Latchkey status): records it and moves the device in its open rollout. Success is the
+-- target version reported (after the reboot), never "download finished". Returns the
+-- device's rollout state after the report ('' when in no open rollout, NULL when the device
+-- is unknown).
+CREATE FUNCTION ota_device_report(d text, ver text, st text, err text)
+    RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    r bigint;
+    cur text;
+    target text;
+BEGIN
+    st := upper(nullif(st, ''));
+    ver := nullif(ver, '');
+    UPDATE ota_devices SET version = coalesce(ver, version), fw_state = coalesce(st, fw_state),
+           reported = now() WHERE id = d;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT rd.rollout_id, rd.state, i.version INTO r, cur, target
+      FROM ota_rollout_devices rd JOIN ota_rollouts ro ON ro.id = rd.rollout_id
+      JOIN ota_images i ON i.id = ro.image_id
+     WHERE rd.device_id = d AND rd.state IN ('offered', 'downloading', 'downloaded')
+       AND ro.state IN ('running', 'paused')
+     ORDER BY rd.rollout_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN '';
+    END IF;
+    IF ver IS NOT NULL AND ver = target THEN
+        PERFORM ota_device_set(r, d, '{offered,downloading,downloaded}', 'updated', '', NULL);
+    ELSIF st = 'FAILED' THEN
+        PERFORM ota_device_set(r, d, '{offered,downloading,downloaded}', 'failed',
+                               coalesce(nullif(err, ''), 'the device reported FAILED'), NULL);
+    ELSIF ver IS NOT NULL AND (st = 'UPDATED' OR (cur = 'downloaded' AND st IS NULL)) THEN
+        PERFORM ota_device_set(r, d, '{offered,downloading,downloaded}', 'failed',
+                               format('runs %s after the update to %s', ver, target), NULL);
+    ELSIF st IN ('DOWNLOADED', 'VERIFIED', 'UPDATING') THEN
+        PERFORM ota_device_set(r, d, '{offered,downloading}', 'downloaded', NULL, NULL);
+    ELSIF st = 'DOWNLOADING' THEN
+        PERFORM ota_device_set(r, d, '{offered}', 'downloading', NULL, NULL);
+    END IF;
+    SELECT state INTO cur FROM ota_rollout_devices WHERE rollout_id = r AND device_id = d;
+    RETURN cur;
+END $$;

@@ -25,11 +25,12 @@ import paho.mqtt.client as mqtt
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVERS = ["redis", "postgres"]
 DAEMONS = ["router", "session-store", "auth", "mqtt-frontend-1", "mqtt-frontend-2",
-           "lock-arbiter", "history-writer"]
+           "lock-arbiter", "history-writer", "ota-distributor"]
 ALL_SERVICES = SERVERS + DAEMONS
 BINARY = {"router": "router", "session-store": "session-store", "auth": "auth",
           "mqtt-frontend-1": "mqtt-frontend", "mqtt-frontend-2": "mqtt-frontend",
-          "lock-arbiter": "lock-arbiter", "history-writer": "history-writer"}
+          "lock-arbiter": "lock-arbiter", "history-writer": "history-writer",
+          "ota-distributor": "ota-distributor"}
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 
 MQTTv31 = mqtt.MQTTv31
@@ -108,6 +109,7 @@ class Stack:
         self.ws_port = free_port(ports); ports.add(self.ws_port)
         self.wss_port = free_port(ports); ports.add(self.wss_port)
         self.proxy_port = free_port(ports); ports.add(self.proxy_port)
+        self.ota_http_port = free_port(ports); ports.add(self.ota_http_port)
         self.tls_dir = os.path.join(self.run_dir, "tls")
         # latchkey-up's own bound; within pytest-timeout's 120 s for the first test
         self.up_timeout = int(up_timeout or os.environ.get("LATCHKEY_UP_TIMEOUT", 30))
@@ -122,6 +124,7 @@ class Stack:
             "MQTT_WS_PORT": str(self.ws_port),
             "MQTT_WSS_PORT": str(self.wss_port),
             "MQTT_PROXY_PORT": str(self.proxy_port),
+            "OTA_HTTP_PORT": str(self.ota_http_port),
             "BUILD": self.build,
             "LATCHKEY_BIN": os.path.join(self.build, "bin"),
             "LATCHKEY_SERVICES": " ".join(self.services),
