@@ -199,6 +199,8 @@ void od_serve(od_t *self, od_dev_t *d, od_req_t *r)
         }
         sha = d->sha;
         size = d->size;
+    } else if (d->rollout_id && d->sha && strcmp(d->sha, sha) == 0) {
+        size = d->size; /* its offer: known before the image list is re-read */
     } else {
         od_image_t *img = od_image(self, sha);
         if (!img || !d->model || strcmp(img->model, d->model) != 0) {

@@ -136,6 +136,8 @@ class Stack:
             # slow down unrelated tests after others' deliberate bad logins; test_44 tests
             # it on a frontend of its own
             "LATCHKEY_AUTH_FAIL_THRESHOLD": "0",
+            # ota-distributor signs the download URLs of its offers (test_60_ota)
+            "LATCHKEY_OTA_URL_SECRET": "test-url-secret-0123456789",
         })
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
