@@ -273,12 +273,21 @@ class Device:
                 "signature": j.get("signature")}
 
     async def next_offer(self, deadline):
+        asked = time.monotonic()
         while time.monotonic() < deadline:
             try:
                 topic, payload, props = await asyncio.wait_for(self.inbox.get(), 1)
             except asyncio.TimeoutError:
                 if self.m.closed.is_set():
                     await self.connect()
+                elif time.monotonic() - asked > self.sim.retry:
+                    asked = time.monotonic()  # ask again, as after a reconnect
+                    if self.proto == "tb":
+                        self.m.publish("v1/devices/me/attributes/request/2", json.dumps(
+                            {"sharedKeys": "fw_title,fw_version,fw_size,fw_checksum,"
+                                           "fw_checksum_algorithm,fw_signature"}))
+                    else:
+                        self.status()
                 continue
             o = self._offer_of(topic, payload)
             if o and o["version"] != self.version:

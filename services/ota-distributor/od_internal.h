@@ -104,6 +104,7 @@ struct od {
     char *http_url;     /* ota_http_url: base of the download URLs */
     char *url_secret;   /* ota_url_secret: HMAC key of signed URLs (NULL: none) */
     int64_t url_ttl_s;
+    int64_t resend_s;   /* ota_offer_resend: offers not taken up are sent again */
     uint64_t max_chunk;
     uint32_t qos;
     zhashx_t *images;   /* sha256 -> od_image_t (first of that sha) */

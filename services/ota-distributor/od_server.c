@@ -427,11 +427,30 @@ static void s_flush_offsets(od_t *self)
     free(rids);
 }
 
+static void s_resend(od_t *self, lk_pg_result_t *r, void *arg)
+{
+    for (size_t i = 0; r->status == LK_PG_OK && i < r->nrows; i++)
+        od_offer(self, od_dev_get(self, lk_pg_value(r, i, 0)));
+}
+
 static void s_cron(lk_loop_t *loop, void *arg)
 {
     od_t *self = arg;
-    static int64_t last_images;
+    static int64_t last_images, last_resend;
     int64_t now = lk_loop_now(loop);
+    if (self->resend_s > 0 && now - last_resend >= self->resend_s * 1000) {
+        /* an offer lost on the way (the device was away, we were restarted): again */
+        last_resend = now;
+        char s[24];
+        snprintf(s, sizeof(s), "%" PRId64, self->resend_s);
+        const char *p[] = {s};
+        od_db_query(self,
+                    "SELECT rd.device_id FROM ota_rollout_devices rd JOIN ota_rollouts ro ON "
+                    "ro.id = rd.rollout_id WHERE rd.state = 'offered' AND ro.state IN "
+                    "('running', 'paused') AND rd.updated < now() - $1 * interval '1 s' "
+                    "LIMIT 1000",
+                    1, p, s_resend, NULL);
+    }
     if (now - last_images >= S_IMAGES_MS) {
         last_images = now;
         s_images_refresh(self);
@@ -519,6 +538,7 @@ od_t *od_server_new(lk_loop_t *loop, lk_config_t *config, const char *node, int 
         return NULL;
     }
     self->url_ttl_s = lk_config_get_int(config, "ota_url_ttl", 3600);
+    self->resend_s = lk_config_get_int(config, "ota_offer_resend", 15);
     self->max_chunk = (uint64_t)lk_config_get_int(config, "ota_max_chunk", 65536);
     self->qos = (uint32_t)lk_config_get_int(config, "ota_qos", 1);
     if (self->max_chunk < 64 || self->max_chunk > 16 * 1024 * 1024 || self->qos > 1 ||
@@ -554,14 +574,15 @@ od_t *od_server_new(lk_loop_t *loop, lk_config_t *config, const char *node, int 
         od_server_destroy(&self);
         return NULL;
     }
-    /* shared: each request reaches one replica; QoS 0 in: a device repeats what is lost */
+    /* shared: each request reaches one replica; QoS 1 on our persistent session: what
+       devices ask while we are restarted waits for us (answering twice is harmless) */
     static const char *subs[] = {"$share/ota/tb/+/v1/devices/me/attributes/request/+",
                                  "$share/ota/tb/+/v1/devices/me/telemetry",
                                  "$share/ota/tb/+/v2/fw/request/+/chunk/+",
                                  "$share/ota/lk/ota/+/req",
                                  "$share/ota/lk/ota/+/status"};
     for (size_t i = 0; i < LK_ARRAY_LEN(subs); i++)
-        lk_iclient_subscribe(self->ic, subs[i], 0);
+        lk_iclient_subscribe(self->ic, subs[i], 1);
     self->cron = lk_loop_timer(loop, S_CRON_MS, true, s_cron, self);
     self->drain = lk_loop_timer(loop, 20, true, s_drain, self);
     *exit_code = 0;
