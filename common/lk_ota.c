@@ -233,6 +233,45 @@ void lk_ota_url_mac(const char *secret, const char *sha, const char *device, int
     s_hex(md, 32, out);
 }
 
+static bool s_digits(const char *s, size_t n)
+{
+    if (n == 0 || n > 18)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isdigit((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+int lk_ota_tb_chunk_parse(const char *rest, const void *payload, size_t len, char reqid[24],
+                          uint64_t *chunk, uint64_t *size, bool *has_size)
+{
+    static const char pre[] = "v2/fw/request/";
+    if (strncmp(rest, pre, sizeof(pre) - 1) != 0)
+        return -1;
+    const char *req = rest + sizeof(pre) - 1, *slash = strchr(req, '/');
+    const char *idx = slash && strncmp(slash, "/chunk/", 7) == 0 ? slash + 7 : NULL;
+    if (!idx || !s_digits(req, (size_t)(slash - req)) || !s_digits(idx, strlen(idx)))
+        return -1;
+    memcpy(reqid, req, (size_t)(slash - req));
+    reqid[slash - req] = 0;
+    *chunk = strtoull(idx, NULL, 10);
+    const char *p = payload;
+    while (len && isspace((unsigned char)p[len - 1]))
+        len--;
+    *has_size = len > 0;
+    *size = 0;
+    if (!len)
+        return 0;
+    if (!s_digits(p, len))
+        return -2;
+    char num[24];
+    memcpy(num, p, len); /* the payload has no NUL */
+    num[len] = 0;
+    *size = strtoull(num, NULL, 10);
+    return 0;
+}
+
 int lk_ota_test(bool verbose)
 {
     int fails = 0;
@@ -269,6 +308,19 @@ int lk_ota_test(bool verbose)
         unlink(pp);
         rmdir(dir);
     }
+    char rid[24];
+    uint64_t chunk = 0, size = 0;
+    bool has = false;
+    S_T(lk_ota_tb_chunk_parse("v2/fw/request/12/chunk/3", "1024", 4, rid, &chunk, &size, &has) ==
+            0 &&
+        strcmp(rid, "12") == 0 && chunk == 3 && size == 1024 && has);
+    S_T(lk_ota_tb_chunk_parse("v2/fw/request/12/chunk/3", "", 0, rid, &chunk, &size, &has) == 0 &&
+        !has);
+    S_T(lk_ota_tb_chunk_parse("v2/fw/request/1x/chunk/3", "1", 1, rid, &chunk, &size, &has) == -1);
+    S_T(lk_ota_tb_chunk_parse("v2/fw/request/1/chunk/", "1", 1, rid, &chunk, &size, &has) == -1);
+    S_T(lk_ota_tb_chunk_parse("v2/fw/request/1/chunk/0", "12a", 3, rid, &chunk, &size, &has) == -2);
+    S_T(lk_ota_tb_chunk_parse("v2/fw/request/1/chunk/0", "1234567890123456789", 19, rid, &chunk,
+                              &size, &has) == -2);
     char m1[65], m2[65];
     lk_ota_url_mac("s", "abc", "dev", 10, m1);
     lk_ota_url_mac("s", "abc", "dev", 11, m2);

@@ -33,6 +33,13 @@ int lk_ota_version_cmp(const char *a, const char *b);
 void lk_ota_url_mac(const char *secret, const char *sha, const char *device, int64_t expires,
                     char out[65]);
 
+/* ThingsBoard's chunk request: rest = "v2/fw/request/<requestId>/chunk/<n>" (decimal ids,
+   at most 18 digits), payload the chunk size in ASCII decimal (blanks after it allowed),
+   possibly empty. 0: reqid copied, *chunk set, *size set and *has_size true unless the
+   payload is empty; -1 a malformed topic; -2 a payload that is not a number. */
+int lk_ota_tb_chunk_parse(const char *rest, const void *payload, size_t len, char reqid[24],
+                          uint64_t *chunk, uint64_t *size, bool *has_size);
+
 int lk_ota_test(bool verbose);
 
 #endif

@@ -11,6 +11,7 @@
       v1/devices/me/telemetry                   -> fw_state, current_fw_title,
                                                    current_fw_version, fw_error */
 #include "od_internal.h"
+#include "lk_ota.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
 
@@ -75,16 +76,6 @@ void od_tb_attributes(od_t *self, od_dev_t *d, od_req_t *r)
     cJSON_Delete(o);
 }
 
-static bool s_digits(const char *s, size_t n)
-{
-    if (n == 0 || n > 18)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isdigit((unsigned char)s[i]))
-            return false;
-    return true;
-}
-
 static const char *s_str(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -137,25 +128,24 @@ void od_tb_message(od_t *self, const Lk__Msg *msg, const char *dev, const char *
         od_serve_later(self, od_dev_get(self, dev), r);
         return;
     }
-    static const char creq[] = "v2/fw/request/";
-    if (strncmp(rest, creq, sizeof(creq) - 1) != 0)
-        return;
     snprintf(topic, sizeof(topic), "tb/%s/v2/fw/error", dev);
-    const char *req = rest + sizeof(creq) - 1, *slash = strchr(req, '/');
-    const char *idx = slash && strncmp(slash, "/chunk/", 7) == 0 ? slash + 7 : NULL;
-    if (!idx || !s_digits(req, (size_t)(slash - req)) || !s_digits(idx, strlen(idx))) {
+    char reqid[24];
+    uint64_t n = 0, size = 0;
+    bool has_size = false;
+    int pr = lk_ota_tb_chunk_parse(rest, msg->payload.data, msg->payload.len, reqid, &n, &size,
+                                   &has_size);
+    if (pr == -1 && strncmp(rest, "v2/fw/request/", 14) != 0)
+        return;
+    if (pr == -1) {
         od_error(self, topic, "BAD_REQUEST: want v2/fw/request/<number>/chunk/<number>");
         return;
     }
+    if (pr == -2) {
+        od_error(self, topic, "BAD_REQUEST: the chunk size is not a decimal number");
+        return;
+    }
     od_dev_t *d = od_dev_get(self, dev);
-    char reqid[32];
-    snprintf(reqid, sizeof(reqid), "%.*s", (int)(slash - req), req);
-    uint64_t size;
-    const char *p = (const char *)msg->payload.data;
-    size_t plen = msg->payload.len;
-    while (plen && isspace((unsigned char)p[plen - 1]))
-        plen--;
-    if (plen == 0) {
+    if (!has_size) {
         if (!d->tb_req || strcmp(d->tb_req, reqid) != 0) {
             char e[160];
             snprintf(e, sizeof(e), "BAD_REQUEST: unknown request id %s (no chunk size yet)",
@@ -164,18 +154,12 @@ void od_tb_message(od_t *self, const Lk__Msg *msg, const char *dev, const char *
             return;
         }
         size = d->tb_size;
-    } else if (!s_digits(p, plen)) {
-        od_error(self, topic, "BAD_REQUEST: the chunk size is not a decimal number");
-        return;
     } else {
-        char num[24];
-        snprintf(num, sizeof(num), "%.*s", (int)plen, p); /* the payload has no NUL */
-        size = strtoull(num, NULL, 10);
         free(d->tb_req);
         d->tb_req = lk_strdup(reqid);
         d->tb_size = size;
     }
-    uint64_t n = strtoull(idx, NULL, 10);
+    const char *idx = strrchr(rest, '/') + 1;
     od_req_t *r = lk_calloc(1, sizeof(*r));
     r->proto = 't';
     r->kind = 'c';
