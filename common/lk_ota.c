@@ -275,13 +275,13 @@ int lk_ota_tb_chunk_parse(const char *rest, const void *payload, size_t len, cha
 int lk_ota_test(bool verbose)
 {
     int fails = 0;
-#define S_T(c)                                                                                    \
-    do {                                                                                          \
-        if (!(c)) {                                                                               \
-            fails++;                                                                              \
-            printf("  FAIL lk_ota: %s\n", #c);                                                    \
-        } else if (verbose)                                                                       \
-            printf("  ok   lk_ota: %s\n", #c);                                                    \
+#define S_T(c)                                                                                     \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fails++;                                                                               \
+            printf("  FAIL lk_ota: %s\n", #c);                                                     \
+        } else if (verbose)                                                                        \
+            printf("  ok   lk_ota: %s\n", #c);                                                     \
     } while (0)
     S_T(lk_ota_version_cmp("1.9", "1.10") < 0);
     S_T(lk_ota_version_cmp("1.10", "1.9") > 0);

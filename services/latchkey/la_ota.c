@@ -380,8 +380,8 @@ static int s_redis_set(la_ctx_t *ctx, int argc, const char **argv)
 }
 
 /* the device's credential and ACL in Redis */
-static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token,
-                               const char *model, const char *protocol)
+static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token, const char *model,
+                               const char *protocol)
 {
     bool emqx = la_emqx_layout(ctx);
     const char *both = emqx ? "all" : "3", *sub = emqx ? "subscribe" : "1";
@@ -540,8 +540,8 @@ static int s_devices(la_ctx_t *ctx, int argc, char **argv)
                                    2, p);
         rc = r ? LA_EXIT_OK : LA_EXIT_FAIL;
         if (r) {
-            printf("%-20s %-16s %-12s %-4s %-12s %s\n", "ID", "MODEL", "VERSION", "PROT",
-                   "STATE", "REPORTED");
+            printf("%-20s %-16s %-12s %-4s %-12s %s\n", "ID", "MODEL", "VERSION", "PROT", "STATE",
+                   "REPORTED");
             for (size_t i = 0; i < r->nrows; i++)
                 printf("%-20s %-16s %-12s %-4s %-12s %s\n", lk_pg_value(r, i, 0),
                        lk_pg_value(r, i, 1), lk_pg_value(r, i, 2), lk_pg_value(r, i, 3),
@@ -591,8 +591,8 @@ static int s_target(const char *spec, char *sql, size_t cap, const char **p, int
                           : strncmp(t, "version", k) == 0 && k == 7 ? "d.version"
                           : strncmp(t, "id", k) == 0 && k == 2      ? "d.id"
                                                                     : NULL;
-        if (!col || (strcmp(op, "<") && strcmp(op, "<=") && strcmp(op, ">") &&
-                     strcmp(op, ">=") && strcmp(op, "=") && strcmp(op, "!="))) {
+        if (!col || (strcmp(op, "<") && strcmp(op, "<=") && strcmp(op, ">") && strcmp(op, ">=") &&
+                     strcmp(op, "=") && strcmp(op, "!="))) {
             rc = -1;
             break;
         }
@@ -652,16 +652,35 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     optind = 0;
     while ((c = getopt_long(argc, argv, "i:t:d:g:s:e:S:c:b:", opts, NULL)) != -1) {
         switch (c) {
-        case 'i': image = optarg; break;
-        case 't': target = optarg; break;
-        case 'd': devfile = optarg; break;
-        case 'g': groups = optarg; break;
-        case 's': success = optarg; break;
-        case 'e': threshold = optarg; break;
-        case 'S': start = optarg; break;
-        case 'c': conc = optarg; break;
-        case 'b': bps = optarg; break;
-        default: return la_usage("ota");
+        case 'i':
+            image = optarg;
+            break;
+        case 't':
+            target = optarg;
+            break;
+        case 'd':
+            devfile = optarg;
+            break;
+        case 'g':
+            groups = optarg;
+            break;
+        case 's':
+            success = optarg;
+            break;
+        case 'e':
+            threshold = optarg;
+            break;
+        case 'S':
+            start = optarg;
+            break;
+        case 'c':
+            conc = optarg;
+            break;
+        case 'b':
+            bps = optarg;
+            break;
+        default:
+            return la_usage("ota");
         }
     }
     if (optind != argc || !image || (!target == !devfile))
@@ -732,8 +751,8 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     char tgt_desc[512];
     snprintf(tgt_desc, sizeof(tgt_desc), "%s%s", target ? target : "devices from ",
              target ? "" : devfile);
-    const char *pr[] = {img_id, garr, success, *epct ? epct : NULL, *ecount ? ecount : NULL,
-                        start, conc, bps, tgt_desc};
+    const char *pr[] = {img_id, garr, success, *epct ? epct : NULL, *ecount ? ecount : NULL, start,
+                        conc,   bps,  tgt_desc};
     r = s_exec(pg,
                "INSERT INTO ota_rollouts (image_id, groups, success_pct, error_pct, error_count, "
                "start_at, max_concurrent, max_bps, target) VALUES ($1, $2, $3, $4, $5, "
@@ -790,8 +809,8 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     size_t n = r->nrows;
     lk_pg_result_free(&r);
     if (n == 0) {
-        fprintf(stderr, "latchkey: no device matches (model %s%s%s)\n", model,
-                target ? ", " : "", target ? target : "");
+        fprintf(stderr, "latchkey: no device matches (model %s%s%s)\n", model, target ? ", " : "",
+                target ? target : "");
         goto out;
     }
     const char *pe[] = {rid};
@@ -919,9 +938,8 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
                    1, p);
         if (r) {
             printf("rollout %s: %s%s%s, image %s, group %s of %s %s\n", id, lk_pg_value(r, 0, 0),
-                   *lk_pg_value(r, 0, 1) ? " (" : "", lk_pg_value(r, 0, 1),
-                   lk_pg_value(r, 0, 2), lk_pg_value(r, 0, 3), lk_pg_value(r, 0, 4),
-                   lk_pg_value(r, 0, 5));
+                   *lk_pg_value(r, 0, 1) ? " (" : "", lk_pg_value(r, 0, 1), lk_pg_value(r, 0, 2),
+                   lk_pg_value(r, 0, 3), lk_pg_value(r, 0, 4), lk_pg_value(r, 0, 5));
             if (*lk_pg_value(r, 0, 1))
                 printf("  reason: %s\n", lk_pg_value(r, 0, 1));
             lk_pg_result_free(&r);
@@ -952,7 +970,8 @@ static int s_rollout(la_ctx_t *ctx, int argc, char **argv)
     if (argc != 3)
         return la_usage("ota");
     if (strcmp(what, "pause") == 0)
-        return s_rollout_change(ctx, argv[2], "{scheduled,running}", "paused", "paused by operator");
+        return s_rollout_change(ctx, argv[2], "{scheduled,running}", "paused",
+                                "paused by operator");
     if (strcmp(what, "resume") == 0)
         return s_rollout_change(ctx, argv[2], "{paused}", "running", "");
     if (strcmp(what, "cancel") == 0)

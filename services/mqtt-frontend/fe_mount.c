@@ -63,8 +63,7 @@ char *fe_mount_in(fe_conn_t *conn, char *topic)
 
 const char *fe_mount_out(const fe_conn_t *conn, const char *topic)
 {
-    if (conn->mount && strncmp(topic, conn->mount, conn->mount_len) == 0 &&
-        topic[conn->mount_len])
+    if (conn->mount && strncmp(topic, conn->mount, conn->mount_len) == 0 && topic[conn->mount_len])
         return topic + conn->mount_len;
     return topic;
 }

@@ -44,46 +44,46 @@ typedef struct {
 
 /* --- a chunk request waiting for tokens or for its device's record ------------------ */
 typedef struct od_req {
-    int proto;          /* 't' ThingsBoard, 'l' Latchkey */
-    char kind;          /* 'c' a chunk, 'a' a ThingsBoard attribute request */
-    char *keys;         /* 'a': the sharedKeys asked for (NULL: all) */
-    char *reply_topic;  /* where the bytes go */
+    int proto;         /* 't' ThingsBoard, 'l' Latchkey */
+    char kind;         /* 'c' a chunk, 'a' a ThingsBoard attribute request */
+    char *keys;        /* 'a': the sharedKeys asked for (NULL: all) */
+    char *reply_topic; /* where the bytes go */
     char *err_topic;
-    uint8_t *corr;      /* v5 correlation data */
+    uint8_t *corr; /* v5 correlation data */
     size_t corr_len;
-    bool v5;            /* reply with user properties offset/length */
+    bool v5; /* reply with user properties offset/length */
     uint64_t offset;
     uint64_t length;
-    char *sha;          /* the image asked for (Latchkey); NULL: the device's offer */
-    void *dev;          /* od_dev_t (kept until the process ends) */
+    char *sha; /* the image asked for (Latchkey); NULL: the device's offer */
+    void *dev; /* od_dev_t (kept until the process ends) */
     struct od_req *next;
 } od_req_t;
 
 /* --- a device seen lately ---------------------------------------------------------- */
 typedef struct {
     char *id;
-    bool known;         /* in ota_devices */
-    bool loading;       /* a load from PostgreSQL is under way */
+    bool known;   /* in ota_devices */
+    bool loading; /* a load from PostgreSQL is under way */
     int64_t loaded_ms;
-    char proto;         /* 't' or 'l' */
+    char proto; /* 't' or 'l' */
     char *model;
     /* the offer: its open rollout's image (rollout_id 0: none) */
     int64_t rollout_id;
-    char *state;        /* offered, downloading, downloaded */
+    char *state; /* offered, downloading, downloaded */
     char *sha, *version, *signature, *key_id;
     uint64_t size;
     /* ThingsBoard: chunk size of the last request id (an empty payload repeats it) */
     char *tb_req;
     uint64_t tb_size;
-    uint64_t served;    /* highest offset + length served, flushed to bytes_offset */
+    uint64_t served; /* highest offset + length served, flushed to bytes_offset */
     bool dirty;
-    od_req_t *pending;  /* requests that came while loading */
+    od_req_t *pending; /* requests that came while loading */
 } od_dev_t;
 
 /* --- a rollout's byte budget (token bucket) ---------------------------------------- */
 typedef struct {
     int64_t id;
-    uint64_t rate;      /* bytes/s; 0 = no cap */
+    uint64_t rate; /* bytes/s; 0 = no cap */
     double tokens;
     int64_t last_ms;
     od_req_t *q_head, *q_tail;
@@ -101,18 +101,18 @@ struct od {
     od_db_t *db;
     lk_http_t *http;
     char *ota_dir;
-    char *http_url;     /* ota_http_url: base of the download URLs */
-    char *url_secret;   /* ota_url_secret: HMAC key of signed URLs (NULL: none) */
+    char *http_url;   /* ota_http_url: base of the download URLs */
+    char *url_secret; /* ota_url_secret: HMAC key of signed URLs (NULL: none) */
     int64_t url_ttl_s;
-    int64_t resend_s;   /* ota_offer_resend: offers not taken up are sent again */
+    int64_t resend_s; /* ota_offer_resend: offers not taken up are sent again */
     uint64_t max_chunk;
     uint32_t qos;
-    zhashx_t *images;   /* sha256 -> od_image_t (first of that sha) */
-    zhashx_t *by_mv;    /* "model/version" -> od_image_t */
+    zhashx_t *images; /* sha256 -> od_image_t (first of that sha) */
+    zhashx_t *by_mv;  /* "model/version" -> od_image_t */
     bool images_loaded, images_loading, announced;
-    zhashx_t *devs;     /* id -> od_dev_t */
-    zhashx_t *buckets;  /* rollout id text -> od_bucket_t */
-    zhashx_t *fds;      /* sha256 -> open fd (int) + 1 */
+    zhashx_t *devs;    /* id -> od_dev_t */
+    zhashx_t *buckets; /* rollout id text -> od_bucket_t */
+    zhashx_t *fds;     /* sha256 -> open fd (int) + 1 */
     bool stepping;
     int cron, drain;
     /* counters */

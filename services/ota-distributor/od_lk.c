@@ -34,8 +34,7 @@ char *od_signed_url(od_t *self, const char *sha, const char *device)
 }
 
 static cJSON *s_image_json(od_t *self, const char *model, const char *version, uint64_t size,
-                           const char *sha, const char *sig, const char *key_id,
-                           const char *device)
+                           const char *sha, const char *sig, const char *key_id, const char *device)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", model);
@@ -53,8 +52,8 @@ static cJSON *s_image_json(od_t *self, const char *model, const char *version, u
 
 char *od_lk_announcement(od_t *self, const od_image_t *img)
 {
-    cJSON *o = s_image_json(self, img->model, img->version, img->size, img->sha256,
-                            img->signature, img->key_id, NULL);
+    cJSON *o = s_image_json(self, img->model, img->version, img->size, img->sha256, img->signature,
+                            img->key_id, NULL);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -62,8 +61,8 @@ char *od_lk_announcement(od_t *self, const od_image_t *img)
 
 void od_lk_offer(od_t *self, od_dev_t *d)
 {
-    cJSON *o = s_image_json(self, d->model, d->version, d->size, d->sha, d->signature, d->key_id,
-                            d->id);
+    cJSON *o =
+        s_image_json(self, d->model, d->version, d->size, d->sha, d->signature, d->key_id, d->id);
     cJSON_AddNumberToObject(o, "rollout", (double)d->rollout_id);
     cJSON_AddNumberToObject(o, "offset", (double)d->served);
     char *s = cJSON_PrintUnformatted(o);
@@ -139,11 +138,11 @@ void od_lk_message(od_t *self, const Lk__Msg *msg, const char *dev, const char *
         }
     }
     lk_mqtt_props_free(&p);
-    const char *bad = !cJSON_IsObject(j)                   ? "BAD_REQUEST: not a JSON object"
-                      : off < 0                            ? "BAD_REQUEST: offset"
-                      : len < 0                            ? "BAD_REQUEST: length"
-                      : sha && !lk_ota_sha_hex_ok(sha)     ? "BAD_REQUEST: sha256"
-                      : reply && !s_mine(reply, dev)       ? "BAD_REQUEST: reply topic"
+    const char *bad = !cJSON_IsObject(j)                      ? "BAD_REQUEST: not a JSON object"
+                      : off < 0                               ? "BAD_REQUEST: offset"
+                      : len < 0                               ? "BAD_REQUEST: length"
+                      : sha && !lk_ota_sha_hex_ok(sha)        ? "BAD_REQUEST: sha256"
+                      : reply && !s_mine(reply, dev)          ? "BAD_REQUEST: reply topic"
                       : r->v5 && !s_mine(r->reply_topic, dev) ? "BAD_REQUEST: response topic"
                                                               : NULL;
     if (!r->reply_topic) {

@@ -40,8 +40,9 @@ static void s_errorf(od_t *self, const od_req_t *r, const char *fmt, ...)
     if (r->proto == 'l') {
         /* Latchkey: JSON with the request it answers */
         char json[800];
-        snprintf(json, sizeof(json), "{\"error\":\"%s\",\"sha256\":\"%s\",\"offset\":%" PRIu64
-                                     ",\"length\":%" PRIu64 "}",
+        snprintf(json, sizeof(json),
+                 "{\"error\":\"%s\",\"sha256\":\"%s\",\"offset\":%" PRIu64 ",\"length\":%" PRIu64
+                 "}",
                  text, r->sha ? r->sha : "", r->offset, r->length);
         od_error(self, r->err_topic, json);
     } else
@@ -232,9 +233,8 @@ void od_serve(od_t *self, od_dev_t *d, od_req_t *r)
         od_req_free(r);
         return;
     }
-    od_bucket_t *b = d->rollout_id && d->sha && strcmp(d->sha, sha) == 0
-                         ? s_bucket(self, d->rollout_id)
-                         : NULL;
+    od_bucket_t *b =
+        d->rollout_id && d->sha && strcmp(d->sha, sha) == 0 ? s_bucket(self, d->rollout_id) : NULL;
     if (b && b->rate) {
         s_refill(self, b);
         if (b->q_head || b->tokens < 0) {

@@ -7,9 +7,9 @@
 #include <unistd.h>
 
 #define S_CRON_MS 500
-#define S_DEV_TTL_MS 5000      /* a device's cached offer is re-read after this */
-#define S_IMAGES_MS 3000       /* the image list is re-read this often */
-#define S_MAX_PENDING 64       /* requests kept per device while its record loads */
+#define S_DEV_TTL_MS 5000 /* a device's cached offer is re-read after this */
+#define S_IMAGES_MS 3000  /* the image list is re-read this often */
+#define S_MAX_PENDING 64  /* requests kept per device while its record loads */
 
 /* --- publishing ---------------------------------------------------------------------- */
 
@@ -308,15 +308,13 @@ void od_report(od_t *self, const char *dev, const char *version, const char *sta
 {
     self->reports++;
     const char *p[] = {dev, version, state, error};
-    od_db_query(self, "SELECT ota_device_report($1, $2, $3, $4)", 4, p, s_reported,
-                lk_strdup(dev));
+    od_db_query(self, "SELECT ota_device_report($1, $2, $3, $4)", 4, p, s_reported, lk_strdup(dev));
 }
 
 /* --- MQTT ---------------------------------------------------------------------------- */
 
 /* "<prefix><dev>/<rest>": the device id and what follows; false when not that shape */
-static bool s_split(const char *topic, const char *prefix, char *dev, size_t cap,
-                    const char **rest)
+static bool s_split(const char *topic, const char *prefix, char *dev, size_t cap, const char **rest)
 {
     size_t pl = strlen(prefix);
     if (strncmp(topic, prefix, pl) != 0)
@@ -579,8 +577,7 @@ od_t *od_server_new(lk_loop_t *loop, lk_config_t *config, const char *node, int 
     static const char *subs[] = {"$share/ota/tb/+/v1/devices/me/attributes/request/+",
                                  "$share/ota/tb/+/v1/devices/me/telemetry",
                                  "$share/ota/tb/+/v2/fw/request/+/chunk/+",
-                                 "$share/ota/lk/ota/+/req",
-                                 "$share/ota/lk/ota/+/status"};
+                                 "$share/ota/lk/ota/+/req", "$share/ota/lk/ota/+/status"};
     for (size_t i = 0; i < LK_ARRAY_LEN(subs); i++)
         lk_iclient_subscribe(self->ic, subs[i], 1);
     self->cron = lk_loop_timer(loop, S_CRON_MS, true, s_cron, self);

@@ -15,8 +15,8 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 
-static const char *s_fw_keys[] = {"fw_title", "fw_version", "fw_size", "fw_checksum",
-                                  "fw_checksum_algorithm", "fw_signature"};
+static const char *s_fw_keys[] = {
+    "fw_title", "fw_version", "fw_size", "fw_checksum", "fw_checksum_algorithm", "fw_signature"};
 
 /* the offer's attributes in obj, only the keys in `keys` (comma separated) when given */
 static void s_fw_attrs(od_dev_t *d, cJSON *obj, const char *keys)
@@ -37,12 +37,24 @@ static void s_fw_attrs(od_dev_t *d, cJSON *obj, const char *keys)
                 continue;
         }
         switch (i) {
-        case 0: cJSON_AddStringToObject(obj, k, d->model); break;
-        case 1: cJSON_AddStringToObject(obj, k, d->version); break;
-        case 2: cJSON_AddNumberToObject(obj, k, (double)d->size); break;
-        case 3: cJSON_AddStringToObject(obj, k, d->sha); break;
-        case 4: cJSON_AddStringToObject(obj, k, "SHA256"); break;
-        case 5: cJSON_AddStringToObject(obj, k, d->signature ? d->signature : ""); break;
+        case 0:
+            cJSON_AddStringToObject(obj, k, d->model);
+            break;
+        case 1:
+            cJSON_AddStringToObject(obj, k, d->version);
+            break;
+        case 2:
+            cJSON_AddNumberToObject(obj, k, (double)d->size);
+            break;
+        case 3:
+            cJSON_AddStringToObject(obj, k, d->sha);
+            break;
+        case 4:
+            cJSON_AddStringToObject(obj, k, "SHA256");
+            break;
+        case 5:
+            cJSON_AddStringToObject(obj, k, d->signature ? d->signature : "");
+            break;
         }
     }
 }
@@ -148,8 +160,7 @@ void od_tb_message(od_t *self, const Lk__Msg *msg, const char *dev, const char *
     if (!has_size) {
         if (!d->tb_req || strcmp(d->tb_req, reqid) != 0) {
             char e[160];
-            snprintf(e, sizeof(e), "BAD_REQUEST: unknown request id %s (no chunk size yet)",
-                     reqid);
+            snprintf(e, sizeof(e), "BAD_REQUEST: unknown request id %s (no chunk size yet)", reqid);
             od_error(self, topic, e);
             return;
         }
