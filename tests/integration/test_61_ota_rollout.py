@@ -117,3 +117,38 @@ def test_latchkey_protocol_v5_and_v311_with_faults(stack):
                      "device_id = 'lk5002'" % r)
     assert "runs 1.0 after the update to 1.1" in err
     assert oh.max_concurrent_seen(stack, r) <= 4
+
+
+def test_two_replicas_share_the_store(stack):
+    """a second ota-distributor on the same bus and PostgreSQL: requests are split between
+    the two (shared subscription), the rollout still moves each device once"""
+    import os
+    import signal
+    import subprocess
+    oh.image(stack, "rep", "2.0", 200000)
+    devs = oh.devices(stack, "rep", 12, "rep", "1.0")
+    env = dict(stack.env)
+    env.update({"LATCHKEY_ROOT": lk.ROOT, "LATCHKEY_OTA_HTTP_PORT": "0"})
+    log = open(os.path.join(stack.run_dir, "ota-2.log"), "w")
+    second = subprocess.Popen([os.path.join(stack.build, "bin", "ota-distributor"), "-c",
+                               os.path.join(lk.ROOT, "supervise", "latchkey.conf"), "-n", "ota-2"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+    try:
+        lk.wait_until(lambda: "ready" in open(log.name).read(), 30)
+        r = oh.create_rollout(stack, "--image", "rep/2.0", "--target", "model=rep",
+                              "--groups", "50,100", "--success", "100")
+        results, summary = oh.run_sim(stack, devs, "rep", timeout=90, args=("--chunk", "8192"))
+        assert summary["summary"] == {"updated": 12}, results
+        st = oh.wait_state(stack, r, ("done",))
+        assert st["states"] == {"updated": 12}
+        _events_once(stack, r, devs, ("offered", "downloading", "downloaded", "updated"))
+        assert len(stack.psql("SELECT id FROM ota_events WHERE kind = 'ota_rollout' AND "
+                              "rollout = %s" % r).splitlines()) == 4  # scheduled, running, +1, done
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=20)
+        log.close()
+    text = open(log.name).read()
+    served = int(text.split(" chunks,")[0].split()[-1])
+    assert served > 0, text[-2000:]
