@@ -369,5 +369,6 @@ int fe_mount_set(fe_conn_t *conn, const char *from_auth);
 char *fe_mount_in(fe_conn_t *conn, char *topic);
 const char *fe_mount_out(const fe_conn_t *conn, const char *topic);
 void fe_mount_free(fe_conn_t *conn);
+int fe_mount_test(bool verbose);
 
 #endif

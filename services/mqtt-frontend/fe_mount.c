@@ -7,6 +7,7 @@
     written in the client's own view ("v1/devices/me/#"), and two devices publishing
     "v1/devices/me/telemetry" under "tb/%u/" reach different topics. */
 #include "fe_internal.h"
+#include <stdio.h>
 
 /* a %u/%c value that cannot leave or widen the namespace it names */
 static bool s_value_ok(const char *v)
@@ -73,4 +74,49 @@ void fe_mount_free(fe_conn_t *conn)
     free(conn->mount);
     free(conn->mount_tpl);
     conn->mount = conn->mount_tpl = NULL;
+}
+
+int fe_mount_test(bool verbose)
+{
+    int fails = 0;
+#define S_T(c)                                                                                     \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fails++;                                                                               \
+            printf("  FAIL fe_mount: %s\n", #c);                                                   \
+        } else if (verbose)                                                                        \
+            printf("  ok   fe_mount: %s\n", #c);                                                   \
+    } while (0)
+    fe_conn_t c = {0};
+    c.username = "dev1";
+    c.client_id = "c1";
+    c.mount_tpl = lk_strdup("site/%u/%c/");
+    S_T(fe_mount_set(&c, NULL) == 0 && strcmp(c.mount, "site/dev1/c1/") == 0);
+    char *t = fe_mount_in(&c, lk_strdup("a/b"));
+    S_T(strcmp(t, "site/dev1/c1/a/b") == 0);
+    S_T(strcmp(fe_mount_out(&c, t), "a/b") == 0);
+    S_T(strcmp(fe_mount_out(&c, "other/x"), "other/x") == 0);
+    free(t);
+    t = fe_mount_in(&c, lk_strdup("$share/g/a/#"));
+    S_T(strcmp(t, "$share/g/site/dev1/c1/a/#") == 0);
+    free(t);
+    /* the user's own mount point wins over the listener's */
+    S_T(fe_mount_set(&c, "tb/x/") == 0 && strcmp(c.mount, "tb/x/") == 0);
+    /* values that would leave or widen the namespace refuse the connection */
+    c.username = "a/b";
+    S_T(fe_mount_set(&c, NULL) == -1 && c.mount == NULL);
+    c.username = "a+";
+    S_T(fe_mount_set(&c, "u/%u/") == -1);
+    c.username = "dev1";
+    S_T(fe_mount_set(&c, "x/#/") == -1);
+    S_T(fe_mount_set(&c, "$SYS/") == -1);
+    /* none configured: topics pass unchanged */
+    free(c.mount_tpl);
+    c.mount_tpl = NULL;
+    S_T(fe_mount_set(&c, "") == 0 && c.mount == NULL);
+    t = fe_mount_in(&c, lk_strdup("a"));
+    S_T(strcmp(t, "a") == 0);
+    free(t);
+    fe_mount_free(&c);
+    return fails;
 }
