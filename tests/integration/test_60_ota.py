@@ -215,3 +215,25 @@ def test_http_download_ranges_and_auth(stack):
     tampered = good[:-1] + ("0" if good[-1] != "0" else "1")
     assert _get(tampered)[0] == 401
     assert _get(signed(int(time.time()) - 1))[0] == 401
+
+
+def test_rollout_from_a_device_list_and_start_time(stack, tmp_path):
+    oh.image(stack, "lst", "2.0", 1000)
+    devs = oh.devices(stack, "lst", 5, "lst", "1.0")
+    f = tmp_path / "devices.txt"
+    f.write_text("%s\n%s\n" % (devs[1][0], devs[3][0]))
+    r = oh.create_rollout(stack, "--image", "lst/2.0", "--devices", str(f),
+                          "--start", "2099-01-01T00:00:00Z", "--error-threshold", "10%")
+    st = oh.status(stack, r)
+    assert st["devices"] == 2 and st["state"] == "scheduled" and st["error_pct"] == 10
+    time.sleep(1.5)  # not due: nothing offered
+    assert oh.status(stack, r)["states"] == {"waiting": 2}
+    # the same devices cannot join a second unfinished rollout; bad options are refused
+    p = cli(stack, "ota", "rollout", "create", "--image", "lst/2.0", "--devices", str(f),
+            check=False)
+    assert p.returncode == 1 and "no device matches" in p.stderr
+    for bad in (("--groups", "50,10"), ("--groups", "10,50"), ("--error-threshold", "x"),
+                ("--success", "0")):
+        assert cli(stack, "ota", "rollout", "create", "--image", "lst/2.0", "--target",
+                   "model=lst", *bad, check=False).returncode == 2
+    cli(stack, "ota", "rollout", "cancel", r)
