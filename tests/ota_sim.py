@@ -24,7 +24,6 @@ import hashlib
 import json
 import random
 import struct
-import sys
 import time
 
 try:
@@ -55,6 +54,7 @@ class Mqtt:
         self.pid = 0
         self.on_message = None
         self.closed = asyncio.Event()
+        self.acks = {}
 
     async def connect(self, client_id, username, timeout=10):
         self.r, self.w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
@@ -97,6 +97,10 @@ class Mqtt:
         try:
             while True:
                 t, data = await self._read()
+                if t == 4 and len(data) >= 2:  # PUBACK
+                    f = self.acks.pop(struct.unpack("!H", data[:2])[0], None)
+                    if f and not f.done():
+                        f.set_result(True)
                 if t != 3:
                     continue
                 first, body = data
@@ -178,6 +182,11 @@ class Mqtt:
             body += varint(len(p)) + p
         body += payload
         self.w.write(bytes([0x30 | (qos << 1)]) + varint(len(body)) + body)
+        if qos:
+            f = asyncio.get_running_loop().create_future()
+            self.acks[self.pid] = f
+            return f
+        return None
 
     async def close(self):
         for t in (getattr(self, "task", None), getattr(self, "ping", None)):
@@ -233,7 +242,7 @@ class Device:
             self.status()
 
     def telemetry(self, d):
-        self.m.publish("v1/devices/me/telemetry", json.dumps(d), qos=1)
+        return self.m.publish("v1/devices/me/telemetry", json.dumps(d), qos=1)
 
     def status(self, state=None, error=None):
         d = {"model": self.model, "version": self.version}
@@ -241,16 +250,21 @@ class Device:
             d["state"] = state
         if error:
             d["error"] = error
-        self.m.publish("lk/ota/%s/status" % self.id, json.dumps(d), qos=1)
+        return self.m.publish("lk/ota/%s/status" % self.id, json.dumps(d), qos=1)
 
     def report(self, state, error=None):
         if self.proto == "tb":
             d = {"fw_state": state}
             if error:
                 d["fw_error"] = error
-            self.telemetry(d)
-        else:
-            self.status(state.lower(), error)
+            return self.telemetry(d)
+        return self.status(state.lower(), error)
+
+    async def report_acked(self, state, error=None):
+        try:
+            await asyncio.wait_for(self.report(state, error), 10)
+        except asyncio.TimeoutError:
+            pass
 
     # ---- offers ------------------------------------------------------------------------
     def _offer_of(self, topic, payload):
@@ -375,7 +389,7 @@ class Device:
                     return
                 self.started = time.monotonic()
                 if "refuse" in self.faults:
-                    self.report("FAILED", "refused by the device")
+                    await self.report_acked("FAILED", "refused by the device")
                     self.result = "failed"
                     return
                 self.image = bytearray()
@@ -385,7 +399,7 @@ class Device:
                     return
                 err = self.verify()
                 if err:
-                    self.report("FAILED", err)
+                    await self.report_acked("FAILED", err)
                     self.result, self.error = "failed", err
                     return
                 self.report("DOWNLOADED")
@@ -399,10 +413,15 @@ class Device:
                 await asyncio.sleep(0.3)
                 await self.connect()
                 if self.proto == "tb":
-                    self.telemetry({"current_fw_title": self.model,
-                                    "current_fw_version": self.version, "fw_state": "UPDATED"})
+                    acked = self.telemetry({"current_fw_title": self.model,
+                                            "current_fw_version": self.version,
+                                            "fw_state": "UPDATED"})
                 else:
-                    self.status("updated")
+                    acked = self.status("updated")
+                try:  # the report is delivered before we hang up
+                    await asyncio.wait_for(acked, 10)
+                except asyncio.TimeoutError:
+                    pass
                 self.result = "updated" if self.version != old else "old version"
                 return
         except Exception as e:  # a device that dies is a result too
