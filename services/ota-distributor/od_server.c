@@ -417,8 +417,9 @@ static void s_flush_offsets(od_t *self)
     const char *p[] = {ids, offs, rids};
     od_db_query(self,
                 "UPDATE ota_rollout_devices rd SET bytes_offset = greatest(rd.bytes_offset, "
-                "u.off) FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(dev, off, rid) "
-                "WHERE rd.device_id = u.dev AND rd.rollout_id = u.rid",
+                "u.off), updated = CASE WHEN u.off > rd.bytes_offset THEN now() ELSE "
+                "rd.updated END FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(dev, "
+                "off, rid) WHERE rd.device_id = u.dev AND rd.rollout_id = u.rid",
                 3, p, NULL, NULL);
     free(ids);
     free(offs);
@@ -437,16 +438,18 @@ static void s_cron(lk_loop_t *loop, void *arg)
     static int64_t last_images, last_resend;
     int64_t now = lk_loop_now(loop);
     if (self->resend_s > 0 && now - last_resend >= self->resend_s * 1000) {
-        /* an offer lost on the way (the device was away, we were restarted): again */
+        /* an offer lost on the way (the device was away, we were restarted), or a
+           download that stopped moving (its request lost while we were down): again */
         last_resend = now;
         char s[24];
         snprintf(s, sizeof(s), "%" PRId64, self->resend_s);
         const char *p[] = {s};
         od_db_query(self,
                     "SELECT rd.device_id FROM ota_rollout_devices rd JOIN ota_rollouts ro ON "
-                    "ro.id = rd.rollout_id WHERE rd.state = 'offered' AND ro.state IN "
-                    "('running', 'paused') AND rd.updated < now() - $1 * interval '1 s' "
-                    "LIMIT 1000",
+                    "ro.id = rd.rollout_id WHERE ro.state IN ('running', 'paused') AND "
+                    "((rd.state = 'offered' AND rd.updated < now() - $1 * interval '1 s') OR "
+                    "(rd.state = 'downloading' AND rd.updated < now() - 2 * $1 * interval "
+                    "'1 s')) LIMIT 1000",
                     1, p, s_resend, NULL);
     }
     if (now - last_images >= S_IMAGES_MS) {
