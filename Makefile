@@ -26,7 +26,7 @@ CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=u
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter history-writer api
+SERVICES := mqtt-frontend router session-store auth latchkey lock-arbiter history-writer api ota-distributor
 
 PROTO := proto/latchkey.proto
 GEN_C := $(BUILD)/gen/latchkey.pb-c.c

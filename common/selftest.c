@@ -7,6 +7,7 @@
 #include "lk_jwt.h"
 #include "lk_crypto.h"
 #include "lk_mqtt.h"
+#include "lk_ota.h"
 #include "lk_config.h"
 #include "lk_loop.h"
 #include "lk_msglog.h"
@@ -35,6 +36,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_tls", lk_tls_test},
     {"lk_admin", lk_admin_test},
     {"lk_jwt", lk_jwt_test},
+    {"lk_ota", lk_ota_test},
     {"lk_http", lk_http_test},
     {"lk_ratelog", lk_ratelog_test},
     {NULL, NULL}};

@@ -233,20 +233,23 @@ static s_auth_t s_verify(au_check_t *self, const char *user, const char *stored,
 static lk_redis_reply_t *s_redis_user(au_check_t *self, s_backend_t b, const char *user)
 {
     char *key = lk_str_subst_user(b == S_BACKEND_EMQX ? self->emqx_user_key : self->user_key, user);
-    const char *argv[6] = {"HMGET", key, "password", "salt", "is_superuser", "password_hash"};
-    size_t lens[6];
-    for (int i = 0; i < 6; i++)
+    /* mountpoint: the user's topic mount (fe_mount.c); token_auth "1": the username is an
+       access token and the whole credential (ThingsBoard devices send no password) */
+    const char *argv[8] = {"HMGET",      key,          "password",  "salt", "is_superuser",
+                           "mountpoint", "token_auth", "password_hash"};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
         lens[i] = strlen(argv[i]);
-    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, b == S_BACKEND_EMQX ? 6 : 5, argv, lens);
+    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, b == S_BACKEND_EMQX ? 8 : 7, argv, lens);
     free(key);
-    if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count < 3) {
+    if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count < 5) {
         lk_redis_reply_free(&r);
         return NULL;
     }
-    if (b == S_BACKEND_EMQX && r->count == 4 && r->items[3].type == LK_REDIS_STR) {
+    if (b == S_BACKEND_EMQX && r->count == 6 && r->items[5].type == LK_REDIS_STR) {
         lk_redis_reply_t tmp = r->items[0];
-        r->items[0] = r->items[3];
-        r->items[3] = tmp;
+        r->items[0] = r->items[5];
+        r->items[5] = tmp;
     }
     return r;
 }
@@ -255,7 +258,7 @@ static lk_redis_reply_t *s_redis_user(au_check_t *self, s_backend_t b, const cha
    acl_only (a connected client's ACL is re-read after a change): the user only has to
    exist still. *via tells which backend decided. */
 static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__AuthRequest *req,
-                               bool acl_only, bool *superuser, s_backend_t *via)
+                               bool acl_only, bool *superuser, s_backend_t *via, char **mount)
 {
     for (int i = 0; i < self->n_backends; i++) {
         s_backend_t b = self->backends[i];
@@ -269,14 +272,17 @@ static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__Aut
         lk_redis_reply_t *r = s_redis_user(self, b, user);
         if (!r)
             return S_AUTH_UNAVAILABLE;
-        if (r->items[0].type != LK_REDIS_STR) {
+        bool token = s_truthy(&r->items[4]);
+        if (r->items[0].type != LK_REDIS_STR && !token) {
             lk_redis_reply_free(&r);
             continue; /* not a user of this layout */
         }
         const char *salt = r->items[1].type == LK_REDIS_STR ? r->items[1].str : NULL;
-        s_auth_t rc = acl_only
+        s_auth_t rc = acl_only || token
                           ? S_AUTH_OK
                           : s_verify(self, user, r->items[0].str, salt, req, b == S_BACKEND_EMQX);
+        if (r->items[3].type == LK_REDIS_STR && *r->items[3].str)
+            *mount = lk_strdup(r->items[3].str);
         *superuser = rc == S_AUTH_OK && s_truthy(&r->items[2]);
         *via = b;
         lk_redis_reply_free(&r);
@@ -409,6 +415,8 @@ void au_reply_destroy(Lk__AuthReply **reply_p)
     }
     free(r->acl);
     free(r->reason);
+    if (r->mountpoint != protobuf_c_empty_string)
+        free(r->mountpoint);
     free(r);
     *reply_p = NULL;
 }
@@ -426,6 +434,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
     lk_acl_list_t acl = {0};
     bool ok = false, superuser = false;
     s_backend_t via = S_BACKEND_FILE;
+    char *mount = NULL;
     const char *reason = NULL;
     const char *client = req->client ? req->client : "";
     const char *user = req->username ? req->username : "";
@@ -446,7 +455,8 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
            credential (no password); superuser and ACLs are that user's. */
         bool by_cert = req->cert_cn && *req->cert_cn && strcmp(req->cert_cn, user) == 0 &&
                        !req->has_password && req->password.len == 0;
-        s_auth_t rc = s_authenticate(self, user, req, req->acl_only || by_cert, &superuser, &via);
+        s_auth_t rc = s_authenticate(self, user, req, req->acl_only || by_cert, &superuser, &via,
+                                     &mount);
         if (by_cert && rc == S_AUTH_BAD) {
             /* known to no backend: its ACL from the first Redis layout configured, if any */
             rc = S_AUTH_OK;
@@ -499,6 +509,10 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
     }
     Lk__AuthReply *reply = s_reply(req->req, ok, superuser, &acl, reason);
     reply->acl_only = req->acl_only;
+    if (ok && mount)
+        reply->mountpoint = mount;
+    else
+        free(mount);
     return reply;
 }
 

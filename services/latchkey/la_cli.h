@@ -47,6 +47,7 @@ int la_cmd_history(la_ctx_t *ctx, int argc, char **argv); /* la_login.c */
 int la_cmd_log(la_ctx_t *ctx, int argc, char **argv);     /* la_log.c */
 int la_cmd_keygen(la_ctx_t *ctx, int argc, char **argv);  /* la_keygen.c */
 int la_cmd_apikey(la_ctx_t *ctx, int argc, char **argv);  /* la_apikey.c */
+int la_cmd_ota(la_ctx_t *ctx, int argc, char **argv);     /* la_ota.c */
 
 /* ---- shared helpers (la_util.c) ---- */
 

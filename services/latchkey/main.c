@@ -68,6 +68,20 @@ static const la_command_t s_commands[] = {
      "CurveZMQ certificates for the tcp:// bus (<node>.key, <node>.key_secret)"},
     {"apikey", la_cmd_apikey, "apikey add [name]\napikey list\napikey rm <key>",
      "API keys of the api process (HTTP Basic key:secret; the secret is shown once)"},
+    {"ota", la_cmd_ota,
+     "ota keygen <dir>\n"
+     "ota add --model M --version V [--key K] <file>\n"
+     "ota list [--model M] [--json]\n"
+     "ota rm --model M --version V\n"
+     "ota device add <id> --model M [--version V] [--token T] [--protocol tb|lk]\n"
+     "ota device rm <id>\n"
+     "ota devices [--model M] [--version V] [--json]\n"
+     "ota rollout create --image M/V (--target 'model=M,version<V' | --devices FILE)\n"
+     "      [--groups 1,10,50,100] [--success 95] [--error-threshold 5%|10] [--start TIME]\n"
+     "      [--max-concurrent N] [--max-bytes-per-sec B]\n"
+     "ota rollout pause|resume|cancel <id>\n"
+     "ota rollout status [<id>] [--json]",
+     "firmware images (Ed25519-signed), OTA devices and staged rollouts (docs/ota.md)"},
     {"help", s_cmd_help, "help [command]", "list the commands, or show one's usage"},
 };
 

@@ -436,7 +436,8 @@ static bool s_will(fe_conn_t *conn)
 {
     /* the ACL may have changed since CONNECT (a lock unbound): a will is a publish */
     if (!conn->superuser && conn->will->topic &&
-        !lk_acl_topic_allowed(conn->acl, conn->n_acl, conn->will->topic, LK_ACL_PUB)) {
+        !lk_acl_topic_allowed(conn->acl, conn->n_acl, fe_mount_out(conn, conn->will->topic),
+                              LK_ACL_PUB)) {
         lk_info("client %s: will on '%s' not allowed now, dropped", conn->client_id,
                 conn->will->topic);
         return false;
@@ -627,6 +628,7 @@ void fe_conn_free(fe_conn_t *conn)
     s_out_release(conn);
     free(conn->client_id);
     free(conn->username);
+    fe_mount_free(conn);
     free(conn->connect_pw);
     if (conn->will)
         lk__msg__free_unpacked(conn->will, NULL);

@@ -125,8 +125,8 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
     const Lk__Msg *m = d->msg;
     lk_mqtt_packet_t p = {0};
     p.type = LK_MQTT_PUBLISH;
-    p.u.publish.topic.p = m->topic;
-    p.u.publish.topic.len = (uint32_t)strlen(m->topic);
+    p.u.publish.topic.p = fe_mount_out(conn, m->topic);
+    p.u.publish.topic.len = (uint32_t)strlen(p.u.publish.topic.p);
     p.u.publish.payload.p = (const char *)m->payload.data;
     p.u.publish.payload.len = (uint32_t)m->payload.len;
     p.u.publish.qos = (uint8_t)m->qos;
@@ -258,7 +258,8 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
         return;
     }
     if (conn->acl_check_deliveries &&
-        !lk_acl_topic_allowed(conn->acl, conn->n_acl, d->msg->topic, LK_ACL_SUB)) {
+        !lk_acl_topic_allowed(conn->acl, conn->n_acl, fe_mount_out(conn, d->msg->topic),
+                              LK_ACL_SUB)) {
         /* its subscription overlaps a deny rule, and this topic is the denied part */
         if (d->store_id)
             fe_store_ack_add(conn, d->store_id);

@@ -224,9 +224,14 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
     conn->acl_check_deliveries =
         !conn->superuser && lk_acl_has_deny(conn->acl, conn->n_acl, LK_ACL_SUB);
     /* a will is a publish: a client may not leave one where it may not publish (as
-       Mosquitto refuses it at CONNECT) — else a Last Will could unlock a smart lock */
+       Mosquitto refuses it at CONNECT) — else a Last Will could unlock a smart lock. Checked
+       in the client's own view, before the mount point is put in front of it */
     if (conn->will && !s_allowed(conn, conn->will->topic, LK_ACL_PUB, false)) {
         fe_conn_refuse(conn, LK_RC_NOT_AUTHORIZED, "will topic not allowed");
+        return;
+    }
+    if (fe_mount_set(conn, r->mountpoint) != 0) {
+        fe_conn_refuse(conn, LK_RC_NOT_AUTHORIZED, "mountpoint");
         return;
     }
     /* a connection of the same client on this frontend is taken over here; the one on
@@ -621,6 +626,7 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         free(topic);
         return 0;
     }
+    topic = fe_mount_in(conn, topic);
     Lk__Msg m = LK__MSG__INIT;
     lk_str_t t = {topic, (uint32_t)strlen(topic)};
     s_msg_fill(conn, &m, t, p->payload, p->qos, p->retain, &pkt->props);
@@ -724,6 +730,7 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
             fe_conn_close(conn, LK_RC_PROTOCOL_ERROR, true, "No Local on a shared subscription");
             return -1;
         }
+        f = fe_mount_in(conn, f);
         uint8_t q = e->qos > 2 ? 2 : e->qos;
         codes[i] = q;
         bool fresh;
@@ -783,7 +790,7 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     uint8_t *codes = lk_malloc(u->count ? u->count : 1);
     char **filters = lk_calloc(u->count ? u->count : 1, sizeof(char *));
     for (uint32_t i = 0; i < u->count; i++) {
-        filters[i] = s_dup(u->filters[i]);
+        filters[i] = fe_mount_in(conn, s_dup(u->filters[i]));
         codes[i] = LK_RC_NO_SUBSCRIPTION_EXISTED;
         if (!lk_mqtt_filter_valid(filters[i], u->filters[i].len, true)) {
             /* no subscription can have it: "Topic Filter invalid" (MQTT 5 3.11.3) */

@@ -34,6 +34,7 @@ typedef struct fe_listener {
     bool websockets;            /* protocol websockets */
     bool proxy_protocol;        /* a PROXY v1/v2 header comes first */
     bool use_identity;          /* use_identity_as_username */
+    char *mountpoint;           /* topic mount of its clients (fe_mount.c); NULL: none */
     lk_tls_config_t tls;        /* its strings are owned by the listener */
     lk_tls_ctx_t *tls_ctx;      /* NULL: no TLS; replaced on SIGHUP */
 } fe_listener_t;
@@ -191,6 +192,9 @@ typedef struct fe_conn {
     /* for the api's client list (fe_admin.c) */
     int64_t connected_wall_ms;
     uint64_t recv_msg, sent_msg, recv_oct, sent_oct;
+    char *mount_tpl;        /* its listener's mountpoint (fe_mount.c) */
+    char *mount;            /* the prefix of every topic it uses; NULL: none */
+    size_t mount_len;
 } fe_conn_t;
 
 /* work waiting for one reliable bus envelope to be acked */
@@ -418,5 +422,15 @@ void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg);
 fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq);
 void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item);
 uint8_t fe_connack_code(uint8_t version, uint8_t reason5);
+
+/* fe_mount.c: topic mount points. set: after auth (from_auth: the user's, else the
+   listener's; mounts the will too), -1 when %u/%c cannot fill it safely; in: a topic or
+   filter from the client, mounted (takes and returns a malloc'ed string); out: the
+   client's view of a delivered topic */
+int fe_mount_set(fe_conn_t *conn, const char *from_auth);
+char *fe_mount_in(fe_conn_t *conn, char *topic);
+const char *fe_mount_out(const fe_conn_t *conn, const char *topic);
+void fe_mount_free(fe_conn_t *conn);
+int fe_mount_test(bool verbose);
 
 #endif

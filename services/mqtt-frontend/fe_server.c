@@ -332,6 +332,8 @@ static void s_accept(lk_loop_t *loop, int lfd, uint32_t events, void *arg)
             continue;
         }
         fe_conn_t *conn = fe_conn_new(srv, fd, peer);
+        if (conn && lst->mountpoint)
+            conn->mount_tpl = lk_strdup(lst->mountpoint);
         if (conn)
             fe_limits_opened(conn, host);
         if (conn && fe_transport_attach(conn, lst) != 0)
@@ -397,6 +399,7 @@ static void s_listener_free(fe_listener_t *lst)
         close(lst->fd);
     }
     lk_tls_ctx_destroy(&lst->tls_ctx);
+    free(lst->mountpoint);
     const char **strs[] = {&lst->tls.certfile, &lst->tls.keyfile,      &lst->tls.cafile,
                            &lst->tls.capath,   &lst->tls.crlfile,      &lst->tls.ciphers,
                            &lst->tls.ciphersuites, &lst->tls.tls_version};
@@ -472,7 +475,8 @@ static int s_section_key(const char *key, const char *value, void *arg)
     for (size_t i = 0; i < LK_ARRAY_LEN(s_tls_keys); i++)
         known |= strcmp(key, s_tls_keys[i]) == 0;
     known = known || !strcmp(key, "protocol") || !strcmp(key, "require_certificate") ||
-                 !strcmp(key, "use_identity_as_username") || !strcmp(key, "proxy_protocol");
+                 !strcmp(key, "use_identity_as_username") || !strcmp(key, "proxy_protocol") ||
+                 !strcmp(key, "mountpoint");
     if (!known)
         return 0;
     fe_listener_t *lst = st->cur;
@@ -504,6 +508,11 @@ static int s_section_key(const char *key, const char *value, void *arg)
             lk_error("listener %s: protocol '%s': want mqtt or websockets", st->spec, value);
             return -1;
         }
+        return 0;
+    }
+    if (!strcmp(key, "mountpoint")) {
+        free(lst->mountpoint);
+        lst->mountpoint = *value ? lk_strdup(value) : NULL;
         return 0;
     }
     if (!strcmp(key, "require_certificate"))

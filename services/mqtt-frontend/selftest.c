@@ -2,10 +2,12 @@
     stack (the rest is covered by tests/integration). `mqtt-frontend-selftest [-v] [name]`
     runs all, or the one named. */
 #include "lk_selftest.h"
+#include "fe_internal.h"
 #include "fe_limits.h"
 #include "lk_common.h"
 
-static const lk_selftest_t s_tests[] = {{"fe_limits", fe_limits_test}, {NULL, NULL}};
+static const lk_selftest_t s_tests[] = {
+    {"fe_limits", fe_limits_test}, {"fe_mount", fe_mount_test}, {NULL, NULL}};
 
 int main(int argc, char **argv)
 {

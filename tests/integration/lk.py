@@ -25,11 +25,12 @@ import paho.mqtt.client as mqtt
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVERS = ["redis", "postgres"]
 DAEMONS = ["router", "session-store", "auth", "mqtt-frontend-1", "mqtt-frontend-2",
-           "lock-arbiter", "history-writer", "api"]
+           "lock-arbiter", "history-writer", "api", "ota-distributor"]
 ALL_SERVICES = SERVERS + DAEMONS
 BINARY = {"router": "router", "session-store": "session-store", "auth": "auth",
           "mqtt-frontend-1": "mqtt-frontend", "mqtt-frontend-2": "mqtt-frontend",
-          "lock-arbiter": "lock-arbiter", "history-writer": "history-writer", "api": "api"}
+          "lock-arbiter": "lock-arbiter", "history-writer": "history-writer", "api": "api",
+          "ota-distributor": "ota-distributor"}
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 
 MQTTv31 = mqtt.MQTTv31
@@ -110,6 +111,7 @@ class Stack:
         self.proxy_port = free_port(ports); ports.add(self.proxy_port)
         self.api_port = free_port(ports); ports.add(self.api_port)
         self.api_https_port = free_port(ports); ports.add(self.api_https_port)
+        self.ota_http_port = free_port(ports); ports.add(self.ota_http_port)
         self.tls_dir = os.path.join(self.run_dir, "tls")
         # latchkey-up's own bound; within pytest-timeout's 120 s for the first test
         self.up_timeout = int(up_timeout or os.environ.get("LATCHKEY_UP_TIMEOUT", 30))
@@ -126,6 +128,7 @@ class Stack:
             "MQTT_PROXY_PORT": str(self.proxy_port),
             "API_PORT": str(self.api_port),
             "API_HTTPS_PORT": str(self.api_https_port),
+            "OTA_HTTP_PORT": str(self.ota_http_port),
             "BUILD": self.build,
             "LATCHKEY_BIN": os.path.join(self.build, "bin"),
             "LATCHKEY_SERVICES": " ".join(self.services),
@@ -137,6 +140,8 @@ class Stack:
             # slow down unrelated tests after others' deliberate bad logins; test_44 tests
             # it on a frontend of its own
             "LATCHKEY_AUTH_FAIL_THRESHOLD": "0",
+            # ota-distributor signs the download URLs of its offers (test_60_ota)
+            "LATCHKEY_OTA_URL_SECRET": "test-url-secret-0123456789",
         })
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
