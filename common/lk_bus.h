@@ -129,6 +129,10 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
    seq the batch will carry when reliable (so the caller can wait for its ack), else 0. */
 uint64_t lk_bus_batch_add(lk_bus_t *self, lk_peer_t *peer, int body, const void *item,
                           bool reliable);
+/* items of unreliable DeliverBatch / Route envelopes (QoS 0 deliveries) a full transport
+   refused; reliable envelopes are never refused for room (the sender bounds them) */
+uint64_t lk_bus_dropped(lk_bus_t *self);
+
 /* flushes every pending batch and ack now (the loop does it at every turn end) */
 void lk_bus_flush(lk_bus_t *self);
 

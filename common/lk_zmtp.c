@@ -43,6 +43,7 @@ typedef struct s_conn {
     bool skip;      /* dropping the rest of a multipart message */
     bool dead;      /* router: closed, to be freed */
     char *identity; /* router: the dealer's, once READY */
+    uint64_t gen;   /* router: this link's number (lk_zmtp_link_gen) */
     struct s_conn *next;
 } s_conn_t;
 
@@ -71,6 +72,11 @@ struct _lk_zmtp_t {
     bool connected;
     int retry_ms;
     int retry_timer;
+    /* messages refused past S_MAX_QUEUE, and when we last said so */
+    uint64_t dropped;
+    int64_t drop_warned_ms;
+    /* lk_zmtp_link_gen: dealer, bumped at every link loss; router, the last given out */
+    uint64_t gen;
 };
 
 static void s_conn_event(lk_loop_t *loop, int fd, uint32_t events, void *arg);
@@ -275,6 +281,7 @@ static void s_conn_close(s_conn_t *c, const char *why)
     }
     /* dealer: half-written frames cannot go on another link; drop what was queued */
     lk_debug("zmtp: link to %s down (%s)", self->peer_name, why);
+    self->gen++;
     self->connected = false;
     c->stage = S_GREETING;
     c->skip = false;
@@ -302,6 +309,12 @@ static bool s_conn_write(s_conn_t *c)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (c->out_off >= S_KEEP_CAP && c->out_off >= c->out.len / 2) {
+                /* a link never idle would otherwise keep every byte it ever queued */
+                memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
+                c->out.len -= c->out_off;
+                c->out_off = 0;
+            }
             if (!c->want_out) {
                 c->want_out = true;
                 lk_loop_mod_fd(c->owner->loop, c->fd, EPOLLIN | EPOLLOUT);
@@ -376,6 +389,7 @@ static bool s_on_ready(s_conn_t *c, const lk_zmtp_frame_t *f)
     if (old && old != c)
         s_conn_close(old, "replaced by a new link with the same identity");
     c->identity = lk_strdup(id);
+    c->gen = ++self->gen;
     zhashx_update(self->by_id, id, c);
     lk_debug("zmtp: %s joined", id);
     return true;
@@ -589,6 +603,7 @@ lk_zmtp_t *lk_zmtp_dealer_new(lk_loop_t *loop, const char *identity, const char 
     self->peer_name = lk_strdup(peer_name);
     self->link = s_conn_new(self, -1);
     self->retry_ms = S_RETRY_MIN_MS;
+    self->gen = 1;
     return self;
 }
 
@@ -707,19 +722,51 @@ bool lk_zmtp_connected(lk_zmtp_t *self)
 
 /* --- sending ---------------------------------------------------------------------- */
 
-int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len)
+static int s_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len,
+                  bool keep)
 {
     s_conn_t *c = self->is_router ? zhashx_lookup(self->by_id, identity) : self->link;
     if (!c || c->dead)
         return -1;
-    if (c->out.len - c->out_off + len > S_MAX_QUEUE) {
-        lk_debug("zmtp: queue to %s full, message dropped",
-                 self->is_router ? identity : self->peer_name);
+    if (!keep && c->out.len - c->out_off + len > S_MAX_QUEUE) {
+        /* only what the sender may lose comes here (the bus's unacknowledged envelopes
+           are kept): counted, and said at warning level at most every 10 s */
+        self->dropped++;
+        int64_t now = lk_mono_ms();
+        if (now - self->drop_warned_ms >= 10000) {
+            lk_warn("zmtp: queue to %s past %zu MiB: message dropped (%" PRIu64 " so far)",
+                    self->is_router ? identity : self->peer_name, S_MAX_QUEUE >> 20,
+                    self->dropped);
+            self->drop_warned_ms = now;
+        }
         return -1;
     }
     s_put_frame_header(&c->out, 0, len);
     lk_wbuf_append(&c->out, data, len);
     return 0;
+}
+
+int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len)
+{
+    return s_send(self, identity, data, len, false);
+}
+
+int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len)
+{
+    return s_send(self, identity, data, len, true);
+}
+
+uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity)
+{
+    if (!self->is_router)
+        return self->gen;
+    s_conn_t *c = zhashx_lookup(self->by_id, identity);
+    return c && !c->dead ? c->gen : 0;
+}
+
+uint64_t lk_zmtp_dropped(lk_zmtp_t *self)
+{
+    return self->dropped;
 }
 
 void lk_zmtp_flush(lk_zmtp_t *self)

@@ -49,8 +49,18 @@ int lk_zmtp_connect(lk_zmtp_t *self, const char *endpoint);
 
 /* queues one message: a router to the dealer named identity, a dealer to its server
    (identity ignored; queued while the link is down, as libzmq does). 0, or -1 when there
-   is no such dealer or the queue is past its limit. */
+   is no such dealer or the queue is past its limit (256 MiB; counted, and logged at
+   warning level at most every 10 s). */
 int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len);
+/* the same for a message the caller keeps until the peer acknowledges it: queued
+   whatever the queue holds (the caller bounds what it keeps unacknowledged) */
+int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len);
+/* Changes whenever what was sent may have been lost: a dealer's number goes up at every
+   link loss; a router gives each dealer's link its own number, 0 while there is none.
+   A message sent at one value and never refused is delivered while it holds. */
+uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity);
+/* messages lk_zmtp_send refused for a full queue */
+uint64_t lk_zmtp_dropped(lk_zmtp_t *self);
 /* writes what is queued, as far as the sockets take it */
 void lk_zmtp_flush(lk_zmtp_t *self);
 /* dealer: the handshake with the server is done */

@@ -251,6 +251,8 @@ struct _fe_server_t {
     size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
+    int64_t drop_logged_ms;     /* fe_dropped's last line, and the drops since */
+    uint64_t drop_unlogged;
     lk_wbuf_t scratch;
     fe_limits_t *limits;
 };
@@ -337,6 +339,9 @@ void fe_acl_changed(fe_server_t *srv, const Lk__Revoke *r);
 void fe_acl_reply(fe_server_t *srv, const Lk__AuthReply *r);
 
 /* fe_deliver.c */
+/* a message not delivered to conn's client: counted ($SYS dropped) and logged, one line
+   per 10 s per frontend with the count since the last */
+void fe_dropped(fe_conn_t *conn, const Lk__Msg *m, const char *why);
 void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);

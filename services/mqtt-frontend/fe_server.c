@@ -609,7 +609,8 @@ static void s_stats(lk_loop_t *loop, void *arg)
     st.msgs_sent = srv->msgs_out;
     st.bytes_received = srv->bytes_in;
     st.bytes_sent = srv->bytes_out;
-    st.msgs_dropped = srv->dropped;
+    /* with the QoS 0 deliveries our bus links refused for room (to other frontends) */
+    st.msgs_dropped = srv->dropped + lk_bus_dropped(srv->bus);
     st.connections_total = srv->connections_total;
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_STATS;

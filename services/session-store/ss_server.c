@@ -269,7 +269,8 @@ static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id
     d.n_sub_ids = item->n_sub_ids;
     d.sub_ids = item->sub_ids;
     d.store_id = store_id;
-    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, &d, false);
+    /* acknowledged: a copy lost on the way would wait in Redis for the next reconnect */
+    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, &d, true);
 }
 
 static int s_handle_store(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
