@@ -131,9 +131,14 @@ typedef struct fe_conn {
     /* inbound topic aliases (v5) */
     char **alias_in;
     uint16_t alias_in_max;
-    /* subscriptions */
+    /* subscriptions; sub_idx: filter -> index + 1, once there are many */
     fe_sub_t *subs;
     size_t n_subs, cap_subs;
+    zhashx_t *sub_idx;
+    /* filters subscribed or unsubscribed since the last SessionAck: the session store
+       is told only these (one SUBSCRIBE must not rewrite the whole set) */
+    char **sub_changes;
+    size_t n_sub_changes, cap_sub_changes;
     /* outbound topic aliases (v5): alias i+1 stands for alias_out[i] */
     char **alias_out;
     uint16_t n_alias_out;
@@ -333,6 +338,13 @@ void fe_session_open_send(fe_conn_t *conn);
 uint64_t fe_conn_req(fe_conn_t *conn);
 void fe_auth_request_send(fe_conn_t *conn);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
+/* the index of the subscription to filter, or -1 */
+ssize_t fe_sub_find(fe_conn_t *conn, const char *filter);
+/* removes subscription i (its filter is freed) */
+void fe_sub_remove_at(fe_conn_t *conn, size_t i);
+/* filter was subscribed or unsubscribed: the session store hears of it at turn end */
+void fe_sub_changed(fe_conn_t *conn, const char *filter);
+void fe_subs_free(fe_conn_t *conn);
 
 /* fe_acl.c: Revoke{acl_changed} from auth, and the AuthReply{acl_only} it leads to */
 void fe_acl_changed(fe_server_t *srv, const Lk__Revoke *r);

@@ -1149,7 +1149,7 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->route_gen = 1;
     self->route_max_targets = (size_t)lk_config_get_int(config, "route_max_targets", 1024);
     self->deliver_backlog =
-        (size_t)lk_config_get_int(config, "deliver_backlog_bytes", 32 << 20);
+        (size_t)lk_config_get_int(config, "deliver_backlog_bytes", 16 << 20);
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
     if (lk_bus_configure(self->bus, config) != 0) {

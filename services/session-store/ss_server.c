@@ -387,10 +387,17 @@ static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     Lk__SessionAck *a = env->session_ack;
     size_t n_rel = a->n_released_ids < a->n_released_pids ? a->n_released_ids
                                                             : a->n_released_pids;
+    bool delta = a->subs_changed && a->subs_delta;
     int rc = a->client ? ss_store_ack(self->store, a->client, lk_peer_name(peer), a->store_ids,
                                       a->n_store_ids, a->released_ids, a->released_pids, n_rel,
-                                      a->subs, a->n_subs, a->subs_changed)
+                                      a->subs, a->n_subs, a->subs_changed && !delta)
                        : 1;
+    if (rc < 0)
+        return -1;
+    /* the acks are applied (a re-send of the envelope repeats both, harmlessly) */
+    if (rc == 0 && delta)
+        rc = ss_store_subs_delta(self->store, a->client, lk_peer_name(peer), a->subs,
+                                 a->n_subs, a->subs_removed, a->n_subs_removed);
     if (rc < 0)
         return -1;
     if (rc == 1)
