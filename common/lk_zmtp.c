@@ -75,6 +75,7 @@ struct _lk_zmtp_t {
     /* messages refused past S_MAX_QUEUE, and when we last said so */
     uint64_t dropped;
     int64_t drop_warned_ms;
+    size_t max_queue;
     /* lk_zmtp_link_gen: dealer, bumped at every link loss; router, the last given out */
     uint64_t gen;
 };
@@ -589,6 +590,7 @@ lk_zmtp_t *lk_zmtp_router_new(lk_loop_t *loop, lk_zmtp_msg_fn *fn, void *arg)
     self->fn = fn;
     self->arg = arg;
     self->by_id = zhashx_new();
+    self->max_queue = S_MAX_QUEUE;
     return self;
 }
 
@@ -604,6 +606,7 @@ lk_zmtp_t *lk_zmtp_dealer_new(lk_loop_t *loop, const char *identity, const char 
     self->link = s_conn_new(self, -1);
     self->retry_ms = S_RETRY_MIN_MS;
     self->gen = 1;
+    self->max_queue = S_MAX_QUEUE;
     return self;
 }
 
@@ -728,14 +731,14 @@ static int s_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, si
     s_conn_t *c = self->is_router ? zhashx_lookup(self->by_id, identity) : self->link;
     if (!c || c->dead)
         return -1;
-    if (!keep && c->out.len - c->out_off + len > S_MAX_QUEUE) {
+    if (!keep && c->out.len - c->out_off + len > self->max_queue) {
         /* only what the sender may lose comes here (the bus's unacknowledged envelopes
            are kept): counted, and said at warning level at most every 10 s */
         self->dropped++;
         int64_t now = lk_mono_ms();
         if (now - self->drop_warned_ms >= 10000) {
             lk_warn("zmtp: queue to %s past %zu MiB: message dropped (%" PRIu64 " so far)",
-                    self->is_router ? identity : self->peer_name, S_MAX_QUEUE >> 20,
+                    self->is_router ? identity : self->peer_name, self->max_queue >> 20,
                     self->dropped);
             self->drop_warned_ms = now;
         }
@@ -762,6 +765,11 @@ uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity)
         return self->gen;
     s_conn_t *c = zhashx_lookup(self->by_id, identity);
     return c && !c->dead ? c->gen : 0;
+}
+
+void lk_zmtp_set_max_queue(lk_zmtp_t *self, size_t bytes)
+{
+    self->max_queue = bytes;
 }
 
 uint64_t lk_zmtp_dropped(lk_zmtp_t *self)
@@ -932,6 +940,21 @@ int lk_zmtp_test(bool verbose)
     s_zt_until(loop, &d2t.got, 1003, 5000);
     S_CHECK(d2t.got == 1003 && strcmp(d2t.last, "m999") == 0);
     S_CHECK(d2t.bytes == 3 * sizeof(large) + 10 + 90 * 2 + 900 * 3 + 1000);
+    int before;
+    /* the queue limit: what may be lost is refused and counted, kept messages never */
+    lk_zmtp_set_max_queue(d2, 1 << 20);
+    before = d2t.got;
+    uint64_t gen = lk_zmtp_link_gen(d2, NULL);
+    S_CHECK(lk_zmtp_send(d2, NULL, large, 400 << 10) == 0);
+    S_CHECK(lk_zmtp_send(d2, NULL, large, 400 << 10) == 0);
+    S_CHECK(lk_zmtp_send(d2, NULL, large, 400 << 10) == -1 && lk_zmtp_dropped(d2) == 1);
+    S_CHECK(lk_zmtp_send_kept(d2, NULL, large, 400 << 10) == 0);
+    S_CHECK(lk_zmtp_send_kept(d2, NULL, large, 400 << 10) == 0);
+    s_zt_until(loop, &d2t.got, before + 4, 5000);
+    S_CHECK(d2t.got == before + 4 && lk_zmtp_dropped(d2) == 1);
+    S_CHECK(lk_zmtp_link_gen(d2, NULL) == gen && gen > 0);
+    S_CHECK(lk_zmtp_link_gen(r, "fe-2") > 0 && lk_zmtp_link_gen(r, "nobody") == 0);
+    lk_zmtp_set_max_queue(d2, S_MAX_QUEUE);
     /* no such dealer */
     S_CHECK(lk_zmtp_send(r, "nobody", (const uint8_t *)"x", 1) == -1);
     /* handover: a second dealer with the identity fe-1 takes the name over */
@@ -940,7 +963,7 @@ int lk_zmtp_test(bool verbose)
     lk_loop_remove_turn_end(loop, s_zt_turn, all);
     lk_loop_on_turn_end(loop, s_zt_turn, all2);
     lk_zmtp_connect(d3, ep);
-    int before = d2t.got;
+    before = d2t.got;
     lk_zmtp_send(d3, NULL, (const uint8_t *)"from d3", 7);
     s_zt_until(loop, &d2t.got, before + 1, 3000);
     S_CHECK(d2t.got == before + 1 && strcmp(d2t.last, "from d3") == 0);
@@ -948,7 +971,11 @@ int lk_zmtp_test(bool verbose)
     lk_loop_remove_turn_end(loop, s_zt_turn, all2);
     lk_loop_on_turn_end(loop, s_zt_turn, all);
 
-    /* the router goes away and comes back: the dealer reconnects */
+    /* the router goes away and comes back: the dealer reconnects, its link number moves */
+    for (int i = 0; i < 100 && !lk_zmtp_connected(d); i++)
+        s_zt_until(loop, &dt.got, INT32_MAX, 20);   /* back from the handover above */
+    S_CHECK(lk_zmtp_connected(d));
+    uint64_t gen_before = lk_zmtp_link_gen(d, NULL);
     lk_zmtp_destroy(&r);
     all[0] = r = lk_zmtp_router_new(loop, s_zt_msg, &rt);
     rt.echo = r;
@@ -960,6 +987,7 @@ int lk_zmtp_test(bool verbose)
         s_zt_until(loop, &dt.got, before + 1, 200);
     }
     S_CHECK(dt.got > before && strcmp(dt.last, "again") == 0);
+    S_CHECK(lk_zmtp_link_gen(d, NULL) > gen_before);
 
     /* libzmq DEALER → our router, and our dealer → libzmq ROUTER */
     zsock_t *zd = zsock_new(ZMQ_DEALER);

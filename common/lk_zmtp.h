@@ -60,6 +60,8 @@ int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data
    A message sent at one value and never refused is delivered while it holds. */
 uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity);
 /* messages lk_zmtp_send refused for a full queue */
+/* the limit lk_zmtp_send applies (256 MiB; for tests) */
+void lk_zmtp_set_max_queue(lk_zmtp_t *self, size_t bytes);
 uint64_t lk_zmtp_dropped(lk_zmtp_t *self);
 /* writes what is queued, as far as the sockets take it */
 void lk_zmtp_flush(lk_zmtp_t *self);
