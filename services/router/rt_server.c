@@ -111,8 +111,8 @@ struct _rt_server_t {
     bool resync_done;
     int64_t warm_deadline;
     int64_t warm_min;
-    /* the envelopes carrying the copies the current publish batch caused (StoreBatch,
-       RetainSet, DeliverBatch of QoS >= 1): its ack waits for theirs */
+    /* the envelopes carrying the durable copies the current publish batch caused
+       (StoreBatch, RetainSet): its ack waits for theirs */
     struct {
         lk_peer_t *peer;
         uint64_t seq;
@@ -245,21 +245,6 @@ static void s_wait_done(rt_server_t *self, s_wait_t *w)
     free(w);
 }
 
-/* every wait on envelopes to peer is over (it restarted or fell silent: its clients'
-   copies are moot, or are re-sent by the bus when it returns) */
-static void s_waits_release_peer(rt_server_t *self, lk_peer_t *peer)
-{
-    s_wait_t **pp = &self->waits;
-    while (*pp) {
-        s_wait_t *w = *pp;
-        if (w->peer == peer) {
-            *pp = w->next;
-            s_wait_done(self, w);
-        } else
-            pp = &w->next;
-    }
-}
-
 static void s_store_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     rt_server_t *self = arg;
@@ -384,8 +369,10 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
 }
 
 /* one copy to a connected client: RETAIN kept only for Retain As Published. QoS >= 1
-   travels on the acknowledged channel, and the publish is acked only once the frontend
-   took it: the publisher's in-flight window bounds what fan-out can pile up */
+   travels on the acknowledged channel: kept until the frontend took it, never dropped
+   for room (s_must_hold bounds how much waits). The publish does not wait for that ack:
+   it would add a hop to every PUBACK (p2p QoS 1 ran at half the rate) and guard only
+   against a router crash, which loses clean-session state anyway. */
 static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
 {
     bool retain = msg->retain;
@@ -396,8 +383,7 @@ static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
     d.n_sub_ids = t->n_sub_ids;
     d.sub_ids = t->sub_ids;
     d.share = (char *)t->share;
-    uint64_t seq = lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, msg->qos > 0);
-    s_cur_wait(self, t->client->node, seq);
+    lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, msg->qos > 0);
     self->delivered++;
     msg->retain = retain;
 }
@@ -1102,7 +1088,6 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         /* its clients are gone with its old life; deliveries to them are moot */
         s_forget_node(self, peer);
         lk_peer_drop_unacked(peer);
-        s_waits_release_peer(self, peer);
         s_cacher_gone(self, peer);
         s_pressure_check(self);
     }
@@ -1114,9 +1099,7 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     (void)bus;
     /* a silent frontend must not hold SUBACKs; its flush is re-sent when it returns */
     s_cacher_gone(self, peer);
-    /* nor PUBACKs (its copies stay kept, re-sent when it returns), nor other publishes */
-    if (peer != self->store)
-        s_waits_release_peer(self, peer);
+    /* nor other publishes (its copies stay kept, re-sent when it returns) */
     s_pressure_check(self);
 }
 
