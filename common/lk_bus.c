@@ -55,7 +55,9 @@ typedef struct s_unacked {
     size_t len;
     bool marked; /* Envelope.resent appended */
     int64_t sent_ms;
-    uint64_t link_gen; /* lk_zmtp_link_gen when last sent, 0 when not on lk_zmtp */
+    uint64_t link_gen; /* s_link_gen when last sent */
+    int64_t pos;       /* lk_zmtp stream position of its end, when last sent */
+    bool out;          /* seen to have left our queue (sent_ms restarted then) */
     struct s_unacked *next;
 } s_unacked_t;
 
@@ -80,6 +82,7 @@ struct _lk_peer_t {
     uint64_t epoch;
     bool known; /* epoch learnt */
     bool alive;
+    bool knows_us; /* an envelope of its current life named our epoch (ack_epoch) */
     bool is_server;     /* we connected to it */
     zsock_t *dealer;    /* tcp:// server: libzmq (CurveZMQ) */
     lk_zmtp_t *zdealer; /* ipc:// server: our own ZMTP */
@@ -236,6 +239,11 @@ uint64_t lk_peer_epoch(lk_peer_t *peer)
     return peer->epoch;
 }
 
+bool lk_peer_knows_us(lk_peer_t *peer)
+{
+    return peer->knows_us;
+}
+
 bool lk_peer_alive(lk_peer_t *peer)
 {
     return peer->alive;
@@ -342,20 +350,46 @@ static void s_pack_header(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, ui
 }
 
 /* the lk_zmtp link number the envelopes to peer go on (see lk_zmtp_link_gen), or
-   UINT64_MAX for libzmq, whose losses we cannot see */
+   UINT64_MAX for libzmq, whose queue we cannot see; *z / *id: that lk_zmtp */
+static uint64_t s_link(lk_bus_t *self, lk_peer_t *peer, lk_zmtp_t **z, const char **id)
+{
+    if (peer->is_server && peer->zdealer) {
+        *z = peer->zdealer;
+        *id = NULL;
+        return lk_zmtp_link_gen(*z, NULL);
+    }
+    if (!peer->is_server && self->zrouter && (peer->via_zmtp || !self->router)) {
+        *z = self->zrouter;
+        *id = peer->name;
+        return lk_zmtp_link_gen(*z, *id);
+    }
+    *z = NULL;
+    *id = NULL;
+    return UINT64_MAX;
+}
+
 static uint64_t s_link_gen(lk_bus_t *self, lk_peer_t *peer)
 {
-    if (peer->is_server && peer->zdealer)
-        return lk_zmtp_link_gen(peer->zdealer, NULL);
-    if (!peer->is_server && self->zrouter && (peer->via_zmtp || !self->router))
-        return lk_zmtp_link_gen(self->zrouter, peer->name);
-    return UINT64_MAX;
+    lk_zmtp_t *z;
+    const char *id;
+    return s_link(self, peer, &z, &id);
+}
+
+/* where an envelope of len bytes queued now ends in its link's stream */
+static int64_t s_link_end(lk_bus_t *self, lk_peer_t *peer, size_t len)
+{
+    lk_zmtp_t *z;
+    const char *id;
+    s_link(self, peer, &z, &id);
+    return z ? lk_zmtp_queued_pos(z, id) + (int64_t)len : 0;
 }
 
 static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t len, int64_t now)
 {
     s_unacked_t *u = lk_malloc(sizeof(*u));
     u->link_gen = s_link_gen(peer->bus, peer);
+    u->pos = s_link_end(peer->bus, peer, len);
+    u->out = false;
     u->seq = seq;
     u->data = lk_malloc(len);
     memcpy(u->data, data, len);
@@ -497,25 +531,34 @@ void lk_bus_on_acked(lk_bus_t *self,
 
 /* --- receiving -------------------------------------------------------------------- */
 
-/* Re-sends what peer has not acked. timer: only what may have been lost — sent on an
-   lk_zmtp link that went down since (at once), on libzmq (after resend_ms), or unacked
-   for S_RESEND_SLOW_MS (an ack gone missing); the rest is still on its way, and
-   re-sending it to a busy peer only piles duplicates on what it has to read. */
-#define S_RESEND_SLOW 15 /* times resend_ms */
+/* Re-sends what peer has not acked. timer: what may be lost — on an lk_zmtp link that
+   went down since it was sent (at once), or resend_ms after it left our queue without
+   an ack; on libzmq, resend_ms after it was sent. What still waits in our own queue
+   for a busy peer is on its way: re-sending it only piled duplicates on what that peer
+   had to read (a fan-out stalled that way). */
 static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer)
 {
     int64_t now = lk_loop_now(self->loop);
-    uint64_t gen = s_link_gen(self, peer);
+    lk_zmtp_t *z;
+    const char *id;
+    uint64_t gen = s_link(self, peer, &z, &id);
+    int64_t written = z && gen ? lk_zmtp_written_pos(z, id) : 0;
     for (s_unacked_t *u = peer->head; u; u = u->next) {
         if (timer) {
-            int64_t age = now - u->sent_ms;
             bool due;
             if (gen == UINT64_MAX)
-                due = age >= self->resend_ms;
+                due = now - u->sent_ms >= self->resend_ms;
             else if (gen == 0)
                 due = false;    /* no link now: when it is back, its number differs */
-            else
-                due = gen != u->link_gen || age >= (int64_t)self->resend_ms * S_RESEND_SLOW;
+            else if (gen != u->link_gen)
+                due = true;
+            else {
+                if (!u->out && written >= u->pos) {
+                    u->out = true;
+                    u->sent_ms = now;
+                }
+                due = u->out && now - u->sent_ms >= self->resend_ms;
+            }
             if (!due)
                 continue;
         }
@@ -530,9 +573,11 @@ static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer)
             u->marked = true;
             peer->unacked_bytes += 2;
         }
+        u->pos = s_link_end(self, peer, u->len);
         s_raw_send(self, peer, u->data, u->len, true);
         u->sent_ms = now;
         u->link_gen = gen;
+        u->out = false;
     }
 }
 
@@ -674,8 +719,11 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
         peer->rx_above.n = 0;
         peer->rx_pending.n = 0;
         peer->acks_out.n = 0;
+        peer->knows_us = false;
         up = true;
     }
+    if (env->ack_epoch == self->epoch)
+        peer->knows_us = true;
     if (!peer->alive) {
         peer->alive = true;
         up = true;

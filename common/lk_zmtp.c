@@ -44,6 +44,7 @@ typedef struct s_conn {
     bool dead;      /* router: closed, to be freed */
     char *identity; /* router: the dealer's, once READY */
     uint64_t gen;   /* router: this link's number (lk_zmtp_link_gen) */
+    int64_t base;   /* stream position of out.data[0] (lk_zmtp_queued_pos) */
     struct s_conn *next;
 } s_conn_t;
 
@@ -287,6 +288,7 @@ static void s_conn_close(s_conn_t *c, const char *why)
     c->stage = S_GREETING;
     c->skip = false;
     c->in.len = 0;
+    c->base += (int64_t)c->out.len;
     c->out.len = 0;
     c->out_off = 0;
     if (!self->retry_timer) {
@@ -314,6 +316,7 @@ static bool s_conn_write(s_conn_t *c)
                 /* a link never idle would otherwise keep every byte it ever queued */
                 memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
                 c->out.len -= c->out_off;
+                c->base += (int64_t)c->out_off;
                 c->out_off = 0;
             }
             if (!c->want_out) {
@@ -325,6 +328,7 @@ static bool s_conn_write(s_conn_t *c)
         s_conn_close(c, n < 0 ? strerror(errno) : "write failed");
         return false;
     }
+    c->base += (int64_t)c->out.len;
     c->out.len = 0;
     c->out_off = 0;
     if (c->out.cap > S_KEEP_CAP) {
@@ -527,6 +531,8 @@ static void s_conn_start(s_conn_t *c, const char *socket_type, const char *ident
     lk_wbuf_init(&hs);
     s_put_greeting(&hs, self->is_router);
     s_put_ready(&hs, socket_type, identity);
+    /* what was queued keeps its stream position behind the handshake */
+    c->base += (int64_t)c->out_off - (int64_t)hs.len;
     if (c->out.len > c->out_off)
         lk_wbuf_append(&hs, c->out.data + c->out_off, c->out.len - c->out_off);
     lk_wbuf_free(&c->out);
@@ -765,6 +771,26 @@ uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity)
         return self->gen;
     s_conn_t *c = zhashx_lookup(self->by_id, identity);
     return c && !c->dead ? c->gen : 0;
+}
+
+static s_conn_t *s_link(lk_zmtp_t *self, const char *identity)
+{
+    if (!self->is_router)
+        return self->link;
+    s_conn_t *c = zhashx_lookup(self->by_id, identity);
+    return c && !c->dead ? c : NULL;
+}
+
+int64_t lk_zmtp_queued_pos(lk_zmtp_t *self, const char *identity)
+{
+    s_conn_t *c = s_link(self, identity);
+    return c ? c->base + (int64_t)c->out.len : 0;
+}
+
+int64_t lk_zmtp_written_pos(lk_zmtp_t *self, const char *identity)
+{
+    s_conn_t *c = s_link(self, identity);
+    return c ? c->base + (int64_t)c->out_off : 0;
 }
 
 void lk_zmtp_set_max_queue(lk_zmtp_t *self, size_t bytes)

@@ -59,6 +59,11 @@ int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data
    link loss; a router gives each dealer's link its own number, 0 while there is none.
    A message sent at one value and never refused is delivered while it holds. */
 uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity);
+/* stream positions on the current link (dealer: across links too): the end of what is
+   queued, and how far of it the socket has taken. A message queued to end at P has
+   left this process once lk_zmtp_written_pos() >= P (and the link number held). */
+int64_t lk_zmtp_queued_pos(lk_zmtp_t *self, const char *identity);
+int64_t lk_zmtp_written_pos(lk_zmtp_t *self, const char *identity);
 /* messages lk_zmtp_send refused for a full queue */
 /* the limit lk_zmtp_send applies (256 MiB; for tests) */
 void lk_zmtp_set_max_queue(lk_zmtp_t *self, size_t bytes);

@@ -88,6 +88,7 @@ typedef struct s_defer {
 /* a publish envelope kept while warming */
 typedef struct s_held {
     lk_peer_t *peer;
+    int64_t since;      /* ms, when held */
     uint8_t *data;
     size_t len;
     struct s_held *next;
@@ -950,17 +951,27 @@ static lk_peer_t *s_over(rt_server_t *self, size_t limit)
 /* Publishes wait (unread, unacked) while a peer is slow to take what we sent it: the
    frontends' own router_backlog_bytes then stops them reading their publishers. Held
    ones go on once every peer is under half the backlog again, in arrival order. */
+/* a peer that restarted us: publishes it queued before it learnt of our start may come
+   before its re-Attach; they wait for it (at most this long, for a frontend that has no
+   client left to re-attach and sends nothing else) */
+#define S_SYNC_WAIT_MS 2000
+
 static void s_pressure_check(rt_server_t *self)
 {
-    if (!self->pressed || self->warming)
+    if (self->warming)
         return;
-    if (s_over(self, self->deliver_backlog / 2))
-        return;
-    self->pressed = false;
-    lk_info("deliveries caught up after %" PRId64 " ms: held publishes go on",
-            lk_mono_ms() - self->pressed_since);
+    if (self->pressed) {
+        if (s_over(self, self->deliver_backlog / 2))
+            return;
+        self->pressed = false;
+        lk_info("deliveries caught up after %" PRId64 " ms: held publishes go on",
+                lk_mono_ms() - self->pressed_since);
+    }
+    int64_t now = lk_mono_ms();
     while (self->held && !self->pressed) {
         s_held_t *h = self->held;
+        if (!lk_peer_knows_us(h->peer) && now - h->since < S_SYNC_WAIT_MS)
+            break;
         self->held = h->next;
         if (!self->held)
             self->held_tail = NULL;
@@ -978,9 +989,9 @@ static void s_pressure_check(rt_server_t *self)
     }
 }
 
-static bool s_must_hold(rt_server_t *self)
+static bool s_must_hold(rt_server_t *self, lk_peer_t *peer)
 {
-    if (self->warming || self->held)
+    if (self->warming || self->held || !lk_peer_knows_us(peer))
         return true;
     lk_peer_t *slow = self->deliver_backlog ? s_over(self, self->deliver_backlog) : NULL;
     if (!slow)
@@ -1001,9 +1012,10 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_PUBLISH:
-        if (s_must_hold(self)) {
+        if (s_must_hold(self, peer)) {
             s_held_t *h = lk_calloc(1, sizeof(*h));
             h->peer = peer;
+            h->since = lk_mono_ms();
             h->len = lk__envelope__get_packed_size(env);
             h->data = lk_malloc(h->len);
             lk__envelope__pack(env, h->data);
@@ -1060,7 +1072,11 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
 
 static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
 {
-    s_handle((rt_server_t *)arg, peer, env);
+    rt_server_t *self = arg;
+    s_handle(self, peer, env);
+    /* e.g. the re-Attach a held publish of this peer waited for */
+    if (self->held)
+        s_pressure_check(self);
 }
 
 static void s_forget_node(rt_server_t *self, lk_peer_t *peer)
