@@ -1,7 +1,8 @@
 """53: nothing acknowledged is lost under fan-out (issue 12, item 3). Clean-session QoS 1
 subscribers on one topic, a publisher sending QoS 1 with many messages in flight: every
 message is PUBACKed and every subscriber gets every copy exactly once, and a canary pair
-on another topic loses nothing meanwhile. The pressure goes back to the publisher (the
+on another topic (a QoS 1 message every 100 ms, with the default max_queued_messages)
+loses nothing meanwhile. The pressure goes back to the publisher (the
 router acks a publish once the frontends took its copies, and holds publishes while a
 frontend is behind) instead of copies being dropped between router and frontends.
 

@@ -2,7 +2,7 @@
 
     S clean-session subscribers subscribe to one topic; one publisher sends N messages of
     Z bytes at QoS Q with at most W unacknowledged. A canary pair on another topic (one
-    QoS 1 publisher, one QoS 1 subscriber) exchanges a message every 20 ms meanwhile.
+    QoS 1 publisher, one QoS 1 subscriber) exchanges a message every C ms meanwhile.
     Every PUBLISH a subscriber receives is counted by the sequence number at the head of
     its payload (a bitmap per subscriber: duplicates are told apart). The run ends when
     every copy arrived, or when nothing arrived for `quiet` seconds after the last PUBACK,
@@ -14,7 +14,7 @@
     elapsed_ms. Exit 0 when the run finished, 1 on a setup failure.
 
     lk-fanout -p port [-s subs] [-n msgs] [-z size] [-w window] [-q qos] [-t topic]
-              [-T timeout_s] [-Q quiet_s] [-i id_prefix] */
+              [-T timeout_s] [-Q quiet_s] [-i id_prefix] [-c canary_ms] */
 #include "lk_common.h"
 #include "lk_mqtt.h"
 
@@ -46,7 +46,7 @@ typedef struct {
 } f_conn_t;
 
 typedef struct {
-    int port, subs, msgs, size, window, qos, timeout, quiet;
+    int port, subs, msgs, size, window, qos, timeout, quiet, canary_ms;
     const char *topic, *prefix;
     int ep;
     f_conn_t *c; /* subs, then pub, canary sub, canary pub */
@@ -327,9 +327,9 @@ static bool s_all(f_t *f, int from, int to, bool subscribed)
 int main(int argc, char **argv)
 {
     f_t f = {.subs = 200, .msgs = 400, .size = 65536, .window = 100, .qos = 1, .timeout = 120,
-             .quiet = 10, .topic = "fanout/t", .prefix = "fo"};
+             .quiet = 10, .topic = "fanout/t", .prefix = "fo", .canary_ms = 100};
     int opt;
-    while ((opt = getopt(argc, argv, "p:s:n:z:w:q:t:T:Q:i:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:s:n:z:w:q:t:T:Q:i:c:")) != -1) {
         switch (opt) {
         case 'p': f.port = atoi(optarg); break;
         case 's': f.subs = atoi(optarg); break;
@@ -341,9 +341,11 @@ int main(int argc, char **argv)
         case 'T': f.timeout = atoi(optarg); break;
         case 'Q': f.quiet = atoi(optarg); break;
         case 'i': f.prefix = optarg; break;
+        case 'c': f.canary_ms = atoi(optarg) > 0 ? atoi(optarg) : 100; break;
         default:
             fprintf(stderr, "usage: lk-fanout -p port [-s subs] [-n msgs] [-z size] [-w window] "
-                            "[-q qos] [-t topic] [-T timeout_s] [-Q quiet_s] [-i prefix]\n");
+                            "[-q qos] [-t topic] [-T timeout_s] [-Q quiet_s] [-i prefix] "
+                            "[-c canary_ms]\n");
             return 1;
         }
     }
@@ -393,7 +395,7 @@ int main(int argc, char **argv)
         bool publishing = f.sent < f.msgs || (f.qos && f.acked < f.msgs);
         if (publishing && now >= next_canary) {
             s_publish(cpub, ctopic, (uint32_t)f.c_sent++, 16, 1, s_pid(f.c_pid_used, &f.c_next_pid));
-            next_canary = now + 20;
+            next_canary = now + f.canary_ms;
         }
         s_poll(&f, 10);
         if (f.received != last_count || publishing) {
