@@ -423,5 +423,16 @@ int main(int argc, char **argv)
            "\"canary_received\": %d, \"disconnects\": %" PRIu64 ", \"elapsed_ms\": %" PRId64 "}\n",
            f.sent, f.acked, expected, f.received, f.dups, complete, shortc, min_copies, f.c_sent,
            f.c_acked, f.c_got, f.disconnects, s_ms() - start);
+    for (int i = 0; i < f.n; i++) {
+        if (!f.c[i].closed)
+            close(f.c[i].fd);
+        free(f.c[i].rbuf);
+        free(f.c[i].seen);
+        lk_wbuf_free(&f.c[i].w);
+    }
+    free(f.c);
+    free(f.pid_used);
+    free(f.c_pid_used);
+    close(f.ep);
     return 0;
 }
