@@ -1291,6 +1291,19 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_open_result_clear(&res);
     s_check(&t, "store: subscription set replaced", ok);
 
+    // --- a delta adds and removes single subscriptions, the rest stays
+    {
+        char *gone[] = {"$share/g/c/+", "never/held"};
+        ok = ss_store_subs_delta(store, "c1", "fe-2", set1, 2, NULL, 0) == 0 &&
+             s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 1 &&
+             s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 7;
+        ok = ok && ss_store_subs_delta(store, "c1", "fe-2", NULL, 0, gone, 2) == 0 &&
+             s_raw_int(&t, "HEXISTS lk:sess:%s sub:$share/g/c/+", "c1") == 0 &&
+             s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 6;
+        ok = ok && ss_store_subs_delta(store, "c1", "fe-1", set2, 1, NULL, 0) == 1;
+        s_check(&t, "store: subscription delta", ok);
+    }
+
     // --- expired pending messages skipped and deleted
     ok = s_test_put(store, "c1", 1, lk_wall_ms() + 50, ids) == 0 && ids[0] == 13;
     zclock_sleep(100);
