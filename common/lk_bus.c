@@ -56,6 +56,9 @@ typedef struct s_unacked {
     size_t len;
     bool marked; /* Envelope.resent appended */
     int64_t sent_ms;
+    uint64_t link_gen; /* s_link_gen when last sent */
+    int64_t pos;       /* lk_zmtp stream position of its end, when last sent */
+    bool out;          /* seen to have left our queue (sent_ms restarted then) */
     struct s_unacked *next;
 } s_unacked_t;
 
@@ -80,6 +83,7 @@ struct _lk_peer_t {
     uint64_t epoch;
     bool known; /* epoch learnt */
     bool alive;
+    bool knows_us; /* an envelope of its current life named our epoch (ack_epoch) */
     bool is_server;     /* we connected to it */
     zsock_t *dealer;    /* tcp:// server: libzmq (CurveZMQ) */
     lk_zmtp_t *zdealer; /* ipc:// server: our own ZMTP */
@@ -117,6 +121,7 @@ struct _lk_bus_t {
     void (*on_acked)(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg);
     lk_msglog_t *msglog;
     lk_msglog_t *own_msglog;
+    uint64_t dropped; /* unacknowledged deliveries a full transport refused */
     lk_wbuf_t out;
     s_arena_t arena;
     ProtobufCAllocator pb_alloc;
@@ -237,6 +242,11 @@ uint64_t lk_peer_epoch(lk_peer_t *peer)
     return peer->epoch;
 }
 
+bool lk_peer_knows_us(lk_peer_t *peer)
+{
+    return peer->knows_us;
+}
+
 bool lk_peer_alive(lk_peer_t *peer)
 {
     return peer->alive;
@@ -277,24 +287,24 @@ void *lk_peer_data(lk_peer_t *peer)
 
 /* --- wire ------------------------------------------------------------------------- */
 
-static void s_raw_send(lk_bus_t *self, lk_peer_t *peer, const uint8_t *data, size_t len)
+/* kept: the envelope stays ours until acked (a transport may not drop it for room);
+   false when the transport refused it */
+static bool s_raw_send(lk_bus_t *self, lk_peer_t *peer, const uint8_t *data, size_t len,
+                       bool kept)
 {
     int rc;
-    if (peer->is_server && peer->zdealer) {
-        lk_zmtp_send(peer->zdealer, NULL, data, len);
-        return;
-    }
-    if (!peer->is_server && self->zrouter && (peer->via_zmtp || !self->router)) {
-        lk_zmtp_send(self->zrouter, peer->name, data, len);
-        return;
-    }
+    if (peer->is_server && peer->zdealer)
+        return (kept ? lk_zmtp_send_kept : lk_zmtp_send)(peer->zdealer, NULL, data, len) == 0;
+    if (!peer->is_server && self->zrouter && (peer->via_zmtp || !self->router))
+        return (kept ? lk_zmtp_send_kept : lk_zmtp_send)(self->zrouter, peer->name, data,
+                                                          len) == 0;
     if (peer->is_server) {
         if (!peer->dealer)
-            return;
+            return false;
         rc = zmq_send(zsock_resolve(peer->dealer), data, len, ZMQ_DONTWAIT);
     } else {
         if (!self->router)
-            return;
+            return false;
         void *s = zsock_resolve(self->router);
         rc = zmq_send(s, peer->name, strlen(peer->name), ZMQ_DONTWAIT | ZMQ_SNDMORE);
         if (rc >= 0)
@@ -303,6 +313,7 @@ static void s_raw_send(lk_bus_t *self, lk_peer_t *peer, const uint8_t *data, siz
     /* a full pipe drops: reliable envelopes are re-sent, the rest is at-most-once */
     if (rc < 0 && errno != EHOSTUNREACH)
         lk_debug("bus: send to %s: %s", peer->name, zmq_strerror(errno));
+    return rc >= 0;
 }
 
 static void s_append_varint(lk_wbuf_t *b, uint64_t v)
@@ -341,9 +352,47 @@ static void s_pack_header(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, ui
     env->ack_epoch = saved.ack_epoch;
 }
 
+/* the lk_zmtp link number the envelopes to peer go on (see lk_zmtp_link_gen), or
+   UINT64_MAX for libzmq, whose queue we cannot see; *z / *id: that lk_zmtp */
+static uint64_t s_link(lk_bus_t *self, lk_peer_t *peer, lk_zmtp_t **z, const char **id)
+{
+    if (peer->is_server && peer->zdealer) {
+        *z = peer->zdealer;
+        *id = NULL;
+        return lk_zmtp_link_gen(*z, NULL);
+    }
+    if (!peer->is_server && self->zrouter && (peer->via_zmtp || !self->router)) {
+        *z = self->zrouter;
+        *id = peer->name;
+        return lk_zmtp_link_gen(*z, *id);
+    }
+    *z = NULL;
+    *id = NULL;
+    return UINT64_MAX;
+}
+
+static uint64_t s_link_gen(lk_bus_t *self, lk_peer_t *peer)
+{
+    lk_zmtp_t *z;
+    const char *id;
+    return s_link(self, peer, &z, &id);
+}
+
+/* where an envelope of len bytes queued now ends in its link's stream */
+static int64_t s_link_end(lk_bus_t *self, lk_peer_t *peer, size_t len)
+{
+    lk_zmtp_t *z;
+    const char *id;
+    s_link(self, peer, &z, &id);
+    return z ? lk_zmtp_queued_pos(z, id) + (int64_t)len : 0;
+}
+
 static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t len, int64_t now)
 {
     s_unacked_t *u = lk_malloc(sizeof(*u));
+    u->link_gen = s_link_gen(peer->bus, peer);
+    u->pos = s_link_end(peer->bus, peer, len);
+    u->out = false;
     u->seq = seq;
     u->data = lk_malloc(len);
     memcpy(u->data, data, len);
@@ -373,7 +422,9 @@ static void s_flush_batch(lk_bus_t *self, lk_peer_t *peer, int kind)
     lk_wbuf_append(&self->out, b->items.data, b->items.len);
     if (b->seq)
         s_keep(peer, b->seq, self->out.data, self->out.len, lk_loop_now(self->loop));
-    s_raw_send(self, peer, self->out.data, self->out.len);
+    if (!s_raw_send(self, peer, self->out.data, self->out.len, b->seq > 0) && !b->seq &&
+        (s_body_field[kind] == LK_BODY_DELIVER || s_body_field[kind] == LK_BODY_ROUTE))
+        self->dropped += b->count;  /* QoS 0 deliveries, at most once */
     b->items.len = 0;
     b->count = 0;
     b->seq = 0;
@@ -398,7 +449,8 @@ static void s_flush_peer(lk_bus_t *self, lk_peer_t *peer)
     if (peer->acks_out.n) {
         Lk__Envelope env = LK__ENVELOPE__INIT;
         s_pack_header(self, peer, &env, 0);
-        s_raw_send(self, peer, self->out.data, self->out.len);
+        /* acks are small; a lost one costs the peer a re-send of the whole envelope */
+        s_raw_send(self, peer, self->out.data, self->out.len, true);
     }
 }
 
@@ -431,7 +483,7 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
     s_pack_header(self, peer, env, seq);
     if (reliable)
         s_keep(peer, seq, self->out.data, self->out.len, lk_loop_now(self->loop));
-    s_raw_send(self, peer, self->out.data, self->out.len);
+    s_raw_send(self, peer, self->out.data, self->out.len, reliable);
     return (int64_t)seq;
 }
 
@@ -461,6 +513,11 @@ uint64_t lk_bus_batch_add(lk_bus_t *self, lk_peer_t *peer, int body, const void 
     return reliable ? seq : 0;
 }
 
+uint64_t lk_bus_dropped(lk_bus_t *self)
+{
+    return self->dropped;
+}
+
 void lk_bus_ack(lk_bus_t *self, lk_peer_t *peer, uint64_t seq)
 {
     if (!s_set_del(&peer->rx_pending, seq))
@@ -477,12 +534,37 @@ void lk_bus_on_acked(lk_bus_t *self,
 
 /* --- receiving -------------------------------------------------------------------- */
 
-static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, int64_t older_than)
+/* Re-sends what peer has not acked. timer: what may be lost — on an lk_zmtp link that
+   went down since it was sent (at once), or resend_ms after it left our queue without
+   an ack; on libzmq, resend_ms after it was sent. What still waits in our own queue
+   for a busy peer is on its way: re-sending it only piled duplicates on what that peer
+   had to read (a fan-out stalled that way). */
+static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer)
 {
     int64_t now = lk_loop_now(self->loop);
+    lk_zmtp_t *z;
+    const char *id;
+    uint64_t gen = s_link(self, peer, &z, &id);
+    int64_t written = z && gen ? lk_zmtp_written_pos(z, id) : 0;
     for (s_unacked_t *u = peer->head; u; u = u->next) {
-        if (u->sent_ms > older_than)
-            continue;
+        if (timer) {
+            bool due;
+            if (gen == UINT64_MAX)
+                due = now - u->sent_ms >= self->resend_ms;
+            else if (gen == 0)
+                due = false;    /* no link now: when it is back, its number differs */
+            else if (gen != u->link_gen)
+                due = true;
+            else {
+                if (!u->out && written >= u->pos) {
+                    u->out = true;
+                    u->sent_ms = now;
+                }
+                due = u->out && now - u->sent_ms >= self->resend_ms;
+            }
+            if (!due)
+                continue;
+        }
         /* the bytes hold the ack list of their first sending: stale but harmless, acks
            are idempotent and carry their epoch. A field appended to protobuf bytes
            overrides an earlier one: Envelope.resent = true (field 6, varint) tells the
@@ -494,8 +576,11 @@ static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, int64_t older_than)
             u->marked = true;
             peer->unacked_bytes += 2;
         }
-        s_raw_send(self, peer, u->data, u->len);
+        u->pos = s_link_end(self, peer, u->len);
+        s_raw_send(self, peer, u->data, u->len, true);
         u->sent_ms = now;
+        u->link_gen = gen;
+        u->out = false;
     }
 }
 
@@ -548,7 +633,8 @@ static void s_send_hello(lk_bus_t *self, lk_peer_t *peer, bool reply)
     env.body_case = LK__ENVELOPE__BODY_HELLO;
     env.hello = &hello;
     s_pack_header(self, peer, &env, 0);
-    s_raw_send(self, peer, self->out.data, self->out.len);
+    /* small and rare; a lost one would have the peer called silent */
+    s_raw_send(self, peer, self->out.data, self->out.len, true);
 }
 
 static void *s_arena_alloc(void *arg, size_t size)
@@ -719,7 +805,7 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
         free(peer->endpoint);
         peer->endpoint = lk_strdup(env->hello->endpoint);
     }
-    bool up = false, restarted = false;
+    bool up = false, restarted = false, first_contact = !peer->known;
     if (env->epoch && (!peer->known || env->epoch != peer->epoch)) {
         restarted = peer->known;
         if (restarted)
@@ -730,8 +816,11 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
         peer->rx_above.n = 0;
         peer->rx_pending.n = 0;
         peer->acks_out.n = 0;
+        peer->knows_us = false;
         up = true;
     }
+    if (env->ack_epoch == self->epoch)
+        peer->knows_us = true;
     if (!peer->alive) {
         peer->alive = true;
         up = true;
@@ -745,7 +834,8 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
            whatever the peer's previous life did not ack follows */
         if (self->h.on_peer_up)
             self->h.on_peer_up(self, peer, restarted, self->arg);
-        s_resend_all(self, peer, INT64_MAX);
+        /* back from silence in the same life: only what its link may have lost */
+        s_resend_all(self, peer, !restarted && peer->known && !first_contact);
     }
     if (env->body_case == LK__ENVELOPE__BODY_HELLO) {
         if (!env->hello->reply && !peer->is_server)
@@ -856,7 +946,7 @@ static void s_tick(lk_loop_t *loop, void *arg)
                 self->h.on_peer_down(self, p, self->arg);
         }
         if (p->alive && p->head)
-            s_resend_all(self, p, now - self->resend_ms);
+            s_resend_all(self, p, true);
     }
 }
 

@@ -97,6 +97,9 @@ const char *lk_peer_endpoint(lk_peer_t *peer);
 /* endpoint to advertise in our Hello (NULL or "": none) */
 void lk_bus_advertise(lk_bus_t *self, const char *endpoint);
 uint64_t lk_peer_epoch(lk_peer_t *peer);
+/* the peer's current life has sent us an envelope naming our epoch: what it sent after
+   learning of our (re)start is arriving (what it queued before may have come first) */
+bool lk_peer_knows_us(lk_peer_t *peer);
 /* heard from within dead_ms (for a server we connect to: its Hello answers) */
 bool lk_peer_alive(lk_peer_t *peer);
 /* envelopes sent reliably and not yet acked, and their bytes */
@@ -129,6 +132,10 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
    seq the batch will carry when reliable (so the caller can wait for its ack), else 0. */
 uint64_t lk_bus_batch_add(lk_bus_t *self, lk_peer_t *peer, int body, const void *item,
                           bool reliable);
+/* items of unreliable DeliverBatch / Route envelopes (QoS 0 deliveries) a full transport
+   refused; reliable envelopes are never refused for room (the sender bounds them) */
+uint64_t lk_bus_dropped(lk_bus_t *self);
+
 /* flushes every pending batch and ack now (the loop does it at every turn end) */
 void lk_bus_flush(lk_bus_t *self);
 

@@ -43,6 +43,8 @@ typedef struct s_conn {
     bool skip;      /* dropping the rest of a multipart message */
     bool dead;      /* router: closed, to be freed */
     char *identity; /* router: the dealer's, once READY */
+    uint64_t gen;   /* router: this link's number (lk_zmtp_link_gen) */
+    int64_t base;   /* stream position of out.data[0] (lk_zmtp_queued_pos) */
     struct s_conn *next;
 } s_conn_t;
 
@@ -71,6 +73,12 @@ struct _lk_zmtp_t {
     bool connected;
     int retry_ms;
     int retry_timer;
+    /* messages refused past S_MAX_QUEUE, and when we last said so */
+    uint64_t dropped;
+    int64_t drop_warned_ms;
+    size_t max_queue;
+    /* lk_zmtp_link_gen: dealer, bumped at every link loss; router, the last given out */
+    uint64_t gen;
 };
 
 static void s_conn_event(lk_loop_t *loop, int fd, uint32_t events, void *arg);
@@ -275,10 +283,12 @@ static void s_conn_close(s_conn_t *c, const char *why)
     }
     /* dealer: half-written frames cannot go on another link; drop what was queued */
     lk_debug("zmtp: link to %s down (%s)", self->peer_name, why);
+    self->gen++;
     self->connected = false;
     c->stage = S_GREETING;
     c->skip = false;
     c->in.len = 0;
+    c->base += (int64_t)c->out.len;
     c->out.len = 0;
     c->out_off = 0;
     if (!self->retry_timer) {
@@ -302,6 +312,13 @@ static bool s_conn_write(s_conn_t *c)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (c->out_off >= S_KEEP_CAP && c->out_off >= c->out.len / 2) {
+                /* a link never idle would otherwise keep every byte it ever queued */
+                memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
+                c->out.len -= c->out_off;
+                c->base += (int64_t)c->out_off;
+                c->out_off = 0;
+            }
             if (!c->want_out) {
                 c->want_out = true;
                 lk_loop_mod_fd(c->owner->loop, c->fd, EPOLLIN | EPOLLOUT);
@@ -311,6 +328,7 @@ static bool s_conn_write(s_conn_t *c)
         s_conn_close(c, n < 0 ? strerror(errno) : "write failed");
         return false;
     }
+    c->base += (int64_t)c->out.len;
     c->out.len = 0;
     c->out_off = 0;
     if (c->out.cap > S_KEEP_CAP) {
@@ -376,6 +394,7 @@ static bool s_on_ready(s_conn_t *c, const lk_zmtp_frame_t *f)
     if (old && old != c)
         s_conn_close(old, "replaced by a new link with the same identity");
     c->identity = lk_strdup(id);
+    c->gen = ++self->gen;
     zhashx_update(self->by_id, id, c);
     lk_debug("zmtp: %s joined", id);
     return true;
@@ -512,6 +531,8 @@ static void s_conn_start(s_conn_t *c, const char *socket_type, const char *ident
     lk_wbuf_init(&hs);
     s_put_greeting(&hs, self->is_router);
     s_put_ready(&hs, socket_type, identity);
+    /* what was queued keeps its stream position behind the handshake */
+    c->base += (int64_t)c->out_off - (int64_t)hs.len;
     if (c->out.len > c->out_off)
         lk_wbuf_append(&hs, c->out.data + c->out_off, c->out.len - c->out_off);
     lk_wbuf_free(&c->out);
@@ -575,6 +596,7 @@ lk_zmtp_t *lk_zmtp_router_new(lk_loop_t *loop, lk_zmtp_msg_fn *fn, void *arg)
     self->fn = fn;
     self->arg = arg;
     self->by_id = zhashx_new();
+    self->max_queue = S_MAX_QUEUE;
     return self;
 }
 
@@ -589,6 +611,8 @@ lk_zmtp_t *lk_zmtp_dealer_new(lk_loop_t *loop, const char *identity, const char 
     self->peer_name = lk_strdup(peer_name);
     self->link = s_conn_new(self, -1);
     self->retry_ms = S_RETRY_MIN_MS;
+    self->gen = 1;
+    self->max_queue = S_MAX_QUEUE;
     return self;
 }
 
@@ -707,19 +731,76 @@ bool lk_zmtp_connected(lk_zmtp_t *self)
 
 /* --- sending ---------------------------------------------------------------------- */
 
-int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len)
+static int s_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len,
+                  bool keep)
 {
     s_conn_t *c = self->is_router ? zhashx_lookup(self->by_id, identity) : self->link;
     if (!c || c->dead)
         return -1;
-    if (c->out.len - c->out_off + len > S_MAX_QUEUE) {
-        lk_debug("zmtp: queue to %s full, message dropped",
-                 self->is_router ? identity : self->peer_name);
+    if (!keep && c->out.len - c->out_off + len > self->max_queue) {
+        /* only what the sender may lose comes here (the bus's unacknowledged envelopes
+           are kept): counted, and said at warning level at most every 10 s */
+        self->dropped++;
+        int64_t now = lk_mono_ms();
+        if (now - self->drop_warned_ms >= 10000) {
+            lk_warn("zmtp: queue to %s past %zu MiB: message dropped (%" PRIu64 " so far)",
+                    self->is_router ? identity : self->peer_name, self->max_queue >> 20,
+                    self->dropped);
+            self->drop_warned_ms = now;
+        }
         return -1;
     }
     s_put_frame_header(&c->out, 0, len);
     lk_wbuf_append(&c->out, data, len);
     return 0;
+}
+
+int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len)
+{
+    return s_send(self, identity, data, len, false);
+}
+
+int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len)
+{
+    return s_send(self, identity, data, len, true);
+}
+
+uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity)
+{
+    if (!self->is_router)
+        return self->gen;
+    s_conn_t *c = zhashx_lookup(self->by_id, identity);
+    return c && !c->dead ? c->gen : 0;
+}
+
+static s_conn_t *s_link(lk_zmtp_t *self, const char *identity)
+{
+    if (!self->is_router)
+        return self->link;
+    s_conn_t *c = zhashx_lookup(self->by_id, identity);
+    return c && !c->dead ? c : NULL;
+}
+
+int64_t lk_zmtp_queued_pos(lk_zmtp_t *self, const char *identity)
+{
+    s_conn_t *c = s_link(self, identity);
+    return c ? c->base + (int64_t)c->out.len : 0;
+}
+
+int64_t lk_zmtp_written_pos(lk_zmtp_t *self, const char *identity)
+{
+    s_conn_t *c = s_link(self, identity);
+    return c ? c->base + (int64_t)c->out_off : 0;
+}
+
+void lk_zmtp_set_max_queue(lk_zmtp_t *self, size_t bytes)
+{
+    self->max_queue = bytes;
+}
+
+uint64_t lk_zmtp_dropped(lk_zmtp_t *self)
+{
+    return self->dropped;
 }
 
 void lk_zmtp_flush(lk_zmtp_t *self)
@@ -885,6 +966,21 @@ int lk_zmtp_test(bool verbose)
     s_zt_until(loop, &d2t.got, 1003, 5000);
     S_CHECK(d2t.got == 1003 && strcmp(d2t.last, "m999") == 0);
     S_CHECK(d2t.bytes == 3 * sizeof(large) + 10 + 90 * 2 + 900 * 3 + 1000);
+    int before;
+    /* the queue limit: what may be lost is refused and counted, kept messages never */
+    lk_zmtp_set_max_queue(d2, 1 << 20);
+    before = d2t.got;
+    uint64_t gen = lk_zmtp_link_gen(d2, NULL);
+    S_CHECK(lk_zmtp_send(d2, NULL, large, 400 << 10) == 0);
+    S_CHECK(lk_zmtp_send(d2, NULL, large, 400 << 10) == 0);
+    S_CHECK(lk_zmtp_send(d2, NULL, large, 400 << 10) == -1 && lk_zmtp_dropped(d2) == 1);
+    S_CHECK(lk_zmtp_send_kept(d2, NULL, large, 400 << 10) == 0);
+    S_CHECK(lk_zmtp_send_kept(d2, NULL, large, 400 << 10) == 0);
+    s_zt_until(loop, &d2t.got, before + 4, 5000);
+    S_CHECK(d2t.got == before + 4 && lk_zmtp_dropped(d2) == 1);
+    S_CHECK(lk_zmtp_link_gen(d2, NULL) == gen && gen > 0);
+    S_CHECK(lk_zmtp_link_gen(r, "fe-2") > 0 && lk_zmtp_link_gen(r, "nobody") == 0);
+    lk_zmtp_set_max_queue(d2, S_MAX_QUEUE);
     /* no such dealer */
     S_CHECK(lk_zmtp_send(r, "nobody", (const uint8_t *)"x", 1) == -1);
     /* handover: a second dealer with the identity fe-1 takes the name over */
@@ -893,7 +989,7 @@ int lk_zmtp_test(bool verbose)
     lk_loop_remove_turn_end(loop, s_zt_turn, all);
     lk_loop_on_turn_end(loop, s_zt_turn, all2);
     lk_zmtp_connect(d3, ep);
-    int before = d2t.got;
+    before = d2t.got;
     lk_zmtp_send(d3, NULL, (const uint8_t *)"from d3", 7);
     s_zt_until(loop, &d2t.got, before + 1, 3000);
     S_CHECK(d2t.got == before + 1 && strcmp(d2t.last, "from d3") == 0);
@@ -901,7 +997,11 @@ int lk_zmtp_test(bool verbose)
     lk_loop_remove_turn_end(loop, s_zt_turn, all2);
     lk_loop_on_turn_end(loop, s_zt_turn, all);
 
-    /* the router goes away and comes back: the dealer reconnects */
+    /* the router goes away and comes back: the dealer reconnects, its link number moves */
+    for (int i = 0; i < 100 && !lk_zmtp_connected(d); i++)
+        s_zt_until(loop, &dt.got, INT32_MAX, 20);   /* back from the handover above */
+    S_CHECK(lk_zmtp_connected(d));
+    uint64_t gen_before = lk_zmtp_link_gen(d, NULL);
     lk_zmtp_destroy(&r);
     all[0] = r = lk_zmtp_router_new(loop, s_zt_msg, &rt);
     rt.echo = r;
@@ -913,6 +1013,7 @@ int lk_zmtp_test(bool verbose)
         s_zt_until(loop, &dt.got, before + 1, 200);
     }
     S_CHECK(dt.got > before && strcmp(dt.last, "again") == 0);
+    S_CHECK(lk_zmtp_link_gen(d, NULL) > gen_before);
 
     /* libzmq DEALER → our router, and our dealer → libzmq ROUTER */
     zsock_t *zd = zsock_new(ZMQ_DEALER);

@@ -49,8 +49,25 @@ int lk_zmtp_connect(lk_zmtp_t *self, const char *endpoint);
 
 /* queues one message: a router to the dealer named identity, a dealer to its server
    (identity ignored; queued while the link is down, as libzmq does). 0, or -1 when there
-   is no such dealer or the queue is past its limit. */
+   is no such dealer or the queue is past its limit (256 MiB; counted, and logged at
+   warning level at most every 10 s). */
 int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len);
+/* the same for a message the caller keeps until the peer acknowledges it: queued
+   whatever the queue holds (the caller bounds what it keeps unacknowledged) */
+int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len);
+/* Changes whenever what was sent may have been lost: a dealer's number goes up at every
+   link loss; a router gives each dealer's link its own number, 0 while there is none.
+   A message sent at one value and never refused is delivered while it holds. */
+uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity);
+/* stream positions on the current link (dealer: across links too): the end of what is
+   queued, and how far of it the socket has taken. A message queued to end at P has
+   left this process once lk_zmtp_written_pos() >= P (and the link number held). */
+int64_t lk_zmtp_queued_pos(lk_zmtp_t *self, const char *identity);
+int64_t lk_zmtp_written_pos(lk_zmtp_t *self, const char *identity);
+/* messages lk_zmtp_send refused for a full queue */
+/* the limit lk_zmtp_send applies (256 MiB; for tests) */
+void lk_zmtp_set_max_queue(lk_zmtp_t *self, size_t bytes);
+uint64_t lk_zmtp_dropped(lk_zmtp_t *self);
 /* writes what is queued, as far as the sockets take it */
 void lk_zmtp_flush(lk_zmtp_t *self);
 /* dealer: the handshake with the server is done */

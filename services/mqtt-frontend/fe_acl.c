@@ -102,8 +102,9 @@ static void s_prune_subs(fe_conn_t *conn)
         }
         lk_info("client %s: subscription '%s' dropped: no longer allowed", conn->client_id,
                 conn->subs[i].filter);
-        gone[n++] = conn->subs[i].filter;
-        conn->subs[i] = conn->subs[--conn->n_subs];
+        gone[n++] = lk_strdup(conn->subs[i].filter);
+        fe_sub_changed(conn, conn->subs[i].filter);
+        fe_sub_remove_at(conn, i);
     }
     if (n) {
         Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
@@ -114,7 +115,6 @@ static void s_prune_subs(fe_conn_t *conn)
         env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
         env.unsubscribe = &ur;
         lk_bus_send(srv->bus, srv->router, &env, true);
-        conn->subs_changed = true;
         fe_store_ack_add(conn, 0);
     }
     for (size_t i = 0; i < n; i++)

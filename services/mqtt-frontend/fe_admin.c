@@ -142,24 +142,12 @@ static void s_subscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_ou
         Lk__Subscription *s = q->subs[i];
         if (!s->filter || !lk_mqtt_filter_valid(s->filter, strlen(s->filter), true))
             continue;
-        fe_sub_t *have = NULL;
-        for (size_t k = 0; k < c->n_subs; k++)
-            if (strcmp(c->subs[k].filter, s->filter) == 0)
-                have = &c->subs[k];
-        if (!have) {
-            if (c->n_subs == c->cap_subs) {
-                c->cap_subs = c->cap_subs ? c->cap_subs * 2 : 4;
-                c->subs = lk_realloc(c->subs, c->cap_subs * sizeof(fe_sub_t));
-            }
-            have = &c->subs[c->n_subs++];
-            memset(have, 0, sizeof(*have));
-            have->filter = lk_strdup(s->filter);
-            is_new[n] = true;
-        }
-        have->qos = s->qos > 2 ? 2 : (uint8_t)s->qos;
-        have->no_local = s->no_local;
-        have->rap = s->retain_as_published;
-        have->rh = (uint8_t)(s->retain_handling > 2 ? 2 : s->retain_handling);
+        bool fresh = false;
+        fe_sub_set(c, s->filter, s->qos > 2 ? 2 : (uint8_t)s->qos, s->no_local,
+                   s->retain_as_published,
+                   (uint8_t)(s->retain_handling > 2 ? 2 : s->retain_handling), 0, &fresh);
+        fe_sub_changed(c, s->filter);
+        is_new[n] = fresh;
         subs[n++] = s;
     }
     if (n) {
@@ -174,7 +162,6 @@ static void s_subscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_ou
         env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
         env.subscribe = &sr;
         lk_bus_send(srv->bus, srv->router, &env, true);
-        c->subs_changed = true;
         fe_store_ack_add(c, 0);
     } else
         lk_admin_error(out, "INVALID_PARAMETER", "no valid topic filter");
@@ -189,14 +176,14 @@ static void s_unsubscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_
     if (!c)
         return;
     uint32_t n = 0;
-    for (size_t i = 0; i < q->n_filters; i++)
-        for (size_t k = 0; k < c->n_subs; k++)
-            if (strcmp(c->subs[k].filter, q->filters[i]) == 0) {
-                free(c->subs[k].filter);
-                c->subs[k] = c->subs[--c->n_subs];
-                n++;
-                break;
-            }
+    for (size_t i = 0; i < q->n_filters; i++) {
+        ssize_t k = q->filters[i] ? fe_sub_find(c, q->filters[i]) : -1;
+        if (k >= 0) {
+            fe_sub_remove_at(c, (size_t)k);
+            fe_sub_changed(c, q->filters[i]);
+            n++;
+        }
+    }
     Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
     ur.client = c->client_id;
     ur.n_filters = q->n_filters;
@@ -205,7 +192,6 @@ static void s_unsubscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_
     env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
     env.unsubscribe = &ur;
     lk_bus_send(srv->bus, srv->router, &env, true);
-    c->subs_changed = true;
     fe_store_ack_add(c, 0);
     lk_admin_reply(out)->count = n;
 }

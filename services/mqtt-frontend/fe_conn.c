@@ -640,9 +640,7 @@ void fe_conn_free(fe_conn_t *conn)
     for (uint16_t i = 0; i < conn->alias_in_max; i++)
         free(conn->alias_in ? conn->alias_in[i] : NULL);
     free(conn->alias_in);
-    for (size_t i = 0; i < conn->n_subs; i++)
-        free(conn->subs[i].filter);
-    free(conn->subs);
+    fe_subs_free(conn);
     free(conn->qos2_in);
     for (size_t i = 0; i < conn->n_inflight; i++)
         free(conn->inflight[i].shared);

@@ -10,6 +10,22 @@
 /* output bytes waiting for a slow consumer past which its QoS 0 messages are shed */
 #define FE_SHED_QOS0_BYTES (1u << 20)
 
+void fe_dropped(fe_conn_t *conn, const Lk__Msg *m, const char *why)
+{
+    fe_server_t *srv = conn->srv;
+    srv->dropped++;
+    srv->drop_unlogged++;
+    int64_t now = lk_loop_now(srv->loop);
+    if (srv->drop_logged_ms && now - srv->drop_logged_ms < 10000)
+        return;
+    lk_warn("client %s: QoS %u message on '%s' dropped: %s (%" PRIu64 " dropped since the "
+            "last such line, %" PRIu64 " in all)",
+            conn->client_id ? conn->client_id : "-", m ? m->qos : 0,
+            m && m->topic ? m->topic : "", why, srv->drop_unlogged, srv->dropped);
+    srv->drop_logged_ms = now;
+    srv->drop_unlogged = 0;
+}
+
 static bool s_pid_busy(fe_conn_t *conn, uint16_t pid)
 {
     for (size_t i = 0; i < conn->n_inflight; i++)
@@ -166,7 +182,7 @@ static bool s_send_publish(fe_conn_t *conn, const Lk__Deliver *d, uint16_t pid, 
     if (conn->client_max_packet && conn->out.len - before > conn->client_max_packet) {
         /* [MQTT-3.1.2-25] too large for this client: dropped for it alone */
         conn->out.len = before;
-        srv->dropped++;
+        fe_dropped(conn, m, "larger than the client's Maximum Packet Size");
         return false;
     }
     srv->msgs_out++;
@@ -216,8 +232,11 @@ static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     if (!d->store_id && (conn->n_queued >= srv->max_queued ||
                          (srv->max_queued_bytes &&
                           conn->queued_bytes + size > srv->max_queued_bytes))) {
-        /* the session store keeps stored copies; the rest is lost for this client */
-        srv->dropped++;
+        /* the session store keeps stored copies; the rest is refused here, as Mosquitto
+           does past max_queued_messages */
+        fe_dropped(conn, d->msg, conn->n_queued >= srv->max_queued
+                                     ? "the client's queue is full (max_queued_messages)"
+                                     : "the client's queue is full (max_queued_bytes)");
         return;
     }
     fe_queued_t *q = lk_calloc(1, sizeof(*q));
@@ -284,7 +303,7 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     bool dup_flag = dup && d->dup;
     if (d->msg->qos == 0 && conn->out.len > FE_SHED_QOS0_BYTES) {
         /* a consumer this far behind loses QoS 0 first (counted in $SYS dropped) */
-        conn->srv->dropped++;
+        fe_dropped(conn, d->msg, "slow consumer, more than 1 MiB unsent");
         return;
     }
     if (conn->state == FE_ACTIVE &&

@@ -321,26 +321,92 @@ void fe_takeover(fe_server_t *srv, const Lk__Takeover *t)
     }
 }
 
-static void s_sub_set(fe_conn_t *conn, const char *filter, uint8_t qos, bool nl, bool rap,
-                      uint8_t rh, uint32_t sub_id, bool *is_new)
+/* past this many subscriptions a connection indexes them by filter */
+#define FE_SUB_INDEX_MIN 16
+
+static void s_sub_index_put(fe_conn_t *conn, size_t i)
 {
+    if (conn->sub_idx)
+        zhashx_update(conn->sub_idx, conn->subs[i].filter, (void *)(uintptr_t)(i + 1));
+}
+
+ssize_t fe_sub_find(fe_conn_t *conn, const char *filter)
+{
+    if (!conn->sub_idx && conn->n_subs >= FE_SUB_INDEX_MIN) {
+        conn->sub_idx = zhashx_new();
+        /* keys are the subscriptions' own filters */
+        zhashx_set_key_duplicator(conn->sub_idx, NULL);
+        zhashx_set_key_destructor(conn->sub_idx, NULL);
+        for (size_t i = 0; i < conn->n_subs; i++)
+            s_sub_index_put(conn, i);
+    }
+    if (conn->sub_idx) {
+        uintptr_t v = (uintptr_t)zhashx_lookup(conn->sub_idx, filter);
+        return v ? (ssize_t)v - 1 : -1;
+    }
     for (size_t i = 0; i < conn->n_subs; i++)
-        if (strcmp(conn->subs[i].filter, filter) == 0) {
-            fe_sub_t *s = &conn->subs[i];
-            s->qos = qos;
-            s->no_local = nl;
-            s->rap = rap;
-            s->rh = rh;
-            s->sub_id = sub_id;
-            *is_new = false;
-            return;
-        }
+        if (strcmp(conn->subs[i].filter, filter) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+void fe_sub_remove_at(fe_conn_t *conn, size_t i)
+{
+    if (conn->sub_idx)
+        zhashx_delete(conn->sub_idx, conn->subs[i].filter);
+    free(conn->subs[i].filter);
+    conn->subs[i] = conn->subs[--conn->n_subs];
+    if (i < conn->n_subs)
+        s_sub_index_put(conn, i);
+}
+
+void fe_sub_changed(fe_conn_t *conn, const char *filter)
+{
+    if (conn->n_sub_changes == conn->cap_sub_changes) {
+        conn->cap_sub_changes = conn->cap_sub_changes ? conn->cap_sub_changes * 2 : 8;
+        conn->sub_changes =
+            lk_realloc(conn->sub_changes, conn->cap_sub_changes * sizeof(char *));
+    }
+    conn->sub_changes[conn->n_sub_changes++] = lk_strdup(filter);
+    conn->subs_changed = true;
+}
+
+void fe_subs_free(fe_conn_t *conn)
+{
+    zhashx_destroy(&conn->sub_idx);
+    for (size_t i = 0; i < conn->n_subs; i++)
+        free(conn->subs[i].filter);
+    free(conn->subs);
+    conn->subs = NULL;
+    conn->n_subs = conn->cap_subs = 0;
+    for (size_t i = 0; i < conn->n_sub_changes; i++)
+        free(conn->sub_changes[i]);
+    free(conn->sub_changes);
+    conn->sub_changes = NULL;
+    conn->n_sub_changes = conn->cap_sub_changes = 0;
+}
+
+void fe_sub_set(fe_conn_t *conn, const char *filter, uint8_t qos, bool nl, bool rap, uint8_t rh,
+                uint32_t sub_id, bool *is_new)
+{
+    ssize_t at = fe_sub_find(conn, filter);
+    if (at >= 0) {
+        fe_sub_t *s = &conn->subs[at];
+        s->qos = qos;
+        s->no_local = nl;
+        s->rap = rap;
+        s->rh = rh;
+        s->sub_id = sub_id;
+        *is_new = false;
+        return;
+    }
     if (conn->n_subs == conn->cap_subs) {
         conn->cap_subs = conn->cap_subs ? conn->cap_subs * 2 : 4;
         conn->subs = lk_realloc(conn->subs, conn->cap_subs * sizeof(fe_sub_t));
     }
     fe_sub_t *s = &conn->subs[conn->n_subs++];
     s->filter = lk_strdup(filter);
+    s_sub_index_put(conn, conn->n_subs - 1);
     s->qos = qos;
     s->no_local = nl;
     s->rap = rap;
@@ -398,7 +464,7 @@ void fe_session_ready(fe_conn_t *conn, Lk__SessionOpened *r)
             Lk__Subscription *s = r->subs[i];
             bool is_new;
             if (s->filter)
-                s_sub_set(conn, s->filter, (uint8_t)s->qos, s->no_local, s->retain_as_published,
+                fe_sub_set(conn, s->filter, (uint8_t)s->qos, s->no_local, s->retain_as_published,
                           (uint8_t)s->retain_handling, s->sub_id, &is_new);
         }
         /* QoS 2 exchanges the client started in an earlier connection [MQTT-4.3.3-10] */
@@ -734,8 +800,9 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         uint8_t q = e->qos > 2 ? 2 : e->qos;
         codes[i] = q;
         bool fresh;
-        s_sub_set(conn, f, q, e->no_local, e->retain_as_published, e->retain_handling, sub_id,
+        fe_sub_set(conn, f, q, e->no_local, e->retain_as_published, e->retain_handling, sub_id,
                   &fresh);
+        fe_sub_changed(conn, f);
         Lk__Subscription *ls = &store[n];
         lk__subscription__init(ls);
         ls->filter = f;
@@ -763,7 +830,6 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
         env.subscribe = &sr;
         int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
         fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
-        conn->subs_changed = true;
         fe_store_ack_add(conn, 0);
     } else {
         lk_mqtt_packet_t p = {0};
@@ -797,13 +863,12 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
             codes[i] = LK_RC_TOPIC_FILTER_INVALID;
             continue;
         }
-        for (size_t k = 0; k < conn->n_subs; k++)
-            if (strcmp(conn->subs[k].filter, filters[i]) == 0) {
-                free(conn->subs[k].filter);
-                conn->subs[k] = conn->subs[--conn->n_subs];
-                codes[i] = LK_RC_SUCCESS;
-                break;
-            }
+        ssize_t k = fe_sub_find(conn, filters[i]);
+        if (k >= 0) {
+            fe_sub_remove_at(conn, (size_t)k);
+            fe_sub_changed(conn, filters[i]);
+            codes[i] = LK_RC_SUCCESS;
+        }
     }
     Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
     ur.client = conn->client_id;
@@ -818,7 +883,6 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     for (uint32_t i = 0; i < u->count; i++)
         free(filters[i]);
     free(filters);
-    conn->subs_changed = true;
     fe_store_ack_add(conn, 0);
     return 0;
 }

@@ -147,9 +147,14 @@ typedef struct fe_conn {
     /* inbound topic aliases (v5) */
     char **alias_in;
     uint16_t alias_in_max;
-    /* subscriptions */
+    /* subscriptions; sub_idx: filter -> index + 1, once there are many */
     fe_sub_t *subs;
     size_t n_subs, cap_subs;
+    zhashx_t *sub_idx;
+    /* filters subscribed or unsubscribed since the last SessionAck: the session store
+       is told only these (one SUBSCRIBE must not rewrite the whole set) */
+    char **sub_changes;
+    size_t n_sub_changes, cap_sub_changes;
     /* outbound topic aliases (v5): alias i+1 stands for alias_out[i] */
     char **alias_out;
     uint16_t n_alias_out;
@@ -284,6 +289,8 @@ struct _fe_server_t {
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     uint64_t msgs_in_qos[3], msgs_out_qos[3], bytes_in_qos[3], bytes_out_qos[3];
+    int64_t drop_logged_ms;     /* fe_dropped's last line, and the drops since */
+    uint64_t drop_unlogged;
     lk_wbuf_t scratch;
     fe_limits_t *limits;
 };
@@ -391,12 +398,25 @@ void fe_auth_request_send(fe_conn_t *conn);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
 /* sends the connection's pending SessionAck (store ids, released ids, subscriptions) now */
 void fe_session_ack_flush(fe_conn_t *conn);
+/* the index of the subscription to filter, or -1 */
+ssize_t fe_sub_find(fe_conn_t *conn, const char *filter);
+/* adds or replaces the subscription to filter; *is_new tells which */
+void fe_sub_set(fe_conn_t *conn, const char *filter, uint8_t qos, bool nl, bool rap, uint8_t rh,
+                uint32_t sub_id, bool *is_new);
+/* removes subscription i (its filter is freed) */
+void fe_sub_remove_at(fe_conn_t *conn, size_t i);
+/* filter was subscribed or unsubscribed: the session store hears of it at turn end */
+void fe_sub_changed(fe_conn_t *conn, const char *filter);
+void fe_subs_free(fe_conn_t *conn);
 
 /* fe_acl.c: Revoke{acl_changed} from auth, and the AuthReply{acl_only} it leads to */
 void fe_acl_changed(fe_server_t *srv, const Lk__Revoke *r);
 void fe_acl_reply(fe_server_t *srv, const Lk__AuthReply *r);
 
 /* fe_deliver.c */
+/* a message not delivered to conn's client: counted ($SYS dropped) and logged, one line
+   per 10 s per frontend with the count since the last */
+void fe_dropped(fe_conn_t *conn, const Lk__Msg *m, const char *why);
 void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);

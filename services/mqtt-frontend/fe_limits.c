@@ -491,9 +491,8 @@ uint8_t fe_limits_subscribe(fe_conn_t *conn, const char *filter)
         return v5 ? LK_RC_TOPIC_FILTER_INVALID : 0x80;
     }
     if (self->max_subs > 0 && (int64_t)conn->n_subs >= self->max_subs) {
-        for (size_t i = 0; i < conn->n_subs; i++)
-            if (strcmp(conn->subs[i].filter, filter) == 0)
-                return 0; /* replaces one it holds: no new quota needed */
+        if (fe_sub_find(conn, filter) >= 0)
+            return 0; /* replaces one it holds: no new quota needed */
         s_refusal(self, conn, S_LOG_SUBS,
                   "subscription refused: max_subscriptions (%" PRId64 ") reached", self->max_subs);
         return v5 ? LK_RC_QUOTA_EXCEEDED : 0x80;

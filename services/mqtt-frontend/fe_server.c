@@ -649,7 +649,8 @@ static void s_stats(lk_loop_t *loop, void *arg)
     st.msgs_sent = srv->msgs_out;
     st.bytes_received = srv->bytes_in;
     st.bytes_sent = srv->bytes_out;
-    st.msgs_dropped = srv->dropped;
+    /* with the QoS 0 deliveries our bus links refused for room (to other frontends) */
+    st.msgs_dropped = srv->dropped + lk_bus_dropped(srv->bus);
     st.connections_total = srv->connections_total;
     st.heap_bytes = lk_admin_rss();
     Lk__Envelope env = LK__ENVELOPE__INIT;
@@ -721,10 +722,23 @@ static void s_cron(lk_loop_t *loop, void *arg)
 
 /* --- turn end: one write per connection, then the session store's acks ------------ */
 
+static void s_sub_changes_clear(fe_conn_t *c)
+{
+    for (size_t i = 0; i < c->n_sub_changes; i++)
+        free(c->sub_changes[i]);
+    c->n_sub_changes = 0;
+    c->subs_changed = false;
+}
+
 void fe_session_ack_flush(fe_conn_t *c)
 {
     fe_server_t *srv = c->srv;
-    if (c->expiry == 0 || c->unregistered || (!c->n_acked_ids && !c->n_rel && !c->subs_changed))
+    if (c->expiry == 0 || c->unregistered) {
+        /* no session to keep: nothing to tell */
+        s_sub_changes_clear(c);
+        return;
+    }
+    if (!c->n_acked_ids && !c->n_rel && !c->subs_changed)
         return;
     Lk__SessionAck sa = LK__SESSION_ACK__INIT;
     sa.client = c->client_id;
@@ -734,21 +748,45 @@ void fe_session_ack_flush(fe_conn_t *c)
     sa.released_ids = c->rel_ids;
     sa.n_released_pids = c->n_rel;
     sa.released_pids = c->rel_pids;
-    Lk__Subscription store[c->n_subs ? c->n_subs : 1];
-    Lk__Subscription *ptrs[c->n_subs ? c->n_subs : 1];
+    /* only the subscriptions that changed: what is held now is written, the rest
+       deleted (the store applies them in order, so a repeat is harmless) */
+    size_t nch = c->subs_changed ? c->n_sub_changes : 0;
+    Lk__Subscription *store = nch ? lk_calloc(nch, sizeof(*store)) : NULL;
+    Lk__Subscription **ptrs = nch ? lk_calloc(nch, sizeof(*ptrs)) : NULL;
+    char **removed = nch ? lk_calloc(nch, sizeof(char *)) : NULL;
     if (c->subs_changed) {
-        fe_conn_subs_to_proto(c, ptrs, store);
         sa.subs_changed = true;
-        sa.n_subs = c->n_subs;
+        sa.subs_delta = true;
+        for (size_t i = 0; i < nch; i++) {
+            ssize_t k = fe_sub_find(c, c->sub_changes[i]);
+            if (k < 0) {
+                removed[sa.n_subs_removed++] = c->sub_changes[i];
+                continue;
+            }
+            const fe_sub_t *fs = &c->subs[k];
+            Lk__Subscription *s = &store[sa.n_subs];
+            lk__subscription__init(s);
+            s->filter = fs->filter;
+            s->qos = fs->qos;
+            s->no_local = fs->no_local;
+            s->retain_as_published = fs->rap;
+            s->retain_handling = fs->rh;
+            s->sub_id = fs->sub_id;
+            ptrs[sa.n_subs++] = s;
+        }
         sa.subs = ptrs;
+        sa.subs_removed = removed;
     }
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
     env.session_ack = &sa;
     lk_bus_send(srv->bus, srv->store, &env, true);
+    free(store);
+    free(ptrs);
+    free(removed);
+    s_sub_changes_clear(c);
     c->n_acked_ids = 0;
     c->n_rel = 0;
-    c->subs_changed = false;
 }
 
 static void s_turn_end(lk_loop_t *loop, void *arg)

@@ -62,8 +62,9 @@ typedef struct s_job {
     struct s_job *next;
 } s_job_t;
 
-/* store-batch seq -> jobs waiting on it */
+/* (peer, seq) of one of our reliable envelopes -> jobs waiting on its ack */
 typedef struct s_wait {
+    lk_peer_t *peer;
     uint64_t store_seq;
     s_job_t **jobs;
     size_t n, cap;
@@ -89,6 +90,7 @@ typedef struct s_defer {
 /* a publish envelope kept while warming */
 typedef struct s_held {
     lk_peer_t *peer;
+    int64_t since;      /* ms, when held */
     uint8_t *data;
     size_t len;
     struct s_held *next;
@@ -112,9 +114,18 @@ struct _rt_server_t {
     bool resync_done;
     int64_t warm_deadline;
     int64_t warm_min;
-    /* the durable copies the current publish batch caused */
-    uint64_t cur_store_seq;
-    uint64_t cur_retain_seq;
+    /* the envelopes carrying the durable copies the current publish batch caused
+       (StoreBatch, RetainSet): its ack waits for theirs */
+    struct {
+        lk_peer_t *peer;
+        uint64_t seq;
+    } *cur_waits;
+    size_t n_cur_waits, cap_cur_waits;
+    /* back-pressure: publishes wait while a peer has this much unacked from us */
+    size_t deliver_backlog;
+    bool pressed;
+    int64_t pressed_since;
+    uint64_t pressed_count;
     const char *cur_origin;
     const char *cur_share;
     /* retained caps (0 = none) */
@@ -202,14 +213,15 @@ static void s_sub_opts(const Lk__Subscription *s, rt_sub_opts_t *o)
 
 /* --- jobs: publish acks waiting on store acks ------------------------------------- */
 
-static void s_wait_add(rt_server_t *self, uint64_t store_seq, s_job_t *job)
+static void s_wait_add(rt_server_t *self, lk_peer_t *peer, uint64_t store_seq, s_job_t *job)
 {
     s_wait_t *w;
     for (w = self->waits; w; w = w->next)
-        if (w->store_seq == store_seq)
+        if (w->store_seq == store_seq && w->peer == peer)
             break;
     if (!w) {
         w = lk_calloc(1, sizeof(*w));
+        w->peer = peer;
         w->store_seq = store_seq;
         w->next = self->waits;
         self->waits = w;
@@ -226,6 +238,22 @@ static void s_wait_add(rt_server_t *self, uint64_t store_seq, s_job_t *job)
 }
 
 static void s_release_deferred(rt_server_t *self);
+static void s_pressure_check(rt_server_t *self);
+
+static void s_wait_done(rt_server_t *self, s_wait_t *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        s_job_t *job = w->jobs[i];
+        if (--job->waits == 0) {
+            /* a publisher's frontend that restarted meanwhile has nobody to PUBACK */
+            if (lk_peer_epoch(job->peer) == job->peer_epoch)
+                lk_bus_ack(self->bus, job->peer, job->seq);
+            free(job);
+        }
+    }
+    free(w->jobs);
+    free(w);
+}
 
 static void s_store_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
@@ -235,26 +263,33 @@ static void s_store_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *ar
         k->flush_seq = 0;
         s_release_deferred(self);
     }
-    if (peer != self->store)
-        return;
     s_wait_t **pp = &self->waits;
-    while (*pp && (*pp)->store_seq != seq)
+    while (*pp && ((*pp)->store_seq != seq || (*pp)->peer != peer))
         pp = &(*pp)->next;
     s_wait_t *w = *pp;
-    if (!w)
-        return;
-    *pp = w->next;
-    for (size_t i = 0; i < w->n; i++) {
-        s_job_t *job = w->jobs[i];
-        if (--job->waits == 0) {
-            /* a publisher's frontend that restarted meanwhile has nobody to PUBACK */
-            if (lk_peer_epoch(job->peer) == job->peer_epoch)
-                lk_bus_ack(bus, job->peer, job->seq);
-            free(job);
-        }
+    if (w) {
+        *pp = w->next;
+        s_wait_done(self, w);
     }
-    free(w->jobs);
-    free(w);
+    if (self->pressed)
+        s_pressure_check(self);
+}
+
+/* the current publish batch's ack waits for seq (reliable, to peer) */
+static void s_cur_wait(rt_server_t *self, lk_peer_t *peer, uint64_t seq)
+{
+    if (!seq)
+        return;
+    for (size_t i = self->n_cur_waits; i-- > 0;)
+        if (self->cur_waits[i].peer == peer && self->cur_waits[i].seq == seq)
+            return;
+    if (self->n_cur_waits == self->cap_cur_waits) {
+        self->cap_cur_waits = self->cap_cur_waits ? self->cap_cur_waits * 2 : 8;
+        self->cur_waits =
+            lk_realloc(self->cur_waits, self->cap_cur_waits * sizeof(*self->cur_waits));
+    }
+    self->cur_waits[self->n_cur_waits].peer = peer;
+    self->cur_waits[self->n_cur_waits++].seq = seq;
 }
 
 /* --- fan-out ---------------------------------------------------------------------- */
@@ -339,11 +374,15 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
         else
             rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
         uint64_t seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, msg, true);
-        self->cur_retain_seq = seq;
+        s_cur_wait(self, self->store, seq);
     }
 }
 
-/* one copy to a connected client: RETAIN kept only for Retain As Published */
+/* one copy to a connected client: RETAIN kept only for Retain As Published. QoS >= 1
+   travels on the acknowledged channel: kept until the frontend took it, never dropped
+   for room (s_must_hold bounds how much waits). The publish does not wait for that ack:
+   it would add a hop to every PUBACK (p2p QoS 1 ran at half the rate) and guard only
+   against a router crash, which loses clean-session state anyway. */
 static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
 {
     bool retain = msg->retain;
@@ -354,7 +393,7 @@ static void s_deliver(rt_server_t *self, s_target_t *t, Lk__Msg *msg)
     d.n_sub_ids = t->n_sub_ids;
     d.sub_ids = t->sub_ids;
     d.share = (char *)t->share;
-    lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, false);
+    lk_bus_batch_add(self->bus, t->client->node, LK_BODY_DELIVER, &d, msg->qos > 0);
     self->delivered++;
     msg->retain = retain;
 }
@@ -400,8 +439,8 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
             item.msg = msg;
             item.n_sub_ids = t->n_sub_ids;
             item.sub_ids = t->sub_ids;
-            self->cur_store_seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_STORE, &item,
-                                                   true);
+            s_cur_wait(self, self->store,
+                       lk_bus_batch_add(self->bus, self->store, LK_BODY_STORE, &item, true));
             self->stored++;
         } else if (c->node)
             s_deliver(self, t, msg);
@@ -627,8 +666,7 @@ static void s_resolve_one(rt_server_t *self, lk_peer_t *asker, Lk__Msg *msg, con
 
 static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
-    self->cur_store_seq = 0;
-    self->cur_retain_seq = 0;
+    self->n_cur_waits = 0;
     for (size_t i = 0; i < env->publish->n_items; i++)
         if (env->publish->items[i]->msg && env->resent)
             env->publish->items[i]->msg->dup = true;   /* a router before us may have sent it */
@@ -639,9 +677,11 @@ static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *en
         else if (p->msg)
             s_publish_one(self, p->msg, p->share, true);
     }
-    if (!env->seq)
+    if (!env->seq) {
+        self->n_cur_waits = 0;
         return;
-    if (!self->cur_store_seq && !self->cur_retain_seq) {
+    }
+    if (!self->n_cur_waits) {
         lk_bus_ack(self->bus, peer, env->seq);
         return;
     }
@@ -649,10 +689,9 @@ static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *en
     job->peer = peer;
     job->seq = env->seq;
     job->peer_epoch = lk_peer_epoch(peer);
-    if (self->cur_store_seq)
-        s_wait_add(self, self->cur_store_seq, job);
-    if (self->cur_retain_seq)
-        s_wait_add(self, self->cur_retain_seq, job);
+    for (size_t i = 0; i < self->n_cur_waits; i++)
+        s_wait_add(self, self->cur_waits[i].peer, self->cur_waits[i].seq, job);
+    self->n_cur_waits = 0;
 }
 
 /* --- the other requests ----------------------------------------------------------- */
@@ -878,6 +917,7 @@ static void s_sys(lk_loop_t *loop, void *arg)
         sum.msgs_dropped += n->st.msgs_dropped;
         sum.connections_total += n->st.connections_total;
     }
+    sum.msgs_dropped += lk_bus_dropped(self->bus);    /* QoS 0 deliveries refused for room */
     size_t total = zhashx_size(self->clients);
     s_sys_one(self, "$SYS/broker/version", "latchkey version %s", LK_VERSION);
     s_sys_one(self, "$SYS/broker/uptime", "%" PRId64 " seconds",
@@ -1050,9 +1090,12 @@ static void s_warm_end(rt_server_t *self, const char *why)
         return;
     self->warming = false;
     int n = 0;
-    while (self->held) {
-        s_held_t *h = self->held;
-        self->held = h->next;
+    /* taken out first: one may be held again (back-pressure), behind the others */
+    s_held_t *list = self->held;
+    self->held = self->held_tail = NULL;
+    while (list) {
+        s_held_t *h = list;
+        list = h->next;
         Lk__Envelope *env = lk__envelope__unpack(NULL, h->len, h->data);
         if (env) {
             s_handle(self, h->peer, env);
@@ -1062,7 +1105,6 @@ static void s_warm_end(rt_server_t *self, const char *why)
         free(h);
         n++;
     }
-    self->held_tail = NULL;
     lk_notice("ready (%s): %zu clients, %zu subscriptions, %zu retained, %d held publishes",
               why, zhashx_size(self->clients), rt_trie_count(self->trie),
               rt_retain_count(self->retain), n);
@@ -1074,6 +1116,87 @@ static void s_warm_check(lk_loop_t *loop, void *arg)
     if (self->warming && lk_loop_now(loop) >= self->warm_deadline)
         s_warm_end(self, self->resync_done ? "session store resync done"
                                            : "no session store resync in time");
+    s_pressure_check(self);
+}
+
+/* --- back-pressure ---------------------------------------------------------------- */
+
+typedef struct {
+    size_t limit;
+    lk_peer_t *over;
+} s_over_t;
+
+static void s_peer_over(lk_peer_t *peer, void *arg)
+{
+    s_over_t *o = arg;
+    if (lk_peer_alive(peer) && lk_peer_unacked_bytes(peer) > o->limit)
+        o->over = peer;
+}
+
+/* a live peer with more than limit bytes from us unacked, or NULL */
+static lk_peer_t *s_over(rt_server_t *self, size_t limit)
+{
+    s_over_t o = {limit, NULL};
+    lk_bus_each_peer(self->bus, s_peer_over, &o);
+    return o.over;
+}
+
+/* Publishes wait (unread, unacked) while a peer is slow to take what we sent it: the
+   frontends' own router_backlog_bytes then stops them reading their publishers. Held
+   ones go on once every peer is under half the backlog again, in arrival order. */
+/* a peer that restarted us: publishes it queued before it learnt of our start may come
+   before its re-Attach; they wait for it (at most this long, for a frontend that has no
+   client left to re-attach and sends nothing else) */
+#define S_SYNC_WAIT_MS 2000
+
+static void s_pressure_check(rt_server_t *self)
+{
+    if (self->warming)
+        return;
+    if (self->pressed) {
+        if (s_over(self, self->deliver_backlog / 2))
+            return;
+        self->pressed = false;
+        lk_info("deliveries caught up after %" PRId64 " ms: held publishes go on",
+                lk_mono_ms() - self->pressed_since);
+    }
+    int64_t now = lk_mono_ms();
+    while (self->held && !self->pressed) {
+        s_held_t *h = self->held;
+        if (!lk_peer_knows_us(h->peer) && now - h->since < S_SYNC_WAIT_MS)
+            break;
+        self->held = h->next;
+        if (!self->held)
+            self->held_tail = NULL;
+        Lk__Envelope *env = lk__envelope__unpack(NULL, h->len, h->data);
+        if (env) {
+            s_publish_batch(self, h->peer, env);
+            lk__envelope__free_unpacked(env, NULL);
+        }
+        free(h->data);
+        free(h);
+        if (self->deliver_backlog && s_over(self, self->deliver_backlog)) {
+            self->pressed = true;
+            self->pressed_since = lk_mono_ms();
+        }
+    }
+}
+
+static bool s_must_hold(rt_server_t *self, lk_peer_t *peer)
+{
+    if (self->warming || self->held || !lk_peer_knows_us(peer))
+        return true;
+    lk_peer_t *slow = self->deliver_backlog ? s_over(self, self->deliver_backlog) : NULL;
+    if (!slow)
+        return false;
+    self->pressed = true;
+    self->pressed_since = lk_mono_ms();
+    if (self->pressed_count++ % 100 == 0)
+        lk_notice("%s has %zu bytes from us unacked (deliver_backlog_bytes %zu): publishes "
+                  "wait (%" PRIu64 " times so far)",
+                  lk_peer_name(slow), lk_peer_unacked_bytes(slow), self->deliver_backlog,
+                  self->pressed_count);
+    return true;
 }
 
 /* --- bus handlers ----------------------------------------------------------------- */
@@ -1082,9 +1205,10 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_PUBLISH:
-        if (self->warming) {
+        if (s_must_hold(self, peer)) {
             s_held_t *h = lk_calloc(1, sizeof(*h));
             h->peer = peer;
+            h->since = lk_mono_ms();
             h->len = lk__envelope__get_packed_size(env);
             h->data = lk_malloc(h->len);
             lk__envelope__pack(env, h->data);
@@ -1141,7 +1265,11 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
 
 static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
 {
-    s_handle((rt_server_t *)arg, peer, env);
+    rt_server_t *self = arg;
+    s_handle(self, peer, env);
+    /* e.g. the re-Attach a held publish of this peer waited for */
+    if (self->held)
+        s_pressure_check(self);
 }
 
 static void s_forget_node(rt_server_t *self, lk_peer_t *peer)
@@ -1170,14 +1298,18 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         s_forget_node(self, peer);
         lk_peer_drop_unacked(peer);
         s_cacher_gone(self, peer);
+        s_pressure_check(self);
     }
 }
 
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
+    rt_server_t *self = arg;
     (void)bus;
     /* a silent frontend must not hold SUBACKs; its flush is re-sent when it returns */
-    s_cacher_gone((rt_server_t *)arg, peer);
+    s_cacher_gone(self, peer);
+    /* nor other publishes (its copies stay kept, re-sent when it returns) */
+    s_pressure_check(self);
 }
 
 static void s_free_cacher(lk_peer_t *peer, void *arg)
@@ -1208,6 +1340,8 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     self->max_retained_size = (uint64_t)lk_config_get_int(config, "max_retained_size", 0);
     self->route_gen = 1;
     self->route_max_targets = (size_t)lk_config_get_int(config, "route_max_targets", 1024);
+    self->deliver_backlog =
+        (size_t)lk_config_get_int(config, "deliver_backlog_bytes", 16 << 20);
     lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(loop, node, "router", &h, self);
     if (lk_bus_configure(self->bus, config) != 0) {
@@ -1279,6 +1413,7 @@ void rt_server_destroy(rt_server_t **self_p)
         free(h);
     }
     free(self->targets);
+    free(self->cur_waits);
     free(self->store_node);
     free(self);
     *self_p = NULL;

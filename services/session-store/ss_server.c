@@ -316,7 +316,8 @@ static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id
     d.n_sub_ids = item->n_sub_ids;
     d.sub_ids = item->sub_ids;
     d.store_id = store_id;
-    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, &d, false);
+    /* acknowledged: a copy lost on the way would wait in Redis for the next reconnect */
+    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, &d, true);
 }
 
 static int s_handle_store(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
@@ -588,9 +589,10 @@ static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     Lk__SessionAck *a = env->session_ack;
     size_t n_rel = a->n_released_ids < a->n_released_pids ? a->n_released_ids
                                                             : a->n_released_pids;
+    bool delta = a->subs_changed && a->subs_delta;
     int rc = a->client ? ss_store_ack(self->store, a->client, lk_peer_name(peer), a->store_ids,
                                       a->n_store_ids, a->released_ids, a->released_pids, n_rel,
-                                      a->subs, a->n_subs, a->subs_changed)
+                                      a->subs, a->n_subs, a->subs_changed && !delta)
                        : 1;
     if (rc >= 0 && a->client && (a->n_rx_add || a->n_rx_del)) {
         int r2 = ss_store_rx(self->store, a->client, lk_peer_name(peer), a->rx_add, a->n_rx_add,
@@ -598,6 +600,12 @@ static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
         if (r2 < 0)
             rc = -1; /* the whole ack again: its deletions are idempotent */
     }
+    if (rc < 0)
+        return -1;
+    /* the acks are applied (a re-send of the envelope repeats both, harmlessly) */
+    if (rc == 0 && delta)
+        rc = ss_store_subs_delta(self->store, a->client, lk_peer_name(peer), a->subs,
+                                 a->n_subs, a->subs_removed, a->n_subs_removed);
     if (rc < 0)
         return -1;
     if (rc == 1)

@@ -771,6 +771,73 @@ int ss_store_rx(ss_store_t *self, const char *client, const char *node, const ui
     return s_pipe_end(&p);
 }
 
+int ss_store_subs_delta(ss_store_t *self, const char *client, const char *node,
+                        Lk__Subscription **subs, size_t n_subs, char **removed,
+                        size_t n_removed)
+{
+    ss_session_t *s = zhashx_lookup(self->sessions, client);
+    if (!s_at_node(s, node) || !s->persistent)
+        return 1;
+    size_t argc = 2 + 2 * n_subs + n_removed;
+    const char **argv = lk_calloc(argc, sizeof(*argv));
+    size_t *lens = lk_calloc(argc, sizeof(*lens));
+    ss_buf_t *bufs = lk_calloc(n_subs ? n_subs : 1, sizeof(*bufs));
+    char **fields = lk_calloc(n_subs + n_removed + 1, sizeof(char *));
+    size_t nf = 0;
+    s_pipe_t p;
+    s_pipe_begin(&p, self->redis);
+    /* sub:<filter> fields, as s_append_replace_subs writes them */
+    size_t argn = 2;
+    for (size_t i = 0; i < n_subs; i++) {
+        if (!subs[i] || !subs[i]->filter || !*subs[i]->filter)
+            continue;
+        size_t fl = strlen(subs[i]->filter);
+        char *f = fields[nf++] = lk_malloc(fl + 5);
+        memcpy(f, "sub:", 4);
+        memcpy(f + 4, subs[i]->filter, fl + 1);
+        ss_codec_pack_subscription(subs[i], &bufs[i]);
+        argv[argn] = f;
+        lens[argn++] = fl + 4;
+        argv[argn] = (const char *)bufs[i].data;
+        lens[argn++] = bufs[i].size;
+    }
+    if (argn > 2) {
+        argv[0] = "HSET";
+        lens[0] = 4;
+        argv[1] = s_key(self, "lk:sess:", client);
+        lens[1] = self->key.size;
+        s_pipe_cmd(&p, (int)argn, argv, lens);
+    }
+    argn = 2;
+    for (size_t i = 0; i < n_removed; i++) {
+        if (!removed[i] || !*removed[i])
+            continue;
+        size_t fl = strlen(removed[i]);
+        char *f = fields[nf++] = lk_malloc(fl + 5);
+        memcpy(f, "sub:", 4);
+        memcpy(f + 4, removed[i], fl + 1);
+        argv[argn] = f;
+        lens[argn++] = fl + 4;
+    }
+    if (argn > 2) {
+        argv[0] = "HDEL";
+        lens[0] = 4;
+        argv[1] = s_key(self, "lk:sess:", client);
+        lens[1] = self->key.size;
+        s_pipe_cmd(&p, (int)argn, argv, lens);
+    }
+    int rc = s_pipe_end(&p);
+    for (size_t i = 0; i < nf; i++)
+        free(fields[i]);
+    for (size_t i = 0; i < n_subs; i++)
+        ss_buf_release(&bufs[i]);
+    free(fields);
+    free(bufs);
+    free(lens);
+    free(argv);
+    return rc != 0 ? -1 : 0;
+}
+
 //  --------------------------------------------------------------------------
 //  Storing
 
@@ -1316,6 +1383,19 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
          strcmp(res.subs[0]->filter, "$share/g/c/+") == 0 && res.subs[0]->sub_id == 4;
     ss_open_result_clear(&res);
     s_check(&t, "store: subscription set replaced", ok);
+
+    // --- a delta adds and removes single subscriptions, the rest stays
+    {
+        char *gone[] = {"$share/g/c/+", "never/held"};
+        ok = ss_store_subs_delta(store, "c1", "fe-2", set1, 2, NULL, 0) == 0 &&
+             s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 1 &&
+             s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 7;
+        ok = ok && ss_store_subs_delta(store, "c1", "fe-2", NULL, 0, gone, 2) == 0 &&
+             s_raw_int(&t, "HEXISTS lk:sess:%s sub:$share/g/c/+", "c1") == 0 &&
+             s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 6;
+        ok = ok && ss_store_subs_delta(store, "c1", "fe-1", set2, 1, NULL, 0) == 1;
+        s_check(&t, "store: subscription delta", ok);
+    }
 
     // --- expired pending messages skipped and deleted
     ok = s_test_put(store, "c1", 1, lk_wall_ms() + 50, ids) == 0 && ids[0] == 13;

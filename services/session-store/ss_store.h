@@ -121,6 +121,12 @@ int ss_store_ack(ss_store_t *self, const char *client, const char *node, const u
                  size_t n_ids, const uint64_t *rel_ids, const uint32_t *rel_pids, size_t n_rel,
                  Lk__Subscription **subs, size_t n_subs, bool subs_changed);
 
+/* SessionAck with subs_delta from node: writes subs, deletes the removed filters, keeps
+   the rest (O(changes), not O(set)). 0 done, 1 ignored (as ss_store_ack), -1 Redis failed */
+int ss_store_subs_delta(ss_store_t *self, const char *client, const char *node,
+                        Lk__Subscription **subs, size_t n_subs, char **removed,
+                        size_t n_removed);
+
 /* StoreBatch: stores every item whose client has a persistent session and room in its
    queue; ids[i] gets the store id, or 0 when item i was dropped. -1: Redis failed (ids
    are then meaningless). */
