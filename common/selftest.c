@@ -16,6 +16,7 @@
 #include "lk_ws.h"
 #include "lk_http.h"
 #include "lk_zmtp.h"
+#include "lk_replicas.h"
 
 static const lk_selftest_t s_tests[] = {
     {"lk_common", lk_common_test},
@@ -33,6 +34,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_tls", lk_tls_test},
     {"lk_http", lk_http_test},
     {"lk_ratelog", lk_ratelog_test},
+    {"lk_replicas", lk_replicas_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)

@@ -181,6 +181,26 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         s_reopen(srv);
 }
 
+/* CONNECTs that a dead auth replica did not answer go to a live one now, so that the
+   failure detector bounds their delay */
+static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+{
+    fe_server_t *srv = arg;
+    if (!lk_replicas_has(srv->auths, peer) || !lk_replicas_alive(srv->auths))
+        return;
+    int n = 0;
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (c && c->state == FE_AUTH && c->auth_peer == peer) {
+            fe_auth_request_send(c);
+            n++;
+        }
+    }
+    if (n)
+        lk_notice("auth replica %s down: %d CONNECT(s) asked again elsewhere", lk_peer_name(peer),
+                  n);
+}
+
 static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
 {
     fe_conn_t *c = zhashx_lookup(srv->by_client, t->client ? t->client : "");
@@ -781,7 +801,7 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
 
     /* before the bus's own hook: what this one queues must leave in the same turn */
     lk_loop_on_turn_end(loop, s_turn_end, srv);
-    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     srv->bus = lk_bus_new(loop, node, "mqtt-frontend", &h, srv);
     lk_bus_on_acked(srv->bus, s_on_acked);
     if (lk_bus_configure(srv->bus, config) != 0) {
@@ -821,7 +841,10 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     }
     srv->router = lk_bus_connect(srv->bus, "router", rep);
     srv->store = lk_bus_connect(srv->bus, "session-store", sep);
-    srv->auth = lk_bus_connect(srv->bus, "auth", aep);
+    if (!(srv->auths = lk_replicas_connect(srv->bus, config, "auth", "auth"))) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
 
     if (s_listeners(srv) != 0) {
         fe_server_destroy(&srv);
@@ -861,6 +884,7 @@ void fe_server_destroy(fe_server_t **self_p)
         free(w->items);
         free(w);
     }
+    lk_replicas_destroy(&srv->auths);
     lk_bus_destroy(&srv->bus);
     fe_route_destroy(srv);
     fe_limits_destroy(&srv->limits);
