@@ -169,6 +169,8 @@ static void s_reopen(fe_server_t *srv)
         lk_notice("session store restarted: re-opened %d persistent sessions", n);
 }
 
+static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
+
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     fe_server_t *srv = arg;
@@ -179,13 +181,14 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
     }
     if (peer == srv->store && restarted)
         s_reopen(srv);
+    if (restarted)
+        s_auth_resend(srv, peer, "restarted");
 }
 
-/* CONNECTs that a dead auth replica did not answer go to a live one now, so that the
-   failure detector bounds their delay */
-static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+/* CONNECTs that an auth replica lost (it died, or restarted without them) are asked
+   again at once, of a live replica: the failure detector bounds their delay */
+static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why)
 {
-    fe_server_t *srv = arg;
     if (!lk_replicas_has(srv->auths, peer) || !lk_replicas_alive(srv->auths))
         return;
     int n = 0;
@@ -197,8 +200,12 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
         }
     }
     if (n)
-        lk_notice("auth replica %s down: %d CONNECT(s) asked again elsewhere", lk_peer_name(peer),
-                  n);
+        lk_notice("auth replica %s %s: %d CONNECT(s) asked again", lk_peer_name(peer), why, n);
+}
+
+static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+{
+    s_auth_resend(arg, peer, "down");
 }
 
 static void s_takeover(fe_server_t *srv, Lk__Takeover *t)
