@@ -199,3 +199,16 @@ def test_history_exactly_once_while_writers_killed(rstack):
     moved = [l.split("notice: ")[-1] for l in arb.splitlines() if "re-sent to another" in l]
     print("%d events; arbiter failovers: %r" % (sent, moved))
     assert moved, "no writer died with events unacked: the failover was not exercised"
+
+
+@pytest.mark.parametrize("value", ["router=2", "auth=0", "auth=two"])
+def test_latchkey_up_refuses_bad_replica_counts(tmp_path, value):
+    """Only the stateless services have replicas yet: anything else is a usage error (100)
+    before anything starts."""
+    env = dict(os.environ, RUN_DIR=str(tmp_path / "run"), LATCHKEY_REPLICAS=value)
+    p = subprocess.run([os.path.join(lk.ROOT, "supervise", "latchkey-up"), "--detach"],
+                       env=env, capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 100, (p.returncode, p.stderr)
+    assert "LATCHKEY_REPLICAS" in p.stderr
+    assert not (tmp_path / "run").exists()
