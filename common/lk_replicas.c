@@ -2,6 +2,7 @@
 #include "lk_replicas.h"
 #include "lk_common.h"
 #include <stdio.h>
+#include <unistd.h>
 
 #define S_MAX 64
 
@@ -146,7 +147,68 @@ int lk_replicas_alive(lk_replicas_t *self)
     return n;
 }
 
-/* ---- selftest: naming, endpoints, and picks over peers that are not alive --------- */
+/* ---- selftest: naming, endpoints, and picks over peers that are not alive; a reliable
+   envelope moved from a replica that never came to one that serves ------------------ */
+
+typedef struct {
+    lk_loop_t *loop;
+    int got, acked;
+} s_mv_t;
+
+static void s_mv_msg(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
+{
+    s_mv_t *t = arg;
+    t->got++;
+    if (env->seq)
+        lk_bus_ack(bus, peer, env->seq);
+}
+
+static void s_mv_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
+{
+    s_mv_t *t = arg;
+    if (++t->acked == 2)
+        lk_loop_stop(t->loop);
+}
+
+static void s_mv_timeout(lk_loop_t *loop, void *arg)
+{
+    lk_loop_stop(loop);
+}
+
+static int s_test_move(void)
+{
+    char ep[96];
+    snprintf(ep, sizeof(ep), "ipc:///tmp/lk-rtest-mv-%d.ipc", (int)getpid());
+    s_mv_t t = {lk_loop_new(), 0, 0};
+    lk_bus_handlers_t hs = {s_mv_msg, NULL, NULL}, hc = {NULL, NULL, NULL};
+    lk_bus_t *server = lk_bus_new(t.loop, "svc-2", "svc", &hs, &t);
+    lk_bus_t *client = lk_bus_new(t.loop, "t-mv", "test", &hc, &t);
+    lk_bus_on_acked(client, s_mv_acked);
+    int rc = lk_bus_bind(server, ep);
+    lk_peer_t *gone = lk_bus_connect(client, "svc-1", "ipc:///tmp/lk-rtest-nobody.ipc");
+    lk_peer_t *live = lk_bus_connect(client, "svc-2", ep);
+    Lk__Revoke rv = LK__REVOKE__INIT;
+    char *users[] = {"u1"};
+    rv.n_usernames = 1;
+    rv.usernames = users;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_REVOKE;
+    env.revoke = &rv;
+    lk_bus_send(client, gone, &env, true);
+    lk_bus_send(client, gone, &env, true);
+    if (lk_peer_unacked(gone) != 2 || lk_bus_move_unacked(client, gone, live) != 2 ||
+        lk_peer_unacked(gone) != 0 || lk_peer_unacked(live) != 2)
+        rc = -1;
+    int timer = lk_loop_timer(t.loop, 5000, false, s_mv_timeout, NULL);
+    lk_loop_run(t.loop);
+    lk_loop_timer_cancel(t.loop, timer);
+    if (t.got != 2 || t.acked != 2 || lk_peer_unacked(live) != 0)
+        rc = -1;
+    lk_bus_destroy(&client);
+    lk_bus_destroy(&server);
+    lk_loop_destroy(&t.loop);
+    return rc;
+}
 
 int lk_replicas_test(bool verbose)
 {
@@ -183,6 +245,8 @@ int lk_replicas_test(bool verbose)
     lk_config_destroy(&cfg);
     lk_bus_destroy(&bus);
     lk_loop_destroy(&loop);
+    if (s_test_move() != 0)
+        rc = -1;
     if (verbose)
         printf("lk_replicas: %s\n", rc ? "FAILED" : "ok");
     return rc;

@@ -168,9 +168,8 @@ static void s_rv_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     /* the replica died before it confirmed: another one forwards it */
     lk_peer_t *other = lk_replicas_other(rv->auths, peer);
     if (peer == rv->to && !rv->acked && other) {
-        lk_peer_drop_unacked(peer);
         rv->to = other;
-        if (lk_bus_send(bus, other, rv->env, true) <= 0)
+        if (lk_bus_move_unacked(bus, peer, other) == 0)
             lk_loop_stop(rv->loop);
     }
 }

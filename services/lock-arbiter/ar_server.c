@@ -193,6 +193,16 @@ static void s_on_peer_down(lk_iclient_t *ic, lk_peer_t *peer, void *arg)
     self_t *self = arg;
     if (lk_replicas_has(self->history, peer))
         ar_history_failover(self, peer);
+    /* Revokes a dead auth replica did not ack: another one forwards them (nothing here
+       waits for their seqs) */
+    lk_peer_t *other = lk_replicas_has(self->auth, peer) && lk_peer_unacked(peer)
+                           ? lk_replicas_other(self->auth, peer)
+                           : NULL;
+    if (other) {
+        size_t n = lk_bus_move_unacked(self->bus, peer, other);
+        lk_notice("auth replica %s down: %zu Revoke(s) handed to %s", lk_peer_name(peer), n,
+                  lk_peer_name(other));
+    }
 }
 
 static void s_on_acked(lk_iclient_t *ic, lk_peer_t *peer, uint64_t seq, void *arg)
