@@ -275,6 +275,31 @@ void lk_peer_drop_unacked(lk_peer_t *peer)
     peer->unacked_bytes = 0;
 }
 
+size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
+{
+    if (from == to)
+        return 0;
+    lk_bus_flush(self);
+    s_unacked_t *list = from->head;
+    from->head = from->tail = NULL;
+    from->unacked = 0;
+    from->unacked_bytes = 0;
+    size_t n = 0;
+    while (list) {
+        s_unacked_t *u = list;
+        list = u->next;
+        Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
+        if (env) {
+            env->resent = false; /* new to `to` */
+            n += lk_bus_send(self, to, env, true) > 0;
+            lk__envelope__free_unpacked(env, NULL);
+        }
+        free(u->data);
+        free(u);
+    }
+    return n;
+}
+
 void lk_peer_set_data(lk_peer_t *peer, void *data)
 {
     peer->data = data;

@@ -107,6 +107,11 @@ size_t lk_peer_unacked(lk_peer_t *peer);
 size_t lk_peer_unacked_bytes(lk_peer_t *peer);
 /* drop every unacked envelope to this peer (its work is moot) */
 void lk_peer_drop_unacked(lk_peer_t *peer);
+/* Hands every envelope sent reliably to `from` and not acked to `to` (a replica of the
+   same service: `from` died), in order, as new sends: they get `to`'s sequence numbers,
+   so on_acked reports them under those. Pending batches are flushed first. Returns how
+   many moved. */
+size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to);
 /* service data attached to a peer */
 void lk_peer_set_data(lk_peer_t *peer, void *data);
 void *lk_peer_data(lk_peer_t *peer);

@@ -309,6 +309,13 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         self->h.on_peer_up(self, peer, restarted, self->arg);
 }
 
+static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+{
+    self_t *self = arg;
+    if (peer != self->router && peer != self->store && self->h.on_peer_down)
+        self->h.on_peer_down(self, peer, self->arg);
+}
+
 static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     self_t *self = arg;
@@ -428,7 +435,7 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->max_queued = mq > 0 && mq <= UINT32_MAX ? (uint32_t)mq : 100000;
     /* before the bus's own hook: the SessionAck queued here leaves in the same turn */
     lk_loop_on_turn_end(loop, s_turn_end, self);
-    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, NULL};
+    lk_bus_handlers_t h = {s_on_message, s_on_peer_up, s_on_peer_down};
     self->bus = lk_bus_new(loop, node, kind, &h, self);
     if (lk_bus_configure(self->bus, config) != 0)
         lk_error("iclient %s: bus configuration refused; tcp:// endpoints will not work", node);

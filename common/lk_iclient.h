@@ -45,6 +45,8 @@ typedef struct {
     void (*on_envelope)(lk_iclient_t *self, lk_peer_t *peer, Lk__Envelope *env, void *arg);
     void (*on_peer_up)(lk_iclient_t *self, lk_peer_t *peer, bool restarted, void *arg);
     void (*on_acked)(lk_iclient_t *self, lk_peer_t *peer, uint64_t seq, void *arg);
+    /* one of the service's own peers went silent (may be NULL) */
+    void (*on_peer_down)(lk_iclient_t *self, lk_peer_t *peer, void *arg);
 } lk_iclient_handlers_t;
 
 /* node: the bus node id (unique on the bus, e.g. "lock-arbiter"); kind: the service name

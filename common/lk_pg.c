@@ -615,6 +615,15 @@ int lk_pg_migrate(lk_pg_t *self, const char *dir, int *version)
     }
     int rc = lk_pg_connect(self) == 0 ? 0 : -1;
     int applied = 0;
+    /* replicas of a service migrate one at a time (the others wait, then find it done) */
+    bool locked = false;
+    if (rc == 0) {
+        lk_pg_result_t *l = lk_pg_exec(self, "SELECT pg_advisory_lock(7316070)", 0, NULL);
+        locked = l->status == LK_PG_OK;
+        if (!locked)
+            rc = lk_pg_transient(l) ? -1 : -2;
+        lk_pg_result_free(&l);
+    }
     for (size_t i = 0; i < count && rc == 0; i++) {
         bool did;
         rc = s_migrate_one(self, dir, &list[i], &did);
@@ -634,6 +643,10 @@ int lk_pg_migrate(lk_pg_t *self, const char *dir, int *version)
                     newest);
         if (rc == 0)
             lk_info("migrations: schema at version %d (%d applied now)", *version, applied);
+    }
+    if (locked) {
+        lk_pg_result_t *l = lk_pg_exec(self, "SELECT pg_advisory_unlock(7316070)", 0, NULL);
+        lk_pg_result_free(&l);
     }
     for (size_t i = 0; i < count; i++)
         free(list[i].name);

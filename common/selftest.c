@@ -19,6 +19,7 @@
 #include "lk_ws.h"
 #include "lk_http.h"
 #include "lk_zmtp.h"
+#include "lk_replicas.h"
 
 static const lk_selftest_t s_tests[] = {
     {"lk_common", lk_common_test},
@@ -39,6 +40,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_ota", lk_ota_test},
     {"lk_http", lk_http_test},
     {"lk_ratelog", lk_ratelog_test},
+    {"lk_replicas", lk_replicas_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)

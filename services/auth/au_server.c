@@ -3,6 +3,7 @@
     password work is ~0.1 ms), so the actor has no queue of its own. */
 #include "au_server.h"
 #include "au_admin.h"
+#include "lk_replicas.h"
 #include "au_check.h"
 #include "lk_bus.h"
 #include "lk_common.h"
@@ -218,13 +219,17 @@ int au_server_wait_redis(au_server_t *self, int64_t timeout_ms)
 
 int au_server_bind(au_server_t *self, const char *endpoint)
 {
-    if (!endpoint)
-        endpoint = lk_config_get(self->config, "auth_endpoint", NULL);
+    char *own = NULL;
+    if (!endpoint) /* %n: our node id, so that one configuration serves every replica */
+        endpoint = own = lk_replicas_endpoint(self->config, "auth", lk_bus_node(self->bus));
     if (!endpoint || !*endpoint) {
         lk_error("auth_endpoint is not configured");
+        free(own);
         return -1;
     }
-    return lk_bus_bind(self->bus, endpoint);
+    int rc = lk_bus_bind(self->bus, endpoint);
+    free(own);
+    return rc;
 }
 
 /* ---- selftest: a frontend and a CLI talk to the server over ipc:// in one loop ------- */

@@ -7,6 +7,7 @@
 #include "hw_spool.h"
 #include "lk_admin.h"
 #include "lk_pg.h"
+#include "lk_replicas.h"
 #include "hw_store.h"
 #include "lk_bus.h"
 #include "lk_common.h"
@@ -31,7 +32,7 @@ struct _hw_server_t {
     lk_config_t *config;    /* the caller's; outlives us */
     char *node;
     int ready_fd;
-    const char *endpoint; /* strings of the configuration */
+    char *endpoint; /* history_endpoint with %n = our node id */
     const char *conninfo;
     char *sql_dir;
     char *spool_dir;
@@ -123,10 +124,22 @@ hw_server_t *hw_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
     self->config = cfg;
     self->node = lk_strdup(node);
     self->ready_fd = ready_fd;
-    self->endpoint = lk_config_get(cfg, "history_endpoint", NULL);
+    self->endpoint = lk_replicas_endpoint(cfg, "history", node);
     self->conninfo = lk_config_get(cfg, "pg_conninfo", NULL);
     self->sql_dir = s_cfg_path(cfg, "sql_dir", "LATCHKEY_ROOT", "/sql");
     self->spool_dir = s_cfg_path(cfg, "spool_dir", "RUN_DIR", "/data/history-spool");
+    if (self->spool_dir) {
+        /* each replica its own spool: %n, or a sub-folder named after a replica's node */
+        char *d = lk_str_subst(self->spool_dir, 'n', node);
+        if (!strstr(self->spool_dir, "%n") && strcmp(node, "history-writer") != 0) {
+            char *sub = lk_malloc(strlen(d) + strlen(node) + 2);
+            sprintf(sub, "%s/%s", d, node);
+            free(d);
+            d = sub;
+        }
+        free(self->spool_dir);
+        self->spool_dir = d;
+    }
     int64_t max = lk_config_get_int(cfg, "spool_max_bytes", (int64_t)1 << 30);
     int64_t timeout = lk_config_get_int(cfg, "pg_statement_timeout_ms", 5000);
     self->stats_ms = lk_config_get_int(cfg, "stats_interval", 10) * 1000;
@@ -193,6 +206,7 @@ void hw_server_destroy(hw_server_t **self_p)
     free(self->acks);
     free(self->sql_dir);
     free(self->spool_dir);
+    free(self->endpoint);
     free(self->node);
     free(self);
     *self_p = NULL;

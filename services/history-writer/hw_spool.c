@@ -90,6 +90,14 @@ static size_t s_count_events(const uint8_t *data, size_t len)
 
 hw_spool_t *hw_spool_open(const char *dir, uint64_t max_bytes)
 {
+    /* a replica's spool is a sub-folder: its parent first */
+    char *parent = lk_strdup(dir), *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = 0;
+        if (mkdir(parent, 0750) != 0 && errno != EEXIST)
+            lk_warn("spool: cannot create %s: %s", parent, strerror(errno));
+    }
+    free(parent);
     if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
         lk_error("spool: cannot create %s: %s", dir, strerror(errno));
         return NULL;

@@ -1,6 +1,7 @@
 /*  la_util: helpers the latchkey subcommands share — the Redis connection, password input
     and the Revoke round trip to the auth service over the bus. See la_cli.h. */
 #include "la_cli.h"
+#include "lk_replicas.h"
 #include "lk_bus.h"
 #include "lk_common.h"
 #include "lk_loop.h"
@@ -141,7 +142,8 @@ char *la_read_password(void)
 
 typedef struct {
     lk_loop_t *loop;
-    lk_peer_t *auth;
+    lk_replicas_t *auths;
+    lk_peer_t *to; /* the replica the Revoke went to */
     Lk__Envelope *env;
     bool sent;
     bool acked;
@@ -150,10 +152,24 @@ typedef struct {
 static void s_rv_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     s_revoke_t *rv = arg;
-    /* send once auth has answered our Hello: it then knows we are an operator */
-    if (peer == rv->auth && !rv->sent) {
+    /* send once a replica of auth has answered our Hello: it then knows we are an
+       operator */
+    if (lk_replicas_has(rv->auths, peer) && !rv->sent) {
         rv->sent = lk_bus_send(bus, peer, rv->env, true) > 0;
+        rv->to = peer;
         if (!rv->sent)
+            lk_loop_stop(rv->loop);
+    }
+}
+
+static void s_rv_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
+{
+    s_revoke_t *rv = arg;
+    /* the replica died before it confirmed: another one forwards it */
+    lk_peer_t *other = lk_replicas_other(rv->auths, peer);
+    if (peer == rv->to && !rv->acked && other) {
+        rv->to = other;
+        if (lk_bus_move_unacked(bus, peer, other) == 0)
             lk_loop_stop(rv->loop);
     }
 }
@@ -189,15 +205,21 @@ static int s_revoke(la_ctx_t *ctx, char **users, int n, bool acl_changed, int ti
     snprintf(node, sizeof(node), "cli-%d", (int)getpid());
     s_revoke_t rv = {.env = &env};
     rv.loop = lk_loop_new();
-    lk_bus_handlers_t h = {NULL, s_rv_up, NULL};
+    lk_bus_handlers_t h = {NULL, s_rv_up, s_rv_down};
     lk_bus_t *bus = lk_bus_new(rv.loop, node, "latchkey", &h, &rv);
     lk_bus_on_acked(bus, s_rv_acked);
     if (lk_bus_configure(bus, ctx->config) != 0)
         fprintf(stderr, "latchkey: bus keys unusable: a tcp:// auth_endpoint will be refused\n");
-    rv.auth = lk_bus_connect(bus, "auth", endpoint);
+    rv.auths = lk_replicas_connect(bus, ctx->config, "auth", "auth");
+    if (!rv.auths) {
+        lk_bus_destroy(&bus);
+        lk_loop_destroy(&rv.loop);
+        return -1;
+    }
     int timer = lk_loop_timer(rv.loop, timeout_ms, false, s_rv_timeout, &rv);
     lk_loop_run(rv.loop);
     lk_loop_timer_cancel(rv.loop, timer);
+    lk_replicas_destroy(&rv.auths);
     lk_bus_destroy(&bus);
     lk_loop_destroy(&rv.loop);
     if (!rv.acked) {

@@ -25,6 +25,12 @@ static int s_split(char *v, char *f[5])
     return 0;
 }
 
+/* seqs are per peer: the wait key carries the replica's index in its top byte */
+static uint64_t s_key(self_t *self, lk_peer_t *peer, uint64_t seq)
+{
+    return (uint64_t)lk_replicas_index(self->history, peer) << 56 | seq;
+}
+
 static void s_send_one(self_t *self, const char *id, const char *value)
 {
     if (!self->history) {
@@ -50,9 +56,11 @@ static void s_send_one(self_t *self, const char *id, const char *value)
     ev.actor = f[2];
     ev.time_ms = strtoull(f[3], NULL, 10);
     ev.details = f[4];
-    uint64_t seq = lk_bus_batch_add(self->bus, self->history, LK_BODY_HISTORY, &ev, true);
+    /* one live replica while it lives: its batches stay large */
+    lk_peer_t *to = lk_replicas_sticky(self->history);
+    uint64_t seq = lk_bus_batch_add(self->bus, to, LK_BODY_HISTORY, &ev, true);
     zhashx_insert(self->hist_sent, id, (void *)1);
-    ar_wait_add(ar_wait_for(&self->hist_waits, seq), id);
+    ar_wait_add(ar_wait_for(&self->hist_waits, s_key(self, to, seq)), id);
     free(copy);
 }
 
@@ -98,9 +106,9 @@ void ar_history_resume(self_t *self)
     lk_redis_reply_free(&r);
 }
 
-void ar_history_acked(self_t *self, uint64_t seq)
+void ar_history_acked(self_t *self, lk_peer_t *peer, uint64_t seq)
 {
-    ar_wait_t *w = ar_wait_take(&self->hist_waits, seq);
+    ar_wait_t *w = ar_wait_take(&self->hist_waits, s_key(self, peer, seq));
     if (!w)
         return;
     for (size_t i = 0; i < w->n; i++) {
@@ -110,4 +118,32 @@ void ar_history_acked(self_t *self, uint64_t seq)
         zhashx_delete(self->hist_sent, w->ids[i]);
     }
     ar_wait_free(&w);
+}
+
+void ar_history_failover(self_t *self, lk_peer_t *dead)
+{
+    int idx = lk_replicas_index(self->history, dead);
+    if (idx < 0 || !lk_replicas_other(self->history, dead))
+        return; /* no live replica to take them: they wait for the first one back */
+    size_t moved = 0;
+    for (ar_wait_t **pp = &self->hist_waits; *pp;) {
+        ar_wait_t *w = *pp;
+        if ((int)(w->seq >> 56) != idx) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        for (size_t i = 0; i < w->n; i++)
+            zhashx_delete(self->hist_sent, w->ids[i]);
+        moved += w->n;
+        ar_wait_free(&w);
+    }
+    if (!moved)
+        return;
+    /* the outbox still holds them: sent again from there; should the dead one come back
+       with them, the writer's insert is idempotent by event id */
+    lk_peer_drop_unacked(dead);
+    lk_notice("history writer %s down: %zu unacked event(s) re-sent to another replica",
+              lk_peer_name(dead), moved);
+    ar_history_resume(self);
 }

@@ -23,6 +23,7 @@
 #include "lk_common.h"
 #include "lk_config.h"
 #include "lk_iclient.h"
+#include "lk_replicas.h"
 #include "lk_redis.h"
 #include <czmq.h>
 
@@ -46,8 +47,8 @@ struct _ar_server_t {
     lk_iclient_t *ic;
     lk_bus_t *bus; /* the iclient's */
     lk_redis_t *redis;
-    lk_peer_t *history; /* NULL when history_endpoint is unset */
-    lk_peer_t *auth;    /* NULL when auth_endpoint is unset */
+    lk_replicas_t *history; /* NULL when history_endpoint is unset */
+    lk_replicas_t *auth;    /* NULL when auth_endpoint is unset */
     void *pg;           /* the history query's worker and its PostgreSQL link (ar_query.c) */
     int ready_fd;
     bool ready_told;
@@ -107,7 +108,9 @@ void ar_history_event(self_t *self, const char *kind, const char *lock, const ch
                       const char *details_json);
 /* sends every outbox entry this process has not sent (at start, on the writer's return) */
 void ar_history_resume(self_t *self);
-void ar_history_acked(self_t *self, uint64_t seq);
+void ar_history_acked(self_t *self, lk_peer_t *peer, uint64_t seq);
+/* the events a dead writer replica did not ack go to a live one */
+void ar_history_failover(self_t *self, lk_peer_t *dead);
 void ar_history_query(self_t *self, const Lk__Msg *msg);
 void ar_history_close(self_t *self);
 

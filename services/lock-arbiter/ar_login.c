@@ -220,7 +220,7 @@ static void s_revoke(self_t *self, char **names, size_t n, const char *why)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_REVOKE;
     env.revoke = &rv;
-    lk_bus_send(self->bus, self->auth, &env, true);
+    lk_bus_send(self->bus, lk_replicas_pick(self->auth), &env, true);
 }
 
 void ar_login_unauth(self_t *self, const Lk__Msg *msg)

@@ -180,13 +180,38 @@ static void s_on_peer_up(lk_iclient_t *ic, lk_peer_t *peer, bool restarted, void
     /* work unacked by a restarted writer or auth is re-sent by the bus */
     lk_info("peer %s (%s) %s", lk_peer_name(peer), lk_peer_kind(peer),
             restarted ? "restarted" : "up");
+    self_t *self = arg;
+    /* events that waited for a writer replica which is still away */
+    if (lk_replicas_has(self->history, peer))
+        for (int i = 0; i < lk_replicas_count(self->history); i++) {
+            lk_peer_t *p = lk_replicas_nth(self->history, i);
+            if (p != peer && !lk_peer_alive(p))
+                ar_history_failover(self, p);
+        }
+}
+
+static void s_on_peer_down(lk_iclient_t *ic, lk_peer_t *peer, void *arg)
+{
+    self_t *self = arg;
+    if (lk_replicas_has(self->history, peer))
+        ar_history_failover(self, peer);
+    /* Revokes a dead auth replica did not ack: another one forwards them (nothing here
+       waits for their seqs) */
+    lk_peer_t *other = lk_replicas_has(self->auth, peer) && lk_peer_unacked(peer)
+                           ? lk_replicas_other(self->auth, peer)
+                           : NULL;
+    if (other) {
+        size_t n = lk_bus_move_unacked(self->bus, peer, other);
+        lk_notice("auth replica %s down: %zu Revoke(s) handed to %s", lk_peer_name(peer), n,
+                  lk_peer_name(other));
+    }
 }
 
 static void s_on_acked(lk_iclient_t *ic, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     self_t *self = arg;
-    if (peer == self->history)
-        ar_history_acked(self, seq);
+    if (lk_replicas_has(self->history, peer))
+        ar_history_acked(self, peer, seq);
 }
 
 /* --- the api's "node" request: decisions for Prometheus --------------------------- */
@@ -334,7 +359,8 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
     lk_iclient_handlers_t h = {s_on_message,  s_on_ready,   s_on_published,
-                               s_on_envelope, s_on_peer_up, s_on_acked};
+                               s_on_envelope, s_on_peer_up, s_on_acked,
+                               s_on_peer_down};
     self->ic = lk_iclient_new(loop, config, node, "lock-arbiter", "$lk-arbiter", &h, self);
     if (!self->ic) {
         ar_server_destroy(&self);
@@ -359,14 +385,21 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
     if (!aep || !*aep)
         lk_warn("arbiter_endpoint is not configured: no login service");
     const char *ep = lk_config_get(config, "auth_endpoint", NULL);
-    if (ep && *ep)
-        self->auth = lk_bus_connect(self->bus, "auth", ep);
-    else
+    if (ep && *ep) {
+        if (!(self->auth = lk_replicas_connect(self->bus, config, "auth", "auth"))) {
+            ar_server_destroy(&self);
+            return NULL;
+        }
+    } else
         lk_warn("auth_endpoint is not configured: revoked logins stay connected");
     ep = lk_config_get(config, "history_endpoint", NULL);
-    if (ep && *ep)
-        self->history = lk_bus_connect(self->bus, "history-writer", ep);
-    else
+    if (ep && *ep) {
+        self->history = lk_replicas_connect(self->bus, config, "history", "history-writer");
+        if (!self->history) {
+            ar_server_destroy(&self);
+            return NULL;
+        }
+    } else
         lk_warn("history_endpoint is not configured: history events wait in Redis");
     /* QoS 1 on a persistent session: what is published while we are away is kept */
     char filter[64];
@@ -408,6 +441,8 @@ void ar_server_destroy(ar_server_t **self_p)
     ar_history_close(self);
     s_waits_free(&self->pub_waits);
     s_waits_free(&self->hist_waits);
+    lk_replicas_destroy(&self->history);
+    lk_replicas_destroy(&self->auth);
     zhashx_destroy(&self->in_flight);
     zhashx_destroy(&self->hist_sent);
     lk_redis_destroy(&self->redis);

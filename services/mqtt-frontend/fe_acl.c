@@ -39,7 +39,7 @@ static void s_ask(fe_conn_t *conn)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_AUTH_REQUEST;
     env.auth_request = &r;
-    lk_bus_send(srv->bus, srv->auth, &env, false);
+    lk_bus_send(srv->bus, lk_replicas_pick(srv->auths), &env, false);
 }
 
 static void s_retry(lk_loop_t *loop, void *arg)

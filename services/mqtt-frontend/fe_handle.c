@@ -73,7 +73,9 @@ void fe_auth_request_send(fe_conn_t *conn)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_AUTH_REQUEST;
     env.auth_request = &r;
-    lk_bus_send(srv->bus, srv->auth, &env, false);
+    /* round robin over live replicas; a re-send (cron, or the replica died) moves on */
+    conn->auth_peer = lk_replicas_pick(srv->auths);
+    lk_bus_send(srv->bus, conn->auth_peer, &env, false);
     conn->req_sent_ms = lk_loop_now(srv->loop);
 }
 

@@ -17,6 +17,7 @@
 #include "lk_common.h"
 #include "lk_config.h"
 #include "lk_mqtt.h"
+#include "lk_replicas.h"
 #include "lk_tls.h"
 #include <czmq.h>
 
@@ -131,6 +132,7 @@ typedef struct fe_conn {
     int64_t req_sent_ms;
     int64_t req_first_ms;
     uint8_t *connect_pw;    /* kept only until auth answers */
+    lk_peer_t *auth_peer;   /* the auth replica asked last */
     size_t connect_pw_len;
     /* will */
     Lk__Msg *will;
@@ -237,7 +239,7 @@ struct _fe_server_t {
     char *node;
     lk_peer_t *router;
     lk_peer_t *store;
-    lk_peer_t *auth;
+    lk_replicas_t *auths; /* auth_endpoint / auth_replicas */
     fe_listener_t **listeners;
     int n_listen;
     fe_linger_t *lingering;

@@ -202,6 +202,8 @@ static void s_reopen(fe_server_t *srv, bool all)
         lk_notice("session store %s: re-opened %d sessions", all ? "restarted" : "back", n);
 }
 
+static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
+
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     fe_server_t *srv = arg;
@@ -215,6 +217,26 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
     }
     if (peer == srv->store)
         s_reopen(srv, restarted);
+    if (restarted)
+        s_auth_resend(srv, peer, "restarted");
+}
+
+/* CONNECTs that an auth replica lost (it died, or restarted without them) are asked
+   again at once, of a live replica: the failure detector bounds their delay */
+static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why)
+{
+    if (!lk_replicas_has(srv->auths, peer) || !lk_replicas_alive(srv->auths))
+        return;
+    int n = 0;
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (c && c->state == FE_AUTH && c->auth_peer == peer) {
+            fe_auth_request_send(c);
+            n++;
+        }
+    }
+    if (n)
+        lk_notice("auth replica %s %s: %d CONNECT(s) asked again", lk_peer_name(peer), why, n);
 }
 
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
@@ -222,6 +244,7 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     fe_server_t *srv = arg;
     if (peer == srv->router && !srv->router_down_ms)
         srv->router_down_ms = lk_loop_now(srv->loop);
+    s_auth_resend(srv, peer, "down");
 }
 
 static void s_revoke(fe_server_t *srv, Lk__Revoke *r)
@@ -921,7 +944,10 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     }
     srv->router = lk_bus_connect(srv->bus, "router", rep);
     srv->store = lk_bus_connect(srv->bus, "session-store", sep);
-    srv->auth = lk_bus_connect(srv->bus, "auth", aep);
+    if (!(srv->auths = lk_replicas_connect(srv->bus, config, "auth", "auth"))) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
 
     if (s_listeners(srv) != 0) {
         fe_server_destroy(&srv);
@@ -961,6 +987,7 @@ void fe_server_destroy(fe_server_t **self_p)
         free(w->items);
         free(w);
     }
+    lk_replicas_destroy(&srv->auths);
     lk_bus_destroy(&srv->bus);
     fe_route_destroy(srv);
     fe_limits_destroy(&srv->limits);

@@ -68,6 +68,11 @@ def build_dir():
     return b if os.path.isabs(b) else os.path.join(ROOT, b)
 
 
+def replica_names(svc, n):
+    """The s6 service names of n replicas of svc (latchkey-up's scheme)."""
+    return [svc] if n == 1 else ["%s-%d" % (svc, i) for i in range(1, n + 1)]
+
+
 def built(svc, build=None):
     """True when the binary of service svc exists (servers always count as built)."""
     if svc not in BINARY:
@@ -86,12 +91,16 @@ class Stack:
     latchkey-up). Methods: start_all, stop_all, kill(svc), svc_pid(svc), is_up(svc),
     has(svc), require(*svcs), redis_cli(*args), psql(sql), log(svc), processes()."""
 
-    def __init__(self, services=None, run_dir=None, build=None, up_timeout=None):
+    def __init__(self, services=None, run_dir=None, build=None, up_timeout=None, replicas=None):
         self.build = build or build_dir()
         if services is None:
             services = os.environ.get("LATCHKEY_SERVICES", "").split()
         if not services:
             services = ALL_SERVICES if all(built(s, self.build) for s in DAEMONS) else SERVERS
+        # replicas: {"auth": 2, "history-writer": 2} (latchkey-up's LATCHKEY_REPLICAS);
+        # a service with N > 1 replicas runs as <name>-1 .. <name>-N
+        self.replicas = dict(replicas or {})
+        services = [r for s in services for r in replica_names(s, self.replicas.get(s, 1))]
         self.services = list(services)
         parent = os.environ.get("LATCHKEY_TEST_TMP") or None
         self._own_dir = run_dir is None
@@ -142,7 +151,11 @@ class Stack:
             "LATCHKEY_AUTH_FAIL_THRESHOLD": "0",
             # ota-distributor signs the download URLs of its offers (test_60_ota)
             "LATCHKEY_OTA_URL_SECRET": "test-url-secret-0123456789",
+            "LATCHKEY_REPLICAS": " ".join("%s=%d" % kv for kv in self.replicas.items()),
         })
+        # what latchkey-up gives the daemons, for the CLI and helpers run from tests
+        self.env["LATCHKEY_AUTH_REPLICAS"] = str(self.replicas.get("auth", 1))
+        self.env["LATCHKEY_HISTORY_REPLICAS"] = str(self.replicas.get("history-writer", 1))
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
         self.running = False

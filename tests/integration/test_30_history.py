@@ -33,7 +33,7 @@ def emitter_path(stack):
 
 
 def endpoint(stack):
-    return "ipc://%s/ipc/history.ipc" % stack.run_dir
+    return "ipc://%s/ipc/history-writer.ipc" % stack.run_dir
 
 
 def spool_file(stack):

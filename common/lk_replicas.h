@@ -1,0 +1,50 @@
+/*  lk_replicas: the replicas of a stateless service (auth, history-writer) as its clients
+    see them.
+
+    Configuration: <prefix>_endpoint is an endpoint template where %n stands for the
+    replica's node id, and <prefix>_replicas (default 1) how many run. One replica is the
+    node named like its kind ("auth"); N > 1 are <kind>-1 .. <kind>-N. The replica itself
+    binds the template with %n replaced by its own node id (lk_replicas_endpoint).
+
+    A client connects to every replica (lk_replicas_connect) and picks one per request:
+    round robin over the live ones (lk_replicas_pick) for independent requests, or the same
+    live one while it lives (lk_replicas_sticky) for a stream whose order helps batching.
+    Liveness is the bus's Hello (lk_peer_alive). Requests a dead replica did not answer are
+    the caller's to re-send: it asks lk_replicas_has() in its on_peer_down. */
+#ifndef LK_REPLICAS_H_INCLUDED
+#define LK_REPLICAS_H_INCLUDED
+
+#include "lk_bus.h"
+#include "lk_config.h"
+
+typedef struct _lk_replicas_t lk_replicas_t;
+
+/* Connects bus to every replica of `kind` per the keys <prefix>_endpoint and
+   <prefix>_replicas. NULL when the endpoint is unset (no log line), or after a log line
+   when the count is not 1..64 or N > 1 replicas share an endpoint without %n. */
+lk_replicas_t *lk_replicas_connect(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                                   const char *kind);
+void lk_replicas_destroy(lk_replicas_t **self_p);
+
+/* the endpoint a replica named node binds (template from <prefix>_endpoint), malloc'ed;
+   NULL when unset */
+char *lk_replicas_endpoint(lk_config_t *config, const char *prefix, const char *node);
+
+/* the next live replica in turn; when none is alive, the next one anyway (its work waits
+   for it, or for the caller's re-send) */
+lk_peer_t *lk_replicas_pick(lk_replicas_t *self);
+/* the replica last returned while it is alive, else the next live one (as pick) */
+lk_peer_t *lk_replicas_sticky(lk_replicas_t *self);
+/* a live replica other than `not`, or NULL */
+lk_peer_t *lk_replicas_other(lk_replicas_t *self, lk_peer_t *not);
+
+bool lk_replicas_has(lk_replicas_t *self, lk_peer_t *peer);
+int lk_replicas_count(lk_replicas_t *self);
+lk_peer_t *lk_replicas_nth(lk_replicas_t *self, int i);
+/* index of peer among the replicas, -1 when it is not one */
+int lk_replicas_index(lk_replicas_t *self, lk_peer_t *peer);
+int lk_replicas_alive(lk_replicas_t *self);
+
+int lk_replicas_test(bool verbose);
+
+#endif
