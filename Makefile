@@ -3,6 +3,7 @@
 #   make SANITIZE=address,undefined   the same into build-san/ with ASan + UBSan
 #   make run             install what is missing, build, run the whole stack under s6
 #   make test            selftests + integration tests against real servers
+#   make test-containers  docker/ images and compose stack, tested with a real Docker engine
 #   make fuzz FUZZ_TIME=60   run each libFuzzer target for FUZZ_TIME seconds
 #   make format-check    clang-format conformance
 #   make bench           the load generator $(BUILD)/bin/lkbench (bench/run drives it)
@@ -40,7 +41,8 @@ BINS := $(SERVICES:%=$(BUILD)/bin/%)
 BENCH := $(BUILD)/bin/lkbench
 SELFTESTS := $(BUILD)/test/common-selftest
 
-.PHONY: all run test test-fast check memcheck fuzz format format-check clean deps bench
+.PHONY: all run test test-fast check memcheck fuzz format format-check clean deps bench bins \
+        print-services test-containers
 .DEFAULT_GOAL := all
 
 $(GEN_C) $(GEN_H): $(PROTO)
@@ -91,6 +93,11 @@ $(BUILD)/test/lk-%: $(BUILD)/obj/tests/tools/lk_%.o $(LIB)
 INTEROP := $(BUILD)/test/interop-paho-c
 
 all: $(BINS) $(SELFTESTS) $(BENCH) $(TEST_TOOLS) $(INTEROP)
+
+# the binaries only (docker/Dockerfile), and their names
+bins: $(BINS)
+print-services:
+	@echo $(SERVICES)
 
 # the Eclipse Paho C client, for interoperability tests
 $(BUILD)/test/interop-paho-c: tests/interop/paho_c.c
@@ -144,6 +151,12 @@ endif
 
 test-fast: all
 	tests/run-all $(BUILD)
+
+# the containers (docker/): Docker's engine (started if none runs), the images, the stack
+# with 3 frontends and real clients; see tests/containers/run
+test-containers:
+	supervise/install-deps --containers
+	tests/containers/run
 
 check: test
 

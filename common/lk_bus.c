@@ -917,12 +917,12 @@ static int s_curve_server(lk_bus_t *self, const char *endpoint)
 
 /* makes a DEALER a Curve client of the server known as name; -1 when the keys are
    missing */
-static int s_curve_client(lk_bus_t *self, lk_peer_t *p, const char *endpoint)
+static int s_curve_client(lk_bus_t *self, lk_peer_t *p, const char *key, const char *endpoint)
 {
     zcert_t *server = NULL;
     if (self->cert && self->server_dir) {
         char path[1024];
-        snprintf(path, sizeof(path), "%s/%s.key", self->server_dir, p->name);
+        snprintf(path, sizeof(path), "%s/%s.key", self->server_dir, key);
         server = zcert_load(path);
         if (!server)
             lk_error("bus: no server certificate %s for %s", path, endpoint);
@@ -977,6 +977,12 @@ int lk_bus_bind(lk_bus_t *self, const char *endpoint)
 
 lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint)
 {
+    return lk_bus_connect_as(self, name, NULL, endpoint);
+}
+
+lk_peer_t *lk_bus_connect_as(lk_bus_t *self, const char *name, const char *key,
+                             const char *endpoint)
+{
     lk_peer_t *p = zhashx_lookup(self->peers, name);
     if (!p)
         p = s_peer_new(self, name);
@@ -996,7 +1002,7 @@ lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint
         zsock_set_reconnect_ivl_max(p->dealer, 500);
         lk_loop_add_zsock(self->loop, p->dealer, s_recv_dealer, p);
     }
-    if (s_is_tcp(endpoint) && s_curve_client(self, p, endpoint) != 0)
+    if (s_is_tcp(endpoint) && s_curve_client(self, p, key && *key ? key : name, endpoint) != 0)
         return p; /* never alive: the service sees its peer down */
     if (zsock_connect(p->dealer, "%s", endpoint) < 0)
         lk_error("bus: cannot connect %s: %s", endpoint, zmq_strerror(errno));
