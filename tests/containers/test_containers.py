@@ -50,12 +50,28 @@ def wait_until(pred, timeout, what, interval=0.2):
         time.sleep(interval)
 
 
-def containers(service):
-    return [c for c in dc("ps", "-q", service).stdout.split() if c]
+def containers(service, running_only=False):
+    """ids of the project's containers of a compose service"""
+    args = ["ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=" + PROJECT,
+            "--filter", "label=com.docker.compose.service=" + service]
+    if not running_only:
+        args.insert(1, "-a")
+    return docker(*args).stdout.split()
 
 
 def inspect(cid):
     return json.loads(docker("inspect", cid).stdout)[0]
+
+
+def inspect_all():
+    """{service: [container state dicts]} of the project's running containers"""
+    ids = docker("ps", "-q", "--no-trunc", "--filter",
+                 "label=com.docker.compose.project=" + PROJECT).stdout.split()
+    out = {}
+    if ids:
+        for c in json.loads(docker("inspect", *ids).stdout):
+            out.setdefault(c["Config"]["Labels"]["com.docker.compose.service"], []).append(c)
+    return out
 
 
 def health(cid):
@@ -63,25 +79,26 @@ def health(cid):
     return st.get("Health", {}).get("Status") or st["Status"]
 
 
-def ip_of(cid):
-    nets = inspect(cid)["NetworkSettings"]["Networks"]
+def ip_of(c):
+    nets = (c if isinstance(c, dict) else inspect(c))["NetworkSettings"]["Networks"]
     return next(iter(nets.values()))["IPAddress"]
 
 
 def frontends():
     """{container id: ip} of the running mqtt-frontend containers"""
-    return {c: ip_of(c) for c in containers("mqtt-frontend")
-            if inspect(c)["State"]["Running"]}
+    return {c["Id"]: ip_of(c) for c in inspect_all().get("mqtt-frontend", [])}
 
 
 def all_healthy(n_frontends):
     def ok():
-        for svc in SERVICES + ("redis", "postgres"):
-            cs = containers(svc)
-            if len(cs) != 1 or health(cs[0]) != "healthy":
+        by = inspect_all()
+        for svc in SERVICES + ("redis", "postgres", "mqtt-frontend"):
+            cs = by.get(svc, [])
+            want = n_frontends if svc == "mqtt-frontend" else 1
+            if len(cs) != want or any(c["State"].get("Health", {}).get("Status") != "healthy"
+                                      for c in cs):
                 return False
-        fes = containers("mqtt-frontend")
-        return len(fes) == n_frontends and all(health(c) == "healthy" for c in fes)
+        return True
     return ok
 
 
@@ -117,6 +134,8 @@ class Client:
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_publish = self._on_publish
+        self.subacks = {}
+        self.c.on_subscribe = self._on_subscribe
         self.c.on_disconnect = lambda c, u, rc: self.connected.clear()
 
     def _on_connect(self, c, u, flags, rc):
@@ -147,14 +166,15 @@ class Client:
                                % (self.cid, self.host, self.port, self.rc))
         return self
 
+    def _on_subscribe(self, c, u, mid, granted):
+        with self.lock:
+            self.subacks[mid] = granted
+
     def subscribe(self, topic, qos):
         rc, mid = self.c.subscribe(topic, qos)
         assert rc == 0
-        done = threading.Event()
-        prev = self.c.on_subscribe
-        self.c.on_subscribe = lambda c, u, m, g: m == mid and done.set()
-        assert done.wait(15), "%s: no SUBACK" % self.cid
-        self.c.on_subscribe = prev
+        granted = wait_until(lambda: self.subacks.get(mid), 15, "%s: SUBACK" % self.cid)
+        assert granted[0] == qos, granted
 
     def publish(self, topic, payload, qos, retain=False):
         with self.lock:
@@ -197,21 +217,22 @@ def stack():
 def test_every_service_in_its_own_container():
     fes = frontends()
     assert len(fes) == 3
-    ids = set()
+    netns = set()
     for svc in SERVICES + ("redis", "postgres", "lb"):
         cs = containers(svc)
         assert len(cs) == 1, svc
-        ids.add(inspect(cs[0])["State"]["Pid"])
+        netns.add(os.readlink("/proc/%d/ns/net" % inspect(cs[0])["State"]["Pid"]))
     for c in fes:
-        ids.add(inspect(c)["State"]["Pid"])
+        netns.add(os.readlink("/proc/%d/ns/net" % inspect(c)["State"]["Pid"]))
         # node id from the container's hostname: fe-<hostname>, unique per copy
         log = docker("logs", c).stdout + docker("logs", c).stderr
         assert "mqtt-frontend as node fe-%s" % inspect(c)["Config"]["Hostname"] in log
-    assert len(ids) == len(SERVICES) + 3 + 3
+    # each its own network namespace
+    assert len(netns) == len(SERVICES) + 3 + 3
     # the bus over tcp:// with CurveZMQ: each container holds its own certificate only
     # through the keys volume; nothing plain
     for svc in SERVICES:
-        env = docker("exec", containers(svc)[0], "sh", "-c",
+        env = docker("exec", containers(svc, True)[0], "sh", "-c",
                      "cat /proc/1/environ | tr '\\0' '\\n' | grep LK_CURVE_NAME").stdout
         assert "LK_CURVE_NAME=%s" % svc in env
 
@@ -274,20 +295,13 @@ def _kill_and_check(service):
                 pub.publish(topic, "k-%d" % n, 1)
                 n += 1
             time.sleep(0.01)
-    th = threading.Thread(target=publish)
+    th = threading.Thread(target=publish, daemon=True)
     th.start()
-    wait_until(lambda: len(pub.acked) >= 50, 20, "50 acked before the kill")
-    cid, pid = service_pid(service)
-    started = inspect(cid)["State"]["StartedAt"]
-    docker("exec", cid, "kill", "-9", str(pid))
-    # s6 inside the container starts it again: a new process, the same container
-    wait_until(lambda: service_pid(service)[1] != pid, 20, service + " restarted")
-    assert inspect(cid)["State"]["StartedAt"] == started
-    wait_until(lambda: health(cid) == "healthy", 60, service + " healthy again")
-    n_before = len(pub.acked)
-    wait_until(lambda: len(pub.acked) >= n_before + 100, 60, "traffic resumed after the kill")
-    stop.set()
-    th.join()
+    try:
+        _kill_during(service, pub)
+    finally:
+        stop.set()
+        th.join()
     with pub.lock:
         acked = list(pub.acked)
     # every acknowledged message reaches the persistent subscriber
@@ -296,12 +310,44 @@ def _kill_and_check(service):
     sub.stop()
 
 
+def _kill_during(service, pub):
+    wait_until(lambda: len(pub.acked) >= 50, 20, "50 acked before the kill")
+    cid, pid = service_pid(service)
+    started = inspect(cid)["State"]["StartedAt"]
+    docker("exec", cid, "sh", "-c", "kill -9 %d" % pid)
+    # s6 inside the container starts it again: a new process, the same container
+    wait_until(lambda: service_pid(service)[1] not in (pid, 0, -1), 20, service + " restarted")
+    assert inspect(cid)["State"]["StartedAt"] == started
+    wait_until(lambda: health(cid) == "healthy", 60, service + " healthy again")
+    n_before = len(pub.acked)
+    wait_until(lambda: len(pub.acked) >= n_before + 100, 60, "traffic resumed after the kill")
+
+
 def test_kill_9_router_loses_no_acked_qos1():
     _kill_and_check("router")
 
 
 def test_kill_9_session_store_loses_no_acked_qos1():
     _kill_and_check("session-store")
+
+
+def test_container_whose_init_is_killed_comes_back():
+    # kill -9 of the container's PID 1 (s6-svscan) from the host: the restart policy
+    # (unless-stopped) starts the container again; `docker kill` would be a manual stop
+    cid = containers("auth")[0]
+    st = inspect(cid)["State"]
+    os.kill(st["Pid"], 9)
+    wait_until(lambda: inspect(cid)["State"]["StartedAt"] != st["StartedAt"], 30,
+               "auth's container restarted")
+    wait_until(lambda: health(cid) == "healthy", 60, "auth healthy again")
+    fes = list(frontends().values())
+    a = Client("ak-a", fes[0]).start()
+    a.subscribe("ct/auth-back", 1)
+    b = Client("ak-b", fes[1]).start()
+    b.publish("ct/auth-back", "back", 1).wait_for_publish(10)
+    a.wait_payloads(["back"], 20)
+    a.stop()
+    b.stop()
 
 
 def test_down_up_keeps_retained_and_sessions():
@@ -345,7 +391,7 @@ def test_scale_3_5_2_while_clients_run():
                 pub.publish(topic, "s-%d" % n, 1)
                 n += 1
             time.sleep(0.02)
-    th = threading.Thread(target=publish)
+    th = threading.Thread(target=publish, daemon=True)
     th.start()
     try:
         wait_until(lambda: len(pub.acked) >= 20, 20, "traffic before scaling")
