@@ -126,6 +126,7 @@ class Client:
         self.msgs = []
         self.acked = []          # payloads of our QoS >= 1 publishes the broker acked
         self.pending = {}        # mid -> payload
+        self.early = set()
         self.connected = threading.Event()
         self.session_present = None
         self.rc = None
@@ -154,6 +155,8 @@ class Client:
             p = self.pending.pop(mid, None)
             if p is not None:
                 self.acked.append(p)
+            else:
+                self.early.add(mid)  # acked before publish() returned
 
     def start(self, timeout=20):
         if self.reconnect:
@@ -177,10 +180,15 @@ class Client:
         assert granted[0] == qos, granted
 
     def publish(self, topic, payload, qos, retain=False):
-        with self.lock:
-            info = self.c.publish(topic, payload, qos, retain)
-            if qos > 0:
-                self.pending[info.mid] = payload
+        # never under self.lock: paho calls on_publish holding its own locks
+        info = self.c.publish(topic, payload, qos, retain)
+        if qos > 0:
+            with self.lock:
+                if info.mid in self.early:
+                    self.early.discard(info.mid)
+                    self.acked.append(payload)
+                else:
+                    self.pending[info.mid] = payload
         return info
 
     def payloads(self, topic=None):
@@ -306,6 +314,9 @@ def _kill_and_check(service):
         acked = list(pub.acked)
     # every acknowledged message reaches the persistent subscriber
     sub.wait_payloads(acked, 60)
+    got = sub.payloads()
+    print("kill -9 %s: %d acked, %d received (%d duplicates)"
+          % (service, len(acked), len(got), len(got) - len(set(got))))
     pub.stop()
     sub.stop()
 
@@ -383,16 +394,17 @@ def test_scale_3_5_2_while_clients_run():
     sub.subscribe(topic, 1)
     pub = Client("sc-pub", "127.0.0.1", MQTT_PORT, reconnect=True).start()
     stop = threading.Event()
+    sent = [0]
 
     def publish():
-        n = 0
         while not stop.is_set():
             if pub.connected.is_set():
-                pub.publish(topic, "s-%d" % n, 1)
-                n += 1
+                pub.publish(topic, "s-%d" % sent[0], 1)
+                sent[0] += 1
             time.sleep(0.02)
     th = threading.Thread(target=publish, daemon=True)
     th.start()
+    late = []  # (client, first index published after its SUBACK)
     try:
         wait_until(lambda: len(pub.acked) >= 20, 20, "traffic before scaling")
         for n in (5, 2):
@@ -410,6 +422,14 @@ def test_scale_3_5_2_while_clients_run():
             for c in cs:
                 c.wait_payloads(["e-%d" % i for i in range(n)], 20)
                 c.stop()
+            if n == 5:
+                # more steady subscribers through lb: leastconn puts them on the new
+                # frontends, which scaling down to 2 removes
+                for i in range(5):
+                    c = Client("sc-late-%d" % i, "127.0.0.1", MQTT_PORT, clean=False,
+                               reconnect=True).start()
+                    c.subscribe(topic, 1)
+                    late.append((c, sent[0] + 1))
             k = len(pub.acked)
             wait_until(lambda: len(pub.acked) >= k + 20, 60, "traffic with %d frontends" % n)
     finally:
@@ -418,5 +438,14 @@ def test_scale_3_5_2_while_clients_run():
     with pub.lock:
         acked = list(pub.acked)
     sub.wait_payloads(acked, 60, topic)
+    moved = 0
+    for c, first in late:
+        c.wait_payloads([p for p in acked if int(p[2:]) >= first], 60, topic)
+        moved += c.connects > 1
+        c.stop()
+    print("scale: %d acked of %d sent; %d of %d late subscribers moved to another frontend"
+          % (len(acked), sent[0], moved, len(late)))
+    # scaling down took frontends from under clients, which came back through lb
+    assert moved >= 1
     pub.stop()
     sub.stop()
