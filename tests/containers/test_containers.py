@@ -209,7 +209,7 @@ class Client:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def stack():
+def stack(request):
     dc("down", "-v", "--remove-orphans", check=False)
     t = time.monotonic()
     up(3)
@@ -217,8 +217,9 @@ def stack():
     dc("exec", "-T", "router", "latchkey", "passwd", USER, PASSWORD)
     dc("exec", "-T", "router", "latchkey", "user", "superuser", USER, "on")
     yield
-    logs = dc("logs", "--no-color", "--tail", "40", check=False).stdout
-    print(logs[-20000:])
+    if request.session.testsfailed:
+        logs = dc("logs", "--no-color", "--tail", "40", check=False).stdout
+        print(logs[-30000:])
     dc("down", "-v", "--remove-orphans", check=False)
 
 
