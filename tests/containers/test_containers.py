@@ -92,7 +92,7 @@ def frontends():
 def all_healthy(n_frontends):
     def ok():
         by = inspect_all()
-        for svc in SERVICES + ("redis", "postgres", "mqtt-frontend"):
+        for svc in SERVICES + ("redis", "postgres", "mqtt-frontend", "lb"):
             cs = by.get(svc, [])
             want = n_frontends if svc == "mqtt-frontend" else 1
             if len(cs) != want or any(c["State"].get("Health", {}).get("Status") != "healthy"
