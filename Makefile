@@ -3,6 +3,7 @@
 #   make SANITIZE=address,undefined   the same into build-san/ with ASan + UBSan
 #   make run             install what is missing, build, run the whole stack under s6
 #   make test            selftests + integration tests against real servers
+#   make test-containers  docker/ images and compose stack, tested with a real Docker engine
 #   make fuzz FUZZ_TIME=60   run each libFuzzer target for FUZZ_TIME seconds
 #   make format-check    clang-format conformance
 #   make bench           the load generator $(BUILD)/bin/lkbench (bench/run drives it)
@@ -42,7 +43,8 @@ SELFTESTS := $(BUILD)/test/common-selftest
 
 
 .PHONY: dashboard
-.PHONY: all run test test-fast check memcheck fuzz format format-check clean deps bench
+.PHONY: all run test test-fast check memcheck fuzz format format-check clean deps bench bins \
+        print-services test-containers
 .DEFAULT_GOAL := all
 
 $(GEN_C) $(GEN_H): $(PROTO)
@@ -110,6 +112,11 @@ dashboard: $(DASHBOARD)
 
 all: $(BINS) $(SELFTESTS) $(BENCH) $(TEST_TOOLS) $(INTEROP) $(DASHBOARD)
 
+# the binaries only (docker/Dockerfile), and their names
+bins: $(BINS)
+print-services:
+	@echo $(SERVICES)
+
 # the Eclipse Paho C client, for interoperability tests
 $(BUILD)/test/interop-paho-c: tests/interop/paho_c.c
 	@mkdir -p $(dir $@)
@@ -162,6 +169,12 @@ endif
 
 test-fast: all
 	tests/run-all $(BUILD)
+
+# the containers (docker/): Docker's engine (started if none runs), the images, the stack
+# with 3 frontends and real clients; see tests/containers/run
+test-containers:
+	supervise/install-deps --containers
+	tests/containers/run
 
 check: test
 

@@ -81,6 +81,10 @@ void lk_bus_allow_plaintext_tcp(lk_bus_t *self, bool allow);
 int lk_bus_bind(lk_bus_t *self, const char *endpoint);
 /* connect to the server known as `name` at endpoint; returns its peer (never NULL) */
 lk_peer_t *lk_bus_connect(lk_bus_t *self, const char *name, const char *endpoint);
+/* the same, the server's certificate being <bus_curve_server_dir>/<key>.key (key NULL:
+   <name>.key): peers sharing one certificate, such as scaled frontends in containers */
+lk_peer_t *lk_bus_connect_as(lk_bus_t *self, const char *name, const char *key,
+                             const char *endpoint);
 
 /* a peer by node id, or NULL when never heard of */
 lk_peer_t *lk_bus_peer(lk_bus_t *self, const char *name);

@@ -286,6 +286,7 @@ struct _fe_server_t {
     bool direct;            /* frontend_endpoint set: ask the router for routes */
     zhashx_t *routes;       /* topic -> route */
     zhashx_t *links;        /* node -> our link to another frontend */
+    char *link_key;         /* frontend_curve_server_key: their shared certificate, or NULL */
     uint64_t route_gen;
     size_t route_max;
     /* statistics */

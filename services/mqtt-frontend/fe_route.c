@@ -104,7 +104,7 @@ static lk_peer_t *s_link(fe_server_t *srv, const char *node, const char *endpoin
         return p;
     if (!endpoint || !*endpoint)
         return NULL;
-    p = lk_bus_connect(srv->bus, node, endpoint);
+    p = lk_bus_connect_as(srv->bus, node, srv->link_key, endpoint);
     zhashx_insert(srv->links, node, p);
     lk_info("direct link to %s (%s)", node, endpoint);
     return p;

@@ -928,11 +928,20 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     if (*fep) {
         /* %n: this node's id, so that one configuration serves every frontend */
         char *ep = lk_str_subst(fep, 'n', node);
-        if (strncmp(ep, "ipc://", 6) != 0)
-            lk_warn("frontend_endpoint %s: only ipc:// is served; QoS 0 goes through the "
-                    "router",
+        /* tcp://<host>:<port>: the others are told <host> (a DNS name in containers,
+           which ZeroMQ cannot bind), we listen on every interface */
+        char *bind = NULL;
+        const char *colon = strrchr(ep, ':');
+        if (strncmp(ep, "tcp://", 6) == 0 && colon && colon > ep + 6)
+            bind = lk_str_subst("tcp://*%p", 'p', colon);
+        else if (strncmp(ep, "ipc://", 6) == 0)
+            bind = lk_strdup(ep);
+        if (!bind)
+            lk_warn("frontend_endpoint %s: neither ipc:// nor tcp://<host>:<port>; QoS 0 "
+                    "goes through the router",
                     ep);
-        else if (lk_bus_bind(srv->bus, ep) != 0) {
+        else if (lk_bus_bind(srv->bus, bind) != 0) {
+            free(bind);
             free(ep);
             fe_server_destroy(&srv);
             return NULL;
@@ -940,7 +949,10 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
             lk_bus_advertise(srv->bus, ep);
             srv->direct = true;
         }
+        free(bind);
         free(ep);
+        const char *lkey = lk_config_get(config, "frontend_curve_server_key", "");
+        srv->link_key = *lkey ? lk_strdup(lkey) : NULL;
     }
     srv->router = lk_bus_connect(srv->bus, "router", rep);
     srv->store = lk_bus_connect(srv->bus, "session-store", sep);
@@ -997,6 +1009,7 @@ void fe_server_destroy(fe_server_t **self_p)
     for (int i = 0; i < srv->out_pool_n; i++)
         lk_wbuf_free(&srv->out_pool[i]);
     free(srv->node);
+    free(srv->link_key);
     free(srv);
     *self_p = NULL;
 }
