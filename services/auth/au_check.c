@@ -258,7 +258,8 @@ static lk_redis_reply_t *s_redis_user(au_check_t *self, s_backend_t b, const cha
    acl_only (a connected client's ACL is re-read after a change): the user only has to
    exist still. *via tells which backend decided. */
 static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__AuthRequest *req,
-                               bool acl_only, bool *superuser, s_backend_t *via, char **mount)
+                               bool acl_only, bool *superuser, s_backend_t *via, char **mount,
+                               bool *device)
 {
     for (int i = 0; i < self->n_backends; i++) {
         s_backend_t b = self->backends[i];
@@ -284,6 +285,7 @@ static s_auth_t s_authenticate(au_check_t *self, const char *user, const Lk__Aut
         if (r->items[3].type == LK_REDIS_STR && *r->items[3].str)
             *mount = lk_strdup(r->items[3].str);
         *superuser = rc == S_AUTH_OK && s_truthy(&r->items[2]);
+        *device = rc == S_AUTH_OK && token;
         *via = b;
         lk_redis_reply_free(&r);
         return rc;
@@ -432,7 +434,7 @@ static void s_full_access(lk_acl_list_t *acl)
 Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
 {
     lk_acl_list_t acl = {0};
-    bool ok = false, superuser = false;
+    bool ok = false, superuser = false, device = false;
     s_backend_t via = S_BACKEND_FILE;
     char *mount = NULL;
     const char *reason = NULL;
@@ -456,7 +458,7 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
         bool by_cert = req->cert_cn && *req->cert_cn && strcmp(req->cert_cn, user) == 0 &&
                        !req->has_password && req->password.len == 0;
         s_auth_t rc = s_authenticate(self, user, req, req->acl_only || by_cert, &superuser, &via,
-                                     &mount);
+                                     &mount, &device);
         if (by_cert && rc == S_AUTH_BAD) {
             /* known to no backend: its ACL from the first Redis layout configured, if any */
             rc = S_AUTH_OK;
@@ -486,6 +488,13 @@ Lk__AuthReply *au_check_request(au_check_t *self, const Lk__AuthRequest *req)
     if (ok && !superuser && au_lock_rules(self->locks, self->redis, named ? user : NULL, &acl) != 0) {
         ok = false;
         reason = AU_REASON_UNAVAILABLE;
+    }
+    /* the OTA topics belong to the devices ota-distributor knows (token credentials, each
+       limited to its own topics): nobody else may fake a device's report or read its
+       chunks, whatever allow_anonymous or a wide ACL grants */
+    if (ok && !superuser && !device) {
+        lk_acl_list_add(&acl, "lk/ota/#", LK_ACL_BOTH | LK_ACL_DENY);
+        lk_acl_list_add(&acl, "tb/#", LK_ACL_BOTH | LK_ACL_DENY);
     }
     uint64_t skipped = 0;
     if (!ok && lk_ratelog_take(&self->refusals, lk_mono_ms(), &skipped)) {
@@ -538,10 +547,24 @@ static Lk__AuthReply *s_ask(au_check_t *c, const char *user, const char *passwor
 }
 
 /* ok/refused with the reason, and the rule count when ok */
+/* the OTA guard's two deny rules, which every non-device reply ends with */
+static size_t s_guard_rules(Lk__AuthReply *r)
+{
+    size_t n = 0;
+    for (size_t i = 0; r && i < r->n_acl; i++)
+        if ((strcmp(r->acl[i]->pattern, "lk/ota/#") == 0 ||
+             strcmp(r->acl[i]->pattern, "tb/#") == 0) &&
+            r->acl[i]->access == (LK_ACL_BOTH | LK_ACL_DENY))
+            n++;
+    return n;
+}
+
+/* rules: the user's own, the OTA guard not counted */
 static bool s_is(Lk__AuthReply *r, bool ok, const char *reason, int rules)
 {
     bool good = r && r->req == 42 && r->ok == ok && strcmp(r->reason, ok ? "" : reason) == 0 &&
-                (rules < 0 || r->n_acl == (size_t)rules) && (ok || r->n_acl == 0);
+                (rules < 0 || r->n_acl - s_guard_rules(r) == (size_t)rules) &&
+                (ok || r->n_acl == 0);
     return good;
 }
 
@@ -610,6 +633,8 @@ int au_check_test(au_tally_t *t, int redis_port)
         {"HSET", "mqtt_user:root", "password", h7},
         {"HSET", "mqtt_user:root", "is_superuser", "1"},
         {"HSET", "mqtt_user:weird", "password", "secret"},
+        {"HSET", "mqtt_user:tok123", "token_auth", "1"},
+        {"HSET", "mqtt_acl:tok123", "lk/ota/d1/#", "3"},
         {"HSET", "mqtt_acl:ann", "lock/%u/#", "1"},
         {"HSET", "mqtt_acl:ann", "lock/%u/m", "2"},
         {"HSET", "mqtt_acl:ann", "both/x", "3"},
@@ -687,7 +712,9 @@ int au_check_test(au_tally_t *t, int redis_port)
     if (c) {
         S_ASK("check: anonymous allowed", NULL, NULL, NULL,
               s_is(r, true, NULL, 2) && s_has_rule(r, "#", 3) && !r->superuser &&
-                  s_has_rule(r, "$SYS/#", 1));
+                  s_has_rule(r, "$SYS/#", 1) && s_guard_rules(r) == 2);
+        S_ASK("check: an OTA device token has its own topics, no guard", "tok123", NULL, NULL,
+              s_is(r, true, NULL, 1) && s_has_rule(r, "lk/ota/d1/#", 3) && s_guard_rules(r) == 0);
         S_ASK("check: acl_nomatch allow", "old", "secret", NULL,
               s_is(r, true, NULL, 2) && s_has_rule(r, "#", 3));
         S_ASK("check: acl_nomatch allow leaves real rules", "ann", "secret", NULL,

@@ -302,7 +302,7 @@ static void s_bt_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
         st->replies++;
         if (r->req == 1) {
             st->good_ok = r->ok && !r->superuser;
-            st->good_acl = r->n_acl == 1 && strcmp(r->acl[0]->pattern, "x/ann/#") == 0 &&
+            st->good_acl = r->n_acl == 3 && strcmp(r->acl[0]->pattern, "x/ann/#") == 0 &&
                            r->acl[0]->access == 3;
         } else if (r->req == 2)
             st->bad_refused = !r->ok && strcmp(r->reason, AU_REASON_BAD_CREDENTIALS) == 0;
