@@ -13,6 +13,7 @@
 #define LA_CLI_H_INCLUDED
 
 #include "lk_config.h"
+#include "lk_pg.h"
 #include "lk_redis.h"
 #include <stdbool.h>
 
@@ -91,5 +92,11 @@ bool la_emqx_layout(la_ctx_t *ctx);
    emqx_user_key, emqx_acl_key with %u); caller frees */
 char *la_user_key(la_ctx_t *ctx, const char *user);
 char *la_acl_key(la_ctx_t *ctx, const char *user);
+
+/* the connection of pg_conninfo with the schema (sql_dir, or $LATCHKEY_ROOT/sql) applied;
+   NULL after printing why */
+lk_pg_t *la_pg(la_ctx_t *ctx);
+/* runs sql; prints the server's message and returns NULL on failure (caller frees) */
+lk_pg_result_t *la_pg_exec(lk_pg_t *pg, const char *sql, int n, const char *const *params);
 
 #endif

@@ -27,55 +27,6 @@
 /* ---- PostgreSQL ---- */
 
 /* sql_dir, else $LATCHKEY_ROOT/sql; NULL when neither (no migration then) */
-static char *s_sql_dir(la_ctx_t *ctx)
-{
-    const char *v = lk_config_get(ctx->config, "sql_dir", NULL);
-    if (v && *v)
-        return lk_strdup(v);
-    const char *root = getenv("LATCHKEY_ROOT");
-    if (!root || !*root)
-        return NULL;
-    size_t n = strlen(root) + 5;
-    char *p = lk_malloc(n);
-    snprintf(p, n, "%s/sql", root);
-    return p;
-}
-
-/* the connection of pg_conninfo with the schema applied; NULL after printing why */
-static lk_pg_t *s_pg(la_ctx_t *ctx)
-{
-    lk_pg_t *pg = lk_pg_new(lk_config_get(ctx->config, "pg_conninfo", ""), "latchkey");
-    if (lk_pg_connect(pg) != 0) {
-        fprintf(stderr, "latchkey: cannot reach PostgreSQL (pg_conninfo)\n");
-        lk_pg_destroy(&pg);
-        return NULL;
-    }
-    char *dir = s_sql_dir(ctx);
-    if (dir) {
-        int version = 0;
-        int rc = lk_pg_migrate(pg, dir, &version);
-        if (rc != 0)
-            fprintf(stderr, "latchkey: the schema in %s could not be applied\n", dir);
-        free(dir);
-        if (rc != 0) {
-            lk_pg_destroy(&pg);
-            return NULL;
-        }
-    }
-    return pg;
-}
-
-/* runs sql; prints the server's message and returns NULL on failure (caller frees) */
-static lk_pg_result_t *s_exec(lk_pg_t *pg, const char *sql, int n, const char *const *params)
-{
-    lk_pg_result_t *r = lk_pg_exec(pg, sql, n, params);
-    if (r->status != LK_PG_OK) {
-        fprintf(stderr, "latchkey: PostgreSQL: %s\n",
-                r->message && *r->message ? r->message : "unavailable");
-        lk_pg_result_free(&r);
-    }
-    return r;
-}
 
 static bool s_name_ok(const char *what, const char *s)
 {
@@ -254,7 +205,7 @@ static void s_acl_reread(la_ctx_t *ctx, char **users, int n)
 static int s_mirror_pair(la_ctx_t *ctx, lk_pg_t *pg, const char *user, const char *lock)
 {
     const char *p[] = {user, lock};
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "SELECT string_agg(role, ' ' ORDER BY role) FROM bindings "
                                "WHERE user_name = $1 AND lockno = $2",
                                2, p);
@@ -287,7 +238,7 @@ static int s_user_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
             return LA_EXIT_USAGE;
         const char *p[] = {argv[i]};
         lk_pg_result_t *r =
-            s_exec(pg, "INSERT INTO users (name) VALUES ($1) ON CONFLICT DO NOTHING", 1, p);
+            la_pg_exec(pg, "INSERT INTO users (name) VALUES ($1) ON CONFLICT DO NOTHING", 1, p);
         if (!r)
             return LA_EXIT_FAIL;
         lk_pg_result_free(&r);
@@ -303,7 +254,7 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 {
     for (int i = 0; i < argc; i++) {
         const char *p[] = {argv[i]};
-        lk_pg_result_t *r = s_exec(pg, "DELETE FROM users WHERE name = $1", 1, p);
+        lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM users WHERE name = $1", 1, p);
         if (!r)
             return LA_EXIT_FAIL;
         int64_t n = r->affected;
@@ -336,7 +287,7 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 
 static int s_user_list(lk_pg_t *pg)
 {
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "SELECT u.name, coalesce(string_agg(b.lockno || ':' || b.role, "
                                "' ' ORDER BY b.lockno, b.role), '') FROM users u LEFT JOIN "
                                "bindings b ON b.user_name = u.name GROUP BY u.name ORDER BY 1",
@@ -356,7 +307,7 @@ int la_cmd_users(la_ctx_t *ctx, int argc, char **argv)
     bool list = argc == 2 && strcmp(argv[1], "list") == 0;
     if (!add && !del && !list)
         return la_cmd_user(ctx, argc, argv); /* superuser / show: la_acl.c */
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = add   ? s_user_add(ctx, pg, argc - 2, argv + 2)
@@ -373,7 +324,7 @@ int la_cmd_users(la_ctx_t *ctx, int argc, char **argv)
 static int s_mirror_lock(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 {
     const char *p[] = {lock};
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "SELECT window_ms::text, quorum::text, device FROM locks WHERE "
                                "lockno = $1",
                                1, p);
@@ -522,7 +473,7 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
         return LA_EXIT_USAGE;
     /* the device keeps its credential when the lock is added again, unless asked */
     const char *p0[] = {lock};
-    lk_pg_result_t *r = s_exec(pg, "SELECT device FROM locks WHERE lockno = $1", 1, p0);
+    lk_pg_result_t *r = la_pg_exec(pg, "SELECT device FROM locks WHERE lockno = $1", 1, p0);
     if (!r)
         return LA_EXIT_FAIL;
     const char *had = r->nrows ? lk_pg_value(r, 0, 0) : NULL;
@@ -530,7 +481,7 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
     char *dev = lk_strdup(device ? device : had ? had : dev_default);
     lk_pg_result_free(&r);
     const char *p[] = {lock, model, window ? window_ms : NULL, quorum, dev};
-    r = s_exec(pg,
+    r = la_pg_exec(pg,
                "INSERT INTO locks (lockno, model, window_ms, quorum, device) VALUES ($1, $2, "
                "$3::bigint, $4::int, $5) ON CONFLICT (lockno) DO UPDATE SET model = "
                "coalesce($2, locks.model), window_ms = coalesce($3::bigint, locks.window_ms), "
@@ -557,7 +508,7 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 {
     const char *p[] = {lock};
-    lk_pg_result_t *r = s_exec(pg, "DELETE FROM locks WHERE lockno = $1 RETURNING device", 1, p);
+    lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM locks WHERE lockno = $1 RETURNING device", 1, p);
     if (!r)
         return LA_EXIT_FAIL;
     int64_t n = r->nrows;
@@ -612,7 +563,7 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 
 static int s_lock_list(la_ctx_t *ctx, lk_pg_t *pg)
 {
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "SELECT l.lockno, coalesce(l.model, ''), coalesce(l.window_ms::"
                                "text, '-'), coalesce(l.quorum::text, '-'), coalesce(l.device, "
                                "'-'), coalesce(string_agg(b.user_name || ':' || b.role, ' ' "
@@ -654,13 +605,13 @@ static int s_del_matching(la_ctx_t *ctx, const char *pattern, s_tx_t *tx)
    the old mirror or the new one, never a half */
 static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
 {
-    lk_pg_result_t *users = s_exec(pg, "SELECT name FROM users", 0, NULL);
-    lk_pg_result_t *binds = users ? s_exec(pg,
+    lk_pg_result_t *users = la_pg_exec(pg, "SELECT name FROM users", 0, NULL);
+    lk_pg_result_t *binds = users ? la_pg_exec(pg,
                                            "SELECT user_name, lockno, string_agg(role, ' ' "
                                            "ORDER BY role) FROM bindings GROUP BY 1, 2",
                                            0, NULL)
                                   : NULL;
-    lk_pg_result_t *locks = binds ? s_exec(pg,
+    lk_pg_result_t *locks = binds ? la_pg_exec(pg,
                                            "SELECT lockno, window_ms::text, quorum::text, "
                                            "device FROM locks",
                                            0, NULL)
@@ -738,7 +689,7 @@ int la_cmd_lock(la_ctx_t *ctx, int argc, char **argv)
               ((strcmp(sub, "list") == 0 || strcmp(sub, "sync") == 0) && argc == 2);
     if (!ok)
         return la_usage(argv[0]);
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = strcmp(sub, "add") == 0    ? s_lock_add(ctx, pg, argc - 1, argv + 1)
@@ -769,7 +720,7 @@ int la_cmd_bind(la_ctx_t *ctx, int argc, char **argv)
         fprintf(stderr, "latchkey: '%s' is not a role of lock_roles (%s)\n", role, roles);
         return LA_EXIT_USAGE;
     }
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_FAIL;
@@ -809,12 +760,12 @@ int la_cmd_unbind(la_ctx_t *ctx, int argc, char **argv)
     if (argc != 3 && argc != 4)
         return la_usage(argv[0]);
     const char *user = argv[1], *lock = argv[2], *role = argc == 4 ? argv[3] : NULL;
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_FAIL;
     const char *p[] = {user, lock, role};
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "DELETE FROM bindings WHERE user_name = $1 AND lockno = $2 AND "
                                "($3::text IS NULL OR role = $3)",
                                3, p);

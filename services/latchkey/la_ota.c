@@ -22,59 +22,12 @@
 
 #define S_REVOKE_WAIT_MS 2000
 
-static char *s_sql_dir(la_ctx_t *ctx)
-{
-    const char *v = lk_config_get(ctx->config, "sql_dir", NULL);
-    if (v && *v)
-        return lk_strdup(v);
-    const char *root = getenv("LATCHKEY_ROOT");
-    if (!root || !*root)
-        return NULL;
-    size_t n = strlen(root) + 5;
-    char *p = lk_malloc(n);
-    snprintf(p, n, "%s/sql", root);
-    return p;
-}
-
-static lk_pg_t *s_pg(la_ctx_t *ctx)
-{
-    lk_pg_t *pg = lk_pg_new(lk_config_get(ctx->config, "pg_conninfo", ""), "latchkey");
-    if (lk_pg_connect(pg) != 0) {
-        fprintf(stderr, "latchkey: cannot reach PostgreSQL (pg_conninfo)\n");
-        lk_pg_destroy(&pg);
-        return NULL;
-    }
-    char *dir = s_sql_dir(ctx);
-    if (dir) {
-        int version = 0;
-        int rc = lk_pg_migrate(pg, dir, &version);
-        if (rc != 0)
-            fprintf(stderr, "latchkey: the schema in %s could not be applied\n", dir);
-        free(dir);
-        if (rc != 0) {
-            lk_pg_destroy(&pg);
-            return NULL;
-        }
-    }
-    return pg;
-}
-
-static lk_pg_result_t *s_exec(lk_pg_t *pg, const char *sql, int n, const char *const *params)
-{
-    lk_pg_result_t *r = lk_pg_exec(pg, sql, n, params);
-    if (r->status != LK_PG_OK) {
-        fprintf(stderr, "latchkey: PostgreSQL: %s\n",
-                r->message && *r->message ? r->message : "unavailable");
-        lk_pg_result_free(&r);
-    }
-    return r;
-}
 
 /* runs a query whose one value is a JSON text and prints it (or `empty`) */
 static int s_print_json(lk_pg_t *pg, const char *sql, int n, const char *const *p,
                         const char *empty)
 {
-    lk_pg_result_t *r = s_exec(pg, sql, n, p);
+    lk_pg_result_t *r = la_pg_exec(pg, sql, n, p);
     if (!r)
         return LA_EXIT_FAIL;
     const char *v = lk_pg_value(r, 0, 0);
@@ -198,7 +151,7 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     char *sig = lk_ota_sign(key, digest, key_id);
     if (!sig)
         return LA_EXIT_FAIL;
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg) {
         free(sig);
         return LA_EXIT_FAIL;
@@ -206,7 +159,7 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     int rc = LA_EXIT_FAIL;
     const char *p1[] = {model, version};
     lk_pg_result_t *r =
-        s_exec(pg, "SELECT sha256 FROM ota_images WHERE model = $1 AND version = $2", 2, p1);
+        la_pg_exec(pg, "SELECT sha256 FROM ota_images WHERE model = $1 AND version = $2", 2, p1);
     if (!r)
         goto out;
     if (r->nrows) {
@@ -240,7 +193,7 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     char sz[24];
     snprintf(sz, sizeof(sz), "%" PRIu64, size);
     const char *p2[] = {model, version, sz, sha, sig, key_id};
-    r = s_exec(pg,
+    r = la_pg_exec(pg,
                "INSERT INTO ota_images (model, version, size, sha256, signature, key_id) "
                "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                6, p2);
@@ -273,7 +226,7 @@ static int s_list(la_ctx_t *ctx, int argc, char **argv)
         else
             return la_usage("ota");
     }
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     const char *p[] = {model};
@@ -286,7 +239,7 @@ static int s_list(la_ctx_t *ctx, int argc, char **argv)
                           "ota_images WHERE $1::text IS NULL OR model = $1",
                           1, p, "[]");
     else {
-        lk_pg_result_t *r = s_exec(pg,
+        lk_pg_result_t *r = la_pg_exec(pg,
                                    "SELECT id, model, version, size, sha256 FROM ota_images "
                                    "WHERE $1::text IS NULL OR model = $1 ORDER BY model, id",
                                    1, p);
@@ -321,13 +274,13 @@ static int s_rm(la_ctx_t *ctx, int argc, char **argv)
     }
     if (optind != argc || !model || !version)
         return la_usage("ota");
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_FAIL;
     const char *p[] = {model, version};
     /* one statement: a rollout created meanwhile either sees the image or blocks this */
-    lk_pg_result_t *r = s_exec(
+    lk_pg_result_t *r = la_pg_exec(
         pg,
         "WITH img AS (SELECT id, sha256 FROM ota_images WHERE model = $1 AND version = $2 "
         "FOR UPDATE), busy AS (SELECT string_agg(ro.id::text, ',') AS ids FROM ota_rollouts "
@@ -352,7 +305,7 @@ static int s_rm(la_ctx_t *ctx, int argc, char **argv)
     else {
         const char *sha = lk_pg_value(r, 0, 2);
         const char *ps[] = {sha};
-        lk_pg_result_t *o = s_exec(pg, "SELECT count(*) FROM ota_images WHERE sha256 = $1", 1, ps);
+        lk_pg_result_t *o = la_pg_exec(pg, "SELECT count(*) FROM ota_images WHERE sha256 = $1", 1, ps);
         if (o && strcmp(lk_pg_value(o, 0, 0), "0") == 0) {
             char *path = lk_ota_image_path(s_ota_dir(ctx), sha);
             unlink(path);
@@ -442,7 +395,7 @@ static int s_device_add(la_ctx_t *ctx, int argc, char **argv)
     char *made = token ? NULL : lk_crypto_token(18);
     if (!token)
         token = made;
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     int rc = LA_EXIT_FAIL;
     if (!pg)
         goto out;
@@ -450,7 +403,7 @@ static int s_device_add(la_ctx_t *ctx, int argc, char **argv)
     if (s_device_credential(ctx, id, token, model, protocol) != 0)
         goto out;
     const char *p[] = {id, token, model, version, protocol};
-    lk_pg_result_t *r = s_exec(
+    lk_pg_result_t *r = la_pg_exec(
         pg,
         "INSERT INTO ota_devices (id, token, model, version, protocol) VALUES ($1, $2, $3, $4, "
         "$5) ON CONFLICT (id) DO UPDATE SET token = $2, model = $3, version = "
@@ -472,11 +425,11 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
 {
     if (argc != 2)
         return la_usage("ota");
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     const char *p[] = {argv[1]};
-    lk_pg_result_t *r = s_exec(pg, "DELETE FROM ota_devices WHERE id = $1 RETURNING token", 1, p);
+    lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM ota_devices WHERE id = $1 RETURNING token", 1, p);
     int rc = LA_EXIT_FAIL;
     if (r && r->nrows == 0)
         fprintf(stderr, "latchkey: no device %s\n", argv[1]);
@@ -518,7 +471,7 @@ static int s_devices(la_ctx_t *ctx, int argc, char **argv)
         else
             return la_usage("ota");
     }
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     const char *p[] = {model, version};
@@ -532,7 +485,7 @@ static int s_devices(la_ctx_t *ctx, int argc, char **argv)
             "($2::text IS NULL OR version = $2)",
             2, p, "[]");
     else {
-        lk_pg_result_t *r = s_exec(pg,
+        lk_pg_result_t *r = la_pg_exec(pg,
                                    "SELECT id, model, coalesce(version, '-'), protocol, "
                                    "coalesce(fw_state, '-'), coalesce(reported::text, '-') "
                                    "FROM ota_devices WHERE ($1::text IS NULL OR model = $1) "
@@ -724,13 +677,13 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
         img_model[sep - image] = 0;
         snprintf(img_version, sizeof(img_version), "%s", sep + 1);
     }
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_FAIL;
     bool in_tx = false;
     const char *pi[] = {image, img_model, img_version};
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "SELECT id, model, version FROM ota_images WHERE ($2 <> '' AND "
                                "model = $2 AND version = $3) OR ($2 = '' AND id::text = $1)",
                                3, pi);
@@ -753,7 +706,7 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
              target ? "" : devfile);
     const char *pr[] = {img_id, garr, success, *epct ? epct : NULL, *ecount ? ecount : NULL, start,
                         conc,   bps,  tgt_desc};
-    r = s_exec(pg,
+    r = la_pg_exec(pg,
                "INSERT INTO ota_rollouts (image_id, groups, success_pct, error_pct, error_count, "
                "start_at, max_concurrent, max_bps, target) VALUES ($1, $2, $3, $4, $5, "
                "coalesce($6::timestamptz, now()), $7, $8, $9) RETURNING id",
@@ -802,7 +755,7 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
              "f.ord < greatest(1, ceil(f.n * g.groups[i] / 100.0))), f.ord FROM fleet f, g "
              "RETURNING grp",
              cond);
-    r = s_exec(pg, sql, np, pd);
+    r = la_pg_exec(pg, sql, np, pd);
     free(ids);
     if (!r)
         goto out;
@@ -814,7 +767,7 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
         goto out;
     }
     const char *pe[] = {rid};
-    r = s_exec(pg,
+    r = la_pg_exec(pg,
                "INSERT INTO events (id, kind, actor, time, details) SELECT 'ota:r' || id || "
                "':0', 'ota_rollout', 'latchkey', now(), jsonb_build_object('rollout', id, "
                "'state', state, 'group', 0, 'reason', 'created', 'target', target, "
@@ -839,14 +792,14 @@ out:
 static int s_rollout_change(la_ctx_t *ctx, const char *id, const char *from, const char *to,
                             const char *why)
 {
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_FAIL;
     const char *p[] = {id, from, to, why};
     if (lk_pg_begin(pg) != 0)
         goto out;
-    lk_pg_result_t *r = s_exec(pg,
+    lk_pg_result_t *r = la_pg_exec(pg,
                                "SELECT ota_rollout_set($1::bigint, $2::text[], $3, $4, NULL, "
                                "NULL, 'latchkey'), (SELECT state FROM ota_rollouts WHERE id = "
                                "$1::bigint)",
@@ -854,7 +807,7 @@ static int s_rollout_change(la_ctx_t *ctx, const char *id, const char *from, con
     if (r && strcmp(lk_pg_value(r, 0, 0), "t") == 0) {
         if (strcmp(to, "cancelled") == 0) {
             /* devices not yet done: cancelled, each with its event */
-            lk_pg_result_t *c = s_exec(
+            lk_pg_result_t *c = la_pg_exec(
                 pg,
                 "SELECT count(*) FILTER (WHERE ota_device_set(rollout_id, device_id, "
                 "'{waiting,offered,downloading,downloaded}', 'cancelled', 'rollout cancelled', "
@@ -908,7 +861,7 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
         else
             return la_usage("ota");
     }
-    lk_pg_t *pg = s_pg(ctx);
+    lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
     int rc = LA_EXIT_FAIL;
@@ -923,7 +876,7 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
         return rc;
     }
     const char *p[] = {id};
-    lk_pg_result_t *r = s_exec(pg, s_status_sql, 1, p);
+    lk_pg_result_t *r = la_pg_exec(pg, s_status_sql, 1, p);
     if (r && r->nrows == 0)
         fprintf(stderr, "latchkey: no rollout %s\n", id);
     else if (r && json) {
@@ -931,7 +884,7 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
         rc = LA_EXIT_OK;
     } else if (r) {
         lk_pg_result_free(&r);
-        r = s_exec(pg,
+        r = la_pg_exec(pg,
                    "SELECT ro.state, ro.reason, i.model || '/' || i.version, ro.current_group + 1, "
                    "array_length(ro.groups, 1), ro.groups::text FROM ota_rollouts ro JOIN "
                    "ota_images i ON i.id = ro.image_id WHERE ro.id::text = $1",
@@ -943,7 +896,7 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
             if (*lk_pg_value(r, 0, 1))
                 printf("  reason: %s\n", lk_pg_value(r, 0, 1));
             lk_pg_result_free(&r);
-            r = s_exec(pg,
+            r = la_pg_exec(pg,
                        "SELECT grp + 1, state, count(*) FROM ota_rollout_devices WHERE "
                        "rollout_id::text = $1 GROUP BY grp, state ORDER BY grp, state",
                        1, p);

@@ -267,3 +267,53 @@ char *la_acl_key(la_ctx_t *ctx, const char *user)
                                            "mqtt_acl:%u"),
                              user);
 }
+
+static char *s_sql_dir(la_ctx_t *ctx)
+{
+    const char *v = lk_config_get(ctx->config, "sql_dir", NULL);
+    if (v && *v)
+        return lk_strdup(v);
+    const char *root = getenv("LATCHKEY_ROOT");
+    if (!root || !*root)
+        return NULL;
+    size_t n = strlen(root) + 5;
+    char *p = lk_malloc(n);
+    snprintf(p, n, "%s/sql", root);
+    return p;
+}
+
+/* the connection of pg_conninfo with the schema applied; NULL after printing why */
+lk_pg_t *la_pg(la_ctx_t *ctx)
+{
+    lk_pg_t *pg = lk_pg_new(lk_config_get(ctx->config, "pg_conninfo", ""), "latchkey");
+    if (lk_pg_connect(pg) != 0) {
+        fprintf(stderr, "latchkey: cannot reach PostgreSQL (pg_conninfo)\n");
+        lk_pg_destroy(&pg);
+        return NULL;
+    }
+    char *dir = s_sql_dir(ctx);
+    if (dir) {
+        int version = 0;
+        int rc = lk_pg_migrate(pg, dir, &version);
+        if (rc != 0)
+            fprintf(stderr, "latchkey: the schema in %s could not be applied\n", dir);
+        free(dir);
+        if (rc != 0) {
+            lk_pg_destroy(&pg);
+            return NULL;
+        }
+    }
+    return pg;
+}
+
+/* runs sql; prints the server's message and returns NULL on failure (caller frees) */
+lk_pg_result_t *la_pg_exec(lk_pg_t *pg, const char *sql, int n, const char *const *params)
+{
+    lk_pg_result_t *r = lk_pg_exec(pg, sql, n, params);
+    if (r->status != LK_PG_OK) {
+        fprintf(stderr, "latchkey: PostgreSQL: %s\n",
+                r->message && *r->message ? r->message : "unavailable");
+        lk_pg_result_free(&r);
+    }
+    return r;
+}
