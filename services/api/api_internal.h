@@ -10,6 +10,7 @@
 
 #include "latchkey.pb-c.h"
 #include "lk_bus.h"
+#include "lk_replicas.h"
 #include "lk_common.h"
 #include "lk_config.h"
 #include "lk_http.h"
@@ -57,7 +58,8 @@ struct _api_server_t {
     lk_bus_t *bus;
     lk_http_t *http;
     lk_http_t *https; /* api_https_port, or NULL */
-    lk_peer_t *router, *store, *auth, *arbiter, *history;
+    lk_peer_t *router, *store, *arbiter;
+    lk_replicas_t *auths, *histories; /* NULL when their endpoint is unset */
     zhashx_t *frontends; /* node -> endpoint we connected to */
     api_call_t *calls;
     uint64_t next_call;

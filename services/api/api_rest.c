@@ -859,7 +859,7 @@ static void s_ban_add(self_t *self, lk_http_req_t *req)
     q.op = "ban_add";
     q.ban = &ban;
     api_call_t *call = api_call_new(self, req, s_ban_added);
-    api_call_send(call, self->auth, &q);
+    api_call_send(call, lk_replicas_pick(self->auths), &q);
     call->body = b;
     call->page = at;
     call->limit = until;
@@ -890,7 +890,7 @@ static void s_ban_del(self_t *self, lk_http_req_t *req, const char *as, const ch
     q.op = "ban_del";
     q.ban = &ban;
     api_call_t *call = api_call_new(self, req, s_ban_deleted);
-    api_call_send(call, self->auth, &q);
+    api_call_send(call, lk_replicas_pick(self->auths), &q);
     api_call_start(call);
 }
 
@@ -904,7 +904,7 @@ static void s_bans(self_t *self, lk_http_req_t *req)
     api_call_t *call = api_call_new(self, req, s_bans_done);
     call->page = page;
     call->limit = limit;
-    api_call_send(call, self->auth, &q);
+    api_call_send(call, lk_replicas_pick(self->auths), &q);
     api_call_start(call);
 }
 
@@ -1029,7 +1029,8 @@ static void s_latchkey(self_t *self, lk_http_req_t *req, bool decisions)
     int64_t page, limit;
     if (!s_paging(req, &page, &limit))
         return;
-    lk_peer_t *peer = decisions ? self->history : self->arbiter;
+    lk_peer_t *peer = decisions ? (self->histories ? lk_replicas_pick(self->histories) : NULL)
+                              : self->arbiter;
     if (!peer) {
         api_error(req, 503, "SERVICE_UNAVAILABLE",
                   decisions ? "no history_endpoint configured" : "no arbiter_endpoint configured");

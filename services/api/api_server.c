@@ -302,7 +302,7 @@ static bool s_authorised(self_t *self, lk_http_req_t *req)
     q.username = (char *)user;
     q.password.data = (uint8_t *)pw;
     q.password.len = strlen(pw);
-    api_call_send(call, self->auth, &q);
+    api_call_send(call, lk_replicas_pick(self->auths), &q);
     api_call_start(call);
     return false;
 }
@@ -460,18 +460,15 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
         goto fail;
     self->router = lk_bus_peer_ensure(self->bus, "router");
     self->store = lk_bus_peer_ensure(self->bus, "session-store");
-    const char *ep = lk_config_get(config, "auth_endpoint", NULL);
-    if (!ep || !*ep) {
+    self->auths = lk_replicas_connect(self->bus, config, "auth", "auth");
+    if (!self->auths) {
         lk_error("auth_endpoint must be configured (API keys and bans live there)");
         goto fail;
     }
-    self->auth = lk_bus_connect(self->bus, "auth", ep);
-    ep = lk_config_get(config, "arbiter_endpoint", NULL);
+    const char *ep = lk_config_get(config, "arbiter_endpoint", NULL);
     if (ep && *ep)
         self->arbiter = lk_bus_connect(self->bus, "lock-arbiter", ep);
-    ep = lk_config_get(config, "history_endpoint", NULL);
-    if (ep && *ep)
-        self->history = lk_bus_connect(self->bus, "history-writer", ep);
+    self->histories = lk_replicas_connect(self->bus, config, "history", "history-writer");
     if (api_login_init(self) != 0)
         goto fail;
     lk_http_opts_t o = {0};
@@ -536,6 +533,8 @@ void api_server_destroy(api_server_t **self_p)
         lk_iclient_close(self->ic, 300);
         lk_iclient_destroy(&self->ic);
     }
+    lk_replicas_destroy(&self->auths);
+    lk_replicas_destroy(&self->histories);
     zhashx_destroy(&self->frontends);
     zhashx_destroy(&self->keys);
     free(self->dashboard_dir);
