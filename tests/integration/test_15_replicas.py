@@ -20,7 +20,7 @@ import pytest
 
 import lk
 import sechelp
-from lockhelp import cli, mqtt_account, setup_lock
+from lockhelp import cli, device, mqtt_account, setup_lock
 
 RUN = uuid.uuid4().hex[:6]
 PW = "replica-pw"
@@ -156,7 +156,8 @@ def test_either_replica_alone_connects_and_revokes(rstack, down):
 def test_history_exactly_once_while_writers_killed(rstack):
     lock = "LR%s" % RUN
     setup_lock(rstack, lock, [("hu-" + RUN, "m")])
-    dev = lk.paho_client(rstack, "dev-" + lock)
+    # the lock's own credential: only it may publish the lock's state (test_22)
+    dev = device(rstack, lock, subscribe=False, will=False)
     n = 300
     done = threading.Event()
 

@@ -387,14 +387,14 @@ def test_locks_and_decisions(stack, api):
     """Latchkey's own: each lock's state (lock-arbiter) and the newest unlock decisions
     (history-writer, from PostgreSQL)."""
     stack.require("lock-arbiter", "history-writer")
-    from lockhelp import setup_lock
+    from lockhelp import setup_lock, device
     lock = "LA70" + RUN
     m, f = "m70-" + RUN, "f70-" + RUN
     pw = mqtt_account(stack, m)
     mqtt_account(stack, f, pw)
     setup_lock(stack, lock, [(m, "m"), (f, "f")])
-    dev = client(stack, "dev-" + lock)
-    dev.subscribe("/%s/call" % lock, 1)
+    # the lock's own credential: its topics are closed to anyone else (test_22)
+    dev = device(stack, lock, will=False)
     dev.publish("/%s/statu" % lock, "1", qos=1)
     a = client(stack, "a70-" + RUN, username=m, password=pw)
     b = client(stack, "b70-" + RUN, username=f, password=pw)
