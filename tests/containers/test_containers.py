@@ -471,6 +471,9 @@ def test_api_lists_the_clients_of_every_frontend():
     key = re.search(r"^key (\S+)$", out, re.M).group(1)
     secret = re.search(r"^secret (\S+)$", out, re.M).group(1)
     url = "http://127.0.0.1:%d" % API_PORT
+    # three frontends again (the scaling test may have left two)
+    dc("up", "-d", "--no-recreate", "--scale", "mqtt-frontend=3", timeout=600)
+    wait_until(all_healthy(3), 120, "3 frontends healthy")
     # no key, a wrong secret: refused
     assert curl(url + "/api/v5/clients")[0] == 401
     assert curl("-u", key + ":wrong", url + "/api/v5/clients")[0] == 401
@@ -524,9 +527,13 @@ def test_ota_distributor_serves_an_added_image_with_ranges():
     assert json.loads(out)[0]["sha256"] == sha
     docker("exec", cid, "test", "-s", "/var/lib/latchkey/firmware/%s/%s" % (sha[:2], sha))
     url = "http://127.0.0.1:%d/ota/images/%s" % (OTA_PORT, sha)
-    assert curl(url)[0] == 401  # no credential
-    code, body = curl("-u", token + ":", "-r", "1000-65535", url)
+    # ota-distributor re-reads its image list every 3 s: 404 until then
+    r = wait_until(lambda: (lambda cb: cb if cb[0] != 404 else None)(
+        curl("-u", token + ":", "-r", "1000-65535", url)), 30, "the image served", interval=0.5)
+    code, body = r
     assert code == 206 and body == fw[1000:65536], (code, len(body))
+    assert curl(url)[0] == 401  # no credential
+    assert curl("-u", "tok-unknown:", url)[0] == 401
     code, body = curl("-u", token + ":", "-r", "65536-", url)
     assert code == 206 and body == fw[65536:]
     code, body = curl("-u", token + ":", url)
