@@ -169,7 +169,10 @@ static void s_discovered(self_t *self, api_call_t *call)
             }
             lk_notice("frontend %s found at %s", p->node, p->endpoint);
             zhashx_insert(self->frontends, p->node, p->endpoint);
-            lk_bus_connect(self->bus, p->node, p->endpoint);
+            /* over tcp:// the frontends may share one certificate (containers) */
+            lk_bus_connect_as(self->bus, p->node,
+                              lk_config_get(self->config, "frontend_curve_server_key", NULL),
+                              p->endpoint);
         }
     }
 }

@@ -2,9 +2,11 @@
 frontends, real MQTT clients (paho) on each frontend (its container's address) and on the
 published port (the lb container), and faults done the way an operator meets them.
 Run by tests/containers/run (make test-containers), which provides the engine and the
-images; COMPOSE_PROJECT_NAME, MQTT_PORT and LATCHKEY_IMAGE come from it."""
+images; COMPOSE_PROJECT_NAME, MQTT_PORT, API_PORT, OTA_PORT and LATCHKEY_IMAGE come from it."""
+import hashlib
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -17,8 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COMPOSE = os.path.join(ROOT, "docker", "compose.yaml")
 PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "lkct")
 MQTT_PORT = int(os.environ.get("MQTT_PORT", "21883"))
+API_PORT = int(os.environ.get("API_PORT", "18083"))
+OTA_PORT = int(os.environ.get("OTA_PORT", "8090"))
 USER, PASSWORD = "ct-user", "ct-secret-" + uuid.uuid4().hex[:8]
-SERVICES = ("router", "session-store", "auth", "lock-arbiter", "history-writer")
+SERVICES = ("router", "session-store", "auth", "lock-arbiter", "history-writer", "api",
+            "ota-distributor")
 
 
 def dc(*args, check=True, timeout=600):
@@ -450,3 +455,87 @@ def test_scale_3_5_2_while_clients_run():
     assert moved >= 1
     pub.stop()
     sub.stop()
+
+
+def curl(*args, timeout=30):
+    """curl on the host (the published ports): (HTTP status, body bytes)"""
+    p = subprocess.run(["curl", "-sS", "-m", "20", "-o", "-", "-w", "\n%{http_code}"] + list(args),
+                       capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, "curl %s: exit %d %s" % (args, p.returncode, p.stderr)
+    body, _, code = p.stdout.rpartition(b"\n")
+    return int(code), body
+
+
+def test_api_lists_the_clients_of_every_frontend():
+    out = dc("exec", "-T", "router", "latchkey", "apikey", "add", "ct-ops").stdout
+    key = re.search(r"^key (\S+)$", out, re.M).group(1)
+    secret = re.search(r"^secret (\S+)$", out, re.M).group(1)
+    url = "http://127.0.0.1:%d" % API_PORT
+    # three frontends again (the scaling test may have left two)
+    dc("up", "-d", "--no-recreate", "--scale", "mqtt-frontend=3", timeout=600)
+    wait_until(all_healthy(3), 120, "3 frontends healthy")
+    # no key, a wrong secret: refused
+    assert curl(url + "/api/v5/clients")[0] == 401
+    assert curl("-u", key + ":wrong", url + "/api/v5/clients")[0] == 401
+    fes = frontends()
+    assert len(fes) == 3
+    tag = uuid.uuid4().hex[:6]
+    cs = [Client("api-%s-%d" % (tag, i), ip).start() for i, ip in enumerate(fes.values())]
+    want = {c.cid for c in cs}
+
+    def listed():
+        code, body = curl("-u", "%s:%s" % (key, secret),
+                          url + "/api/v5/clients?like_clientid=api-%s&limit=100" % tag)
+        if code != 200:
+            return None
+        data = json.loads(body)["data"]
+        return data if {d["clientid"] for d in data} >= want else None
+    data = wait_until(listed, 60, "the api lists the clients of 3 frontends", interval=1)
+    nodes = {d["node"] for d in data if d["clientid"] in want}
+    # each client on its own frontend: fe-<hostname> of three containers
+    hostnames = {inspect(c)["Config"]["Hostname"] for c in fes}
+    assert nodes == {"fe-" + h for h in hostnames}, nodes
+    assert all(d["connected"] for d in data if d["clientid"] in want)
+    for c in cs:
+        c.stop()
+    # the dashboard's files are in the image, its charts library included; /metrics
+    code, body = curl(url + "/")
+    assert code == 200 and b"<html" in body.lower()
+    code, body = curl(url + "/vendor/uPlot.iife.min.js")
+    assert code == 200 and len(body) > 10000
+    code, body = curl(url + "/metrics")
+    assert code == 200 and b"# TYPE" in body
+    print("api: %d clients on %d frontends listed" % (len(want), len(nodes)))
+
+
+def test_ota_distributor_serves_an_added_image_with_ranges():
+    cid = containers("ota-distributor", True)[0]
+    assert health(cid) == "healthy"
+    fw = os.urandom(300 * 1024)
+    sha = hashlib.sha256(fw).hexdigest()
+    model, token = "ct-" + uuid.uuid4().hex[:6], "tok-" + uuid.uuid4().hex
+    # the firmware handed in on stdin; keygen and add in the container, as user latchkey
+    # (ota_dir is the firmware volume, which ota-distributor reads)
+    p = subprocess.run(["docker", "exec", "-i", "-u", "latchkey", cid, "sh", "-c",
+                        "set -e; cat >/tmp/fw.bin; rm -rf /tmp/otak; latchkey ota keygen /tmp/otak; "
+                        "latchkey ota add --model %s --version 1.1 --key /tmp/otak/ota.key /tmp/fw.bin; "
+                        "latchkey ota device add ct-dev-%s --model %s --version 1.0 --token %s"
+                        % (model, model, model, token)],
+                       input=fw, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = docker("exec", cid, "latchkey", "ota", "list", "--model", model, "--json").stdout
+    assert json.loads(out)[0]["sha256"] == sha
+    docker("exec", cid, "test", "-s", "/var/lib/latchkey/firmware/%s/%s" % (sha[:2], sha))
+    url = "http://127.0.0.1:%d/ota/images/%s" % (OTA_PORT, sha)
+    # ota-distributor re-reads its image list every 3 s: 404 until then
+    r = wait_until(lambda: (lambda cb: cb if cb[0] != 404 else None)(
+        curl("-u", token + ":", "-r", "1000-65535", url)), 30, "the image served", interval=0.5)
+    code, body = r
+    assert code == 206 and body == fw[1000:65536], (code, len(body))
+    assert curl(url)[0] == 401  # no credential
+    assert curl("-u", "tok-unknown:", url)[0] == 401
+    code, body = curl("-u", token + ":", "-r", "65536-", url)
+    assert code == 206 and body == fw[65536:]
+    code, body = curl("-u", token + ":", url)
+    assert code == 200 and hashlib.sha256(body).hexdigest() == sha
+    assert curl("-u", token + ":", "-r", "%d-" % (len(fw) + 10), url)[0] == 416
