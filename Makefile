@@ -12,7 +12,7 @@ SANITIZE ?=
 BUILD ?= build$(if $(SANITIZE),-san)
 CC ?= cc
 
-PKGS := libczmq libzmq hiredis libpq libprotobuf-c openssl libcjson libmicrohttpd
+PKGS := libczmq libzmq hiredis libpq libprotobuf-c openssl libcjson libmicrohttpd libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -1,4 +1,5 @@
-/*  lk_http: HTTP/1.1 on libmicrohttpd, run from the process's lk_loop.
+/*  lk_http: HTTP/1.1 on libmicrohttpd, run from the process's lk_loop (and a blocking
+    client on libcurl, lk_http_get).
 
     libmicrohttpd is started without threads (MHD_USE_EPOLL, external polling): its epoll
     fd sits in our loop, and MHD_run is called when it is readable, on a 1 s tick (its
@@ -14,12 +15,14 @@
 #include "lk_crypto.h"
 
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -80,6 +83,11 @@ struct _lk_http_req_t {
 };
 
 static void s_run(lk_http_t *self);
+
+static void s_curl_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
 
 static void s_pairs_free(s_pair_t *p, int n)
 {
@@ -700,6 +708,77 @@ void lk_http_respond_file(lk_http_req_t *req, int fd, uint64_t size, const char 
     s_answer(req, r > 0 ? 206 : 200, resp);
 }
 
+/* --- the client (libcurl) ---------------------------------------------------------------- */
+
+typedef struct {
+    char *buf;
+    size_t len;
+    size_t max;
+    bool over;
+} s_sink_t;
+
+static size_t s_sink(char *p, size_t size, size_t n, void *arg)
+{
+    s_sink_t *k = arg;
+    size_t m = size * n;
+    if (k->len + m > k->max) {
+        k->over = true;
+        return 0; /* libcurl stops with CURLE_WRITE_ERROR */
+    }
+    k->buf = lk_realloc(k->buf, k->len + m + 1);
+    memcpy(k->buf + k->len, p, m);
+    k->len += m;
+    k->buf[k->len] = 0;
+    return m;
+}
+
+int lk_http_get(const char *url, const char *cafile, int timeout_ms, size_t max_bytes,
+                int *status, char **out, size_t *out_len)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, s_curl_init);
+    *out = NULL;
+    if (out_len)
+        *out_len = 0;
+    if (strncmp(url, "https://", 8) != 0) {
+        lk_warn("https: %s: only https:// URLs", url);
+        return -1;
+    }
+    CURL *c = curl_easy_init();
+    if (!c)
+        return -1;
+    s_sink_t k = {.max = max_bytes};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cafile)
+        curl_easy_setopt(c, CURLOPT_CAINFO, cafile);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "latchkey/" LK_VERSION);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &k);
+    CURLcode rc = curl_easy_perform(c);
+    long st = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
+    curl_easy_cleanup(c);
+    if (rc != CURLE_OK) {
+        if (k.over)
+            lk_warn("https: answer of %s larger than %zu bytes", url, max_bytes);
+        else
+            lk_warn("https: %s: %s", url, curl_easy_strerror(rc));
+        free(k.buf);
+        return -1;
+    }
+    *status = (int)st;
+    *out = k.buf ? k.buf : lk_strdup("");
+    if (out_len)
+        *out_len = k.len;
+    return 0;
+}
+
 /* --- selftest --------------------------------------------------------------------------- */
 
 typedef struct {
@@ -746,7 +825,6 @@ typedef struct {
 } s_client_t;
 
 /* a blocking client in a thread: the loop must keep running while it waits */
-#include <pthread.h>
 static void *s_client_thread(void *arg)
 {
     s_client_t *c = arg;

@@ -71,6 +71,16 @@ void lk_http_respond_json(lk_http_req_t *req, int status, const char *json);
 void lk_http_respond_file(lk_http_req_t *req, int fd, uint64_t size, const char *ctype,
                           const char *etag);
 
+/* --- the client side ------------------------------------------------------------------ */
+/* A blocking HTTPS GET with libcurl (an identity provider's keys or code exchange: call it
+   from a worker thread, it touches no state of ours). The server's certificate is checked
+   against cafile (NULL: the system's store) and its name against the URL's host; only
+   https:// URLs. 0 with *status and the body (*out, NUL-terminated, caller frees; *out_len
+   when given), or -1 (a log line): unreachable, TLS refused, timeout_ms passed, or an
+   answer larger than max_bytes. */
+int lk_http_get(const char *url, const char *cafile, int timeout_ms, size_t max_bytes,
+                int *status, char **out, size_t *out_len);
+
 /* --- helpers, exposed for the selftest and the fuzzer ------------------------------ */
 /* decodes %XX and (when plus) '+' as space in place; -1 on a bad escape or a NUL byte */
 int lk_http_unescape(char *s, bool plus);

@@ -64,15 +64,6 @@ int lk_tls_peer_cn(lk_tls_t *self, char *out, size_t cap);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384", for a log line */
 void lk_tls_describe(lk_tls_t *self, char *out, size_t cap);
 
-/* A blocking HTTPS request (a client of an identity provider: the api's app login).
-   url: "https://host[:port]/path?query"; the server's certificate is verified against
-   cafile (NULL: the system's store) and its name against host. method "GET" or "POST"
-   (body with ctype). Waits at most timeout_ms for each step; reads at most max_bytes.
-   0 with *status and *out (the body, NUL-terminated; caller frees), or -1 with a log line. */
-int lk_tls_https_request(const char *url, const char *cafile, const char *method,
-                         const char *ctype, const char *body, int timeout_ms, size_t max_bytes,
-                         int *status, char **out, size_t *out_len);
-
 int lk_tls_test(bool verbose);
 
 #endif

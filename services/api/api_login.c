@@ -20,7 +20,6 @@
 #include "api_internal.h"
 #include "lk_crypto.h"
 #include "lk_jwt.h"
-#include "lk_tls.h"
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -95,8 +94,7 @@ static cJSON *s_fetch_json(struct api_login *l, const char *url)
 {
     int status = 0;
     char *body = NULL;
-    if (lk_tls_https_request(url, l->cafile, "GET", NULL, NULL, l->timeout_ms, 1 << 20, &status,
-                             &body, NULL) != 0)
+    if (lk_http_get(url, l->cafile, l->timeout_ms, 1 << 20, &status, &body, NULL) != 0)
         return NULL;
     cJSON *j = status == 200 ? cJSON_Parse(body) : NULL;
     if (!j)
@@ -283,14 +281,14 @@ static void s_proven(self_t *self, lk_http_req_t *req, char *user, const char *w
 
 /* --- code exchanges on worker threads ------------------------------------------------------
    One thread a code (at most S_JOBS_MAX at once): it only does the HTTPS round trip
-   (lk_tls_https_request, which touches nothing of ours) and hands the job back through a
+   (lk_http_get, which touches nothing of ours) and hands the job back through a
    pipe the loop watches; everything else happens on the loop's thread. */
 
 static void *s_job_run(void *arg)
 {
     s_job_t *job = arg;
-    job->rc = lk_tls_https_request(job->url, job->cafile, "GET", NULL, NULL, job->timeout_ms,
-                                   1 << 16, &job->status, &job->body, NULL);
+    job->rc = lk_http_get(job->url, job->cafile, job->timeout_ms, 1 << 16, &job->status,
+                          &job->body, NULL);
     ssize_t w;
     do
         w = write(job->pipe_w, &job, sizeof(job));
