@@ -5,25 +5,6 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 
-static void s_host(const char *peer, char *buf, size_t cap)
-{
-    const char *p = peer ? peer : "";
-    size_t n = strlen(p);
-    if (*p == '[') {
-        const char *e = strchr(p, ']');
-        p++;
-        n = e ? (size_t)(e - p) : strlen(p);
-    } else {
-        const char *c = strrchr(p, ':');
-        if (c && strchr(p, ':') == c)
-            n = (size_t)(c - p);
-    }
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(buf, p, n);
-    buf[n] = 0;
-}
-
 /* a stored ban that still holds: 1 and its reason */
 static int s_ban_live(const lk_redis_reply_t *r, int64_t now, char *reason, size_t cap)
 {
@@ -44,7 +25,7 @@ static int s_ban_live(const lk_redis_reply_t *r, int64_t now, char *reason, size
 int au_ban_check(lk_redis_t *redis, const Lk__AuthRequest *req, char *reason, size_t cap)
 {
     char host[64];
-    s_host(req->peer, host, sizeof(host));
+    lk_admin_peerhost(req->peer, host, sizeof(host));
     char f1[600], f2[600], f3[100];
     snprintf(f1, sizeof(f1), "clientid:%.512s", req->client ? req->client : "");
     snprintf(f2, sizeof(f2), "username:%.512s", req->username ? req->username : "");
