@@ -5,6 +5,13 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 
+/* a string member of a stored ban, "" when absent */
+static const char *s_jstr(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
 /* a stored ban that still holds: 1 and its reason */
 static int s_ban_live(const lk_redis_reply_t *r, int64_t now, char *reason, size_t cap)
 {
@@ -14,10 +21,9 @@ static int s_ban_live(const lk_redis_reply_t *r, int64_t now, char *reason, size
     if (!j)
         return 0;
     cJSON *until = cJSON_GetObjectItem(j, "until");
-    cJSON *why = cJSON_GetObjectItem(j, "reason");
     int live = !cJSON_IsNumber(until) || until->valuedouble <= 0 || until->valuedouble > now;
     if (live)
-        snprintf(reason, cap, "%s", cJSON_IsString(why) ? why->valuestring : "");
+        snprintf(reason, cap, "%s", s_jstr(j, "reason"));
     cJSON_Delete(j);
     return live;
 }
@@ -129,16 +135,12 @@ static void s_bans(lk_redis_t *redis, lk_admin_out_t *out)
             continue;
         }
         Lk__AdminBan *b = lk_admin_ban_add(out);
-        cJSON *v;
-        b->as = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "as")) ? v->valuestring
-                                                                                   : "");
-        b->who = lk_admin_str(
-            out, cJSON_IsString(v = cJSON_GetObjectItem(j, "who")) ? v->valuestring : "");
-        b->reason = lk_admin_str(
-            out, cJSON_IsString(v = cJSON_GetObjectItem(j, "reason")) ? v->valuestring : "");
-        b->by = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "by")) ? v->valuestring
-                                                                                   : "");
-        b->at_ms = cJSON_IsNumber(v = cJSON_GetObjectItem(j, "at")) ? (uint64_t)v->valuedouble : 0;
+        b->as = lk_admin_str(out, s_jstr(j, "as"));
+        b->who = lk_admin_str(out, s_jstr(j, "who"));
+        b->reason = lk_admin_str(out, s_jstr(j, "reason"));
+        b->by = lk_admin_str(out, s_jstr(j, "by"));
+        cJSON *at = cJSON_GetObjectItem(j, "at");
+        b->at_ms = cJSON_IsNumber(at) ? (uint64_t)at->valuedouble : 0;
         b->until_ms = (uint64_t)u;
         cJSON_Delete(j);
     }
