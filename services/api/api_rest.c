@@ -688,6 +688,11 @@ static cJSON *s_retained_json(const Lk__Msg *m, uint64_t at, bool payload)
     return j;
 }
 
+static int s_cmp_msg(const void *a, const void *b)
+{
+    return strcmp((*(Lk__Msg *const *)a)->topic, (*(Lk__Msg *const *)b)->topic);
+}
+
 static void s_retained_done(self_t *self, api_call_t *call)
 {
     Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
@@ -711,16 +716,12 @@ static void s_retained_done(self_t *self, api_call_t *call)
             s_retained_json(r->retained[0], r->n_retained_at_ms ? r->retained_at_ms[0] : 0, true));
         return;
     }
-    /* sorted by topic, for stable pages */
-    cJSON *all = cJSON_CreateArray();
+    /* sorted by topic (one message a topic), for stable pages; a copy of the array keeps
+       retained_at_ms lined up with retained */
     Lk__Msg **v = lk_calloc(r->n_retained ? r->n_retained : 1, sizeof(*v));
     memcpy(v, r->retained, r->n_retained * sizeof(*v));
-    for (size_t i = 1; i < r->n_retained; i++)
-        for (size_t k = i; k > 0 && strcmp(v[k - 1]->topic, v[k]->topic) > 0; k--) {
-            Lk__Msg *x = v[k];
-            v[k] = v[k - 1];
-            v[k - 1] = x;
-        }
+    qsort(v, r->n_retained, sizeof(*v), s_cmp_msg);
+    cJSON *all = cJSON_CreateArray();
     for (size_t i = 0; i < r->n_retained; i++)
         cJSON_AddItemToArray(all, s_retained_json(v[i], 0, false));
     free(v);
