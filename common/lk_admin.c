@@ -180,6 +180,25 @@ void lk_admin_retained_add(lk_admin_out_t *self, const Lk__Msg *msg, uint64_t at
     self->reply.n_retained_at_ms = n + 1;
 }
 
+void lk_admin_peerhost(const char *peer, char *buf, size_t cap)
+{
+    const char *p = peer ? peer : "";
+    size_t n = strlen(p);
+    if (*p == '[') {
+        const char *e = strchr(p, ']');
+        p++;
+        n = e ? (size_t)(e - p) : strlen(p);
+    } else {
+        const char *c = strrchr(p, ':');
+        if (c && strchr(p, ':') == c)
+            n = (size_t)(c - p);
+    }
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, p, n);
+    buf[n] = 0;
+}
+
 uint64_t lk_admin_rss(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -219,6 +238,14 @@ int lk_admin_test(bool verbose)
         fails++;
     lk__admin_reply__free_unpacked(back, NULL);
     free(buf);
+    const char *hosts[][2] = {
+        {"10.0.0.1:1883", "10.0.0.1"}, {"[::1]:1883", "::1"}, {"::1", "::1"}, {"h", "h"}, {"", ""}};
+    for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+        char host[64];
+        lk_admin_peerhost(hosts[i][0], host, sizeof(host));
+        if (strcmp(host, hosts[i][1]) != 0)
+            fails++;
+    }
     lk_admin_out_free(&o);
     if (verbose || fails)
         printf("%s lk_admin\n", fails ? "FAIL" : "PASS");

@@ -43,6 +43,10 @@ void lk_admin_row_add(lk_admin_out_t *self, const char *json);
 /* a copy of msg (topic, payload, qos, props and origin) with its time */
 void lk_admin_retained_add(lk_admin_out_t *self, const Lk__Msg *msg, uint64_t at_ms);
 
+/* the address part of a peer "ip:port" / "[v6]:port" into buf (a bare v6 address, with
+   several ':', stays whole): what a peerhost ban or filter names */
+void lk_admin_peerhost(const char *peer, char *buf, size_t cap);
+
 /* the process's resident set in bytes (0 when unknown) */
 uint64_t lk_admin_rss(void);
 

@@ -126,18 +126,20 @@ static void s_metrics_done(self_t *self, api_call_t *call)
     free(t.buf);
 }
 
-static void s_ask_all(self_t *self, lk_http_req_t *req, api_call_fn *done)
+/* "node" to every live node; step: the handler's */
+static void s_ask_all(self_t *self, lk_http_req_t *req, api_call_fn *done, int step)
 {
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = "node";
     api_call_t *call = api_call_new(self, req, done);
+    call->step = step;
     api_call_all(call, &q);
     api_call_start(call);
 }
 
 void api_prom_metrics(self_t *self, lk_http_req_t *req)
 {
-    s_ask_all(self, req, s_metrics_done);
+    s_ask_all(self, req, s_metrics_done, 0);
 }
 
 /* --- EMQX's /stats, /metrics, /nodes --------------------------------------------------- */
@@ -146,6 +148,25 @@ static bool s_aggregate(lk_http_req_t *req)
 {
     const char *a = lk_http_query(req, "aggregate");
     return a && strcmp(a, "true") == 0;
+}
+
+typedef cJSON *(s_of_fn)(api_call_t *call, Lk__AdminReply *fe);
+
+/* EMQX's per-node shape: one object (of(call, NULL)) with ?aggregate=true (call->step),
+   else an array of one object a frontend */
+static void s_per_frontend(api_call_t *call, s_of_fn *of)
+{
+    if (call->step) {
+        api_json(call->http, 200, of(call, NULL));
+        return;
+    }
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < call->n; i++) {
+        Lk__AdminReply *r = s_node_reply(call, i);
+        if (r && strcmp(r->node->kind, "mqtt-frontend") == 0)
+            cJSON_AddItemToArray(arr, of(call, r));
+    }
+    api_json(call->http, 200, arr);
 }
 
 static cJSON *s_stats_of(api_call_t *call, Lk__AdminReply *fe)
@@ -173,27 +194,12 @@ static cJSON *s_stats_of(api_call_t *call, Lk__AdminReply *fe)
 
 static void s_stats_done(self_t *self, api_call_t *call)
 {
-    if (call->step) {
-        api_json(call->http, 200, s_stats_of(call, NULL));
-        return;
-    }
-    cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; i < call->n; i++) {
-        Lk__AdminReply *r = s_node_reply(call, i);
-        if (r && strcmp(r->node->kind, "mqtt-frontend") == 0)
-            cJSON_AddItemToArray(arr, s_stats_of(call, r));
-    }
-    api_json(call->http, 200, arr);
+    s_per_frontend(call, s_stats_of);
 }
 
 void api_prom_stats(self_t *self, lk_http_req_t *req)
 {
-    Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
-    q.op = "node";
-    api_call_t *call = api_call_new(self, req, s_stats_done);
-    call->step = s_aggregate(req);
-    api_call_all(call, &q);
-    api_call_start(call);
+    s_ask_all(self, req, s_stats_done, s_aggregate(req));
 }
 
 static cJSON *s_emqx_metrics_of(api_call_t *call, Lk__AdminReply *fe)
@@ -224,27 +230,12 @@ static cJSON *s_emqx_metrics_of(api_call_t *call, Lk__AdminReply *fe)
 
 static void s_emqx_metrics_done(self_t *self, api_call_t *call)
 {
-    if (call->step) {
-        api_json(call->http, 200, s_emqx_metrics_of(call, NULL));
-        return;
-    }
-    cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; i < call->n; i++) {
-        Lk__AdminReply *r = s_node_reply(call, i);
-        if (r && strcmp(r->node->kind, "mqtt-frontend") == 0)
-            cJSON_AddItemToArray(arr, s_emqx_metrics_of(call, r));
-    }
-    api_json(call->http, 200, arr);
+    s_per_frontend(call, s_emqx_metrics_of);
 }
 
 void api_prom_emqx_metrics(self_t *self, lk_http_req_t *req)
 {
-    Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
-    q.op = "node";
-    api_call_t *call = api_call_new(self, req, s_emqx_metrics_done);
-    call->step = s_aggregate(req);
-    api_call_all(call, &q);
-    api_call_start(call);
+    s_ask_all(self, req, s_emqx_metrics_done, s_aggregate(req));
 }
 
 static cJSON *s_node_json(const char *node, const char *kind, const Lk__AdminNode *n, double conns)
@@ -296,5 +287,5 @@ static void s_nodes_done(self_t *self, api_call_t *call)
 
 void api_prom_nodes(self_t *self, lk_http_req_t *req)
 {
-    s_ask_all(self, req, s_nodes_done);
+    s_ask_all(self, req, s_nodes_done, 0);
 }

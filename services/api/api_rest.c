@@ -85,30 +85,8 @@ static bool s_paging(lk_http_req_t *req, int64_t *page, int64_t *limit)
     return true;
 }
 
-/* answers {"data": items[page], "meta": {...}} from a full array (taken) */
-static void s_page(lk_http_req_t *req, cJSON *all, int64_t page, int64_t limit)
-{
-    int64_t count = cJSON_GetArraySize(all);
-    cJSON *data = cJSON_CreateArray();
-    int64_t first = (page - 1) * limit;
-    for (int64_t i = first; i < count && i < first + limit; i++) {
-        cJSON *item = cJSON_DetachItemFromArray(all, (int)first);
-        cJSON_AddItemToArray(data, item);
-    }
-    cJSON_Delete(all);
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddItemToObject(j, "data", data);
-    cJSON *meta = cJSON_AddObjectToObject(j, "meta");
-    cJSON_AddNumberToObject(meta, "page", (double)page);
-    cJSON_AddNumberToObject(meta, "limit", (double)limit);
-    cJSON_AddNumberToObject(meta, "count", (double)count);
-    cJSON_AddBoolToObject(meta, "hasnext", first + limit < count);
-    api_json(req, 200, j);
-}
-
 /* answers {"data": data (taken; already the page), "meta": {...}} for count items */
-static void s_page_of(lk_http_req_t *req, cJSON *data, int64_t page, int64_t limit,
-                      int64_t count)
+static void s_page_of(lk_http_req_t *req, cJSON *data, int64_t page, int64_t limit, int64_t count)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddItemToObject(j, "data", data);
@@ -118,6 +96,18 @@ static void s_page_of(lk_http_req_t *req, cJSON *data, int64_t page, int64_t lim
     cJSON_AddNumberToObject(meta, "count", (double)count);
     cJSON_AddBoolToObject(meta, "hasnext", (page - 1) * limit + limit < count);
     api_json(req, 200, j);
+}
+
+/* answers {"data": items[page], "meta": {...}} from a full array (taken) */
+static void s_page(lk_http_req_t *req, cJSON *all, int64_t page, int64_t limit)
+{
+    int64_t count = cJSON_GetArraySize(all);
+    cJSON *data = cJSON_CreateArray();
+    int64_t first = (page - 1) * limit;
+    for (int64_t i = first; i < count && i < first + limit; i++)
+        cJSON_AddItemToArray(data, cJSON_DetachItemFromArray(all, (int)first));
+    cJSON_Delete(all);
+    s_page_of(req, data, page, limit, count);
 }
 
 /* path segment i (0-based, after the prefix) decoded into a new string, or NULL */
@@ -183,6 +173,36 @@ static bool s_answered(api_call_t *call)
         if (call->answers[i].reply)
             return true;
     return false;
+}
+
+/* q to one service; done answers from its reply. The call's context may be set after
+   this returns: done runs from the loop, never from here. */
+static api_call_t *s_ask(self_t *self, lk_http_req_t *req, api_call_fn *done, lk_peer_t *peer,
+                         Lk__AdminRequest *q)
+{
+    api_call_t *call = api_call_new(self, req, done);
+    api_call_send(call, peer, q);
+    api_call_start(call);
+    return call;
+}
+
+/* the reply of a call to one service, or NULL once answered: 503 with silent (the service
+   did not answer), or the reply's own error */
+static Lk__AdminReply *s_one_reply(api_call_t *call, const char *silent)
+{
+    Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
+    if (!r)
+        api_error(call->http, 503, "SERVICE_UNAVAILABLE", silent);
+    else if (!r->ok)
+        api_error(call->http, api_status_of(r->error), r->error, r->message);
+    return r && r->ok ? r : NULL;
+}
+
+/* a ban names a client id, a username or an address */
+static bool s_ban_as_ok(const char *as)
+{
+    return as && (strcmp(as, "clientid") == 0 || strcmp(as, "username") == 0 ||
+                  strcmp(as, "peerhost") == 0);
 }
 
 /* --- clients ------------------------------------------------------------------------ */
@@ -289,7 +309,6 @@ static void s_clients_done(self_t *self, api_call_t *call)
     s_page_of(call->http, all, call->page, call->limit, (int64_t)count);
 }
 
-
 static void s_clients(self_t *self, lk_http_req_t *req)
 {
     int64_t page, limit;
@@ -373,13 +392,10 @@ static void s_kick_done(self_t *self, api_call_t *call)
             lk_http_respond(call->http, 204, NULL, NULL, 0);
             return;
         }
-        api_call_t *next = api_call_new(self, call->http, s_kick_done);
-        next->step = 1;
         Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
         q.op = "session_clear";
         q.client = call->arg;
-        api_call_send(next, self->store, &q);
-        api_call_start(next);
+        s_ask(self, call->http, s_kick_done, self->store, &q)->step = 1;
         return;
     }
     if (s_count(call) > 0)
@@ -537,12 +553,10 @@ static void s_subscriptions(self_t *self, lk_http_req_t *req, bool topics)
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = topics ? "topics" : "subscriptions";
     q.client = topics ? NULL : (char *)lk_http_query(req, "clientid");
-    api_call_t *call = api_call_new(self, req, s_subs_done);
+    api_call_t *call = s_ask(self, req, s_subs_done, self->router, &q);
     call->page = page;
     call->limit = limit;
     call->step = topics;
-    api_call_send(call, self->router, &q);
-    api_call_start(call);
 }
 
 static void s_client_subs_done(self_t *self, api_call_t *call)
@@ -674,18 +688,20 @@ static cJSON *s_retained_json(const Lk__Msg *m, uint64_t at, bool payload)
     return j;
 }
 
+static int s_cmp_msg(const void *a, const void *b)
+{
+    return strcmp((*(Lk__Msg *const *)a)->topic, (*(Lk__Msg *const *)b)->topic);
+}
+
 static void s_retained_done(self_t *self, api_call_t *call)
 {
     Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
-    if (!r) {
-        api_error(call->http, 503, "SERVICE_UNAVAILABLE", "router did not answer");
+    if (r && !r->ok && strcmp(r->error, "NOT_FOUND") == 0) {
+        api_error(call->http, 404, "NOT_FOUND", "Viewed message doesn't exist");
         return;
     }
-    if (!r->ok) {
-        api_error(call->http, api_status_of(r->error), r->error,
-                  strcmp(r->error, "NOT_FOUND") == 0 ? "Viewed message doesn't exist" : r->message);
+    if (!(r = s_one_reply(call, "router did not answer")))
         return;
-    }
     if (call->step == 2) { /* deleted */
         lk_http_respond(call->http, 204, NULL, NULL, 0);
         return;
@@ -700,16 +716,12 @@ static void s_retained_done(self_t *self, api_call_t *call)
             s_retained_json(r->retained[0], r->n_retained_at_ms ? r->retained_at_ms[0] : 0, true));
         return;
     }
-    /* sorted by topic, for stable pages */
-    cJSON *all = cJSON_CreateArray();
+    /* sorted by topic (one message a topic), for stable pages; a copy of the array keeps
+       retained_at_ms lined up with retained */
     Lk__Msg **v = lk_calloc(r->n_retained ? r->n_retained : 1, sizeof(*v));
     memcpy(v, r->retained, r->n_retained * sizeof(*v));
-    for (size_t i = 1; i < r->n_retained; i++)
-        for (size_t k = i; k > 0 && strcmp(v[k - 1]->topic, v[k]->topic) > 0; k--) {
-            Lk__Msg *x = v[k];
-            v[k] = v[k - 1];
-            v[k - 1] = x;
-        }
+    qsort(v, r->n_retained, sizeof(*v), s_cmp_msg);
+    cJSON *all = cJSON_CreateArray();
     for (size_t i = 0; i < r->n_retained; i++)
         cJSON_AddItemToArray(all, s_retained_json(v[i], 0, false));
     free(v);
@@ -719,7 +731,6 @@ static void s_retained_done(self_t *self, api_call_t *call)
 static void s_retained(self_t *self, lk_http_req_t *req, const char *topic, bool del)
 {
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
-    api_call_t *call;
     if (!topic) {
         int64_t page, limit;
         if (!s_paging(req, &page, &limit))
@@ -731,17 +742,14 @@ static void s_retained(self_t *self, lk_http_req_t *req, const char *topic, bool
         }
         q.op = "retained";
         q.like = (char *)f;
-        call = api_call_new(self, req, s_retained_done);
+        api_call_t *call = s_ask(self, req, s_retained_done, self->router, &q);
         call->page = page;
         call->limit = limit;
     } else {
         q.op = del ? "retained_delete" : "retained";
         q.topic = (char *)topic;
-        call = api_call_new(self, req, s_retained_done);
-        call->step = del ? 2 : 1;
+        s_ask(self, req, s_retained_done, self->router, &q)->step = del ? 2 : 1;
     }
-    api_call_send(call, self->router, &q);
-    api_call_start(call);
 }
 
 /* --- bans ----------------------------------------------------------------------------- */
@@ -764,15 +772,9 @@ static cJSON *s_ban_json(const Lk__AdminBan *b)
 
 static void s_bans_done(self_t *self, api_call_t *call)
 {
-    Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
-    if (!r) {
-        api_error(call->http, 503, "SERVICE_UNAVAILABLE", "auth did not answer");
+    Lk__AdminReply *r = s_one_reply(call, "auth did not answer");
+    if (!r)
         return;
-    }
-    if (!r->ok) {
-        api_error(call->http, api_status_of(r->error), r->error, r->message);
-        return;
-    }
     cJSON *all = cJSON_CreateArray();
     for (size_t i = 0; i < r->n_bans; i++)
         cJSON_AddItemToArray(all, s_ban_json(r->bans[i]));
@@ -783,15 +785,8 @@ static void s_nothing(self_t *self, api_call_t *call) {}
 
 static void s_ban_added(self_t *self, api_call_t *call)
 {
-    Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
-    if (!r) {
-        api_error(call->http, 503, "SERVICE_UNAVAILABLE", "auth did not answer");
+    if (!s_one_reply(call, "auth did not answer"))
         return;
-    }
-    if (!r->ok) {
-        api_error(call->http, api_status_of(r->error), r->error, r->message);
-        return;
-    }
     /* whoever the ban names and is connected now leaves (a separate fan-out: the
        answer does not wait for it) */
     const cJSON *b = call->body;
@@ -824,10 +819,7 @@ static void s_ban_add(self_t *self, lk_http_req_t *req)
     if (!b)
         return;
     const char *as = s_str(b, "as"), *who = s_str(b, "who");
-    if (!as ||
-        (strcmp(as, "clientid") != 0 && strcmp(as, "username") != 0 &&
-         strcmp(as, "peerhost") != 0) ||
-        !who || !*who) {
+    if (!s_ban_as_ok(as) || !who || !*who) {
         cJSON_Delete(b);
         api_error(req, 400, "BAD_REQUEST", "as: clientid, username or peerhost; who: not empty");
         return;
@@ -858,28 +850,21 @@ static void s_ban_add(self_t *self, lk_http_req_t *req)
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = "ban_add";
     q.ban = &ban;
-    api_call_t *call = api_call_new(self, req, s_ban_added);
-    api_call_send(call, lk_replicas_pick(self->auths), &q);
+    api_call_t *call = s_ask(self, req, s_ban_added, lk_replicas_pick(self->auths), &q);
     call->body = b;
     call->page = at;
     call->limit = until;
-    api_call_start(call);
 }
 
 static void s_ban_deleted(self_t *self, api_call_t *call)
 {
-    Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
-    if (!r)
-        api_error(call->http, 503, "SERVICE_UNAVAILABLE", "auth did not answer");
-    else if (!r->ok)
-        api_error(call->http, api_status_of(r->error), r->error, r->message);
-    else
+    if (s_one_reply(call, "auth did not answer"))
         lk_http_respond(call->http, 204, NULL, NULL, 0);
 }
 
 static void s_ban_del(self_t *self, lk_http_req_t *req, const char *as, const char *who)
 {
-    if (strcmp(as, "clientid") != 0 && strcmp(as, "username") != 0 && strcmp(as, "peerhost") != 0) {
+    if (!s_ban_as_ok(as)) {
         api_error(req, 400, "BAD_REQUEST", "as: clientid, username or peerhost");
         return;
     }
@@ -889,9 +874,7 @@ static void s_ban_del(self_t *self, lk_http_req_t *req, const char *as, const ch
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = "ban_del";
     q.ban = &ban;
-    api_call_t *call = api_call_new(self, req, s_ban_deleted);
-    api_call_send(call, lk_replicas_pick(self->auths), &q);
-    api_call_start(call);
+    s_ask(self, req, s_ban_deleted, lk_replicas_pick(self->auths), &q);
 }
 
 static void s_bans(self_t *self, lk_http_req_t *req)
@@ -901,11 +884,9 @@ static void s_bans(self_t *self, lk_http_req_t *req)
         return;
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = "bans";
-    api_call_t *call = api_call_new(self, req, s_bans_done);
+    api_call_t *call = s_ask(self, req, s_bans_done, lk_replicas_pick(self->auths), &q);
     call->page = page;
     call->limit = limit;
-    api_call_send(call, lk_replicas_pick(self->auths), &q);
-    api_call_start(call);
 }
 
 /* --- publish ---------------------------------------------------------------------------- */
@@ -1005,15 +986,9 @@ static void s_publish(self_t *self, lk_http_req_t *req, bool bulk)
 
 static void s_rows_done(self_t *self, api_call_t *call)
 {
-    Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
-    if (!r) {
-        api_error(call->http, 503, "SERVICE_UNAVAILABLE", "the service did not answer");
+    Lk__AdminReply *r = s_one_reply(call, "the service did not answer");
+    if (!r)
         return;
-    }
-    if (!r->ok) {
-        api_error(call->http, api_status_of(r->error), r->error, r->message);
-        return;
-    }
     cJSON *all = cJSON_CreateArray();
     for (size_t i = 0; i < r->n_json_rows; i++) {
         cJSON *j = cJSON_Parse(r->json_rows[i]);
@@ -1029,8 +1004,8 @@ static void s_latchkey(self_t *self, lk_http_req_t *req, bool decisions)
     int64_t page, limit;
     if (!s_paging(req, &page, &limit))
         return;
-    lk_peer_t *peer = decisions ? (self->histories ? lk_replicas_pick(self->histories) : NULL)
-                              : self->arbiter;
+    lk_peer_t *peer =
+        decisions ? (self->histories ? lk_replicas_pick(self->histories) : NULL) : self->arbiter;
     if (!peer) {
         api_error(req, 503, "SERVICE_UNAVAILABLE",
                   decisions ? "no history_endpoint configured" : "no arbiter_endpoint configured");
@@ -1039,11 +1014,9 @@ static void s_latchkey(self_t *self, lk_http_req_t *req, bool decisions)
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = decisions ? "decisions" : "locks";
     q.limit = decisions ? (uint32_t)(page * limit > 1000 ? 1000 : page * limit) : 0;
-    api_call_t *call = api_call_new(self, req, s_rows_done);
+    api_call_t *call = s_ask(self, req, s_rows_done, peer, &q);
     call->page = page;
     call->limit = limit;
-    api_call_send(call, peer, &q);
-    api_call_start(call);
 }
 
 /* --- routing -------------------------------------------------------------------------- */

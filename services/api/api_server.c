@@ -259,12 +259,6 @@ static void s_key_id(const char *key, const char *secret, char *out, size_t cap)
         n += snprintf(out + n, cap - (size_t)n, "%02x", d[i]);
 }
 
-typedef struct {
-    char *method;
-    char *path;
-    char *key_id;
-} s_pending_t;
-
 static void s_dispatch(self_t *self, lk_http_req_t *req);
 
 static void s_key_checked(self_t *self, api_call_t *call)

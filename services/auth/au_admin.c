@@ -5,23 +5,11 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 
-static void s_host(const char *peer, char *buf, size_t cap)
+/* a string member of a stored ban, "" when absent */
+static const char *s_jstr(const cJSON *j, const char *key)
 {
-    const char *p = peer ? peer : "";
-    size_t n = strlen(p);
-    if (*p == '[') {
-        const char *e = strchr(p, ']');
-        p++;
-        n = e ? (size_t)(e - p) : strlen(p);
-    } else {
-        const char *c = strrchr(p, ':');
-        if (c && strchr(p, ':') == c)
-            n = (size_t)(c - p);
-    }
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(buf, p, n);
-    buf[n] = 0;
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
 }
 
 /* a stored ban that still holds: 1 and its reason */
@@ -33,10 +21,9 @@ static int s_ban_live(const lk_redis_reply_t *r, int64_t now, char *reason, size
     if (!j)
         return 0;
     cJSON *until = cJSON_GetObjectItem(j, "until");
-    cJSON *why = cJSON_GetObjectItem(j, "reason");
     int live = !cJSON_IsNumber(until) || until->valuedouble <= 0 || until->valuedouble > now;
     if (live)
-        snprintf(reason, cap, "%s", cJSON_IsString(why) ? why->valuestring : "");
+        snprintf(reason, cap, "%s", s_jstr(j, "reason"));
     cJSON_Delete(j);
     return live;
 }
@@ -44,7 +31,7 @@ static int s_ban_live(const lk_redis_reply_t *r, int64_t now, char *reason, size
 int au_ban_check(lk_redis_t *redis, const Lk__AuthRequest *req, char *reason, size_t cap)
 {
     char host[64];
-    s_host(req->peer, host, sizeof(host));
+    lk_admin_peerhost(req->peer, host, sizeof(host));
     char f1[600], f2[600], f3[100];
     snprintf(f1, sizeof(f1), "clientid:%.512s", req->client ? req->client : "");
     snprintf(f2, sizeof(f2), "username:%.512s", req->username ? req->username : "");
@@ -148,16 +135,12 @@ static void s_bans(lk_redis_t *redis, lk_admin_out_t *out)
             continue;
         }
         Lk__AdminBan *b = lk_admin_ban_add(out);
-        cJSON *v;
-        b->as = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "as")) ? v->valuestring
-                                                                                   : "");
-        b->who = lk_admin_str(
-            out, cJSON_IsString(v = cJSON_GetObjectItem(j, "who")) ? v->valuestring : "");
-        b->reason = lk_admin_str(
-            out, cJSON_IsString(v = cJSON_GetObjectItem(j, "reason")) ? v->valuestring : "");
-        b->by = lk_admin_str(out, cJSON_IsString(v = cJSON_GetObjectItem(j, "by")) ? v->valuestring
-                                                                                   : "");
-        b->at_ms = cJSON_IsNumber(v = cJSON_GetObjectItem(j, "at")) ? (uint64_t)v->valuedouble : 0;
+        b->as = lk_admin_str(out, s_jstr(j, "as"));
+        b->who = lk_admin_str(out, s_jstr(j, "who"));
+        b->reason = lk_admin_str(out, s_jstr(j, "reason"));
+        b->by = lk_admin_str(out, s_jstr(j, "by"));
+        cJSON *at = cJSON_GetObjectItem(j, "at");
+        b->at_ms = cJSON_IsNumber(at) ? (uint64_t)at->valuedouble : 0;
         b->until_ms = (uint64_t)u;
         cJSON_Delete(j);
     }

@@ -7,26 +7,6 @@
 #include "lk_admin.h"
 #include <stdio.h>
 
-/* the address part of "ip:port" / "[v6]:port" into buf */
-static void s_host(const char *peer, char *buf, size_t cap)
-{
-    const char *p = peer;
-    size_t n = strlen(p);
-    if (*p == '[') {
-        const char *e = strchr(p, ']');
-        p++;
-        n = e ? (size_t)(e - p) : strlen(p);
-    } else {
-        const char *c = strrchr(p, ':');
-        if (c && strchr(p, ':') == c)
-            n = (size_t)(c - p);
-    }
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(buf, p, n);
-    buf[n] = 0;
-}
-
 static bool s_match(fe_conn_t *c, const Lk__AdminRequest *q)
 {
     if (c->state != FE_ACTIVE || !c->client_id)
@@ -39,7 +19,7 @@ static bool s_match(fe_conn_t *c, const Lk__AdminRequest *q)
         return false;
     if (q->peerhost && *q->peerhost) {
         char host[64];
-        s_host(c->peer, host, sizeof(host));
+        lk_admin_peerhost(c->peer, host, sizeof(host));
         if (strcmp(host, q->peerhost) != 0)
             return false;
     }
@@ -107,7 +87,7 @@ static void s_kick(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_out_t *
             hit = true;
         if (q->peerhost && *q->peerhost) {
             char host[64];
-            s_host(c->peer, host, sizeof(host));
+            lk_admin_peerhost(c->peer, host, sizeof(host));
             hit = hit || strcmp(host, q->peerhost) == 0;
         }
         if (!hit)
