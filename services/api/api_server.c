@@ -348,7 +348,7 @@ static void s_static(self_t *self, lk_http_req_t *req, const char *path)
         return;
     }
     char etag[64];
-    snprintf(etag, sizeof(etag), "\"%lx-%lx\"", (unsigned long)st.st_size,
+    snprintf(etag, sizeof(etag), "%lx-%lx", (unsigned long)st.st_size,
              (unsigned long)st.st_mtime);
     lk_http_respond_file(req, fd, (uint64_t)st.st_size, s_ctype(path), etag);
 }
