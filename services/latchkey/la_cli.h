@@ -62,6 +62,9 @@ lk_redis_t *la_redis(la_ctx_t *ctx);
    printing the error (link failure or an error reply). Caller frees the reply. */
 lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv);
 
+/* la_redis_cmd when only success matters: 0, or -1 after printing the error */
+int la_redis_run(la_ctx_t *ctx, int argc, const char **argv);
+
 /* false after printing why when user cannot be a username (empty, control characters,
    too long; a ':' too when for_file) */
 bool la_username_ok(const char *user, bool for_file);

@@ -40,16 +40,6 @@ static bool s_name_ok(const char *what, const char *s)
     return true;
 }
 
-/* one Redis command of strings; 0 or -1 (printed) */
-static int s_redis(la_ctx_t *ctx, int argc, const char **argv)
-{
-    lk_redis_reply_t *r = la_redis_cmd(ctx, argc, argv);
-    if (!r)
-        return -1;
-    lk_redis_reply_free(&r);
-    return 0;
-}
-
 /* ---- Redis transactions: commands collected, then sent as MULTI ... EXEC ---- */
 
 typedef struct {
@@ -219,11 +209,11 @@ static int s_mirror_pair(la_ctx_t *ctx, lk_pg_t *pg, const char *user, const cha
     if (roles && *roles) {
         const char *a[] = {"HSET", kb, user, roles};
         const char *b[] = {"HSET", ku, lock, roles};
-        rc = s_redis(ctx, 4, a) | s_redis(ctx, 4, b);
+        rc = la_redis_run(ctx, 4, a) | la_redis_run(ctx, 4, b);
     } else {
         const char *a[] = {"HDEL", kb, user};
         const char *b[] = {"HDEL", ku, lock};
-        rc = s_redis(ctx, 3, a) | s_redis(ctx, 3, b);
+        rc = la_redis_run(ctx, 3, a) | la_redis_run(ctx, 3, b);
     }
     lk_pg_result_free(&r);
     return rc;
@@ -243,7 +233,7 @@ static int s_user_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
             return LA_EXIT_FAIL;
         lk_pg_result_free(&r);
         const char *a[] = {"SADD", "lk:users", argv[i]};
-        if (s_redis(ctx, 3, a) != 0)
+        if (la_redis_run(ctx, 3, a) != 0)
             return LA_EXIT_FAIL;
         printf("user %s added\n", argv[i]);
     }
@@ -269,12 +259,12 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
             char kb[300];
             snprintf(kb, sizeof(kb), "lk:bind:%s", locks->items[k].str);
             const char *a[] = {"HDEL", kb, argv[i]};
-            s_redis(ctx, 3, a);
+            la_redis_run(ctx, 3, a);
         }
         lk_redis_reply_free(&locks);
         const char *a[] = {"DEL", ku};
         const char *b[] = {"SREM", "lk:users", argv[i]};
-        if (s_redis(ctx, 2, a) != 0 || s_redis(ctx, 3, b) != 0)
+        if (la_redis_run(ctx, 2, a) != 0 || la_redis_run(ctx, 3, b) != 0)
             return LA_EXIT_FAIL;
         printf("user %s %s\n", argv[i], n ? "deleted with its bindings" : "did not exist");
         /* access that ends: its temporary logins at once, its own account's lock rules */
@@ -392,7 +382,7 @@ static int s_device_credential(la_ctx_t *ctx, const char *lock, const char *dev,
     snprintf(call, sizeof(call), "/%s/call", lock);
     const char *a[] = {"DEL", ak};
     const char *b[] = {"HSET", ak, statu, emqx ? "publish" : "2", call, emqx ? "subscribe" : "1"};
-    int rc = s_redis(ctx, 2, a) | s_redis(ctx, 6, b);
+    int rc = la_redis_run(ctx, 2, a) | la_redis_run(ctx, 6, b);
     free(ak);
     if (rc != 0)
         return -1;
@@ -543,7 +533,7 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
         /* the device's credential goes with the lock */
         char *uk = la_user_key(ctx, dev), *ak = la_acl_key(ctx, dev);
         const char *d[] = {"DEL", uk, ak};
-        s_redis(ctx, 3, d);
+        la_redis_run(ctx, 3, d);
         free(uk);
         free(ak);
         char *rv[] = {dev};

@@ -323,15 +323,6 @@ out:
 
 /* ---- devices ---------------------------------------------------------------------- */
 
-static int s_redis_set(la_ctx_t *ctx, int argc, const char **argv)
-{
-    lk_redis_reply_t *r = la_redis_cmd(ctx, argc, argv);
-    if (!r)
-        return -1;
-    lk_redis_reply_free(&r);
-    return 0;
-}
-
 /* the device's credential and ACL in Redis */
 static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token, const char *model,
                                const char *protocol)
@@ -342,18 +333,18 @@ static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token,
     char mount[300], f1[300], f2[300];
     int rc = 0;
     const char *del[] = {"DEL", ukey, akey};
-    rc |= s_redis_set(ctx, 3, del);
+    rc |= la_redis_run(ctx, 3, del);
     if (strcmp(protocol, "tb") == 0) {
         snprintf(mount, sizeof(mount), "tb/%s/", id);
         const char *u[] = {"HSET", ukey, "token_auth", "1", "mountpoint", mount};
         const char *a[] = {"HSET", akey, "v1/devices/me/#", both, "v2/fw/#", both};
-        rc |= s_redis_set(ctx, 6, u) | s_redis_set(ctx, 6, a);
+        rc |= la_redis_run(ctx, 6, u) | la_redis_run(ctx, 6, a);
     } else {
         snprintf(f1, sizeof(f1), "lk/ota/%s/#", id);
         snprintf(f2, sizeof(f2), "lk/ota/announce/%s/#", model);
         const char *u[] = {"HSET", ukey, "token_auth", "1"};
         const char *a[] = {"HSET", akey, f1, both, f2, sub};
-        rc |= s_redis_set(ctx, 4, u) | s_redis_set(ctx, 6, a);
+        rc |= la_redis_run(ctx, 4, u) | la_redis_run(ctx, 6, a);
     }
     free(ukey);
     free(akey);
@@ -437,7 +428,7 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
         char *token = lk_strdup(lk_pg_value(r, 0, 0));
         char *ukey = la_user_key(ctx, token), *akey = la_acl_key(ctx, token);
         const char *del[] = {"DEL", ukey, akey};
-        rc = s_redis_set(ctx, 3, del) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
+        rc = la_redis_run(ctx, 3, del) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
         if (la_revoke(ctx, &token, 1, S_REVOKE_WAIT_MS) != 0)
             fprintf(stderr, "latchkey: the device's connections were not closed\n");
         free(ukey);
