@@ -36,6 +36,71 @@ static int s_print_json(lk_pg_t *pg, const char *sql, int n, const char *const *
     return LA_EXIT_OK;
 }
 
+/* the options of the image and device subcommands; each accepts those of its optstring */
+typedef struct {
+    const char *model, *version, *key, *token, *protocol;
+    bool json;
+} s_opts_t;
+
+/* parses the options of argv that `accepted` ("m:v:j") names into o (left as given for
+   those absent); the index of the first operand, or -1 on an option not accepted */
+static int s_getopt(int argc, char **argv, const char *accepted, s_opts_t *o)
+{
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"version", required_argument, NULL, 'v'},
+                                         {"key", required_argument, NULL, 'k'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {"protocol", required_argument, NULL, 'p'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, accepted, opts, NULL)) != -1) {
+        if (c == '?' || c == ':' || !strchr(accepted, c))
+            return -1;
+        switch (c) {
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'v':
+            o->version = optarg;
+            break;
+        case 'k':
+            o->key = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'p':
+            o->protocol = optarg;
+            break;
+        case 'j':
+            o->json = true;
+            break;
+        }
+    }
+    return optind;
+}
+
+/* a listing: the one JSON value of json_sql with --json, else the rows of table_sql under
+   heads, each column as wide as widths[i] (negative: left-aligned) */
+static int s_print_list(lk_pg_t *pg, bool json, const char *json_sql, const char *table_sql,
+                        int n, const char *const *p, int ncols, const char *const *heads,
+                        const int *widths)
+{
+    if (json)
+        return s_print_json(pg, json_sql, n, p, "[]");
+    lk_pg_result_t *r = la_pg_exec(pg, table_sql, n, p);
+    if (!r)
+        return LA_EXIT_FAIL;
+    for (size_t i = 0; i <= r->nrows; i++)
+        for (int k = 0; k < ncols; k++)
+            printf("%*s%s", widths[k], i ? lk_pg_value(r, i - 1, k) : heads[k],
+                   k + 1 < ncols ? " " : "\n");
+    lk_pg_result_free(&r);
+    return LA_EXIT_OK;
+}
+
 static bool s_name_ok(const char *what, const char *s)
 {
     if (!s || !*s || strlen(s) > 128 || strpbrk(s, "/+#:\t\n\r \"\\")) {
@@ -107,25 +172,10 @@ static int s_copy_into(const char *src, const char *dst)
 
 static int s_add(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {"key", required_argument, NULL, 'k'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL;
-    const char *key = lk_config_get(ctx->config, "ota_key", NULL);
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:k:", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else if (c == 'k')
-            key = optarg;
-        else
-            return la_usage("ota");
-    }
-    if (optind != argc - 1 || !model || !version)
+    s_opts_t o = {.key = lk_config_get(ctx->config, "ota_key", NULL)};
+    int first = s_getopt(argc, argv, "m:v:k:", &o);
+    const char *model = o.model, *version = o.version, *key = o.key;
+    if (first != argc - 1 || !model || !version)
         return la_usage("ota");
     if (!key || !*key) {
         fprintf(stderr, "latchkey: no signing key: --key <dir>/ota.key or ota_key in the "
@@ -134,7 +184,7 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     }
     if (!s_name_ok("model", model) || !s_name_ok("version", version))
         return LA_EXIT_USAGE;
-    const char *file = argv[optind];
+    const char *file = argv[first];
     char sha[65];
     uint64_t size = 0;
     if (lk_ota_file_sha256(file, sha, &size) != 0) {
@@ -211,68 +261,32 @@ out:
 
 static int s_list(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL;
-    bool json = false;
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:j", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'j')
-            json = true;
-        else
-            return la_usage("ota");
-    }
+    s_opts_t o = {0};
+    if (s_getopt(argc, argv, "m:j", &o) < 0)
+        return la_usage("ota");
     lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
-    const char *p[] = {model};
-    int rc;
-    if (json)
-        rc = s_print_json(pg,
+    const char *p[] = {o.model};
+    static const char *const heads[] = {"ID", "MODEL", "VERSION", "SIZE", "SHA256"};
+    static const int widths[] = {-5, -16, -12, 10, 0};
+    int rc = s_print_list(pg, o.json,
                           "SELECT coalesce(json_agg(json_build_object('id', id, 'model', model, "
                           "'version', version, 'size', size, 'sha256', sha256, 'signature', "
                           "signature, 'key_id', key_id) ORDER BY model, id), '[]')::text FROM "
                           "ota_images WHERE $1::text IS NULL OR model = $1",
-                          1, p, "[]");
-    else {
-        lk_pg_result_t *r = la_pg_exec(pg,
-                                   "SELECT id, model, version, size, sha256 FROM ota_images "
-                                   "WHERE $1::text IS NULL OR model = $1 ORDER BY model, id",
-                                   1, p);
-        rc = r ? LA_EXIT_OK : LA_EXIT_FAIL;
-        if (r) {
-            printf("%-5s %-16s %-12s %10s %s\n", "ID", "MODEL", "VERSION", "SIZE", "SHA256");
-            for (size_t i = 0; i < r->nrows; i++)
-                printf("%-5s %-16s %-12s %10s %s\n", lk_pg_value(r, i, 0), lk_pg_value(r, i, 1),
-                       lk_pg_value(r, i, 2), lk_pg_value(r, i, 3), lk_pg_value(r, i, 4));
-        }
-        lk_pg_result_free(&r);
-    }
+                          "SELECT id, model, version, size, sha256 FROM ota_images "
+                          "WHERE $1::text IS NULL OR model = $1 ORDER BY model, id",
+                          1, p, 5, heads, widths);
     lk_pg_destroy(&pg);
     return rc;
 }
 
 static int s_rm(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL;
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else
-            return la_usage("ota");
-    }
-    if (optind != argc || !model || !version)
+    s_opts_t o = {0};
+    const char *model, *version;
+    if (s_getopt(argc, argv, "m:v:", &o) != argc || !(model = o.model) || !(version = o.version))
         return la_usage("ota");
     lk_pg_t *pg = la_pg(ctx);
     if (!pg)
@@ -353,29 +367,12 @@ static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token,
 
 static int s_device_add(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {"token", required_argument, NULL, 't'},
-                                         {"protocol", required_argument, NULL, 'p'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL, *token = NULL, *protocol = "tb";
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:t:p:", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else if (c == 't')
-            token = optarg;
-        else if (c == 'p')
-            protocol = optarg;
-        else
-            return la_usage("ota");
-    }
-    if (optind != argc - 1 || !model)
+    s_opts_t o = {.protocol = "tb"};
+    int first = s_getopt(argc, argv, "m:v:t:p:", &o);
+    const char *model = o.model, *version = o.version, *token = o.token, *protocol = o.protocol;
+    if (first != argc - 1 || !model)
         return la_usage("ota");
-    const char *id = argv[optind];
+    const char *id = argv[first];
     if (strcmp(protocol, "tb") && strcmp(protocol, "lk")) {
         fprintf(stderr, "latchkey: --protocol is tb (ThingsBoard) or lk (Latchkey)\n");
         return LA_EXIT_USAGE;
@@ -444,55 +441,25 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
 
 static int s_devices(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL;
-    bool json = false;
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:j", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else if (c == 'j')
-            json = true;
-        else
-            return la_usage("ota");
-    }
+    s_opts_t o = {0};
+    if (s_getopt(argc, argv, "m:v:j", &o) < 0)
+        return la_usage("ota");
     lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
-    const char *p[] = {model, version};
-    int rc;
-    if (json)
-        rc = s_print_json(
-            pg,
-            "SELECT coalesce(json_agg(json_build_object('id', id, 'model', model, 'version', "
-            "version, 'protocol', protocol, 'fw_state', fw_state, 'reported', reported) ORDER "
-            "BY id), '[]')::text FROM ota_devices WHERE ($1::text IS NULL OR model = $1) AND "
-            "($2::text IS NULL OR version = $2)",
-            2, p, "[]");
-    else {
-        lk_pg_result_t *r = la_pg_exec(pg,
-                                   "SELECT id, model, coalesce(version, '-'), protocol, "
-                                   "coalesce(fw_state, '-'), coalesce(reported::text, '-') "
-                                   "FROM ota_devices WHERE ($1::text IS NULL OR model = $1) "
-                                   "AND ($2::text IS NULL OR version = $2) ORDER BY id",
-                                   2, p);
-        rc = r ? LA_EXIT_OK : LA_EXIT_FAIL;
-        if (r) {
-            printf("%-20s %-16s %-12s %-4s %-12s %s\n", "ID", "MODEL", "VERSION", "PROT", "STATE",
-                   "REPORTED");
-            for (size_t i = 0; i < r->nrows; i++)
-                printf("%-20s %-16s %-12s %-4s %-12s %s\n", lk_pg_value(r, i, 0),
-                       lk_pg_value(r, i, 1), lk_pg_value(r, i, 2), lk_pg_value(r, i, 3),
-                       lk_pg_value(r, i, 4), lk_pg_value(r, i, 5));
-        }
-        lk_pg_result_free(&r);
-    }
+    const char *p[] = {o.model, o.version};
+    static const char *const heads[] = {"ID", "MODEL", "VERSION", "PROT", "STATE", "REPORTED"};
+    static const int widths[] = {-20, -16, -12, -4, -12, 0};
+    int rc = s_print_list(
+        pg, o.json,
+        "SELECT coalesce(json_agg(json_build_object('id', id, 'model', model, 'version', "
+        "version, 'protocol', protocol, 'fw_state', fw_state, 'reported', reported) ORDER "
+        "BY id), '[]')::text FROM ota_devices WHERE ($1::text IS NULL OR model = $1) AND "
+        "($2::text IS NULL OR version = $2)",
+        "SELECT id, model, coalesce(version, '-'), protocol, coalesce(fw_state, '-'), "
+        "coalesce(reported::text, '-') FROM ota_devices WHERE ($1::text IS NULL OR model = $1) "
+        "AND ($2::text IS NULL OR version = $2) ORDER BY id",
+        2, p, 6, heads, widths);
     lk_pg_destroy(&pg);
     return rc;
 }
