@@ -125,6 +125,9 @@ od_dev_t *od_dev_get(od_t *self, const char *id);
 void od_dev_load(od_t *self, od_dev_t *dev);
 void od_publish(od_t *self, const char *topic, const void *p, size_t n, bool retain,
                 const void *props, size_t props_len);
+struct cJSON;
+/* publishes o printed compactly (QoS of the service, not retained) and deletes o */
+void od_publish_json(od_t *self, const char *topic, struct cJSON *o);
 void od_offer(od_t *self, od_dev_t *dev);
 void od_report(od_t *self, const char *dev, const char *version, const char *state,
                const char *error);
