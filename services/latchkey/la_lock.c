@@ -152,32 +152,37 @@ static void s_names_free(char **names, int n)
     free(names);
 }
 
+int la_logins_end(la_ctx_t *ctx, char **names, int n, bool quiet)
+{
+    if (n == 0)
+        return 0;
+    s_tx_t tx = {0};
+    for (int i = 0; i < n; i++) {
+        char *uk = la_user_key(ctx, names[i]), *ak = la_acl_key(ctx, names[i]);
+        char lk_[300];
+        snprintf(lk_, sizeof(lk_), "lk:login:%s", names[i]);
+        const char *d[] = {"DEL", uk, ak, lk_};
+        s_tx_add(&tx, 4, d);
+        const char *z[] = {"ZREM", "lk:arb:logins", names[i]};
+        s_tx_add(&tx, 3, z);
+        free(uk);
+        free(ak);
+    }
+    int rc = s_tx_run(ctx, &tx);
+    if (rc == 0 && la_revoke(ctx, names, n, 2000) != 0)
+        rc = -1;
+    if (rc == 0 && !quiet)
+        printf("%d temporary login(s) ended\n", n);
+    return rc;
+}
+
 int la_end_logins(la_ctx_t *ctx, char **users, int n_users, bool quiet)
 {
     int n = 0;
     char **ended = s_logins_of(ctx, users, n_users, &n);
     if (!ended)
         return -1;
-    int rc = 0;
-    if (n) {
-        s_tx_t tx = {0};
-        for (int i = 0; i < n; i++) {
-            char *uk = la_user_key(ctx, ended[i]), *ak = la_acl_key(ctx, ended[i]);
-            char lk_[300];
-            snprintf(lk_, sizeof(lk_), "lk:login:%s", ended[i]);
-            const char *d[] = {"DEL", uk, ak, lk_};
-            s_tx_add(&tx, 4, d);
-            const char *z[] = {"ZREM", "lk:arb:logins", ended[i]};
-            s_tx_add(&tx, 3, z);
-            free(uk);
-            free(ak);
-        }
-        rc = s_tx_run(ctx, &tx);
-        if (rc == 0 && la_revoke(ctx, ended, n, 2000) != 0)
-            rc = -1;
-        if (rc == 0 && !quiet)
-            printf("%d temporary login(s) ended\n", n);
-    }
+    int rc = la_logins_end(ctx, ended, n, quiet);
     s_names_free(ended, n);
     return rc;
 }
