@@ -108,6 +108,9 @@ void ar_history_event(self_t *self, const char *kind, const char *lock, const ch
                       const char *details_json);
 /* sends every outbox entry this process has not sent (at start, on the writer's return) */
 void ar_history_resume(self_t *self);
+/* splits an outbox value ("kind\x1flock\x1factor\x1fms\x1fdetails") into its five fields,
+   pointers into v, which is modified; -1 when a separator is missing (ar_history.c) */
+int ar_outbox_split(char *v, char *f[5]);
 void ar_history_acked(self_t *self, lk_peer_t *peer, uint64_t seq);
 /* the events a dead writer replica did not ack go to a live one */
 void ar_history_failover(self_t *self, lk_peer_t *dead);
