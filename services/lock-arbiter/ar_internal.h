@@ -23,6 +23,7 @@
 #include "lk_common.h"
 #include "lk_config.h"
 #include "lk_iclient.h"
+#include "lk_pgq.h"
 #include "lk_replicas.h"
 #include "lk_redis.h"
 #include <czmq.h>
@@ -49,7 +50,7 @@ struct _ar_server_t {
     lk_redis_t *redis;
     lk_replicas_t *history; /* NULL when history_endpoint is unset */
     lk_replicas_t *auth;    /* NULL when auth_endpoint is unset */
-    void *pg;           /* the history query's worker and its PostgreSQL link (ar_query.c) */
+    lk_pgq_t *pg;           /* the history query's worker, its PostgreSQL link (ar_query.c) */
     int ready_fd;
     bool ready_told;
     int exit_code; /* set when the loop was stopped for a failure */

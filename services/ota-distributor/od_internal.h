@@ -20,13 +20,14 @@
 #include "lk_iclient.h"
 #include "lk_loop.h"
 #include "lk_pg.h"
+#include "lk_pgq.h"
 #include <czmq.h>
 
 typedef struct od od_t;
 
 /* --- od_db.c: queries on a worker thread ------------------------------------------- */
 typedef void(od_db_fn)(od_t *self, lk_pg_result_t *r, void *arg);
-typedef struct od_db od_db_t;
+typedef lk_pgq_t od_db_t;
 od_db_t *od_db_new(od_t *self, const char *conninfo);
 void od_db_destroy(od_db_t **db_p);
 /* runs sql with text params (copied; NULL = SQL NULL) on the worker; done (may be NULL)
