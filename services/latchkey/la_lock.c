@@ -201,9 +201,9 @@ static int s_mirror_pair(la_ctx_t *ctx, lk_pg_t *pg, const char *user, const cha
 {
     const char *p[] = {user, lock};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT string_agg(role, ' ' ORDER BY role) FROM bindings "
-                               "WHERE user_name = $1 AND lockno = $2",
-                               2, p);
+                                   "SELECT string_agg(role, ' ' ORDER BY role) FROM bindings "
+                                   "WHERE user_name = $1 AND lockno = $2",
+                                   2, p);
     if (!r)
         return -1;
     const char *roles = lk_pg_value(r, 0, 0);
@@ -283,10 +283,10 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 static int s_user_list(lk_pg_t *pg)
 {
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT u.name, coalesce(string_agg(b.lockno || ':' || b.role, "
-                               "' ' ORDER BY b.lockno, b.role), '') FROM users u LEFT JOIN "
-                               "bindings b ON b.user_name = u.name GROUP BY u.name ORDER BY 1",
-                               0, NULL);
+                                   "SELECT u.name, coalesce(string_agg(b.lockno || ':' || b.role, "
+                                   "' ' ORDER BY b.lockno, b.role), '') FROM users u LEFT JOIN "
+                                   "bindings b ON b.user_name = u.name GROUP BY u.name ORDER BY 1",
+                                   0, NULL);
     if (!r)
         return LA_EXIT_FAIL;
     for (size_t i = 0; i < r->nrows; i++)
@@ -320,9 +320,9 @@ static int s_mirror_lock(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 {
     const char *p[] = {lock};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT window_ms::text, quorum::text, device FROM locks WHERE "
-                               "lockno = $1",
-                               1, p);
+                                   "SELECT window_ms::text, quorum::text, device FROM locks WHERE "
+                                   "lockno = $1",
+                                   1, p);
     if (!r)
         return -1;
     char kc[300], kd[300];
@@ -477,11 +477,11 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
     lk_pg_result_free(&r);
     const char *p[] = {lock, model, window ? window_ms : NULL, quorum, dev};
     r = la_pg_exec(pg,
-               "INSERT INTO locks (lockno, model, window_ms, quorum, device) VALUES ($1, $2, "
-               "$3::bigint, $4::int, $5) ON CONFLICT (lockno) DO UPDATE SET model = "
-               "coalesce($2, locks.model), window_ms = coalesce($3::bigint, locks.window_ms), "
-               "quorum = coalesce($4::int, locks.quorum), device = $5",
-               5, p);
+                   "INSERT INTO locks (lockno, model, window_ms, quorum, device) VALUES ($1, $2, "
+                   "$3::bigint, $4::int, $5) ON CONFLICT (lockno) DO UPDATE SET model = "
+                   "coalesce($2, locks.model), window_ms = coalesce($3::bigint, locks.window_ms), "
+                   "quorum = coalesce($4::int, locks.quorum), device = $5",
+                   5, p);
     if (!r) {
         free(dev);
         return LA_EXIT_FAIL;
@@ -503,7 +503,8 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 {
     const char *p[] = {lock};
-    lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM locks WHERE lockno = $1 RETURNING device", 1, p);
+    lk_pg_result_t *r =
+        la_pg_exec(pg, "DELETE FROM locks WHERE lockno = $1 RETURNING device", 1, p);
     if (!r)
         return LA_EXIT_FAIL;
     int64_t n = r->nrows;
@@ -532,8 +533,8 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
     const char *z[] = {"ZREM", "lk:rounds", lock};
     s_tx_add(&tx, 4, a);
     s_tx_add(&tx, 3, z);
-    int rc = s_tx_run(ctx, &tx) == 0 && s_mirror_lock(ctx, pg, lock) == 0 ? LA_EXIT_OK
-                                                                          : LA_EXIT_FAIL;
+    int rc =
+        s_tx_run(ctx, &tx) == 0 && s_mirror_lock(ctx, pg, lock) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
     if (rc == LA_EXIT_OK && dev) {
         /* the device's credential goes with the lock */
         char *uk = la_user_key(ctx, dev), *ak = la_acl_key(ctx, dev);
@@ -559,12 +560,12 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 static int s_lock_list(la_ctx_t *ctx, lk_pg_t *pg)
 {
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT l.lockno, coalesce(l.model, ''), coalesce(l.window_ms::"
-                               "text, '-'), coalesce(l.quorum::text, '-'), coalesce(l.device, "
-                               "'-'), coalesce(string_agg(b.user_name || ':' || b.role, ' ' "
-                               "ORDER BY b.user_name, b.role), '') FROM locks l LEFT JOIN "
-                               "bindings b ON b.lockno = l.lockno GROUP BY l.lockno ORDER BY 1",
-                               0, NULL);
+                                   "SELECT l.lockno, coalesce(l.model, ''), coalesce(l.window_ms::"
+                                   "text, '-'), coalesce(l.quorum::text, '-'), coalesce(l.device, "
+                                   "'-'), coalesce(string_agg(b.user_name || ':' || b.role, ' ' "
+                                   "ORDER BY b.user_name, b.role), '') FROM locks l LEFT JOIN "
+                                   "bindings b ON b.lockno = l.lockno GROUP BY l.lockno ORDER BY 1",
+                                   0, NULL);
     if (!r)
         return LA_EXIT_FAIL;
     for (size_t i = 0; i < r->nrows; i++)
@@ -602,14 +603,14 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
 {
     lk_pg_result_t *users = la_pg_exec(pg, "SELECT name FROM users", 0, NULL);
     lk_pg_result_t *binds = users ? la_pg_exec(pg,
-                                           "SELECT user_name, lockno, string_agg(role, ' ' "
-                                           "ORDER BY role) FROM bindings GROUP BY 1, 2",
-                                           0, NULL)
+                                               "SELECT user_name, lockno, string_agg(role, ' ' "
+                                               "ORDER BY role) FROM bindings GROUP BY 1, 2",
+                                               0, NULL)
                                   : NULL;
     lk_pg_result_t *locks = binds ? la_pg_exec(pg,
-                                           "SELECT lockno, window_ms::text, quorum::text, "
-                                           "device FROM locks",
-                                           0, NULL)
+                                               "SELECT lockno, window_ms::text, quorum::text, "
+                                               "device FROM locks",
+                                               0, NULL)
                                   : NULL;
     int rc = LA_EXIT_FAIL;
     s_tx_t tx = {0};
@@ -761,9 +762,9 @@ int la_cmd_unbind(la_ctx_t *ctx, int argc, char **argv)
     int rc = LA_EXIT_FAIL;
     const char *p[] = {user, lock, role};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "DELETE FROM bindings WHERE user_name = $1 AND lockno = $2 AND "
-                               "($3::text IS NULL OR role = $3)",
-                               3, p);
+                                   "DELETE FROM bindings WHERE user_name = $1 AND lockno = $2 AND "
+                                   "($3::text IS NULL OR role = $3)",
+                                   3, p);
     if (r && s_mirror_pair(ctx, pg, user, lock) == 0) {
         printf("%" PRId64 " binding(s) of %s to %s removed\n", r->affected, user, lock);
         rc = LA_EXIT_OK;

@@ -64,8 +64,9 @@ static int s_dump(int argc, char **argv)
         while ((k = lk_msglog_reader_next(r, &rec)) == 1) {
             Lk__Envelope *env = lk__envelope__unpack(NULL, rec.len, rec.data);
             bool keep = true;
-            if (env && !all && (env->body_case == LK__ENVELOPE__BODY_HELLO ||
-                                env->body_case == LK__ENVELOPE__BODY__NOT_SET))
+            if (env && !all &&
+                (env->body_case == LK__ENVELOPE__BODY_HELLO ||
+                 env->body_case == LK__ENVELOPE__BODY__NOT_SET))
                 keep = false;
             if (env && n_types) {
                 keep = false;
@@ -242,7 +243,8 @@ static int s_replay(la_ctx_t *ctx, int argc, char **argv)
                 bool mine = env->body_case == LK__ENVELOPE__BODY_DELIVER;
                 for (size_t k = 0; mine && only_lock && k < env->deliver->n_items; k++) {
                     const Lk__Msg *m = env->deliver->items[k]->msg;
-                    mine = m && m->topic && strncmp(m->topic, lock_prefix, strlen(lock_prefix)) == 0;
+                    mine =
+                        m && m->topic && strncmp(m->topic, lock_prefix, strlen(lock_prefix)) == 0;
                 }
                 if (!mine) {
                     lk__envelope__free_unpacked(env, NULL);

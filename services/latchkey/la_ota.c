@@ -22,7 +22,6 @@
 
 #define S_REVOKE_WAIT_MS 2000
 
-
 /* runs a query whose one value is a JSON text and prints it (or `empty`) */
 static int s_print_json(lk_pg_t *pg, const char *sql, int n, const char *const *p,
                         const char *empty)
@@ -84,8 +83,8 @@ static int s_getopt(int argc, char **argv, const char *accepted, s_opts_t *o)
 
 /* a listing: the one JSON value of json_sql with --json, else the rows of table_sql under
    heads, each column as wide as widths[i] (negative: left-aligned) */
-static int s_print_list(lk_pg_t *pg, bool json, const char *json_sql, const char *table_sql,
-                        int n, const char *const *p, int ncols, const char *const *heads,
+static int s_print_list(lk_pg_t *pg, bool json, const char *json_sql, const char *table_sql, int n,
+                        const char *const *p, int ncols, const char *const *heads,
                         const int *widths)
 {
     if (json)
@@ -244,9 +243,9 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     snprintf(sz, sizeof(sz), "%" PRIu64, size);
     const char *p2[] = {model, version, sz, sha, sig, key_id};
     r = la_pg_exec(pg,
-               "INSERT INTO ota_images (model, version, size, sha256, signature, key_id) "
-               "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-               6, p2);
+                   "INSERT INTO ota_images (model, version, size, sha256, signature, key_id) "
+                   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                   6, p2);
     if (r) {
         printf("image %s: %s %s, %" PRIu64 " bytes, sha256 %s, signed by key %s\n",
                lk_pg_value(r, 0, 0), model, version, size, sha, key_id);
@@ -319,7 +318,8 @@ static int s_rm(la_ctx_t *ctx, int argc, char **argv)
     else {
         const char *sha = lk_pg_value(r, 0, 2);
         const char *ps[] = {sha};
-        lk_pg_result_t *o = la_pg_exec(pg, "SELECT count(*) FROM ota_images WHERE sha256 = $1", 1, ps);
+        lk_pg_result_t *o =
+            la_pg_exec(pg, "SELECT count(*) FROM ota_images WHERE sha256 = $1", 1, ps);
         if (o && strcmp(lk_pg_value(o, 0, 0), "0") == 0) {
             char *path = lk_ota_image_path(s_ota_dir(ctx), sha);
             unlink(path);
@@ -417,7 +417,8 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
     if (!pg)
         return LA_EXIT_FAIL;
     const char *p[] = {argv[1]};
-    lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM ota_devices WHERE id = $1 RETURNING token", 1, p);
+    lk_pg_result_t *r =
+        la_pg_exec(pg, "DELETE FROM ota_devices WHERE id = $1 RETURNING token", 1, p);
     int rc = LA_EXIT_FAIL;
     if (r && r->nrows == 0)
         fprintf(stderr, "latchkey: no device %s\n", argv[1]);
@@ -642,9 +643,9 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     bool in_tx = false;
     const char *pi[] = {image, img_model, img_version};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT id, model, version FROM ota_images WHERE ($2 <> '' AND "
-                               "model = $2 AND version = $3) OR ($2 = '' AND id::text = $1)",
-                               3, pi);
+                                   "SELECT id, model, version FROM ota_images WHERE ($2 <> '' AND "
+                                   "model = $2 AND version = $3) OR ($2 = '' AND id::text = $1)",
+                                   3, pi);
     if (!r)
         goto out;
     if (r->nrows != 1) {
@@ -664,11 +665,12 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
              target ? "" : devfile);
     const char *pr[] = {img_id, garr, success, *epct ? epct : NULL, *ecount ? ecount : NULL, start,
                         conc,   bps,  tgt_desc};
-    r = la_pg_exec(pg,
-               "INSERT INTO ota_rollouts (image_id, groups, success_pct, error_pct, error_count, "
-               "start_at, max_concurrent, max_bps, target) VALUES ($1, $2, $3, $4, $5, "
-               "coalesce($6::timestamptz, now()), $7, $8, $9) RETURNING id",
-               9, pr);
+    r = la_pg_exec(
+        pg,
+        "INSERT INTO ota_rollouts (image_id, groups, success_pct, error_pct, error_count, "
+        "start_at, max_concurrent, max_bps, target) VALUES ($1, $2, $3, $4, $5, "
+        "coalesce($6::timestamptz, now()), $7, $8, $9) RETURNING id",
+        9, pr);
     if (!r)
         goto out;
     char rid[24];
@@ -726,12 +728,12 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     }
     const char *pe[] = {rid};
     r = la_pg_exec(pg,
-               "INSERT INTO events (id, kind, actor, time, details) SELECT 'ota:r' || id || "
-               "':0', 'ota_rollout', 'latchkey', now(), jsonb_build_object('rollout', id, "
-               "'state', state, 'group', 0, 'reason', 'created', 'target', target, "
-               "'devices', (SELECT count(*) FROM ota_rollout_devices WHERE rollout_id = id)) "
-               "FROM ota_rollouts WHERE id = $1",
-               1, pe);
+                   "INSERT INTO events (id, kind, actor, time, details) SELECT 'ota:r' || id || "
+                   "':0', 'ota_rollout', 'latchkey', now(), jsonb_build_object('rollout', id, "
+                   "'state', state, 'group', 0, 'reason', 'created', 'target', target, "
+                   "'devices', (SELECT count(*) FROM ota_rollout_devices WHERE rollout_id = id)) "
+                   "FROM ota_rollouts WHERE id = $1",
+                   1, pe);
     if (!r)
         goto out;
     lk_pg_result_free(&r);
@@ -758,10 +760,10 @@ static int s_rollout_change(la_ctx_t *ctx, const char *id, const char *from, con
     if (lk_pg_begin(pg) != 0)
         goto out;
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT ota_rollout_set($1::bigint, $2::text[], $3, $4, NULL, "
-                               "NULL, 'latchkey'), (SELECT state FROM ota_rollouts WHERE id = "
-                               "$1::bigint)",
-                               4, p);
+                                   "SELECT ota_rollout_set($1::bigint, $2::text[], $3, $4, NULL, "
+                                   "NULL, 'latchkey'), (SELECT state FROM ota_rollouts WHERE id = "
+                                   "$1::bigint)",
+                                   4, p);
     if (r && strcmp(lk_pg_value(r, 0, 0), "t") == 0) {
         if (strcmp(to, "cancelled") == 0) {
             /* devices not yet done: cancelled, each with its event */
@@ -842,11 +844,12 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
         rc = LA_EXIT_OK;
     } else if (r) {
         lk_pg_result_free(&r);
-        r = la_pg_exec(pg,
-                   "SELECT ro.state, ro.reason, i.model || '/' || i.version, ro.current_group + 1, "
-                   "array_length(ro.groups, 1), ro.groups::text FROM ota_rollouts ro JOIN "
-                   "ota_images i ON i.id = ro.image_id WHERE ro.id::text = $1",
-                   1, p);
+        r = la_pg_exec(
+            pg,
+            "SELECT ro.state, ro.reason, i.model || '/' || i.version, ro.current_group + 1, "
+            "array_length(ro.groups, 1), ro.groups::text FROM ota_rollouts ro JOIN "
+            "ota_images i ON i.id = ro.image_id WHERE ro.id::text = $1",
+            1, p);
         if (r) {
             printf("rollout %s: %s%s%s, image %s, group %s of %s %s\n", id, lk_pg_value(r, 0, 0),
                    *lk_pg_value(r, 0, 1) ? " (" : "", lk_pg_value(r, 0, 1), lk_pg_value(r, 0, 2),
@@ -855,9 +858,9 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
                 printf("  reason: %s\n", lk_pg_value(r, 0, 1));
             lk_pg_result_free(&r);
             r = la_pg_exec(pg,
-                       "SELECT grp + 1, state, count(*) FROM ota_rollout_devices WHERE "
-                       "rollout_id::text = $1 GROUP BY grp, state ORDER BY grp, state",
-                       1, p);
+                           "SELECT grp + 1, state, count(*) FROM ota_rollout_devices WHERE "
+                           "rollout_id::text = $1 GROUP BY grp, state ORDER BY grp, state",
+                           1, p);
             for (size_t i = 0; r && i < r->nrows; i++)
                 printf("  group %s %-12s %s\n", lk_pg_value(r, i, 0), lk_pg_value(r, i, 1),
                        lk_pg_value(r, i, 2));

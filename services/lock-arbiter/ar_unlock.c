@@ -409,8 +409,7 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
     const char *status = r->items[0].str;
     if (strcmp(status, "duplicate") != 0) {
         char *user = ar_real_user(self, login);
-        s_result(self, lock, role, user ? user : login, status, r->items[1].str,
-                 r->items[2].str);
+        s_result(self, lock, role, user ? user : login, status, r->items[1].str, r->items[2].str);
         free(user);
     }
     s_expired_results(self, r, 3);
