@@ -127,13 +127,12 @@ static void s_key_id(EVP_PKEY *key, char out[17])
 {
     uint8_t raw[32], md[32];
     size_t n = sizeof(raw);
-    unsigned int mdlen = 0;
     char hex[65];
     if (EVP_PKEY_get_raw_public_key(key, raw, &n) != 1) {
         strcpy(out, "?");
         return;
     }
-    EVP_Digest(raw, n, md, &mdlen, EVP_sha256(), NULL);
+    lk_crypto_sha256(raw, n, md);
     s_hex(md, 32, hex);
     memcpy(out, hex, 16);
     out[16] = 0;

@@ -18,6 +18,7 @@
 #include "lk_tls.h"
 #include "lk_ws.h"
 #include "lk_http.h"
+#include "lk_pgq.h"
 #include "lk_zmtp.h"
 #include "lk_replicas.h"
 
@@ -38,6 +39,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_admin", lk_admin_test},
     {"lk_jwt", lk_jwt_test},
     {"lk_ota", lk_ota_test},
+    {"lk_pgq", lk_pgq_test},
     {"lk_http", lk_http_test},
     {"lk_ratelog", lk_ratelog_test},
     {"lk_replicas", lk_replicas_test},

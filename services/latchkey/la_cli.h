@@ -62,6 +62,9 @@ lk_redis_t *la_redis(la_ctx_t *ctx);
    printing the error (link failure or an error reply). Caller frees the reply. */
 lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv);
 
+/* la_redis_cmd when only success matters: 0, or -1 after printing the error */
+int la_redis_run(la_ctx_t *ctx, int argc, const char **argv);
+
 /* false after printing why when user cannot be a username (empty, control characters,
    too long; a ':' too when for_file) */
 bool la_username_ok(const char *user, bool for_file);
@@ -83,6 +86,9 @@ int la_acl_changed(la_ctx_t *ctx, char **users, int n, int timeout_ms);
    deleted in one transaction, then Revoke to auth (their clients disconnected). 0 or -1
    (printed); prints a count unless quiet. (la_lock.c) */
 int la_end_logins(la_ctx_t *ctx, char **users, int n_users, bool quiet);
+/* The same for the temporary logins named (not their users): credentials, mapping and
+   index entries in one transaction, then Revoke. 0 or -1 (printed). (la_lock.c) */
+int la_logins_end(la_ctx_t *ctx, char **names, int n, bool quiet);
 
 /* The Redis layout the CLI edits: the first of `redis` (the seed's: mqtt_user:<name>
    `password`, ACL values 1/2/3) and `emqx` (EMQX 5: mqtt:<name> `password_hash` + `salt`,

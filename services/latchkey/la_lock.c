@@ -40,16 +40,6 @@ static bool s_name_ok(const char *what, const char *s)
     return true;
 }
 
-/* one Redis command of strings; 0 or -1 (printed) */
-static int s_redis(la_ctx_t *ctx, int argc, const char **argv)
-{
-    lk_redis_reply_t *r = la_redis_cmd(ctx, argc, argv);
-    if (!r)
-        return -1;
-    lk_redis_reply_free(&r);
-    return 0;
-}
-
 /* ---- Redis transactions: commands collected, then sent as MULTI ... EXEC ---- */
 
 typedef struct {
@@ -162,32 +152,37 @@ static void s_names_free(char **names, int n)
     free(names);
 }
 
+int la_logins_end(la_ctx_t *ctx, char **names, int n, bool quiet)
+{
+    if (n == 0)
+        return 0;
+    s_tx_t tx = {0};
+    for (int i = 0; i < n; i++) {
+        char *uk = la_user_key(ctx, names[i]), *ak = la_acl_key(ctx, names[i]);
+        char lk_[300];
+        snprintf(lk_, sizeof(lk_), "lk:login:%s", names[i]);
+        const char *d[] = {"DEL", uk, ak, lk_};
+        s_tx_add(&tx, 4, d);
+        const char *z[] = {"ZREM", "lk:arb:logins", names[i]};
+        s_tx_add(&tx, 3, z);
+        free(uk);
+        free(ak);
+    }
+    int rc = s_tx_run(ctx, &tx);
+    if (rc == 0 && la_revoke(ctx, names, n, 2000) != 0)
+        rc = -1;
+    if (rc == 0 && !quiet)
+        printf("%d temporary login(s) ended\n", n);
+    return rc;
+}
+
 int la_end_logins(la_ctx_t *ctx, char **users, int n_users, bool quiet)
 {
     int n = 0;
     char **ended = s_logins_of(ctx, users, n_users, &n);
     if (!ended)
         return -1;
-    int rc = 0;
-    if (n) {
-        s_tx_t tx = {0};
-        for (int i = 0; i < n; i++) {
-            char *uk = la_user_key(ctx, ended[i]), *ak = la_acl_key(ctx, ended[i]);
-            char lk_[300];
-            snprintf(lk_, sizeof(lk_), "lk:login:%s", ended[i]);
-            const char *d[] = {"DEL", uk, ak, lk_};
-            s_tx_add(&tx, 4, d);
-            const char *z[] = {"ZREM", "lk:arb:logins", ended[i]};
-            s_tx_add(&tx, 3, z);
-            free(uk);
-            free(ak);
-        }
-        rc = s_tx_run(ctx, &tx);
-        if (rc == 0 && la_revoke(ctx, ended, n, 2000) != 0)
-            rc = -1;
-        if (rc == 0 && !quiet)
-            printf("%d temporary login(s) ended\n", n);
-    }
+    int rc = la_logins_end(ctx, ended, n, quiet);
     s_names_free(ended, n);
     return rc;
 }
@@ -206,9 +201,9 @@ static int s_mirror_pair(la_ctx_t *ctx, lk_pg_t *pg, const char *user, const cha
 {
     const char *p[] = {user, lock};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT string_agg(role, ' ' ORDER BY role) FROM bindings "
-                               "WHERE user_name = $1 AND lockno = $2",
-                               2, p);
+                                   "SELECT string_agg(role, ' ' ORDER BY role) FROM bindings "
+                                   "WHERE user_name = $1 AND lockno = $2",
+                                   2, p);
     if (!r)
         return -1;
     const char *roles = lk_pg_value(r, 0, 0);
@@ -219,11 +214,11 @@ static int s_mirror_pair(la_ctx_t *ctx, lk_pg_t *pg, const char *user, const cha
     if (roles && *roles) {
         const char *a[] = {"HSET", kb, user, roles};
         const char *b[] = {"HSET", ku, lock, roles};
-        rc = s_redis(ctx, 4, a) | s_redis(ctx, 4, b);
+        rc = la_redis_run(ctx, 4, a) | la_redis_run(ctx, 4, b);
     } else {
         const char *a[] = {"HDEL", kb, user};
         const char *b[] = {"HDEL", ku, lock};
-        rc = s_redis(ctx, 3, a) | s_redis(ctx, 3, b);
+        rc = la_redis_run(ctx, 3, a) | la_redis_run(ctx, 3, b);
     }
     lk_pg_result_free(&r);
     return rc;
@@ -243,7 +238,7 @@ static int s_user_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
             return LA_EXIT_FAIL;
         lk_pg_result_free(&r);
         const char *a[] = {"SADD", "lk:users", argv[i]};
-        if (s_redis(ctx, 3, a) != 0)
+        if (la_redis_run(ctx, 3, a) != 0)
             return LA_EXIT_FAIL;
         printf("user %s added\n", argv[i]);
     }
@@ -269,12 +264,12 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
             char kb[300];
             snprintf(kb, sizeof(kb), "lk:bind:%s", locks->items[k].str);
             const char *a[] = {"HDEL", kb, argv[i]};
-            s_redis(ctx, 3, a);
+            la_redis_run(ctx, 3, a);
         }
         lk_redis_reply_free(&locks);
         const char *a[] = {"DEL", ku};
         const char *b[] = {"SREM", "lk:users", argv[i]};
-        if (s_redis(ctx, 2, a) != 0 || s_redis(ctx, 3, b) != 0)
+        if (la_redis_run(ctx, 2, a) != 0 || la_redis_run(ctx, 3, b) != 0)
             return LA_EXIT_FAIL;
         printf("user %s %s\n", argv[i], n ? "deleted with its bindings" : "did not exist");
         /* access that ends: its temporary logins at once, its own account's lock rules */
@@ -288,10 +283,10 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 static int s_user_list(lk_pg_t *pg)
 {
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT u.name, coalesce(string_agg(b.lockno || ':' || b.role, "
-                               "' ' ORDER BY b.lockno, b.role), '') FROM users u LEFT JOIN "
-                               "bindings b ON b.user_name = u.name GROUP BY u.name ORDER BY 1",
-                               0, NULL);
+                                   "SELECT u.name, coalesce(string_agg(b.lockno || ':' || b.role, "
+                                   "' ' ORDER BY b.lockno, b.role), '') FROM users u LEFT JOIN "
+                                   "bindings b ON b.user_name = u.name GROUP BY u.name ORDER BY 1",
+                                   0, NULL);
     if (!r)
         return LA_EXIT_FAIL;
     for (size_t i = 0; i < r->nrows; i++)
@@ -325,9 +320,9 @@ static int s_mirror_lock(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 {
     const char *p[] = {lock};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT window_ms::text, quorum::text, device FROM locks WHERE "
-                               "lockno = $1",
-                               1, p);
+                                   "SELECT window_ms::text, quorum::text, device FROM locks WHERE "
+                                   "lockno = $1",
+                                   1, p);
     if (!r)
         return -1;
     char kc[300], kd[300];
@@ -392,7 +387,7 @@ static int s_device_credential(la_ctx_t *ctx, const char *lock, const char *dev,
     snprintf(call, sizeof(call), "/%s/call", lock);
     const char *a[] = {"DEL", ak};
     const char *b[] = {"HSET", ak, statu, emqx ? "publish" : "2", call, emqx ? "subscribe" : "1"};
-    int rc = s_redis(ctx, 2, a) | s_redis(ctx, 6, b);
+    int rc = la_redis_run(ctx, 2, a) | la_redis_run(ctx, 6, b);
     free(ak);
     if (rc != 0)
         return -1;
@@ -482,11 +477,11 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
     lk_pg_result_free(&r);
     const char *p[] = {lock, model, window ? window_ms : NULL, quorum, dev};
     r = la_pg_exec(pg,
-               "INSERT INTO locks (lockno, model, window_ms, quorum, device) VALUES ($1, $2, "
-               "$3::bigint, $4::int, $5) ON CONFLICT (lockno) DO UPDATE SET model = "
-               "coalesce($2, locks.model), window_ms = coalesce($3::bigint, locks.window_ms), "
-               "quorum = coalesce($4::int, locks.quorum), device = $5",
-               5, p);
+                   "INSERT INTO locks (lockno, model, window_ms, quorum, device) VALUES ($1, $2, "
+                   "$3::bigint, $4::int, $5) ON CONFLICT (lockno) DO UPDATE SET model = "
+                   "coalesce($2, locks.model), window_ms = coalesce($3::bigint, locks.window_ms), "
+                   "quorum = coalesce($4::int, locks.quorum), device = $5",
+                   5, p);
     if (!r) {
         free(dev);
         return LA_EXIT_FAIL;
@@ -508,7 +503,8 @@ static int s_lock_add(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
 static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 {
     const char *p[] = {lock};
-    lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM locks WHERE lockno = $1 RETURNING device", 1, p);
+    lk_pg_result_t *r =
+        la_pg_exec(pg, "DELETE FROM locks WHERE lockno = $1 RETURNING device", 1, p);
     if (!r)
         return LA_EXIT_FAIL;
     int64_t n = r->nrows;
@@ -537,13 +533,13 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
     const char *z[] = {"ZREM", "lk:rounds", lock};
     s_tx_add(&tx, 4, a);
     s_tx_add(&tx, 3, z);
-    int rc = s_tx_run(ctx, &tx) == 0 && s_mirror_lock(ctx, pg, lock) == 0 ? LA_EXIT_OK
-                                                                          : LA_EXIT_FAIL;
+    int rc =
+        s_tx_run(ctx, &tx) == 0 && s_mirror_lock(ctx, pg, lock) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
     if (rc == LA_EXIT_OK && dev) {
         /* the device's credential goes with the lock */
         char *uk = la_user_key(ctx, dev), *ak = la_acl_key(ctx, dev);
         const char *d[] = {"DEL", uk, ak};
-        s_redis(ctx, 3, d);
+        la_redis_run(ctx, 3, d);
         free(uk);
         free(ak);
         char *rv[] = {dev};
@@ -564,12 +560,12 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
 static int s_lock_list(la_ctx_t *ctx, lk_pg_t *pg)
 {
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT l.lockno, coalesce(l.model, ''), coalesce(l.window_ms::"
-                               "text, '-'), coalesce(l.quorum::text, '-'), coalesce(l.device, "
-                               "'-'), coalesce(string_agg(b.user_name || ':' || b.role, ' ' "
-                               "ORDER BY b.user_name, b.role), '') FROM locks l LEFT JOIN "
-                               "bindings b ON b.lockno = l.lockno GROUP BY l.lockno ORDER BY 1",
-                               0, NULL);
+                                   "SELECT l.lockno, coalesce(l.model, ''), coalesce(l.window_ms::"
+                                   "text, '-'), coalesce(l.quorum::text, '-'), coalesce(l.device, "
+                                   "'-'), coalesce(string_agg(b.user_name || ':' || b.role, ' ' "
+                                   "ORDER BY b.user_name, b.role), '') FROM locks l LEFT JOIN "
+                                   "bindings b ON b.lockno = l.lockno GROUP BY l.lockno ORDER BY 1",
+                                   0, NULL);
     if (!r)
         return LA_EXIT_FAIL;
     for (size_t i = 0; i < r->nrows; i++)
@@ -607,14 +603,14 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
 {
     lk_pg_result_t *users = la_pg_exec(pg, "SELECT name FROM users", 0, NULL);
     lk_pg_result_t *binds = users ? la_pg_exec(pg,
-                                           "SELECT user_name, lockno, string_agg(role, ' ' "
-                                           "ORDER BY role) FROM bindings GROUP BY 1, 2",
-                                           0, NULL)
+                                               "SELECT user_name, lockno, string_agg(role, ' ' "
+                                               "ORDER BY role) FROM bindings GROUP BY 1, 2",
+                                               0, NULL)
                                   : NULL;
     lk_pg_result_t *locks = binds ? la_pg_exec(pg,
-                                           "SELECT lockno, window_ms::text, quorum::text, "
-                                           "device FROM locks",
-                                           0, NULL)
+                                               "SELECT lockno, window_ms::text, quorum::text, "
+                                               "device FROM locks",
+                                               0, NULL)
                                   : NULL;
     int rc = LA_EXIT_FAIL;
     s_tx_t tx = {0};
@@ -766,9 +762,9 @@ int la_cmd_unbind(la_ctx_t *ctx, int argc, char **argv)
     int rc = LA_EXIT_FAIL;
     const char *p[] = {user, lock, role};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "DELETE FROM bindings WHERE user_name = $1 AND lockno = $2 AND "
-                               "($3::text IS NULL OR role = $3)",
-                               3, p);
+                                   "DELETE FROM bindings WHERE user_name = $1 AND lockno = $2 AND "
+                                   "($3::text IS NULL OR role = $3)",
+                                   3, p);
     if (r && s_mirror_pair(ctx, pg, user, lock) == 0) {
         printf("%" PRId64 " binding(s) of %s to %s removed\n", r->affected, user, lock);
         rc = LA_EXIT_OK;

@@ -64,8 +64,9 @@ static int s_dump(int argc, char **argv)
         while ((k = lk_msglog_reader_next(r, &rec)) == 1) {
             Lk__Envelope *env = lk__envelope__unpack(NULL, rec.len, rec.data);
             bool keep = true;
-            if (env && !all && (env->body_case == LK__ENVELOPE__BODY_HELLO ||
-                                env->body_case == LK__ENVELOPE__BODY__NOT_SET))
+            if (env && !all &&
+                (env->body_case == LK__ENVELOPE__BODY_HELLO ||
+                 env->body_case == LK__ENVELOPE__BODY__NOT_SET))
                 keep = false;
             if (env && n_types) {
                 keep = false;
@@ -115,7 +116,7 @@ static void s_apply_snapshot(la_ctx_t *ctx, const Lk__LockSnapshot *sn, bool fir
     snprintf(kc, sizeof(kc), "lk:lockcfg:%s", sn->lock);
     snprintf(kr, sizeof(kr), "lk:round:%s", sn->lock);
     const char *d[] = {"DEL", kb, kc};
-    lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 3, d)});
+    la_redis_run(ctx, 3, d);
     for (size_t i = 0; i < sn->n_bindings; i++) {
         char *copy = lk_strdup(sn->bindings[i]), *tab = strchr(copy, '\t');
         if (tab) {
@@ -125,34 +126,33 @@ static void s_apply_snapshot(la_ctx_t *ctx, const Lk__LockSnapshot *sn, bool fir
             const char *a[] = {"HSET", kb, copy, tab + 1};
             const char *b[] = {"HSET", ku, sn->lock, tab + 1};
             const char *u[] = {"SADD", "lk:users", copy};
-            lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 4, a)});
-            lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 4, b)});
-            lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 3, u)});
+            la_redis_run(ctx, 4, a);
+            la_redis_run(ctx, 4, b);
+            la_redis_run(ctx, 3, u);
         }
         free(copy);
     }
     if (sn->window_ms && *sn->window_ms) {
         const char *a[] = {"HSET", kc, "window_ms", sn->window_ms};
-        lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 4, a)});
+        la_redis_run(ctx, 4, a);
     }
     if (sn->quorum && *sn->quorum) {
         const char *a[] = {"HSET", kc, "quorum", sn->quorum};
-        lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 4, a)});
+        la_redis_run(ctx, 4, a);
     }
     if (sn->user && *sn->user && sn->login && *sn->login) {
         /* the mapping only, for one hour: no credential is created */
         char kl[300];
         snprintf(kl, sizeof(kl), "lk:login:%s", sn->login);
         const char *a[] = {"SET", kl, sn->user, "EX", "3600"};
-        lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 5, a)});
+        la_redis_run(ctx, 5, a);
     }
     if (first && sn->n_round == 0) {
         const char *a[] = {"DEL", kr};
-        lk_redis_reply_free(&(lk_redis_reply_t *){la_redis_cmd(ctx, 2, a)});
+        la_redis_run(ctx, 2, a);
     }
     /* a round open when the recording began is rebuilt once; later ones grow by replay
        (its times are the recorded ones: a recording should start before the round) */
-    (void)first;
 }
 
 static int s_replay(la_ctx_t *ctx, int argc, char **argv)
@@ -243,7 +243,8 @@ static int s_replay(la_ctx_t *ctx, int argc, char **argv)
                 bool mine = env->body_case == LK__ENVELOPE__BODY_DELIVER;
                 for (size_t k = 0; mine && only_lock && k < env->deliver->n_items; k++) {
                     const Lk__Msg *m = env->deliver->items[k]->msg;
-                    mine = m && m->topic && strncmp(m->topic, lock_prefix, strlen(lock_prefix)) == 0;
+                    mine =
+                        m && m->topic && strncmp(m->topic, lock_prefix, strlen(lock_prefix)) == 0;
                 }
                 if (!mine) {
                     lk__envelope__free_unpacked(env, NULL);

@@ -140,19 +140,8 @@ static int s_login_end(la_ctx_t *ctx, int n, char **names)
             fprintf(stderr, "latchkey: '%s' is no active temporary login\n", names[i]);
             return LA_EXIT_FAIL;
         }
-        char *uk = la_user_key(ctx, names[i]), *ak = la_acl_key(ctx, names[i]);
-        const char *d[] = {"DEL", uk, ak, kl};
-        const char *z[] = {"ZREM", "lk:arb:logins", names[i]};
-        lk_redis_reply_t *x = la_redis_cmd(ctx, 4, d), *y = la_redis_cmd(ctx, 3, z);
-        lk_redis_reply_free(&x);
-        lk_redis_reply_free(&y);
-        free(uk);
-        free(ak);
     }
-    if (la_revoke(ctx, names, n, 2000) != 0)
-        return LA_EXIT_FAIL;
-    printf("%d temporary login(s) ended\n", n);
-    return LA_EXIT_OK;
+    return la_logins_end(ctx, names, n, false) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
 }
 
 int la_cmd_login(la_ctx_t *ctx, int argc, char **argv)

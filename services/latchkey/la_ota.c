@@ -22,7 +22,6 @@
 
 #define S_REVOKE_WAIT_MS 2000
 
-
 /* runs a query whose one value is a JSON text and prints it (or `empty`) */
 static int s_print_json(lk_pg_t *pg, const char *sql, int n, const char *const *p,
                         const char *empty)
@@ -32,6 +31,71 @@ static int s_print_json(lk_pg_t *pg, const char *sql, int n, const char *const *
         return LA_EXIT_FAIL;
     const char *v = lk_pg_value(r, 0, 0);
     printf("%s\n", v ? v : empty);
+    lk_pg_result_free(&r);
+    return LA_EXIT_OK;
+}
+
+/* the options of the image and device subcommands; each accepts those of its optstring */
+typedef struct {
+    const char *model, *version, *key, *token, *protocol;
+    bool json;
+} s_opts_t;
+
+/* parses the options of argv that `accepted` ("m:v:j") names into o (left as given for
+   those absent); the index of the first operand, or -1 on an option not accepted */
+static int s_getopt(int argc, char **argv, const char *accepted, s_opts_t *o)
+{
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"version", required_argument, NULL, 'v'},
+                                         {"key", required_argument, NULL, 'k'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {"protocol", required_argument, NULL, 'p'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, accepted, opts, NULL)) != -1) {
+        if (c == '?' || c == ':' || !strchr(accepted, c))
+            return -1;
+        switch (c) {
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'v':
+            o->version = optarg;
+            break;
+        case 'k':
+            o->key = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'p':
+            o->protocol = optarg;
+            break;
+        case 'j':
+            o->json = true;
+            break;
+        }
+    }
+    return optind;
+}
+
+/* a listing: the one JSON value of json_sql with --json, else the rows of table_sql under
+   heads, each column as wide as widths[i] (negative: left-aligned) */
+static int s_print_list(lk_pg_t *pg, bool json, const char *json_sql, const char *table_sql, int n,
+                        const char *const *p, int ncols, const char *const *heads,
+                        const int *widths)
+{
+    if (json)
+        return s_print_json(pg, json_sql, n, p, "[]");
+    lk_pg_result_t *r = la_pg_exec(pg, table_sql, n, p);
+    if (!r)
+        return LA_EXIT_FAIL;
+    for (size_t i = 0; i <= r->nrows; i++)
+        for (int k = 0; k < ncols; k++)
+            printf("%*s%s", widths[k], i ? lk_pg_value(r, i - 1, k) : heads[k],
+                   k + 1 < ncols ? " " : "\n");
     lk_pg_result_free(&r);
     return LA_EXIT_OK;
 }
@@ -107,25 +171,10 @@ static int s_copy_into(const char *src, const char *dst)
 
 static int s_add(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {"key", required_argument, NULL, 'k'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL;
-    const char *key = lk_config_get(ctx->config, "ota_key", NULL);
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:k:", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else if (c == 'k')
-            key = optarg;
-        else
-            return la_usage("ota");
-    }
-    if (optind != argc - 1 || !model || !version)
+    s_opts_t o = {.key = lk_config_get(ctx->config, "ota_key", NULL)};
+    int first = s_getopt(argc, argv, "m:v:k:", &o);
+    const char *model = o.model, *version = o.version, *key = o.key;
+    if (first != argc - 1 || !model || !version)
         return la_usage("ota");
     if (!key || !*key) {
         fprintf(stderr, "latchkey: no signing key: --key <dir>/ota.key or ota_key in the "
@@ -134,7 +183,7 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     }
     if (!s_name_ok("model", model) || !s_name_ok("version", version))
         return LA_EXIT_USAGE;
-    const char *file = argv[optind];
+    const char *file = argv[first];
     char sha[65];
     uint64_t size = 0;
     if (lk_ota_file_sha256(file, sha, &size) != 0) {
@@ -194,9 +243,9 @@ static int s_add(la_ctx_t *ctx, int argc, char **argv)
     snprintf(sz, sizeof(sz), "%" PRIu64, size);
     const char *p2[] = {model, version, sz, sha, sig, key_id};
     r = la_pg_exec(pg,
-               "INSERT INTO ota_images (model, version, size, sha256, signature, key_id) "
-               "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-               6, p2);
+                   "INSERT INTO ota_images (model, version, size, sha256, signature, key_id) "
+                   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                   6, p2);
     if (r) {
         printf("image %s: %s %s, %" PRIu64 " bytes, sha256 %s, signed by key %s\n",
                lk_pg_value(r, 0, 0), model, version, size, sha, key_id);
@@ -211,68 +260,32 @@ out:
 
 static int s_list(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL;
-    bool json = false;
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:j", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'j')
-            json = true;
-        else
-            return la_usage("ota");
-    }
+    s_opts_t o = {0};
+    if (s_getopt(argc, argv, "m:j", &o) < 0)
+        return la_usage("ota");
     lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
-    const char *p[] = {model};
-    int rc;
-    if (json)
-        rc = s_print_json(pg,
+    const char *p[] = {o.model};
+    static const char *const heads[] = {"ID", "MODEL", "VERSION", "SIZE", "SHA256"};
+    static const int widths[] = {-5, -16, -12, 10, 0};
+    int rc = s_print_list(pg, o.json,
                           "SELECT coalesce(json_agg(json_build_object('id', id, 'model', model, "
                           "'version', version, 'size', size, 'sha256', sha256, 'signature', "
                           "signature, 'key_id', key_id) ORDER BY model, id), '[]')::text FROM "
                           "ota_images WHERE $1::text IS NULL OR model = $1",
-                          1, p, "[]");
-    else {
-        lk_pg_result_t *r = la_pg_exec(pg,
-                                   "SELECT id, model, version, size, sha256 FROM ota_images "
-                                   "WHERE $1::text IS NULL OR model = $1 ORDER BY model, id",
-                                   1, p);
-        rc = r ? LA_EXIT_OK : LA_EXIT_FAIL;
-        if (r) {
-            printf("%-5s %-16s %-12s %10s %s\n", "ID", "MODEL", "VERSION", "SIZE", "SHA256");
-            for (size_t i = 0; i < r->nrows; i++)
-                printf("%-5s %-16s %-12s %10s %s\n", lk_pg_value(r, i, 0), lk_pg_value(r, i, 1),
-                       lk_pg_value(r, i, 2), lk_pg_value(r, i, 3), lk_pg_value(r, i, 4));
-        }
-        lk_pg_result_free(&r);
-    }
+                          "SELECT id, model, version, size, sha256 FROM ota_images "
+                          "WHERE $1::text IS NULL OR model = $1 ORDER BY model, id",
+                          1, p, 5, heads, widths);
     lk_pg_destroy(&pg);
     return rc;
 }
 
 static int s_rm(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL;
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else
-            return la_usage("ota");
-    }
-    if (optind != argc || !model || !version)
+    s_opts_t o = {0};
+    const char *model, *version;
+    if (s_getopt(argc, argv, "m:v:", &o) != argc || !(model = o.model) || !(version = o.version))
         return la_usage("ota");
     lk_pg_t *pg = la_pg(ctx);
     if (!pg)
@@ -305,7 +318,8 @@ static int s_rm(la_ctx_t *ctx, int argc, char **argv)
     else {
         const char *sha = lk_pg_value(r, 0, 2);
         const char *ps[] = {sha};
-        lk_pg_result_t *o = la_pg_exec(pg, "SELECT count(*) FROM ota_images WHERE sha256 = $1", 1, ps);
+        lk_pg_result_t *o =
+            la_pg_exec(pg, "SELECT count(*) FROM ota_images WHERE sha256 = $1", 1, ps);
         if (o && strcmp(lk_pg_value(o, 0, 0), "0") == 0) {
             char *path = lk_ota_image_path(s_ota_dir(ctx), sha);
             unlink(path);
@@ -323,15 +337,6 @@ out:
 
 /* ---- devices ---------------------------------------------------------------------- */
 
-static int s_redis_set(la_ctx_t *ctx, int argc, const char **argv)
-{
-    lk_redis_reply_t *r = la_redis_cmd(ctx, argc, argv);
-    if (!r)
-        return -1;
-    lk_redis_reply_free(&r);
-    return 0;
-}
-
 /* the device's credential and ACL in Redis */
 static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token, const char *model,
                                const char *protocol)
@@ -342,18 +347,18 @@ static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token,
     char mount[300], f1[300], f2[300];
     int rc = 0;
     const char *del[] = {"DEL", ukey, akey};
-    rc |= s_redis_set(ctx, 3, del);
+    rc |= la_redis_run(ctx, 3, del);
     if (strcmp(protocol, "tb") == 0) {
         snprintf(mount, sizeof(mount), "tb/%s/", id);
         const char *u[] = {"HSET", ukey, "token_auth", "1", "mountpoint", mount};
         const char *a[] = {"HSET", akey, "v1/devices/me/#", both, "v2/fw/#", both};
-        rc |= s_redis_set(ctx, 6, u) | s_redis_set(ctx, 6, a);
+        rc |= la_redis_run(ctx, 6, u) | la_redis_run(ctx, 6, a);
     } else {
         snprintf(f1, sizeof(f1), "lk/ota/%s/#", id);
         snprintf(f2, sizeof(f2), "lk/ota/announce/%s/#", model);
         const char *u[] = {"HSET", ukey, "token_auth", "1"};
         const char *a[] = {"HSET", akey, f1, both, f2, sub};
-        rc |= s_redis_set(ctx, 4, u) | s_redis_set(ctx, 6, a);
+        rc |= la_redis_run(ctx, 4, u) | la_redis_run(ctx, 6, a);
     }
     free(ukey);
     free(akey);
@@ -362,29 +367,12 @@ static int s_device_credential(la_ctx_t *ctx, const char *id, const char *token,
 
 static int s_device_add(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {"token", required_argument, NULL, 't'},
-                                         {"protocol", required_argument, NULL, 'p'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL, *token = NULL, *protocol = "tb";
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:t:p:", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else if (c == 't')
-            token = optarg;
-        else if (c == 'p')
-            protocol = optarg;
-        else
-            return la_usage("ota");
-    }
-    if (optind != argc - 1 || !model)
+    s_opts_t o = {.protocol = "tb"};
+    int first = s_getopt(argc, argv, "m:v:t:p:", &o);
+    const char *model = o.model, *version = o.version, *token = o.token, *protocol = o.protocol;
+    if (first != argc - 1 || !model)
         return la_usage("ota");
-    const char *id = argv[optind];
+    const char *id = argv[first];
     if (strcmp(protocol, "tb") && strcmp(protocol, "lk")) {
         fprintf(stderr, "latchkey: --protocol is tb (ThingsBoard) or lk (Latchkey)\n");
         return LA_EXIT_USAGE;
@@ -429,7 +417,8 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
     if (!pg)
         return LA_EXIT_FAIL;
     const char *p[] = {argv[1]};
-    lk_pg_result_t *r = la_pg_exec(pg, "DELETE FROM ota_devices WHERE id = $1 RETURNING token", 1, p);
+    lk_pg_result_t *r =
+        la_pg_exec(pg, "DELETE FROM ota_devices WHERE id = $1 RETURNING token", 1, p);
     int rc = LA_EXIT_FAIL;
     if (r && r->nrows == 0)
         fprintf(stderr, "latchkey: no device %s\n", argv[1]);
@@ -437,7 +426,7 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
         char *token = lk_strdup(lk_pg_value(r, 0, 0));
         char *ukey = la_user_key(ctx, token), *akey = la_acl_key(ctx, token);
         const char *del[] = {"DEL", ukey, akey};
-        rc = s_redis_set(ctx, 3, del) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
+        rc = la_redis_run(ctx, 3, del) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
         if (la_revoke(ctx, &token, 1, S_REVOKE_WAIT_MS) != 0)
             fprintf(stderr, "latchkey: the device's connections were not closed\n");
         free(ukey);
@@ -453,55 +442,25 @@ static int s_device_rm(la_ctx_t *ctx, int argc, char **argv)
 
 static int s_devices(la_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"version", required_argument, NULL, 'v'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = NULL, *version = NULL;
-    bool json = false;
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "m:v:j", opts, NULL)) != -1) {
-        if (c == 'm')
-            model = optarg;
-        else if (c == 'v')
-            version = optarg;
-        else if (c == 'j')
-            json = true;
-        else
-            return la_usage("ota");
-    }
+    s_opts_t o = {0};
+    if (s_getopt(argc, argv, "m:v:j", &o) < 0)
+        return la_usage("ota");
     lk_pg_t *pg = la_pg(ctx);
     if (!pg)
         return LA_EXIT_FAIL;
-    const char *p[] = {model, version};
-    int rc;
-    if (json)
-        rc = s_print_json(
-            pg,
-            "SELECT coalesce(json_agg(json_build_object('id', id, 'model', model, 'version', "
-            "version, 'protocol', protocol, 'fw_state', fw_state, 'reported', reported) ORDER "
-            "BY id), '[]')::text FROM ota_devices WHERE ($1::text IS NULL OR model = $1) AND "
-            "($2::text IS NULL OR version = $2)",
-            2, p, "[]");
-    else {
-        lk_pg_result_t *r = la_pg_exec(pg,
-                                   "SELECT id, model, coalesce(version, '-'), protocol, "
-                                   "coalesce(fw_state, '-'), coalesce(reported::text, '-') "
-                                   "FROM ota_devices WHERE ($1::text IS NULL OR model = $1) "
-                                   "AND ($2::text IS NULL OR version = $2) ORDER BY id",
-                                   2, p);
-        rc = r ? LA_EXIT_OK : LA_EXIT_FAIL;
-        if (r) {
-            printf("%-20s %-16s %-12s %-4s %-12s %s\n", "ID", "MODEL", "VERSION", "PROT", "STATE",
-                   "REPORTED");
-            for (size_t i = 0; i < r->nrows; i++)
-                printf("%-20s %-16s %-12s %-4s %-12s %s\n", lk_pg_value(r, i, 0),
-                       lk_pg_value(r, i, 1), lk_pg_value(r, i, 2), lk_pg_value(r, i, 3),
-                       lk_pg_value(r, i, 4), lk_pg_value(r, i, 5));
-        }
-        lk_pg_result_free(&r);
-    }
+    const char *p[] = {o.model, o.version};
+    static const char *const heads[] = {"ID", "MODEL", "VERSION", "PROT", "STATE", "REPORTED"};
+    static const int widths[] = {-20, -16, -12, -4, -12, 0};
+    int rc = s_print_list(
+        pg, o.json,
+        "SELECT coalesce(json_agg(json_build_object('id', id, 'model', model, 'version', "
+        "version, 'protocol', protocol, 'fw_state', fw_state, 'reported', reported) ORDER "
+        "BY id), '[]')::text FROM ota_devices WHERE ($1::text IS NULL OR model = $1) AND "
+        "($2::text IS NULL OR version = $2)",
+        "SELECT id, model, coalesce(version, '-'), protocol, coalesce(fw_state, '-'), "
+        "coalesce(reported::text, '-') FROM ota_devices WHERE ($1::text IS NULL OR model = $1) "
+        "AND ($2::text IS NULL OR version = $2) ORDER BY id",
+        2, p, 6, heads, widths);
     lk_pg_destroy(&pg);
     return rc;
 }
@@ -684,9 +643,9 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     bool in_tx = false;
     const char *pi[] = {image, img_model, img_version};
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT id, model, version FROM ota_images WHERE ($2 <> '' AND "
-                               "model = $2 AND version = $3) OR ($2 = '' AND id::text = $1)",
-                               3, pi);
+                                   "SELECT id, model, version FROM ota_images WHERE ($2 <> '' AND "
+                                   "model = $2 AND version = $3) OR ($2 = '' AND id::text = $1)",
+                                   3, pi);
     if (!r)
         goto out;
     if (r->nrows != 1) {
@@ -706,11 +665,12 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
              target ? "" : devfile);
     const char *pr[] = {img_id, garr, success, *epct ? epct : NULL, *ecount ? ecount : NULL, start,
                         conc,   bps,  tgt_desc};
-    r = la_pg_exec(pg,
-               "INSERT INTO ota_rollouts (image_id, groups, success_pct, error_pct, error_count, "
-               "start_at, max_concurrent, max_bps, target) VALUES ($1, $2, $3, $4, $5, "
-               "coalesce($6::timestamptz, now()), $7, $8, $9) RETURNING id",
-               9, pr);
+    r = la_pg_exec(
+        pg,
+        "INSERT INTO ota_rollouts (image_id, groups, success_pct, error_pct, error_count, "
+        "start_at, max_concurrent, max_bps, target) VALUES ($1, $2, $3, $4, $5, "
+        "coalesce($6::timestamptz, now()), $7, $8, $9) RETURNING id",
+        9, pr);
     if (!r)
         goto out;
     char rid[24];
@@ -768,12 +728,12 @@ static int s_rollout_create(la_ctx_t *ctx, int argc, char **argv)
     }
     const char *pe[] = {rid};
     r = la_pg_exec(pg,
-               "INSERT INTO events (id, kind, actor, time, details) SELECT 'ota:r' || id || "
-               "':0', 'ota_rollout', 'latchkey', now(), jsonb_build_object('rollout', id, "
-               "'state', state, 'group', 0, 'reason', 'created', 'target', target, "
-               "'devices', (SELECT count(*) FROM ota_rollout_devices WHERE rollout_id = id)) "
-               "FROM ota_rollouts WHERE id = $1",
-               1, pe);
+                   "INSERT INTO events (id, kind, actor, time, details) SELECT 'ota:r' || id || "
+                   "':0', 'ota_rollout', 'latchkey', now(), jsonb_build_object('rollout', id, "
+                   "'state', state, 'group', 0, 'reason', 'created', 'target', target, "
+                   "'devices', (SELECT count(*) FROM ota_rollout_devices WHERE rollout_id = id)) "
+                   "FROM ota_rollouts WHERE id = $1",
+                   1, pe);
     if (!r)
         goto out;
     lk_pg_result_free(&r);
@@ -800,10 +760,10 @@ static int s_rollout_change(la_ctx_t *ctx, const char *id, const char *from, con
     if (lk_pg_begin(pg) != 0)
         goto out;
     lk_pg_result_t *r = la_pg_exec(pg,
-                               "SELECT ota_rollout_set($1::bigint, $2::text[], $3, $4, NULL, "
-                               "NULL, 'latchkey'), (SELECT state FROM ota_rollouts WHERE id = "
-                               "$1::bigint)",
-                               4, p);
+                                   "SELECT ota_rollout_set($1::bigint, $2::text[], $3, $4, NULL, "
+                                   "NULL, 'latchkey'), (SELECT state FROM ota_rollouts WHERE id = "
+                                   "$1::bigint)",
+                                   4, p);
     if (r && strcmp(lk_pg_value(r, 0, 0), "t") == 0) {
         if (strcmp(to, "cancelled") == 0) {
             /* devices not yet done: cancelled, each with its event */
@@ -884,11 +844,12 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
         rc = LA_EXIT_OK;
     } else if (r) {
         lk_pg_result_free(&r);
-        r = la_pg_exec(pg,
-                   "SELECT ro.state, ro.reason, i.model || '/' || i.version, ro.current_group + 1, "
-                   "array_length(ro.groups, 1), ro.groups::text FROM ota_rollouts ro JOIN "
-                   "ota_images i ON i.id = ro.image_id WHERE ro.id::text = $1",
-                   1, p);
+        r = la_pg_exec(
+            pg,
+            "SELECT ro.state, ro.reason, i.model || '/' || i.version, ro.current_group + 1, "
+            "array_length(ro.groups, 1), ro.groups::text FROM ota_rollouts ro JOIN "
+            "ota_images i ON i.id = ro.image_id WHERE ro.id::text = $1",
+            1, p);
         if (r) {
             printf("rollout %s: %s%s%s, image %s, group %s of %s %s\n", id, lk_pg_value(r, 0, 0),
                    *lk_pg_value(r, 0, 1) ? " (" : "", lk_pg_value(r, 0, 1), lk_pg_value(r, 0, 2),
@@ -897,9 +858,9 @@ static int s_rollout_status(la_ctx_t *ctx, int argc, char **argv)
                 printf("  reason: %s\n", lk_pg_value(r, 0, 1));
             lk_pg_result_free(&r);
             r = la_pg_exec(pg,
-                       "SELECT grp + 1, state, count(*) FROM ota_rollout_devices WHERE "
-                       "rollout_id::text = $1 GROUP BY grp, state ORDER BY grp, state",
-                       1, p);
+                           "SELECT grp + 1, state, count(*) FROM ota_rollout_devices WHERE "
+                           "rollout_id::text = $1 GROUP BY grp, state ORDER BY grp, state",
+                           1, p);
             for (size_t i = 0; r && i < r->nrows; i++)
                 printf("  group %s %-12s %s\n", lk_pg_value(r, i, 0), lk_pg_value(r, i, 1),
                        lk_pg_value(r, i, 2));

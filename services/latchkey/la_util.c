@@ -48,6 +48,15 @@ lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv)
     return r;
 }
 
+int la_redis_run(la_ctx_t *ctx, int argc, const char **argv)
+{
+    lk_redis_reply_t *r = la_redis_cmd(ctx, argc, argv);
+    if (!r)
+        return -1;
+    lk_redis_reply_free(&r);
+    return 0;
+}
+
 bool la_username_ok(const char *user, bool for_file)
 {
     size_t n = strlen(user);

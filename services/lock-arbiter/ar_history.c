@@ -9,8 +9,7 @@
     reaches PostgreSQL exactly once. */
 #include "ar_internal.h"
 
-/* splits an outbox value into its five fields (pointers into v, which is modified) */
-static int s_split(char *v, char *f[5])
+int ar_outbox_split(char *v, char *f[5])
 {
     for (int i = 0; i < 5; i++) {
         f[i] = v;
@@ -42,7 +41,7 @@ static void s_send_one(self_t *self, const char *id, const char *value)
     if (zhashx_lookup(self->hist_sent, id))
         return;
     char *copy = lk_strdup(value), *f[5];
-    if (s_split(copy, f) != 0) {
+    if (ar_outbox_split(copy, f) != 0) {
         lk_warn("outbox entry %s is malformed: dropped", id);
         lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:arb:outbox %s", id);
         lk_redis_reply_free(&r);

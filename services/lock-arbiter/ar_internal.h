@@ -23,6 +23,7 @@
 #include "lk_common.h"
 #include "lk_config.h"
 #include "lk_iclient.h"
+#include "lk_pgq.h"
 #include "lk_replicas.h"
 #include "lk_redis.h"
 #include <czmq.h>
@@ -49,7 +50,7 @@ struct _ar_server_t {
     lk_redis_t *redis;
     lk_replicas_t *history; /* NULL when history_endpoint is unset */
     lk_replicas_t *auth;    /* NULL when auth_endpoint is unset */
-    void *pg;           /* the history query's worker and its PostgreSQL link (ar_query.c) */
+    lk_pgq_t *pg;           /* the history query's worker, its PostgreSQL link (ar_query.c) */
     int ready_fd;
     bool ready_told;
     int exit_code; /* set when the loop was stopped for a failure */
@@ -108,6 +109,9 @@ void ar_history_event(self_t *self, const char *kind, const char *lock, const ch
                       const char *details_json);
 /* sends every outbox entry this process has not sent (at start, on the writer's return) */
 void ar_history_resume(self_t *self);
+/* splits an outbox value ("kind\x1flock\x1factor\x1fms\x1fdetails") into its five fields,
+   pointers into v, which is modified; -1 when a separator is missing (ar_history.c) */
+int ar_outbox_split(char *v, char *f[5]);
 void ar_history_acked(self_t *self, lk_peer_t *peer, uint64_t seq);
 /* the events a dead writer replica did not ack go to a live one */
 void ar_history_failover(self_t *self, lk_peer_t *dead);

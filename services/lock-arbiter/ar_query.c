@@ -11,12 +11,12 @@
     "actor", "time" (ms), "details"}...]} oldest first (the newest `limit` of the range), or
     {"ok": false, "error": "..."}. Only users bound to the lock (any role) get rows.
 
-    PostgreSQL is read through lk_pg on a worker thread of its own (its own connection), so
-    a slow or locked PostgreSQL never holds the event loop — a decision does not wait for a
-    history query (issue 13). The loop hands the worker a job (lock, range, limit, where to
-    answer); the worker runs the statement and hands the job back through an eventfd; the
-    loop publishes the answer. At most S_MAX_JOBS queries wait; more are answered "busy".
-    Statements run under statement_timeout (3 s), which also bounds the wait at shutdown.
+    PostgreSQL is read on a worker thread of its own (common/lk_pgq, its own connection),
+    so a slow or locked PostgreSQL never holds the event loop — a decision does not wait for
+    a history query (issue 13). The loop hands the worker the statement (lock, range, limit)
+    with where to answer; the result comes back to the loop, which publishes the answer.
+    At most S_MAX_JOBS queries wait; more are answered "busy". Statements run under
+    statement_timeout (3 s), which also bounds the wait at shutdown.
 
     This file and the CLI are the only ones of the arbiter that use cJSON (the request is
     JSON; the rows come out of PostgreSQL as JSON). Over MQTT 3.1.1 (no response topic or
@@ -26,38 +26,20 @@
 #include "lk_mqtt.h"
 #include "lk_pg.h"
 #include <cjson/cJSON.h>
-#include <pthread.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #define S_DAY_MS 86400000LL
 #define S_MAX_JOBS 64
 
-/* one history query on its way through the worker */
-typedef struct s_job {
-    char *lock, *from, *to, *limit, *user; /* statement parameters (text) */
-    char *topic;                           /* the answer's topic */
-    uint8_t *corr;                         /* MQTT 5 correlation data */
+/* one history query on its way through the worker: where to answer */
+typedef struct {
+    self_t *self;
+    char *lock, *user;
+    char *topic;   /* the answer's topic */
+    uint8_t *corr; /* MQTT 5 correlation data */
     size_t corr_len;
     char *corr_json; /* MQTT 3.1.1: "corr" to echo in the JSON; NULL */
     uint32_t qos;
-    char *rows;  /* result: the rows as JSON, or NULL */
-    char *error; /* result: PostgreSQL's message when rows is NULL */
-    struct s_job *next;
 } s_job_t;
-
-/* the worker: its own PostgreSQL link, a queue in and a queue out */
-typedef struct {
-    pthread_t thread;
-    bool started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
-    s_job_t *in_head, *in_tail, *out_head, *out_tail;
-    int pending; /* jobs in either queue or running */
-    int efd;     /* eventfd: the worker tells the loop that out has jobs */
-    lk_pg_t *pg;
-} s_worker_t;
 
 static const char s_sql[] =
     "SELECT coalesce(json_agg(json_build_object('id', id, 'kind', kind, 'lock', lockno, "
@@ -70,124 +52,29 @@ static const char s_sql[] =
 static void s_job_free(s_job_t *j)
 {
     free(j->lock);
-    free(j->from);
-    free(j->to);
-    free(j->limit);
     free(j->user);
     free(j->topic);
     free(j->corr);
     free(j->corr_json);
-    free(j->rows);
-    free(j->error);
     free(j);
 }
 
-static void *s_worker_main(void *arg)
+/* the worker, with its own PostgreSQL link, started at the first query; NULL (logged)
+   when it cannot start */
+static lk_pgq_t *s_worker(self_t *self)
 {
-    s_worker_t *w = arg;
-    pthread_mutex_lock(&w->mu);
-    while (!w->stop) {
-        s_job_t *j = w->in_head;
-        if (!j) {
-            pthread_cond_wait(&w->cv, &w->mu);
-            continue;
-        }
-        w->in_head = j->next;
-        if (!w->in_head)
-            w->in_tail = NULL;
-        j->next = NULL;
-        pthread_mutex_unlock(&w->mu);
-        const char *params[] = {j->lock, j->from, j->to, j->limit};
-        lk_pg_result_t *r = lk_pg_exec(w->pg, s_sql, 4, params);
-        const char *rows = r->status == LK_PG_OK ? lk_pg_value(r, 0, 0) : NULL;
-        if (rows)
-            j->rows = lk_strdup(rows);
-        else
-            j->error = lk_strdup(r->message && *r->message ? r->message : "PostgreSQL unavailable");
-        lk_pg_result_free(&r);
-        pthread_mutex_lock(&w->mu);
-        if (w->out_tail)
-            w->out_tail->next = j;
-        else
-            w->out_head = j;
-        w->out_tail = j;
-        uint64_t one = 1;
-        (void)!write(w->efd, &one, sizeof(one));
+    if (!self->pg) {
+        lk_pg_t *pg = lk_pg_new(lk_config_get(self->config, "pg_conninfo", ""), "lock-arbiter");
+        lk_pg_set_timing(pg, 2, 3000, 1000);
+        self->pg = lk_pgq_new(self->loop, pg);
     }
-    pthread_mutex_unlock(&w->mu);
-    return NULL;
-}
-
-static void s_answer_job(self_t *self, s_job_t *j);
-
-/* the loop side: answers the jobs the worker finished */
-static void s_on_done(lk_loop_t *loop, int fd, uint32_t events, void *arg)
-{
-    self_t *self = arg;
-    s_worker_t *w = self->pg;
-    uint64_t n;
-    (void)!read(fd, &n, sizeof(n));
-    pthread_mutex_lock(&w->mu);
-    s_job_t *list = w->out_head;
-    w->out_head = w->out_tail = NULL;
-    pthread_mutex_unlock(&w->mu);
-    while (list) {
-        s_job_t *j = list;
-        list = j->next;
-        s_answer_job(self, j);
-        pthread_mutex_lock(&w->mu);
-        w->pending--;
-        pthread_mutex_unlock(&w->mu);
-        s_job_free(j);
-    }
-}
-
-static s_worker_t *s_worker(self_t *self)
-{
-    if (self->pg)
-        return self->pg;
-    s_worker_t *w = lk_calloc(1, sizeof(*w));
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
-    w->pg = lk_pg_new(lk_config_get(self->config, "pg_conninfo", ""), "lock-arbiter");
-    lk_pg_set_timing(w->pg, 2, 3000, 1000);
-    w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (w->efd >= 0 && lk_loop_add_fd(self->loop, w->efd, EPOLLIN, s_on_done, self) == 0 &&
-        pthread_create(&w->thread, NULL, s_worker_main, w) == 0)
-        w->started = true;
-    else
-        lk_error("history query worker: cannot start (%s)", strerror(errno));
-    self->pg = w;
-    return w;
+    return self->pg;
 }
 
 void ar_history_close(self_t *self)
 {
-    s_worker_t *w = self->pg;
-    if (!w)
-        return;
-    pthread_mutex_lock(&w->mu);
-    w->stop = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    /* a statement running is bounded by statement_timeout */
-    if (w->started)
-        pthread_join(w->thread, NULL);
-    if (w->efd >= 0) {
-        lk_loop_del_fd(self->loop, w->efd);
-        close(w->efd);
-    }
-    for (s_job_t *lists[2] = {w->in_head, w->out_head}, **l = lists; l < lists + 2; l++)
-        while (*l) {
-            s_job_t *j = *l;
-            *l = j->next;
-            s_job_free(j);
-        }
-    lk_pg_destroy(&w->pg);
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
-    free(w);
-    self->pg = NULL;
+    /* a statement running is bounded by statement_timeout; queued ones are dropped */
+    lk_pgq_destroy(&self->pg, false);
 }
 
 /* publishes text to the response topic with the request's correlation data (MQTT 5) */
@@ -239,18 +126,26 @@ static void s_error(self_t *self, const char *topic, lk_str_t corr, const char *
     free(text);
 }
 
-static void s_answer_job(self_t *self, s_job_t *j)
+/* the loop side: answers a query the worker ran (r NULL: shutting down, no answer) */
+static void s_answer_job(lk_pg_result_t *r, void *arg)
 {
+    s_job_t *j = arg;
+    self_t *self = j->self;
+    const char *rows = r && r->status == LK_PG_OK ? lk_pg_value(r, 0, 0) : NULL;
     lk_str_t corr = {(const char *)j->corr, (uint32_t)j->corr_len};
-    if (!j->rows) {
-        lk_warn("history of %s: %s", j->lock, j->error ? j->error : "?");
+    if (!r) {
+        /* the worker is going away */
+    } else if (!rows) {
+        lk_warn("history of %s: %s", j->lock,
+                r->message && *r->message ? r->message : "PostgreSQL unavailable");
         s_error(self, j->topic, corr, j->corr_json, j->qos, j->lock, "unavailable");
-        return;
+    } else {
+        char *text = s_reply_json(true, j->lock, j->corr_json, NULL, rows);
+        s_answer(self, j->topic, corr, j->qos, text);
+        lk_info("history of %s for %s: %zu bytes", j->lock, j->user, strlen(text));
+        free(text);
     }
-    char *text = s_reply_json(true, j->lock, j->corr_json, NULL, j->rows);
-    s_answer(self, j->topic, corr, j->qos, text);
-    lk_info("history of %s for %s: %zu bytes", j->lock, j->user, strlen(text));
-    free(text);
+    s_job_free(j);
 }
 
 /* a JSON number member as int64, or def when absent; false when present but not a number */
@@ -315,26 +210,24 @@ void ar_history_query(self_t *self, const Lk__Msg *msg)
     } else {
         const char *lock = jl->valuestring;
         lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HEXISTS lk:bind:%s %s", lock, user);
-        s_worker_t *w = s_worker(self);
+        lk_pgq_t *w = s_worker(self);
         if (!b || b->type != LK_REDIS_INT)
             s_error(self, topic, corr, corr_json, qos, lock, "unavailable");
         else if (b->integer != 1) {
             lk_notice("history of %s refused to '%s' (login %s): not bound", lock, user, login);
             s_error(self, topic, corr, corr_json, qos, lock, "not bound to this lock");
-        } else if (!w->started || w->pending >= S_MAX_JOBS) {
+        } else if (!w || lk_pgq_backlog(w) >= S_MAX_JOBS) {
             s_error(self, topic, corr, corr_json, qos, lock, "busy");
         } else {
             if (limit > self->history_limit)
                 limit = self->history_limit;
             s_job_t *j = lk_calloc(1, sizeof(*j));
-            char t[24];
-            j->lock = lk_strdup(lock);
-            snprintf(t, sizeof(t), "%" PRId64, from);
-            j->from = lk_strdup(t);
+            char f[24], t[24], l[24];
+            snprintf(f, sizeof(f), "%" PRId64, from);
             snprintf(t, sizeof(t), "%" PRId64, to);
-            j->to = lk_strdup(t);
-            snprintf(t, sizeof(t), "%" PRId64, limit);
-            j->limit = lk_strdup(t);
+            snprintf(l, sizeof(l), "%" PRId64, limit);
+            j->self = self;
+            j->lock = lk_strdup(lock);
             j->user = lk_strdup(user);
             j->topic = topic;
             topic = NULL;
@@ -345,15 +238,8 @@ void ar_history_query(self_t *self, const Lk__Msg *msg)
             }
             j->corr_json = corr_json ? lk_strdup(corr_json) : NULL;
             j->qos = qos;
-            pthread_mutex_lock(&w->mu);
-            if (w->in_tail)
-                w->in_tail->next = j;
-            else
-                w->in_head = j;
-            w->in_tail = j;
-            w->pending++;
-            pthread_cond_signal(&w->cv);
-            pthread_mutex_unlock(&w->mu);
+            const char *params[] = {lock, f, t, l};
+            lk_pgq_exec(w, s_sql, 4, params, s_answer_job, j);
         }
         lk_redis_reply_free(&b);
     }

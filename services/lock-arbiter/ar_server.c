@@ -216,8 +216,8 @@ static void s_on_acked(lk_iclient_t *ic, lk_peer_t *peer, uint64_t seq, void *ar
 
 /* --- the api's "node" request: decisions for Prometheus --------------------------- */
 
-static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
-                    lk_admin_out_t *out, void *arg)
+static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, lk_admin_out_t *out,
+                    void *arg)
 {
     self_t *self = arg;
     if (strcmp(q->op ? q->op : "", "locks") == 0) {
@@ -358,9 +358,8 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         return NULL;
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
-    lk_iclient_handlers_t h = {s_on_message,  s_on_ready,   s_on_published,
-                               s_on_envelope, s_on_peer_up, s_on_acked,
-                               s_on_peer_down};
+    lk_iclient_handlers_t h = {s_on_message, s_on_ready, s_on_published, s_on_envelope,
+                               s_on_peer_up, s_on_acked, s_on_peer_down};
     self->ic = lk_iclient_new(loop, config, node, "lock-arbiter", "$lk-arbiter", &h, self);
     if (!self->ic) {
         ar_server_destroy(&self);

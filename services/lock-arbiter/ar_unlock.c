@@ -293,20 +293,12 @@ static void s_expired_results(self_t *self, const lk_redis_reply_t *r, size_t fr
         const char *v = r->items[i + 1].str;
         if (!v || !strstr(v, "\"expired\""))
             continue;
-        /* kind \x1f lock \x1f actor \x1f ms \x1f details */
-        const char *f[5] = {v};
-        for (int k = 1; k < 5 && f[k - 1]; k++) {
-            const char *sep = strchr(f[k - 1], '\x1f');
-            f[k] = sep ? sep + 1 : NULL;
+        char *copy = lk_strdup(v), *f[5];
+        if (ar_outbox_split(copy, f) != 0 || strlen(f[1]) >= 256) {
+            free(copy);
+            continue;
         }
-        if (!f[4])
-            continue;
-        char lock[256];
-        size_t ln = (size_t)(f[2] - f[1] - 1);
-        if (ln >= sizeof(lock))
-            continue;
-        memcpy(lock, f[1], ln);
-        lock[ln] = 0;
+        const char *lock = f[1];
         cJSON *d = cJSON_Parse(f[4]);
         const cJSON *cs = cJSON_GetObjectItemCaseSensitive(d, "confirmations"), *c;
         cJSON_ArrayForEach(c, cs)
@@ -319,6 +311,7 @@ static void s_expired_results(self_t *self, const lk_redis_reply_t *r, size_t fr
                          "the window passed without the quorum");
         }
         cJSON_Delete(d);
+        free(copy);
     }
 }
 
@@ -416,8 +409,7 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
     const char *status = r->items[0].str;
     if (strcmp(status, "duplicate") != 0) {
         char *user = ar_real_user(self, login);
-        s_result(self, lock, role, user ? user : login, status, r->items[1].str,
-                 r->items[2].str);
+        s_result(self, lock, role, user ? user : login, status, r->items[1].str, r->items[2].str);
         free(user);
     }
     s_expired_results(self, r, 3);

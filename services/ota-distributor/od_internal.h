@@ -20,13 +20,14 @@
 #include "lk_iclient.h"
 #include "lk_loop.h"
 #include "lk_pg.h"
+#include "lk_pgq.h"
 #include <czmq.h>
 
 typedef struct od od_t;
 
 /* --- od_db.c: queries on a worker thread ------------------------------------------- */
 typedef void(od_db_fn)(od_t *self, lk_pg_result_t *r, void *arg);
-typedef struct od_db od_db_t;
+typedef lk_pgq_t od_db_t;
 od_db_t *od_db_new(od_t *self, const char *conninfo);
 void od_db_destroy(od_db_t **db_p);
 /* runs sql with text params (copied; NULL = SQL NULL) on the worker; done (may be NULL)
@@ -125,6 +126,9 @@ od_dev_t *od_dev_get(od_t *self, const char *id);
 void od_dev_load(od_t *self, od_dev_t *dev);
 void od_publish(od_t *self, const char *topic, const void *p, size_t n, bool retain,
                 const void *props, size_t props_len);
+struct cJSON;
+/* publishes o printed compactly (QoS of the service, not retained) and deletes o */
+void od_publish_json(od_t *self, const char *topic, struct cJSON *o);
 void od_offer(od_t *self, od_dev_t *dev);
 void od_report(od_t *self, const char *dev, const char *version, const char *state,
                const char *error);

@@ -65,12 +65,9 @@ void od_lk_offer(od_t *self, od_dev_t *d)
         s_image_json(self, d->model, d->version, d->size, d->sha, d->signature, d->key_id, d->id);
     cJSON_AddNumberToObject(o, "rollout", (double)d->rollout_id);
     cJSON_AddNumberToObject(o, "offset", (double)d->served);
-    char *s = cJSON_PrintUnformatted(o);
     char topic[400];
     snprintf(topic, sizeof(topic), "lk/ota/%s/offer", d->id);
-    od_publish(self, topic, s, strlen(s), false, NULL, 0);
-    free(s);
-    cJSON_Delete(o);
+    od_publish_json(self, topic, o);
 }
 
 static const char *s_str(const cJSON *o, const char *k)

@@ -3,6 +3,7 @@
     steps the rollouts (ota_rollout_step in PostgreSQL decides; we publish the offers). */
 #include "od_internal.h"
 #include "lk_ota.h"
+#include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -18,6 +19,14 @@ void od_publish(od_t *self, const char *topic, const void *p, size_t n, bool ret
 {
     lk_iclient_publish(self->ic, topic, p, n, retain && n == 0 ? 1 : self->qos, retain, props,
                        props_len);
+}
+
+void od_publish_json(od_t *self, const char *topic, cJSON *o)
+{
+    char *json = cJSON_PrintUnformatted(o);
+    od_publish(self, topic, json, strlen(json), false, NULL, 0);
+    free(json);
+    cJSON_Delete(o);
 }
 
 /* --- images -------------------------------------------------------------------------- */
@@ -223,10 +232,9 @@ static void s_dev_loaded(od_t *self, lk_pg_result_t *r, void *arg)
     }
 }
 
-void od_dev_load(od_t *self, od_dev_t *d)
+/* reads d's record and current offer; done gets the row s_dev_loaded takes apart */
+static void s_dev_query(od_t *self, od_dev_t *d, od_db_fn *done)
 {
-    if (d->loading)
-        return;
     d->loading = true;
     const char *p[] = {d->id};
     od_db_query(self,
@@ -234,7 +242,13 @@ void od_dev_load(od_t *self, od_dev_t *d)
                 "o.signature, o.key_id, o.size, o.bytes_offset, ro.max_bps FROM ota_devices d "
                 "LEFT JOIN ota_offers o ON o.device_id = d.id LEFT JOIN ota_rollouts ro ON "
                 "ro.id = o.rollout_id WHERE d.id = $1 ORDER BY o.rollout_id DESC LIMIT 1",
-                1, p, s_dev_loaded, d);
+                1, p, done, d);
+}
+
+void od_dev_load(od_t *self, od_dev_t *d)
+{
+    if (!d->loading)
+        s_dev_query(self, d, s_dev_loaded);
 }
 
 /* serves req for dev now, or after (re)loading its record */
@@ -280,14 +294,7 @@ static void s_offer_after_load(od_t *self, lk_pg_result_t *r, void *arg)
 
 void od_offer(od_t *self, od_dev_t *d)
 {
-    const char *p[] = {d->id};
-    d->loading = true;
-    od_db_query(self,
-                "SELECT d.protocol, d.model, o.rollout_id, o.state, o.sha256, o.version, "
-                "o.signature, o.key_id, o.size, o.bytes_offset, ro.max_bps FROM ota_devices d "
-                "LEFT JOIN ota_offers o ON o.device_id = d.id LEFT JOIN ota_rollouts ro ON "
-                "ro.id = o.rollout_id WHERE d.id = $1 ORDER BY o.rollout_id DESC LIMIT 1",
-                1, p, s_offer_after_load, d);
+    s_dev_query(self, d, s_offer_after_load);
 }
 
 static void s_reported(od_t *self, lk_pg_result_t *r, void *arg)

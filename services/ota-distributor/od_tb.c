@@ -63,12 +63,9 @@ void od_tb_offer(od_t *self, od_dev_t *d)
 {
     cJSON *o = cJSON_CreateObject();
     s_fw_attrs(d, o, NULL);
-    char *json = cJSON_PrintUnformatted(o);
     char topic[400];
     snprintf(topic, sizeof(topic), "tb/%s/v1/devices/me/attributes", d->id);
-    od_publish(self, topic, json, strlen(json), false, NULL, 0);
-    free(json);
-    cJSON_Delete(o);
+    od_publish_json(self, topic, o);
 }
 
 void od_tb_attributes(od_t *self, od_dev_t *d, od_req_t *r)
@@ -82,10 +79,7 @@ void od_tb_attributes(od_t *self, od_dev_t *d, od_req_t *r)
         else
             cJSON_Delete(shared);
     }
-    char *json = cJSON_PrintUnformatted(o);
-    od_publish(self, r->reply_topic, json, strlen(json), false, NULL, 0);
-    free(json);
-    cJSON_Delete(o);
+    od_publish_json(self, r->reply_topic, o);
 }
 
 static const char *s_str(const cJSON *o, const char *k)
