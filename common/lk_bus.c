@@ -396,27 +396,19 @@ static uint64_t s_link(lk_bus_t *self, lk_peer_t *peer, lk_zmtp_t **z, const cha
     return UINT64_MAX;
 }
 
-static uint64_t s_link_gen(lk_bus_t *self, lk_peer_t *peer)
+/* where an envelope of len bytes queued now on z's link ends in its stream */
+static int64_t s_link_end(lk_zmtp_t *z, const char *id, size_t len)
 {
-    lk_zmtp_t *z;
-    const char *id;
-    return s_link(self, peer, &z, &id);
-}
-
-/* where an envelope of len bytes queued now ends in its link's stream */
-static int64_t s_link_end(lk_bus_t *self, lk_peer_t *peer, size_t len)
-{
-    lk_zmtp_t *z;
-    const char *id;
-    s_link(self, peer, &z, &id);
     return z ? lk_zmtp_queued_pos(z, id) + (int64_t)len : 0;
 }
 
 static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t len, int64_t now)
 {
     s_unacked_t *u = lk_malloc(sizeof(*u));
-    u->link_gen = s_link_gen(peer->bus, peer);
-    u->pos = s_link_end(peer->bus, peer, len);
+    lk_zmtp_t *z;
+    const char *id;
+    u->link_gen = s_link(peer->bus, peer, &z, &id);
+    u->pos = s_link_end(z, id, len);
     u->out = false;
     u->seq = seq;
     u->data = lk_malloc(len);
@@ -601,7 +593,7 @@ static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer)
             u->marked = true;
             peer->unacked_bytes += 2;
         }
-        u->pos = s_link_end(self, peer, u->len);
+        u->pos = s_link_end(z, id, u->len);
         s_raw_send(self, peer, u->data, u->len, true);
         u->sent_ms = now;
         u->link_gen = gen;

@@ -90,7 +90,6 @@ void fe_acl_changed(fe_server_t *srv, const Lk__Revoke *r)
 /* drops the subscriptions the connection's rules no longer allow */
 static void s_prune_subs(fe_conn_t *conn)
 {
-    fe_server_t *srv = conn->srv;
     if (conn->superuser || conn->n_subs == 0)
         return;
     char **gone = lk_calloc(conn->n_subs, sizeof(char *));
@@ -106,17 +105,8 @@ static void s_prune_subs(fe_conn_t *conn)
         fe_sub_changed(conn, conn->subs[i].filter);
         fe_sub_remove_at(conn, i);
     }
-    if (n) {
-        Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
-        ur.client = conn->client_id;
-        ur.n_filters = n;
-        ur.filters = gone;
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
-        env.unsubscribe = &ur;
-        lk_bus_send(srv->bus, srv->router, &env, true);
-        fe_store_ack_add(conn, 0);
-    }
+    if (n)
+        fe_router_unsubscribe(conn, gone, n);
     for (size_t i = 0; i < n; i++)
         free(gone[i]);
     free(gone);

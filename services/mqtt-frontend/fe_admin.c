@@ -130,20 +130,9 @@ static void s_subscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_ou
         is_new[n] = fresh;
         subs[n++] = s;
     }
-    if (n) {
-        Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
-        sr.client = c->client_id;
-        sr.n_subs = n;
-        sr.subs = subs;
-        sr.send_retained = true;
-        sr.n_is_new = n;
-        sr.is_new = is_new;
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
-        env.subscribe = &sr;
-        lk_bus_send(srv->bus, srv->router, &env, true);
-        fe_store_ack_add(c, 0);
-    } else
+    if (n)
+        fe_router_subscribe(c, subs, is_new, n);
+    else
         lk_admin_error(out, "INVALID_PARAMETER", "no valid topic filter");
     lk_admin_reply(out)->count = (uint32_t)n;
     free(subs);
@@ -164,15 +153,7 @@ static void s_unsubscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_
             n++;
         }
     }
-    Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
-    ur.client = c->client_id;
-    ur.n_filters = q->n_filters;
-    ur.filters = q->filters;
-    Lk__Envelope env = LK__ENVELOPE__INIT;
-    env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
-    env.unsubscribe = &ur;
-    lk_bus_send(srv->bus, srv->router, &env, true);
-    fe_store_ack_add(c, 0);
+    fe_router_unsubscribe(c, q->filters, q->n_filters);
     lk_admin_reply(out)->count = n;
 }
 
@@ -187,12 +168,8 @@ static void s_client_subs(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_
         a->client = lk_admin_str(out, c->client_id);
         a->node = lk_admin_str(out, srv->node);
         Lk__Subscription *s = lk_admin_subscription(out);
+        fe_sub_to_proto(&c->subs[i], s);
         s->filter = lk_admin_str(out, c->subs[i].filter);
-        s->qos = c->subs[i].qos;
-        s->no_local = c->subs[i].no_local;
-        s->retain_as_published = c->subs[i].rap;
-        s->retain_handling = c->subs[i].rh;
-        s->sub_id = c->subs[i].sub_id;
         a->sub = s;
     }
 }

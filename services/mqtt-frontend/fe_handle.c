@@ -370,7 +370,7 @@ void fe_sub_changed(fe_conn_t *conn, const char *filter)
             lk_realloc(conn->sub_changes, conn->cap_sub_changes * sizeof(char *));
     }
     conn->sub_changes[conn->n_sub_changes++] = lk_strdup(filter);
-    conn->subs_changed = true;
+    fe_store_ack_add(conn, 0);
 }
 
 void fe_subs_free(fe_conn_t *conn)
@@ -417,19 +417,51 @@ void fe_sub_set(fe_conn_t *conn, const char *filter, uint8_t qos, bool nl, bool 
     *is_new = true;
 }
 
+void fe_sub_to_proto(const fe_sub_t *fs, Lk__Subscription *s)
+{
+    lk__subscription__init(s);
+    s->filter = fs->filter;
+    s->qos = fs->qos;
+    s->no_local = fs->no_local;
+    s->retain_as_published = fs->rap;
+    s->retain_handling = fs->rh;
+    s->sub_id = fs->sub_id;
+}
+
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **ptrs, Lk__Subscription *store)
 {
     for (size_t i = 0; i < conn->n_subs; i++) {
-        Lk__Subscription *s = &store[i];
-        lk__subscription__init(s);
-        s->filter = conn->subs[i].filter;
-        s->qos = conn->subs[i].qos;
-        s->no_local = conn->subs[i].no_local;
-        s->retain_as_published = conn->subs[i].rap;
-        s->retain_handling = conn->subs[i].rh;
-        s->sub_id = conn->subs[i].sub_id;
-        ptrs[i] = s;
+        fe_sub_to_proto(&conn->subs[i], &store[i]);
+        ptrs[i] = &store[i];
     }
+}
+
+int64_t fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                            size_t n)
+{
+    Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
+    sr.client = conn->client_id;
+    sr.n_subs = n;
+    sr.subs = subs;
+    sr.send_retained = true;
+    sr.n_is_new = n;
+    sr.is_new = is_new;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
+    env.subscribe = &sr;
+    return lk_bus_send(conn->srv->bus, conn->srv->router, &env, true);
+}
+
+int64_t fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n)
+{
+    Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
+    ur.client = conn->client_id;
+    ur.n_filters = n;
+    ur.filters = filters;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
+    env.unsubscribe = &ur;
+    return lk_bus_send(conn->srv->bus, conn->srv->router, &env, true);
 }
 
 static void s_qos2_in_add(fe_conn_t *conn, uint16_t pid);
@@ -721,27 +753,12 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 
 static int s_pubrel(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 {
-    fe_server_t *srv = conn->srv;
     uint16_t pid = pkt->u.ack.packet_id;
     bool found = s_qos2_in_del(conn, pid);
-    if (found && conn->expiry > 0 && !conn->unregistered && lk_peer_alive(srv->store)) {
-        /* PUBCOMP once the session store forgot the id: the client may reuse it at once,
-           on any frontend */
-        uint32_t p32 = pid;
-        Lk__SessionAck sa = LK__SESSION_ACK__INIT;
-        sa.client = conn->client_id;
-        sa.n_rx_del = 1;
-        sa.rx_del = &p32;
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
-        env.session_ack = &sa;
-        int64_t seq = lk_bus_send(srv->bus, srv->store, &env, true);
-        if (seq > 0) {
-            fe_wait_item_t it = {FE_WAIT_RX_DEL, conn->fd, conn->id, pid, NULL, 0};
-            fe_wait_add(fe_wait_for(srv, srv->store, (uint64_t)seq), &it);
-            return 0;
-        }
-    }
+    /* PUBCOMP once the session store forgot the id: the client may reuse it at once,
+       on any frontend */
+    if (found && fe_store_rx(conn, pid, false))
+        return 0;
     s_ack(conn, LK_MQTT_PUBCOMP, pid,
           (found || conn->version != LK_MQTT_V5) ? 0 : LK_RC_PACKET_ID_NOT_FOUND);
     return 0;
@@ -820,19 +837,8 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     }
     fe_wait_item_t it = {FE_WAIT_SUBACK, conn->fd, conn->id, s->packet_id, codes, s->count};
     if (n) {
-        Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
-        sr.client = conn->client_id;
-        sr.n_subs = n;
-        sr.subs = ptrs;
-        sr.send_retained = true;
-        sr.n_is_new = n;
-        sr.is_new = is_new;
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
-        env.subscribe = &sr;
-        int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
+        int64_t seq = fe_router_subscribe(conn, ptrs, is_new, n);
         fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
-        fe_store_ack_add(conn, 0);
     } else {
         lk_mqtt_packet_t p = {0};
         p.type = LK_MQTT_SUBACK;
@@ -872,20 +878,12 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
             codes[i] = LK_RC_SUCCESS;
         }
     }
-    Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
-    ur.client = conn->client_id;
-    ur.n_filters = u->count;
-    ur.filters = filters;
-    Lk__Envelope env = LK__ENVELOPE__INIT;
-    env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
-    env.unsubscribe = &ur;
-    int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
+    int64_t seq = fe_router_unsubscribe(conn, filters, u->count);
     fe_wait_item_t it = {FE_WAIT_UNSUBACK, conn->fd, conn->id, u->packet_id, codes, u->count};
     fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
     for (uint32_t i = 0; i < u->count; i++)
         free(filters[i]);
     free(filters);
-    fe_store_ack_add(conn, 0);
     return 0;
 }
 

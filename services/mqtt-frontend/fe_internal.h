@@ -183,7 +183,6 @@ typedef struct fe_conn {
     uint64_t *rel_ids;
     uint32_t *rel_pids;
     size_t n_rel, cap_rel;
-    bool subs_changed;
     struct fe_conn *next_dirty;
     struct fe_conn *next_dead;
     struct fe_conn *next_ackd;
@@ -398,7 +397,13 @@ void fe_takeover_close(fe_conn_t *conn, bool resumed, const char *by);
    finds it again (or nothing, once it closed) */
 uint64_t fe_conn_req(fe_conn_t *conn);
 void fe_auth_request_send(fe_conn_t *conn);
+/* the subscription as the bus carries it (the filter is borrowed) */
+void fe_sub_to_proto(const fe_sub_t *fs, Lk__Subscription *s);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
+/* SubscribeReq / UnsubscribeReq for conn to the router (acknowledged); the bus sequence */
+int64_t fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                            size_t n);
+int64_t fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n);
 /* sends the connection's pending SessionAck (store ids, released ids, subscriptions) now */
 void fe_session_ack_flush(fe_conn_t *conn);
 /* the index of the subscription to filter, or -1 */
@@ -408,7 +413,8 @@ void fe_sub_set(fe_conn_t *conn, const char *filter, uint8_t qos, bool nl, bool 
                 uint32_t sub_id, bool *is_new);
 /* removes subscription i (its filter is freed) */
 void fe_sub_remove_at(fe_conn_t *conn, size_t i);
-/* filter was subscribed or unsubscribed: the session store hears of it at turn end */
+/* filter was subscribed or unsubscribed: the session store hears of it at turn end
+   (conn goes on the ack list) */
 void fe_sub_changed(fe_conn_t *conn, const char *filter);
 void fe_subs_free(fe_conn_t *conn);
 
@@ -444,6 +450,10 @@ bool fe_will_fire(fe_server_t *srv, const char *client_id);
 void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg);
 fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq);
 void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item);
+/* a QoS 2 packet id added to (PUBLISH) or removed from (PUBREL) the persistent session
+   in the store; true: the PUBREC / PUBCOMP waits for the store's ack (FE_WAIT_RX_*),
+   false: no session to keep it in, answer now */
+bool fe_store_rx(fe_conn_t *conn, uint16_t pid, bool add);
 uint8_t fe_connack_code(uint8_t version, uint8_t reason5);
 
 /* fe_mount.c: topic mount points. set: after auth (from_auth: the user's, else the

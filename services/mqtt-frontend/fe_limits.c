@@ -402,9 +402,8 @@ static void s_resume(lk_loop_t *loop, void *arg)
     conn->lim.paused = false;
     if (conn->state == FE_CLOSED)
         return;
-    s_io_events(conn);
-    /* the packets that waited in the read buffer */
-    fe_conn_readable(conn);
+    /* reading again; the packets that waited in the read buffer at turn end */
+    fe_conn_resume(conn);
 }
 
 /* charges one PUBLISH; pauses reading when in debt */

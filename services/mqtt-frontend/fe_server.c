@@ -43,6 +43,32 @@ void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item)
     w->items[w->n++] = *item;
 }
 
+bool fe_store_rx(fe_conn_t *conn, uint16_t pid, bool add)
+{
+    fe_server_t *srv = conn->srv;
+    if (conn->expiry == 0 || conn->unregistered || !lk_peer_alive(srv->store))
+        return false;
+    uint32_t p32 = pid;
+    Lk__SessionAck sa = LK__SESSION_ACK__INIT;
+    sa.client = conn->client_id;
+    if (add) {
+        sa.n_rx_add = 1;
+        sa.rx_add = &p32;
+    } else {
+        sa.n_rx_del = 1;
+        sa.rx_del = &p32;
+    }
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
+    env.session_ack = &sa;
+    int64_t seq = lk_bus_send(srv->bus, srv->store, &env, true);
+    if (seq <= 0)
+        return false;
+    fe_wait_item_t it = {add ? FE_WAIT_RX_ADD : FE_WAIT_RX_DEL, conn->fd, conn->id, pid, NULL, 0};
+    fe_wait_add(fe_wait_for(srv, srv->store, (uint64_t)seq), &it);
+    return true;
+}
+
 static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
 {
     for (size_t i = 0; i < w->n; i++) {
@@ -59,26 +85,11 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
                     conn->n_rt_wait--;
                 if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
                     conn->n_qos1_in--;
-                if (it->kind == FE_WAIT_PUBREC && conn->expiry > 0 && !conn->unregistered &&
-                    lk_peer_alive(srv->store)) {
-                    /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
-                       session store has it, so a PUBLISH re-sent after a reconnect (to any
-                       frontend) is recognised */
-                    uint32_t pid = it->pid;
-                    Lk__SessionAck sa = LK__SESSION_ACK__INIT;
-                    sa.client = conn->client_id;
-                    sa.n_rx_add = 1;
-                    sa.rx_add = &pid;
-                    Lk__Envelope env = LK__ENVELOPE__INIT;
-                    env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
-                    env.session_ack = &sa;
-                    int64_t seq = lk_bus_send(srv->bus, srv->store, &env, true);
-                    if (seq > 0) {
-                        fe_wait_item_t w = {FE_WAIT_RX_ADD, conn->fd, conn->id, it->pid, NULL, 0};
-                        fe_wait_add(fe_wait_for(srv, srv->store, (uint64_t)seq), &w);
-                        break;
-                    }
-                }
+                /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
+                   session store has it, so a PUBLISH re-sent after a reconnect (to any
+                   frontend) is recognised */
+                if (it->kind == FE_WAIT_PUBREC && fe_store_rx(conn, it->pid, true))
+                    break;
                 p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
                 p.u.ack.packet_id = it->pid;
                 fe_conn_send(conn, &p);
@@ -750,7 +761,6 @@ static void s_sub_changes_clear(fe_conn_t *c)
     for (size_t i = 0; i < c->n_sub_changes; i++)
         free(c->sub_changes[i]);
     c->n_sub_changes = 0;
-    c->subs_changed = false;
 }
 
 void fe_session_ack_flush(fe_conn_t *c)
@@ -761,7 +771,8 @@ void fe_session_ack_flush(fe_conn_t *c)
         s_sub_changes_clear(c);
         return;
     }
-    if (!c->n_acked_ids && !c->n_rel && !c->subs_changed)
+    size_t nch = c->n_sub_changes;
+    if (!c->n_acked_ids && !c->n_rel && !nch)
         return;
     Lk__SessionAck sa = LK__SESSION_ACK__INIT;
     sa.client = c->client_id;
@@ -773,11 +784,10 @@ void fe_session_ack_flush(fe_conn_t *c)
     sa.released_pids = c->rel_pids;
     /* only the subscriptions that changed: what is held now is written, the rest
        deleted (the store applies them in order, so a repeat is harmless) */
-    size_t nch = c->subs_changed ? c->n_sub_changes : 0;
     Lk__Subscription *store = nch ? lk_calloc(nch, sizeof(*store)) : NULL;
     Lk__Subscription **ptrs = nch ? lk_calloc(nch, sizeof(*ptrs)) : NULL;
     char **removed = nch ? lk_calloc(nch, sizeof(char *)) : NULL;
-    if (c->subs_changed) {
+    if (nch) {
         sa.subs_changed = true;
         sa.subs_delta = true;
         for (size_t i = 0; i < nch; i++) {
@@ -786,16 +796,9 @@ void fe_session_ack_flush(fe_conn_t *c)
                 removed[sa.n_subs_removed++] = c->sub_changes[i];
                 continue;
             }
-            const fe_sub_t *fs = &c->subs[k];
-            Lk__Subscription *s = &store[sa.n_subs];
-            lk__subscription__init(s);
-            s->filter = fs->filter;
-            s->qos = fs->qos;
-            s->no_local = fs->no_local;
-            s->retain_as_published = fs->rap;
-            s->retain_handling = fs->rh;
-            s->sub_id = fs->sub_id;
-            ptrs[sa.n_subs++] = s;
+            fe_sub_to_proto(&c->subs[k], &store[sa.n_subs]);
+            ptrs[sa.n_subs] = &store[sa.n_subs];
+            sa.n_subs++;
         }
         sa.subs = ptrs;
         sa.subs_removed = removed;

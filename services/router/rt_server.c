@@ -1141,14 +1141,14 @@ static lk_peer_t *s_over(rt_server_t *self, size_t limit)
     return o.over;
 }
 
-/* Publishes wait (unread, unacked) while a peer is slow to take what we sent it: the
-   frontends' own router_backlog_bytes then stops them reading their publishers. Held
-   ones go on once every peer is under half the backlog again, in arrival order. */
 /* a peer that restarted us: publishes it queued before it learnt of our start may come
    before its re-Attach; they wait for it (at most this long, for a frontend that has no
    client left to re-attach and sends nothing else) */
 #define S_SYNC_WAIT_MS 2000
 
+/* Publishes wait (unread, unacked) while a peer is slow to take what we sent it: the
+   frontends' own router_backlog_bytes then stops them reading their publishers. Held
+   ones go on once every peer is under half the backlog again, in arrival order. */
 static void s_pressure_check(rt_server_t *self)
 {
     if (self->warming)

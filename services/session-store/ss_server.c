@@ -428,6 +428,20 @@ static int s_open_now(self_t *self, lk_peer_t *peer, Lk__SessionOpen *o)
     return 0;
 }
 
+/* the open that waits now: from connection conn at node (epoch), its envelope kept packed */
+static void s_handoff_set(s_handoff_t *h, const char *node, uint64_t epoch, uint64_t conn,
+                          const Lk__Envelope *env)
+{
+    free(h->node);
+    free(h->data);
+    h->node = lk_strdup(node);
+    h->epoch = epoch;
+    h->conn = conn;
+    h->len = lk__envelope__get_packed_size(env);
+    h->data = lk_malloc(h->len ? h->len : 1);
+    lk__envelope__pack(env, h->data);
+}
+
 /* The registry names one connection per client id. A SessionOpen from another connection
    while that one is open waits (s_handoff_t) until its node closed it; an open arriving
    meanwhile supersedes the waiting one, which is closed. So the last SessionOpen the
@@ -463,26 +477,14 @@ static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
             return 0; /* the holder asking again: it is being closed */
         /* a newer connection: the waiting one loses */
         s_lose(self, h->node, h->epoch, h->conn, o->client, node);
-        free(h->node);
-        free(h->data);
-        h->node = lk_strdup(node);
-        h->epoch = epoch;
-        h->conn = o->conn;
-        h->len = lk__envelope__get_packed_size(env);
-        h->data = lk_malloc(h->len ? h->len : 1);
-        lk__envelope__pack(env, h->data);
+        s_handoff_set(h, node, epoch, o->conn, env);
         return 0;
     }
     if (!held)
         return s_open_now(self, peer, o);
     h = lk_calloc(1, sizeof(*h));
     h->client = lk_strdup(o->client);
-    h->node = lk_strdup(node);
-    h->epoch = epoch;
-    h->conn = o->conn;
-    h->len = lk__envelope__get_packed_size(env);
-    h->data = lk_malloc(h->len ? h->len : 1);
-    lk__envelope__pack(env, h->data);
+    s_handoff_set(h, node, epoch, o->conn, env);
     h->holder = lk_strdup(s->node);
     h->holder_conn = s->conn;
     h->holder_epoch = s->node_epoch;
@@ -516,11 +518,10 @@ static int s_handle_takeover_done(self_t *self, lk_peer_t *peer, Lk__Envelope *e
 {
     Lk__TakeoverDone *d = env->takeover_done;
     s_handoff_t *h = d->client ? zhashx_lookup(self->handoffs, d->client) : NULL;
-    int rc = 0;
+    /* a failed open (Redis) is asked again by its frontend */
     if (h && strcmp(h->holder, lk_peer_name(peer)) == 0 && h->holder_conn == d->conn)
-        rc = s_handoff_finish(self, h);
+        (void)s_handoff_finish(self, h);
     s_ack(self, peer, env);
-    (void)rc; /* a failed open is asked again by its frontend */
     return 0;
 }
 

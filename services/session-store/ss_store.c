@@ -136,6 +136,46 @@ static const char *s_key(ss_store_t *self, const char *prefix, const char *clien
     return (const char *)self->key.data;
 }
 
+/* argv[0] = cmd, argv[1] = the key <prefix><client>, the rest filled by the caller */
+static void s_pipe_key_cmd(ss_store_t *self, s_pipe_t *p, const char *cmd, const char *prefix,
+                           const char *client, size_t argc, const char **argv, size_t *lens)
+{
+    argv[0] = cmd;
+    lens[0] = strlen(cmd);
+    argv[1] = s_key(self, prefix, client);
+    lens[1] = self->key.size;
+    s_pipe_cmd(p, (int)argc, argv, lens);
+}
+
+/* "sub:<filter>", the field of a subscription in lk:sess:<client>; *len: its length */
+static char *s_sub_field(const char *filter, size_t *len)
+{
+    size_t fl = strlen(filter);
+    char *f = lk_malloc(fl + 5);
+    memcpy(f, "sub:", 4);
+    memcpy(f + 4, filter, fl + 1);
+    *len = fl + 4;
+    return f;
+}
+
+/* argv from argn on: field and packed value of each subscription (those without a filter
+   left out); fields[i] / bufs[i] hold what argv points to, for the caller to free. Returns
+   the new argn. */
+static size_t s_argv_subs(Lk__Subscription **subs, size_t n, const char **argv, size_t *lens,
+                          size_t argn, char **fields, ss_buf_t *bufs)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!subs[i] || !subs[i]->filter || !*subs[i]->filter)
+            continue;
+        argv[argn] = fields[i] = s_sub_field(subs[i]->filter, &lens[argn]);
+        argn++;
+        ss_codec_pack_subscription(subs[i], &bufs[i]);
+        argv[argn] = (const char *)bufs[i].data;
+        lens[argn++] = bufs[i].size;
+    }
+    return argn;
+}
+
 static uint64_t s_reply_u64(const lk_redis_reply_t *r)
 {
     if (!r)
@@ -298,20 +338,7 @@ static void s_append_replace_subs(ss_store_t *self, s_pipe_t *p, const char *cli
     argv[2] = "1";
     argv[3] = s_key(self, "lk:sess:", client);
     lens[3] = self->key.size;
-    size_t argn = 4;
-    for (size_t i = 0; i < n; i++) {
-        if (!subs[i] || !subs[i]->filter || !*subs[i]->filter)
-            continue;
-        size_t fl = strlen(subs[i]->filter);
-        fields[i] = lk_malloc(fl + 5);
-        memcpy(fields[i], "sub:", 4);
-        memcpy(fields[i] + 4, subs[i]->filter, fl + 1);
-        ss_codec_pack_subscription(subs[i], &bufs[i]);
-        argv[argn] = fields[i];
-        lens[argn++] = fl + 4;
-        argv[argn] = (const char *)bufs[i].data;
-        lens[argn++] = bufs[i].size;
-    }
+    size_t argn = s_argv_subs(subs, n, argv, lens, 4, fields, bufs);
     for (size_t i = 0; i < 3; i++)
         lens[i] = strlen(argv[i]);
     s_pipe_cmd(p, (int)argn, argv, lens);
@@ -453,23 +480,19 @@ static int s_pending_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* HDEL of ids from lk:q:<client>; returns the command's argv storage to free */
-static void s_append_hdel_key(ss_store_t *self, s_pipe_t *p, const char *prefix,
-                              const char *client, const uint64_t *ids, size_t n)
+/* <cmd> <prefix><client> id... (HDEL of stored copies, SADD / SREM of packet ids) */
+static void s_append_ids(ss_store_t *self, s_pipe_t *p, const char *cmd, const char *prefix,
+                         const char *client, const uint64_t *ids, size_t n)
 {
     const char **argv = lk_calloc(n + 2, sizeof(*argv));
     size_t *lens = lk_calloc(n + 2, sizeof(*lens));
     char *nums = lk_malloc(n * 24);
-    argv[0] = "HDEL";
-    lens[0] = 4;
-    argv[1] = s_key(self, prefix, client);
-    lens[1] = self->key.size;
     for (size_t i = 0; i < n; i++) {
         char *num = nums + i * 24;
         lens[i + 2] = (size_t)snprintf(num, 24, "%" PRIu64, ids[i]);
         argv[i + 2] = num;
     }
-    s_pipe_cmd(p, (int)n + 2, argv, lens);
+    s_pipe_key_cmd(self, p, cmd, prefix, client, n + 2, argv, lens);
     free(nums);
     free(lens);
     free(argv);
@@ -479,8 +502,8 @@ static void s_append_hdel_key(ss_store_t *self, s_pipe_t *p, const char *prefix,
 static void s_append_hdel_ids(ss_store_t *self, s_pipe_t *p, const char *client,
                               const uint64_t *ids, size_t n)
 {
-    s_append_hdel_key(self, p, "lk:q:", client, ids, n);
-    s_append_hdel_key(self, p, "lk:rel:", client, ids, n);
+    s_append_ids(self, p, "HDEL", "lk:q:", client, ids, n);
+    s_append_ids(self, p, "HDEL", "lk:rel:", client, ids, n);
 }
 
 /* QoS 2 copies the client PUBRECed: kept, marked with the packet id to re-send PUBREL on */
@@ -490,10 +513,6 @@ static void s_append_released(ss_store_t *self, s_pipe_t *p, const char *client,
     const char **argv = lk_calloc(2 * n + 2, sizeof(*argv));
     size_t *lens = lk_calloc(2 * n + 2, sizeof(*lens));
     char *nums = lk_malloc(n * 48);
-    argv[0] = "HSET";
-    lens[0] = 4;
-    argv[1] = s_key(self, "lk:rel:", client);
-    lens[1] = self->key.size;
     for (size_t i = 0; i < n; i++) {
         char *num = nums + i * 48;
         lens[2 * i + 2] = (size_t)snprintf(num, 24, "%" PRIu64, ids[i]);
@@ -501,7 +520,7 @@ static void s_append_released(ss_store_t *self, s_pipe_t *p, const char *client,
         lens[2 * i + 3] = (size_t)snprintf(num + 24, 24, "%" PRIu32, pids[i]);
         argv[2 * i + 3] = num + 24;
     }
-    s_pipe_cmd(p, (int)(2 * n + 2), argv, lens);
+    s_pipe_key_cmd(self, p, "HSET", "lk:rel:", client, 2 * n + 2, argv, lens);
     free(nums);
     free(lens);
     free(argv);
@@ -697,8 +716,7 @@ int ss_store_close(ss_store_t *self, const char *client, const char *node, uint6
         s_append_replace_subs(self, &p, client, subs, n_subs);
     if (s_pipe_end(&p) != 0)
         return -1;
-    s_session_set_node(self, s, NULL, 0);
-    s->conn = 0;
+    s_session_set_node(self, s, NULL, 0); /* and conn = 0 */
     s->expiry = expiry;
     s->disconnected_at = now;
     s->persistent = true;
@@ -735,22 +753,11 @@ int ss_store_ack(ss_store_t *self, const char *client, const char *node, const u
 static void s_append_pids(ss_store_t *self, s_pipe_t *p, const char *cmd, const char *client,
                           const uint32_t *pids, size_t n)
 {
-    const char **argv = lk_calloc(n + 2, sizeof(*argv));
-    size_t *lens = lk_calloc(n + 2, sizeof(*lens));
-    char *nums = lk_malloc(n * 12);
-    argv[0] = cmd;
-    lens[0] = strlen(cmd);
-    argv[1] = s_key(self, "lk:rx:", client);
-    lens[1] = self->key.size;
-    for (size_t i = 0; i < n; i++) {
-        char *num = nums + i * 12;
-        lens[i + 2] = (size_t)snprintf(num, 12, "%" PRIu32, pids[i]);
-        argv[i + 2] = num;
-    }
-    s_pipe_cmd(p, (int)n + 2, argv, lens);
-    free(nums);
-    free(lens);
-    free(argv);
+    uint64_t *ids = lk_malloc(n * sizeof(*ids));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = pids[i];
+    s_append_ids(self, p, cmd, "lk:rx:", client, ids, n);
+    free(ids);
 }
 
 int ss_store_rx(ss_store_t *self, const char *client, const char *node, const uint32_t *add,
@@ -783,51 +790,23 @@ int ss_store_subs_delta(ss_store_t *self, const char *client, const char *node,
     size_t *lens = lk_calloc(argc, sizeof(*lens));
     ss_buf_t *bufs = lk_calloc(n_subs ? n_subs : 1, sizeof(*bufs));
     char **fields = lk_calloc(n_subs + n_removed + 1, sizeof(char *));
-    size_t nf = 0;
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
     /* sub:<filter> fields, as s_append_replace_subs writes them */
-    size_t argn = 2;
-    for (size_t i = 0; i < n_subs; i++) {
-        if (!subs[i] || !subs[i]->filter || !*subs[i]->filter)
-            continue;
-        size_t fl = strlen(subs[i]->filter);
-        char *f = fields[nf++] = lk_malloc(fl + 5);
-        memcpy(f, "sub:", 4);
-        memcpy(f + 4, subs[i]->filter, fl + 1);
-        ss_codec_pack_subscription(subs[i], &bufs[i]);
-        argv[argn] = f;
-        lens[argn++] = fl + 4;
-        argv[argn] = (const char *)bufs[i].data;
-        lens[argn++] = bufs[i].size;
-    }
-    if (argn > 2) {
-        argv[0] = "HSET";
-        lens[0] = 4;
-        argv[1] = s_key(self, "lk:sess:", client);
-        lens[1] = self->key.size;
-        s_pipe_cmd(&p, (int)argn, argv, lens);
-    }
+    size_t argn = s_argv_subs(subs, n_subs, argv, lens, 2, fields, bufs);
+    if (argn > 2)
+        s_pipe_key_cmd(self, &p, "HSET", "lk:sess:", client, argn, argv, lens);
     argn = 2;
     for (size_t i = 0; i < n_removed; i++) {
         if (!removed[i] || !*removed[i])
             continue;
-        size_t fl = strlen(removed[i]);
-        char *f = fields[nf++] = lk_malloc(fl + 5);
-        memcpy(f, "sub:", 4);
-        memcpy(f + 4, removed[i], fl + 1);
-        argv[argn] = f;
-        lens[argn++] = fl + 4;
+        argv[argn] = fields[n_subs + i] = s_sub_field(removed[i], &lens[argn]);
+        argn++;
     }
-    if (argn > 2) {
-        argv[0] = "HDEL";
-        lens[0] = 4;
-        argv[1] = s_key(self, "lk:sess:", client);
-        lens[1] = self->key.size;
-        s_pipe_cmd(&p, (int)argn, argv, lens);
-    }
+    if (argn > 2)
+        s_pipe_key_cmd(self, &p, "HDEL", "lk:sess:", client, argn, argv, lens);
     int rc = s_pipe_end(&p);
-    for (size_t i = 0; i < nf; i++)
+    for (size_t i = 0; i < n_subs + n_removed; i++)
         free(fields[i]);
     for (size_t i = 0; i < n_subs; i++)
         ss_buf_release(&bufs[i]);
