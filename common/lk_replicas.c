@@ -116,6 +116,33 @@ lk_peer_t *lk_replicas_other(lk_replicas_t *self, lk_peer_t *not)
     return NULL;
 }
 
+uint32_t lk_replicas_hash(const void *key, size_t len)
+{
+    const unsigned char *p = key;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+int lk_replicas_home(const void *key, size_t len, int n)
+{
+    return n > 1 ? (int)(lk_replicas_hash(key, len) % (uint32_t)n) : 0;
+}
+
+lk_peer_t *lk_replicas_owner(lk_replicas_t *self, const void *key, size_t len)
+{
+    int home = lk_replicas_home(key, len, self->n);
+    for (int k = 0; k < self->n; k++) {
+        int i = (home + k) % self->n;
+        if (lk_peer_alive(self->peers[i]))
+            return self->peers[i];
+    }
+    return self->peers[home];
+}
+
 int lk_replicas_index(lk_replicas_t *self, lk_peer_t *peer)
 {
     for (int i = 0; self && i < self->n; i++)
@@ -234,6 +261,13 @@ int lk_replicas_test(bool verbose)
         if (a == b || lk_replicas_alive(rs) != 0 || lk_replicas_other(rs, a) != NULL)
             rc = -1;
         if (lk_replicas_sticky(rs) != b || lk_replicas_index(rs, b) != 1)
+            rc = -1;
+        /* none alive: the owner is the configured one; FNV-1a's known value */
+        if (lk_replicas_hash("a", 1) != 0xe40c292cu)
+            rc = -1;
+        int home = lk_replicas_home("client-7", 8, 3);
+        if (lk_replicas_owner(rs, "client-7", 8) != lk_replicas_nth(rs, home) ||
+            lk_replicas_home("x", 1, 1) != 0)
             rc = -1;
     }
     /* two replicas on one endpoint without %n: refused */

@@ -38,6 +38,19 @@ lk_peer_t *lk_replicas_sticky(lk_replicas_t *self);
 /* a live replica other than `not`, or NULL */
 lk_peer_t *lk_replicas_other(lk_replicas_t *self, lk_peer_t *not);
 
+/* The replica that owns `key` (a client id, a topic, a lock): the configured replica
+   lk_replicas_hash(key) % n while it is alive, else the next live one after it in
+   order, else the configured one (work for it waits). Every client of the service
+   computes the same owner from the same liveness, so partitioned work (a client's
+   session, a topic's publishes, a lock's rounds) meets at one replica. Ownership moves
+   back when the configured replica returns: callers that need order across that moment
+   check lk_peer_unacked() of the replica they used before switching. */
+lk_peer_t *lk_replicas_owner(lk_replicas_t *self, const void *key, size_t len);
+/* index of the configured owner of key among n replicas, whatever their liveness */
+int lk_replicas_home(const void *key, size_t len, int n);
+/* FNV-1a, 32 bits: stable across processes, versions and hosts */
+uint32_t lk_replicas_hash(const void *key, size_t len);
+
 bool lk_replicas_has(lk_replicas_t *self, lk_peer_t *peer);
 int lk_replicas_count(lk_replicas_t *self);
 lk_peer_t *lk_replicas_nth(lk_replicas_t *self, int i);
