@@ -154,8 +154,10 @@ class Stack:
             "LATCHKEY_REPLICAS": " ".join("%s=%d" % kv for kv in self.replicas.items()),
         })
         # what latchkey-up gives the daemons, for the CLI and helpers run from tests
-        self.env["LATCHKEY_AUTH_REPLICAS"] = str(self.replicas.get("auth", 1))
-        self.env["LATCHKEY_HISTORY_REPLICAS"] = str(self.replicas.get("history-writer", 1))
+        for kind, prefix in (("router", "ROUTER"), ("session-store", "SESSION"),
+                             ("auth", "AUTH"), ("lock-arbiter", "ARBITER"),
+                             ("history-writer", "HISTORY")):
+            self.env["LATCHKEY_%s_REPLICAS" % prefix] = str(self.replicas.get(kind, 1))
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
         self.running = False

@@ -202,10 +202,10 @@ def test_history_exactly_once_while_writers_killed(rstack):
     assert moved, "no writer died with events unacked: the failover was not exercised"
 
 
-@pytest.mark.parametrize("value", ["router=2", "auth=0", "auth=two"])
+@pytest.mark.parametrize("value", ["api=2", "mqtt-frontend=2", "auth=0", "auth=two"])
 def test_latchkey_up_refuses_bad_replica_counts(tmp_path, value):
-    """Only the stateless services have replicas yet: anything else is a usage error (100)
-    before anything starts."""
+    """A count that is not a number >= 1, or a service without replicas (frontends scale by
+    LATCHKEY_FRONTENDS): a usage error (100) before anything starts."""
     env = dict(os.environ, RUN_DIR=str(tmp_path / "run"), LATCHKEY_REPLICAS=value)
     p = subprocess.run([os.path.join(lk.ROOT, "supervise", "latchkey-up"), "--detach"],
                        env=env, capture_output=True, text=True, timeout=30,
