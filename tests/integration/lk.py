@@ -12,6 +12,7 @@ AssertionError) rather than hang; the per-test pytest-timeout is the last resort
 
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -39,13 +40,21 @@ MQTTv5 = mqtt.MQTTv5
 
 
 def free_port(exclude=()):
-    """A TCP port free on 127.0.0.1 right now (the kernel's choice), not in exclude."""
-    for _ in range(50):
+    """A TCP port free on 127.0.0.1 right now, not in exclude. Picked below the kernel's
+    ephemeral range (ip_local_port_range starts at 32768 by default): a port the kernel
+    chose could be taken by any outgoing connection (a test's own client) between this
+    choice and the server's bind, and a stack whose listener cannot bind fails whole."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        if port in exclude:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in exclude:
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     raise RuntimeError("no free port found")
 
 
