@@ -300,6 +300,47 @@ size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
     return n;
 }
 
+size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
+                              lk_bus_moved_fn *moved, void *arg)
+{
+    lk_bus_flush(self);
+    s_unacked_t *list = from->head;
+    from->head = from->tail = NULL;
+    from->unacked = 0;
+    from->unacked_bytes = 0;
+    size_t n = 0;
+    while (list) {
+        s_unacked_t *u = list;
+        list = u->next;
+        u->next = NULL;
+        Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
+        lk_peer_t *dst = env ? to(env, arg) : NULL;
+        if (dst && dst != from) {
+            env->resent = true; /* `from` may have done it before it fell silent */
+            int64_t seq = lk_bus_send(self, dst, env, true);
+            if (seq > 0) {
+                n++;
+                if (moved)
+                    moved(u->seq, dst, (uint64_t)seq, arg);
+            }
+            free(u->data);
+            free(u);
+        } else {
+            /* stays, in order */
+            if (from->tail)
+                from->tail->next = u;
+            else
+                from->head = u;
+            from->tail = u;
+            from->unacked++;
+            from->unacked_bytes += u->len;
+        }
+        if (env)
+            lk__envelope__free_unpacked(env, NULL);
+    }
+    return n;
+}
+
 void lk_peer_set_data(lk_peer_t *peer, void *data)
 {
     peer->data = data;
