@@ -206,6 +206,17 @@ static void s_moved(uint64_t old_seq, lk_peer_t *to, uint64_t new_seq, void *arg
         }
 }
 
+/* the publish batches a silent router did not ack go to their topics' owners now */
+static void s_move_publishes(fe_server_t *srv, lk_peer_t *peer)
+{
+    s_move_t mv = {srv, peer, 0};
+    size_t n = lk_bus_move_unacked_by(srv->bus, peer, s_move_to, s_moved, &mv);
+    if (n)
+        lk_notice("%s silent: %zu publish batch(es) (%zu waited for) re-sent to its topics' "
+                  "new owners",
+                  lk_peer_name(peer), n, mv.waits_moved);
+}
+
 void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer)
 {
     int idx = lk_replicas_index(srv->routers, peer);
@@ -217,11 +228,7 @@ void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer)
         srv->n_held--;
     }
     s_release_silent(srv);
-    s_move_t mv = {srv, peer, 0};
-    size_t n = lk_bus_move_unacked_by(srv->bus, peer, s_move_to, s_moved, &mv);
-    lk_notice("%s silent: %zu publish batch(es) (%zu waited for) re-sent to its topics' "
-              "new owners",
-              lk_peer_name(peer), n, mv.waits_moved);
+    s_move_publishes(srv, peer);
 }
 
 void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted)
@@ -233,6 +240,13 @@ void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted)
     /* joins that waited on every router while none was alive: the silent ones are not
        waited for any more */
     s_release_silent(srv);
+    /* publishes that waited for silent routers while none was alive: to this one now,
+       before anything newer on their topics */
+    for (int i = 0; i < lk_replicas_count(srv->routers); i++) {
+        lk_peer_t *p = lk_replicas_nth(srv->routers, i);
+        if (p != peer && !lk_peer_alive(p) && srv->rt_was_down[i] && lk_peer_unacked(p))
+            s_move_publishes(srv, p);
+    }
     if (!srv->rt_was_down[idx])
         return;
     srv->rt_was_down[idx] = false;
