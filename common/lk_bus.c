@@ -88,6 +88,7 @@ struct _lk_peer_t {
     zsock_t *dealer;    /* tcp:// server: libzmq (CurveZMQ) */
     lk_zmtp_t *zdealer; /* ipc:// server: our own ZMTP */
     bool via_zmtp;      /* a client last heard through our ipc:// router */
+    uint64_t up_gen;    /* ipc:// server: the link number our re-sends caught up with */
     int64_t last_heard;
     /* sending */
     uint64_t next_seq;
@@ -467,11 +468,31 @@ static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t le
     peer->unacked_bytes += len;
 }
 
+static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer);
+
+/* An ipc:// link to a server that came up since our last reliable send: what the last
+   link may have lost is re-sent first, in order, so a new envelope never reaches a
+   restarted server ahead of older ones (lk_zmtp does not queue kept envelopes while the
+   link is down). */
+static void s_catch_up(lk_bus_t *self, lk_peer_t *peer)
+{
+    if (!peer->is_server || !peer->zdealer || !lk_zmtp_connected(peer->zdealer))
+        return;
+    uint64_t gen = lk_zmtp_link_gen(peer->zdealer, NULL);
+    if (gen == peer->up_gen)
+        return;
+    peer->up_gen = gen;
+    if (peer->head)
+        s_resend_all(self, peer, true);
+}
+
 static void s_flush_batch(lk_bus_t *self, lk_peer_t *peer, int kind)
 {
     s_batch_t *b = &peer->batches[kind];
     if (b->count == 0)
         return;
+    if (b->seq)
+        s_catch_up(self, peer);
     Lk__Envelope env = LK__ENVELOPE__INIT;
     s_pack_header(self, peer, &env, b->seq);
     /* body: field tag (length-delimited) + length + the items, already in wire form */
@@ -537,6 +558,8 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
         s_flush_peer(self, peer);
         peer->dirty = peer->acks_out.n > 0;
     }
+    if (reliable)
+        s_catch_up(self, peer);
     uint64_t seq = reliable ? ++peer->next_seq : 0;
     s_pack_header(self, peer, env, seq);
     if (reliable)

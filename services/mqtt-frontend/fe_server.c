@@ -282,7 +282,10 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     fe_server_t *srv = arg;
     if (fe_is_router(srv, peer)) {
-        fe_route_reset(srv, peer);
+        /* several routers: its topics go elsewhere now, and it cannot flush what it gave
+           (one router: its routes keep QoS 0 flowing while it is away) */
+        if (lk_replicas_count(srv->routers) > 1)
+            fe_route_reset(srv, peer);
         fe_routers_peer_down(srv, peer);
         /* QoS > 0 publishes give up only when no router is left */
         if (!lk_replicas_alive(srv->routers) && !srv->router_down_ms)

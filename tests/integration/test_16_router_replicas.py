@@ -173,6 +173,16 @@ def test_both_routers_serve(rstack):
         s.disconnect()
 
 
+def test_sys_from_one_router(rstack):
+    """$SYS is published by one router (the first live one), not by each."""
+    s = eager_client(rstack, "%s-sys" % RUN, "$SYS/broker/uptime", qos=0)
+    got = s.messages.drain(quiet=11.5, timeout=11.5)
+    s.disconnect()
+    # one retained copy, then one per sys_interval (5 s) from one router: 2..4 in 11.5 s;
+    # two publishing routers would give 5 or more
+    assert 2 <= len(got) <= 4, got
+
+
 def connect_loop(stack, stop, out):
     """New clients connect (and leave) until stop; out: [ok, refused]"""
     i = 0
