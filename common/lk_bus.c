@@ -88,6 +88,7 @@ struct _lk_peer_t {
     zsock_t *dealer;    /* tcp:// server: libzmq (CurveZMQ) */
     lk_zmtp_t *zdealer; /* ipc:// server: our own ZMTP */
     bool via_zmtp;      /* a client last heard through our ipc:// router */
+    uint64_t up_gen;    /* ipc:// server: the link number our re-sends caught up with */
     int64_t last_heard;
     /* sending */
     uint64_t next_seq;
@@ -300,6 +301,47 @@ size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
     return n;
 }
 
+size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
+                              lk_bus_moved_fn *moved, void *arg)
+{
+    lk_bus_flush(self);
+    s_unacked_t *list = from->head;
+    from->head = from->tail = NULL;
+    from->unacked = 0;
+    from->unacked_bytes = 0;
+    size_t n = 0;
+    while (list) {
+        s_unacked_t *u = list;
+        list = u->next;
+        u->next = NULL;
+        Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
+        lk_peer_t *dst = env ? to(env, arg) : NULL;
+        if (dst && dst != from) {
+            env->resent = true; /* `from` may have done it before it fell silent */
+            int64_t seq = lk_bus_send(self, dst, env, true);
+            if (seq > 0) {
+                n++;
+                if (moved)
+                    moved(u->seq, dst, (uint64_t)seq, arg);
+            }
+            free(u->data);
+            free(u);
+        } else {
+            /* stays, in order */
+            if (from->tail)
+                from->tail->next = u;
+            else
+                from->head = u;
+            from->tail = u;
+            from->unacked++;
+            from->unacked_bytes += u->len;
+        }
+        if (env)
+            lk__envelope__free_unpacked(env, NULL);
+    }
+    return n;
+}
+
 void lk_peer_set_data(lk_peer_t *peer, void *data)
 {
     peer->data = data;
@@ -426,11 +468,31 @@ static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t le
     peer->unacked_bytes += len;
 }
 
+static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer);
+
+/* An ipc:// link to a server that came up since our last reliable send: what the last
+   link may have lost is re-sent first, in order, so a new envelope never reaches a
+   restarted server ahead of older ones (lk_zmtp does not queue kept envelopes while the
+   link is down). */
+static void s_catch_up(lk_bus_t *self, lk_peer_t *peer)
+{
+    if (!peer->is_server || !peer->zdealer || !lk_zmtp_connected(peer->zdealer))
+        return;
+    uint64_t gen = lk_zmtp_link_gen(peer->zdealer, NULL);
+    if (gen == peer->up_gen)
+        return;
+    peer->up_gen = gen;
+    if (peer->head)
+        s_resend_all(self, peer, true);
+}
+
 static void s_flush_batch(lk_bus_t *self, lk_peer_t *peer, int kind)
 {
     s_batch_t *b = &peer->batches[kind];
     if (b->count == 0)
         return;
+    if (b->seq)
+        s_catch_up(self, peer);
     Lk__Envelope env = LK__ENVELOPE__INIT;
     s_pack_header(self, peer, &env, b->seq);
     /* body: field tag (length-delimited) + length + the items, already in wire form */
@@ -496,6 +558,8 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
         s_flush_peer(self, peer);
         peer->dirty = peer->acks_out.n > 0;
     }
+    if (reliable)
+        s_catch_up(self, peer);
     uint64_t seq = reliable ? ++peer->next_seq : 0;
     s_pack_header(self, peer, env, seq);
     if (reliable)

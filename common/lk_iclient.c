@@ -13,10 +13,26 @@
     The session is opened again whenever the session store comes back (restarted, or
     heard from after a silence): a store forwards a stored copy only to a node it currently
     sees, so copies stored before it heard from us again would otherwise wait for our next
-    start. */
+    start.
+
+    Several routers (router_replicas): the Attach and subscriptions go to each (ready once
+    every live one acked), a publish to its topic's owner (lk_replicas_owner), a retained
+    one also as a retain-only copy to the others. The publish ids handed out are ours
+    (a router's seq alone would be ambiguous); when an owner falls silent, the batches it
+    did not ack move to the topic's new owner and keep their ids. */
 #include "lk_iclient.h"
 #include "lk_common.h"
 #include "lk_mqtt.h"
+#include "lk_replicas.h"
+
+#define S_MAX_ROUTERS 64
+
+/* a publish batch at a router, and the id the service knows it by */
+typedef struct {
+    lk_peer_t *peer;
+    uint64_t seq;
+    uint64_t id;
+} s_pub_t;
 
 #define S_REOPEN_MS 1000
 #define S_CRON_MS 250
@@ -32,7 +48,7 @@ typedef struct {
 struct _lk_iclient_t {
     lk_loop_t *loop;
     lk_bus_t *bus;
-    lk_peer_t *router;
+    lk_replicas_t *routers;
     lk_peer_t *store;
     char *node;
     char *client_id;
@@ -47,7 +63,12 @@ struct _lk_iclient_t {
     s_sub_t *subs;
     size_t n_subs, cap_subs;
     bool subs_changed; /* to tell the session store at turn end */
-    uint64_t sub_seq;  /* router seq of the last Attach/SubscribeReq; 0 = acked */
+    /* per router: seq of the last Attach/SubscribeReq; 0 = acked */
+    uint64_t sub_seq[S_MAX_ROUTERS];
+    /* publish batches waiting for their router's ack */
+    s_pub_t *pubs;
+    size_t n_pubs, cap_pubs;
+    uint64_t pub_id;
     bool ready_told;
     /* stored copies handled this turn */
     uint64_t *acks;
@@ -73,7 +94,8 @@ static void s_subs_to_proto(self_t *self, Lk__Subscription **ptrs, Lk__Subscript
     }
 }
 
-static void s_attach(self_t *self)
+/* only: that router (restarted), NULL: every one */
+static void s_attach(self_t *self, lk_peer_t *only)
 {
     size_t n = self->n_subs ? self->n_subs : 1;
     Lk__Subscription store[n];
@@ -87,9 +109,14 @@ static void s_attach(self_t *self)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_ATTACH;
     env.attach = &a;
-    int64_t seq = lk_bus_send(self->bus, self->router, &env, true);
-    if (seq > 0)
-        self->sub_seq = (uint64_t)seq;
+    for (int i = 0; i < lk_replicas_count(self->routers); i++) {
+        lk_peer_t *r = lk_replicas_nth(self->routers, i);
+        if (only && r != only)
+            continue;
+        int64_t seq = lk_bus_send(self->bus, r, &env, true);
+        if (seq > 0)
+            self->sub_seq[i] = (uint64_t)seq;
+    }
 }
 
 static void s_subscribe_send(self_t *self, s_sub_t *subs, size_t n)
@@ -109,9 +136,11 @@ static void s_subscribe_send(self_t *self, s_sub_t *subs, size_t n)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
     env.subscribe = &sr;
-    int64_t seq = lk_bus_send(self->bus, self->router, &env, true);
-    if (seq > 0)
-        self->sub_seq = (uint64_t)seq;
+    for (int i = 0; i < lk_replicas_count(self->routers); i++) {
+        int64_t seq = lk_bus_send(self->bus, lk_replicas_nth(self->routers, i), &env, true);
+        if (seq > 0)
+            self->sub_seq[i] = (uint64_t)seq;
+    }
     self->subs_changed = true;
 }
 
@@ -165,13 +194,26 @@ static void s_open(self_t *self)
     self->state = S_OPENING;
     self->ready_told = false;
     self->req++;
-    s_attach(self);
+    s_attach(self, NULL);
     s_open_send(self);
+}
+
+/* every live router acked our Attach and subscriptions */
+static bool s_subs_acked(self_t *self)
+{
+    bool any = false;
+    for (int i = 0; i < lk_replicas_count(self->routers); i++) {
+        bool alive = lk_peer_alive(lk_replicas_nth(self->routers, i));
+        if (self->sub_seq[i] && (alive || lk_replicas_count(self->routers) == 1))
+            return false;
+        any = any || alive || !self->sub_seq[i];
+    }
+    return any;
 }
 
 static void s_maybe_ready(self_t *self)
 {
-    if (self->state != S_OPEN || self->sub_seq || self->ready_told)
+    if (self->state != S_OPEN || !s_subs_acked(self) || self->ready_told)
         return;
     self->ready_told = true;
     lk_info("iclient %s: session open, %zu subscription(s) in place", self->client_id,
@@ -257,7 +299,7 @@ void lk_iclient_ack(lk_iclient_t *self, uint64_t store_id)
 static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
 {
     self_t *self = arg;
-    if (peer != self->router && peer != self->store) {
+    if (!lk_replicas_has(self->routers, peer) && peer != self->store) {
         if (self->h.on_envelope)
             self->h.on_envelope(self, peer, env, self->arg);
         else if (env->seq)
@@ -293,11 +335,12 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     self_t *self = arg;
-    if (peer == self->router) {
-        lk_info("iclient %s: router %s", self->client_id, restarted ? "restarted" : "up");
+    if (lk_replicas_has(self->routers, peer)) {
+        lk_info("iclient %s: %s %s", self->client_id, lk_peer_name(peer),
+                restarted ? "restarted" : "up");
         if (restarted && !self->closing) {
             /* it starts empty: our client and its subscriptions again */
-            s_attach(self);
+            s_attach(self, peer);
         }
     } else if (peer == self->store) {
         lk_info("iclient %s: session store %s", self->client_id, restarted ? "restarted" : "up");
@@ -309,25 +352,78 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         self->h.on_peer_up(self, peer, restarted, self->arg);
 }
 
+typedef struct {
+    self_t *self;
+    lk_peer_t *from;
+} s_move_t;
+
+static lk_peer_t *s_move_to(const Lk__Envelope *env, void *arg)
+{
+    s_move_t *mv = arg;
+    if (env->body_case != LK__ENVELOPE__BODY_PUBLISH || !env->publish)
+        return NULL;
+    for (size_t i = 0; i < env->publish->n_items; i++) {
+        Lk__Publish *p = env->publish->items[i];
+        if (p->retain_only || !p->msg || !p->msg->topic)
+            continue;
+        lk_peer_t *to =
+            lk_replicas_owner(mv->self->routers, p->msg->topic, strlen(p->msg->topic));
+        return to != mv->from && lk_peer_alive(to) ? to : NULL;
+    }
+    return NULL;
+}
+
+static void s_moved(uint64_t old_seq, lk_peer_t *to, uint64_t new_seq, void *arg)
+{
+    s_move_t *mv = arg;
+    for (size_t i = 0; i < mv->self->n_pubs; i++) {
+        s_pub_t *p = &mv->self->pubs[i];
+        if (p->peer == mv->from && p->seq == old_seq) {
+            p->peer = to;
+            p->seq = new_seq;
+        }
+    }
+}
+
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (peer != self->router && peer != self->store && self->h.on_peer_down)
+    if (lk_replicas_has(self->routers, peer)) {
+        if (lk_replicas_count(self->routers) > 1) {
+            /* its topics' publishes go to their new owner, with their ids */
+            s_move_t mv = {self, peer};
+            size_t n = lk_bus_move_unacked_by(bus, peer, s_move_to, s_moved, &mv);
+            if (n)
+                lk_notice("iclient %s: %zu publish batch(es) of silent %s re-sent",
+                          self->client_id, n, lk_peer_name(peer));
+            s_maybe_ready(self);
+        }
+        return;
+    }
+    if (peer != self->store && self->h.on_peer_down)
         self->h.on_peer_down(self, peer, self->arg);
 }
 
 static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     self_t *self = arg;
-    if (peer == self->router) {
-        if (seq == self->close_seqs[0])
+    int ri = lk_replicas_index(self->routers, peer);
+    if (ri >= 0) {
+        if (ri == 0 && seq == self->close_seqs[0])
             self->close_seqs[0] = 0;
-        if (seq == self->sub_seq) {
-            self->sub_seq = 0;
+        if (seq == self->sub_seq[ri]) {
+            self->sub_seq[ri] = 0;
             s_maybe_ready(self);
         }
-        if (self->h.on_published)
-            self->h.on_published(self, seq, self->arg);
+        for (size_t i = 0; i < self->n_pubs; i++) {
+            if (self->pubs[i].peer != peer || self->pubs[i].seq != seq)
+                continue;
+            uint64_t id = self->pubs[i].id;
+            self->pubs[i] = self->pubs[--self->n_pubs];
+            if (self->h.on_published)
+                self->h.on_published(self, id, self->arg);
+            break;
+        }
     } else if (peer == self->store) {
         if (seq == self->close_seqs[1])
             self->close_seqs[1] = 0;
@@ -409,7 +505,31 @@ static uint64_t s_publish(lk_iclient_t *self, const char *topic, const void *pay
         m.once_id = (char *)once_id;
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = &m;
-    return lk_bus_batch_add(self->bus, self->router, LK_BODY_PUBLISH, &pub, m.qos > 0);
+    lk_peer_t *owner = lk_replicas_owner(self->routers, topic, strlen(topic));
+    uint64_t seq = lk_bus_batch_add(self->bus, owner, LK_BODY_PUBLISH, &pub, m.qos > 0);
+    if (retain && lk_replicas_count(self->routers) > 1) {
+        /* every router keeps every retained message; the owner delivers and stores it */
+        pub.retain_only = true;
+        for (int i = 0; i < lk_replicas_count(self->routers); i++)
+            if (lk_replicas_nth(self->routers, i) != owner)
+                lk_bus_batch_add(self->bus, lk_replicas_nth(self->routers, i), LK_BODY_PUBLISH,
+                                 &pub, true);
+    }
+    if (!seq)
+        return 0;
+    /* the publishes of one turn to one router share its batch, and so their id */
+    for (size_t i = self->n_pubs; i-- > 0;)
+        if (self->pubs[i].peer == owner && self->pubs[i].seq == seq)
+            return self->pubs[i].id;
+    if (self->n_pubs == self->cap_pubs) {
+        self->cap_pubs = self->cap_pubs ? self->cap_pubs * 2 : 16;
+        self->pubs = lk_realloc(self->pubs, self->cap_pubs * sizeof(s_pub_t));
+    }
+    s_pub_t *p = &self->pubs[self->n_pubs++];
+    p->peer = owner;
+    p->seq = seq;
+    p->id = ++self->pub_id;
+    return p->id;
 }
 
 /* --- construction ----------------------------------------------------------------- */
@@ -420,6 +540,10 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
 {
     const char *rep = lk_config_get(config, "router_endpoint", NULL);
     const char *sep = lk_config_get(config, "session_endpoint", NULL);
+    if (lk_config_get_int(config, "router_replicas", 1) > S_MAX_ROUTERS) {
+        lk_error("router_replicas: at most %d", S_MAX_ROUTERS);
+        return NULL;
+    }
     if (!rep || !sep || !*rep || !*sep) {
         lk_error("router_endpoint and session_endpoint must be configured");
         return NULL;
@@ -440,7 +564,15 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
     if (lk_bus_configure(self->bus, config) != 0)
         lk_error("iclient %s: bus configuration refused; tcp:// endpoints will not work", node);
     lk_bus_on_acked(self->bus, s_on_acked);
-    self->router = lk_bus_connect(self->bus, "router", rep);
+    self->routers = lk_replicas_connect(self->bus, config, "router", "router");
+    if (!self->routers) {
+        lk_bus_destroy(&self->bus);
+        lk_loop_remove_turn_end(loop, s_turn_end, self);
+        free(self->node);
+        free(self->client_id);
+        free(self);
+        return NULL;
+    }
     self->store = lk_bus_connect(self->bus, "session-store", sep);
     self->cron = lk_loop_timer(loop, S_CRON_MS, true, s_cron, self);
     s_open(self);
@@ -455,6 +587,8 @@ void lk_iclient_destroy(lk_iclient_t **self_p)
     lk_loop_remove_turn_end(self->loop, s_turn_end, self);
     lk_loop_timer_cancel(self->loop, self->cron);
     lk_bus_destroy(&self->bus);
+    lk_replicas_destroy(&self->routers);
+    free(self->pubs);
     for (size_t i = 0; i < self->n_subs; i++)
         free(self->subs[i].filter);
     free(self->subs);
@@ -477,7 +611,7 @@ const char *lk_iclient_client_id(lk_iclient_t *self)
 
 bool lk_iclient_ready(lk_iclient_t *self)
 {
-    return self->state == S_OPEN && self->sub_seq == 0;
+    return self->state == S_OPEN && s_subs_acked(self);
 }
 
 static void s_close_check(lk_loop_t *loop, void *arg)
@@ -503,7 +637,13 @@ void lk_iclient_close(lk_iclient_t *self, int timeout_ms)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_DETACH;
     env.detach = &d;
-    int64_t s0 = lk_peer_alive(self->router) ? lk_bus_send(self->bus, self->router, &env, true) : 0;
+    int64_t s0 = 0;
+    for (int i = 0; i < lk_replicas_count(self->routers); i++) {
+        lk_peer_t *r = lk_replicas_nth(self->routers, i);
+        int64_t sq = lk_peer_alive(r) ? lk_bus_send(self->bus, r, &env, true) : 0;
+        if (i == 0)
+            s0 = sq;    /* the close waits for the first router's ack only */
+    }
     size_t n = self->n_subs ? self->n_subs : 1;
     Lk__Subscription store[n];
     Lk__Subscription *ptrs[n];

@@ -72,9 +72,9 @@ bool lk_iclient_ready(lk_iclient_t *self);
 int lk_iclient_subscribe(lk_iclient_t *self, const char *filter, uint32_t qos);
 
 /* Publishes one message (props: MQTT 5 properties in wire form without length prefix,
-   as in Lk__Msg.props, or NULL). Returns the seq of the publish batch it travels in for
-   QoS >= 1 — on_published(seq) follows once the router stored every durable copy —
-   or 0 for QoS 0. Several publishes of one loop turn share a seq. Publishes made before
+   as in Lk__Msg.props, or NULL). Returns an id (> 0) of the publish batch it travels in
+   for QoS >= 1 — on_published(id) follows once the router stored every durable copy —
+   or 0 for QoS 0. Several publishes of one loop turn to one router share an id. Publishes made before
    the router is reachable wait in the bus's unacked queue. */
 uint64_t lk_iclient_publish(lk_iclient_t *self, const char *topic, const void *payload, size_t len,
                             uint32_t qos, bool retain, const void *props, size_t props_len);

@@ -382,6 +382,7 @@ static bool s_on_ready(s_conn_t *c, const lk_zmtp_frame_t *f)
     }
     if (!self->is_router) {
         self->connected = true;
+        self->gen++;    /* what was kept and not queued while down is due again */
         self->retry_ms = S_RETRY_MIN_MS;
         lk_debug("zmtp: link to %s up", self->peer_name);
         return true;
@@ -737,6 +738,11 @@ static int s_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, si
     s_conn_t *c = self->is_router ? zhashx_lookup(self->by_id, identity) : self->link;
     if (!c || c->dead)
         return -1;
+    if (keep && !self->is_router && !self->connected)
+        /* the caller keeps it and sends it again once a link is up (the link number
+           moves then): queued here it would reach a restarted peer ahead of the older
+           messages the caller re-sends, and break their order */
+        return 0;
     if (!keep && c->out.len - c->out_off + len > self->max_queue) {
         /* only what the sender may lose comes here (the bus's unacknowledged envelopes
            are kept): counted, and said at warning level at most every 10 s */

@@ -53,10 +53,12 @@ int lk_zmtp_connect(lk_zmtp_t *self, const char *endpoint);
    warning level at most every 10 s). */
 int lk_zmtp_send(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len);
 /* the same for a message the caller keeps until the peer acknowledges it: queued
-   whatever the queue holds (the caller bounds what it keeps unacknowledged) */
+   whatever the queue holds (the caller bounds what it keeps unacknowledged); a dealer
+   without a link does not queue it (returns 0): the caller sends it again when the link
+   number has moved, after the older ones it kept, so their order holds */
 int lk_zmtp_send_kept(lk_zmtp_t *self, const char *identity, const uint8_t *data, size_t len);
 /* Changes whenever what was sent may have been lost: a dealer's number goes up at every
-   link loss; a router gives each dealer's link its own number, 0 while there is none.
+   link loss and every link up; a router gives each dealer's link its own number, 0 while there is none.
    A message sent at one value and never refused is delivered while it holds. */
 uint64_t lk_zmtp_link_gen(lk_zmtp_t *self, const char *identity);
 /* stream positions on the current link (dealer: across links too): the end of what is

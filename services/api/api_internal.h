@@ -58,7 +58,11 @@ struct _api_server_t {
     lk_bus_t *bus;
     lk_http_t *http;
     lk_http_t *https; /* api_https_port, or NULL */
-    lk_peer_t *router, *store, *arbiter;
+    lk_peer_t *store, *arbiter;
+    /* the routers (router_replicas): each holds every subscription and retained message,
+       so one live router answers for all (api_router) */
+    lk_peer_t *routers[64];
+    int n_routers;
     lk_replicas_t *auths, *histories; /* NULL when their endpoint is unset */
     zhashx_t *frontends; /* node -> endpoint we connected to */
     api_call_t *calls;
@@ -83,6 +87,8 @@ api_call_t *api_call_new(self_t *self, lk_http_req_t *http, api_call_fn *done);
 void api_call_send(api_call_t *call, lk_peer_t *peer, Lk__AdminRequest *q);
 /* to every live frontend */
 void api_call_frontends(api_call_t *call, Lk__AdminRequest *q);
+/* the first live router (the first one when none is) */
+lk_peer_t *api_router(api_server_t *self);
 /* to every live node (router, session store, auth, arbiter, history writer, frontends) */
 void api_call_all(api_call_t *call, Lk__AdminRequest *q);
 /* starts waiting (done at once when nothing was sent) */

@@ -36,6 +36,20 @@ static double s_sum(api_call_t *call, const char *kind, const char *name, const 
     return v;
 }
 
+/* what every router holds alike (router replicas): one router's value, the largest */
+static double s_router(api_call_t *call, const char *name)
+{
+    double v = 0;
+    for (size_t i = 0; i < call->n; i++) {
+        Lk__AdminReply *r = s_node_reply(call, i);
+        if (r && strcmp(r->node->kind, "router") == 0) {
+            double x = s_metric(r, name, NULL);
+            v = x > v ? x : v;
+        }
+    }
+    return v;
+}
+
 /* --- Prometheus ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -180,15 +194,15 @@ static cJSON *s_stats_of(api_call_t *call, Lk__AdminReply *fe)
     cJSON_AddNumberToObject(j, "connections.count", conns);
     cJSON_AddNumberToObject(j, "live_connections.count", conns);
     cJSON_AddNumberToObject(j, "sessions.count",
-                            s_sum(call, "router", "latchkey_router_clients", NULL));
+                            s_router(call, "latchkey_router_clients"));
     cJSON_AddNumberToObject(j, "subscriptions.count",
-                            s_sum(call, "router", "latchkey_subscriptions", NULL));
+                            s_router(call, "latchkey_subscriptions"));
     cJSON_AddNumberToObject(j, "subscribers.count",
-                            s_sum(call, "router", "latchkey_subscribers", NULL));
+                            s_router(call, "latchkey_subscribers"));
     cJSON_AddNumberToObject(j, "topics.count",
-                            s_sum(call, "router", "latchkey_subscriptions", NULL));
+                            s_router(call, "latchkey_subscriptions"));
     cJSON_AddNumberToObject(j, "retained.count",
-                            s_sum(call, "router", "latchkey_retained_messages", NULL));
+                            s_router(call, "latchkey_retained_messages"));
     return j;
 }
 
@@ -224,7 +238,7 @@ static cJSON *s_emqx_metrics_of(api_call_t *call, Lk__AdminReply *fe)
     S_M("client.connected", "latchkey_connections_accepted_total", NULL);
 #undef S_M
     cJSON_AddNumberToObject(j, "messages.retained",
-                            s_sum(call, "router", "latchkey_retained_messages", NULL));
+                            s_router(call, "latchkey_retained_messages"));
     return j;
 }
 

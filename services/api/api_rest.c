@@ -553,7 +553,7 @@ static void s_subscriptions(self_t *self, lk_http_req_t *req, bool topics)
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = topics ? "topics" : "subscriptions";
     q.client = topics ? NULL : (char *)lk_http_query(req, "clientid");
-    api_call_t *call = s_ask(self, req, s_subs_done, self->router, &q);
+    api_call_t *call = s_ask(self, req, s_subs_done, api_router(self), &q);
     call->page = page;
     call->limit = limit;
     call->step = topics;
@@ -696,6 +696,14 @@ static int s_cmp_msg(const void *a, const void *b)
 static void s_retained_done(self_t *self, api_call_t *call)
 {
     Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
+    /* a delete asked of every router: done when one of them had it */
+    for (size_t i = 1; call->step == 2 && i < call->n && !(r && r->ok); i++)
+        if (call->answers[i].reply && (!r || call->answers[i].reply->ok))
+            r = call->answers[i].reply;
+    if (call->step == 2 && r && r->ok) {
+        lk_http_respond(call->http, 204, NULL, NULL, 0);
+        return;
+    }
     if (r && !r->ok && strcmp(r->error, "NOT_FOUND") == 0) {
         api_error(call->http, 404, "NOT_FOUND", "Viewed message doesn't exist");
         return;
@@ -742,13 +750,22 @@ static void s_retained(self_t *self, lk_http_req_t *req, const char *topic, bool
         }
         q.op = "retained";
         q.like = (char *)f;
-        api_call_t *call = s_ask(self, req, s_retained_done, self->router, &q);
+        api_call_t *call = s_ask(self, req, s_retained_done, api_router(self), &q);
         call->page = page;
         call->limit = limit;
     } else {
         q.op = del ? "retained_delete" : "retained";
         q.topic = (char *)topic;
-        s_ask(self, req, s_retained_done, self->router, &q)->step = del ? 2 : 1;
+        if (!del) {
+            s_ask(self, req, s_retained_done, api_router(self), &q)->step = 1;
+            return;
+        }
+        /* every router keeps the message: each forgets it */
+        api_call_t *call = api_call_new(self, req, s_retained_done);
+        call->step = 2;
+        for (int i = 0; i < self->n_routers; i++)
+            api_call_send(call, self->routers[i], &q);
+        api_call_start(call);
     }
 }
 

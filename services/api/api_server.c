@@ -177,13 +177,21 @@ static void s_discovered(self_t *self, api_call_t *call)
     }
 }
 
+lk_peer_t *api_router(api_server_t *self)
+{
+    for (int i = 0; i < self->n_routers; i++)
+        if (lk_peer_alive(self->routers[i]))
+            return self->routers[i];
+    return self->routers[0];
+}
+
 static void s_discover(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
     api_call_t *call = api_call_new(self, NULL, s_discovered);
     Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
     q.op = "node";
-    api_call_send(call, self->router, &q);
+    api_call_send(call, api_router(self), &q);
     api_call_start(call);
 }
 
@@ -455,7 +463,17 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->bus = lk_iclient_bus(self->ic);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0)
         goto fail;
-    self->router = lk_bus_peer_ensure(self->bus, "router");
+    /* the iclient connected to every router; their names as lk_replicas gives them */
+    int64_t nr = lk_config_get_int(config, "router_replicas", 1);
+    self->n_routers = nr >= 1 && nr <= 64 ? (int)nr : 1;
+    for (int i = 0; i < self->n_routers; i++) {
+        char name[32];
+        if (self->n_routers == 1)
+            snprintf(name, sizeof(name), "router");
+        else
+            snprintf(name, sizeof(name), "router-%d", i + 1);
+        self->routers[i] = lk_bus_peer_ensure(self->bus, name);
+    }
     self->store = lk_bus_peer_ensure(self->bus, "session-store");
     self->auths = lk_replicas_connect(self->bus, config, "auth", "auth");
     if (!self->auths) {

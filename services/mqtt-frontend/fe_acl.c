@@ -106,7 +106,7 @@ static void s_prune_subs(fe_conn_t *conn)
         fe_sub_remove_at(conn, i);
     }
     if (n)
-        fe_router_unsubscribe(conn, gone, n);
+        fe_router_unsubscribe(conn, gone, n, NULL);
     for (size_t i = 0; i < n; i++)
         free(gone[i]);
     free(gone);

@@ -131,7 +131,7 @@ static void s_subscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_ou
         subs[n++] = s;
     }
     if (n)
-        fe_router_subscribe(c, subs, is_new, n);
+        fe_router_subscribe(c, subs, is_new, n, NULL);
     else
         lk_admin_error(out, "INVALID_PARAMETER", "no valid topic filter");
     lk_admin_reply(out)->count = (uint32_t)n;
@@ -153,7 +153,7 @@ static void s_unsubscribe(fe_server_t *srv, const Lk__AdminRequest *q, lk_admin_
             n++;
         }
     }
-    fe_router_unsubscribe(c, q->filters, q->n_filters);
+    fe_router_unsubscribe(c, q->filters, q->n_filters, NULL);
     lk_admin_reply(out)->count = n;
 }
 

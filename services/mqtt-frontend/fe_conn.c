@@ -309,12 +309,12 @@ void fe_conn_readable(fe_conn_t *conn)
         return;
     }
     if (conn->state == FE_ACTIVE &&
-        (srv->congested || lk_peer_unacked_bytes(srv->router) > srv->backlog_high)) {
+        (srv->congested || fe_routers_backlog(srv) > srv->backlog_high)) {
         /* the router is behind: leave the bytes in the socket, so TCP slows the
            publisher down, rather than take messages we could not keep */
         if (!srv->congested) {
             srv->congested = true;
-            lk_warn("router backlog %zu bytes: reading paused", lk_peer_unacked_bytes(srv->router));
+            lk_warn("router backlog %zu bytes: reading paused", fe_routers_backlog(srv));
         }
         conn->bp_paused = true;
         fe_conn_io_events(conn);
@@ -469,7 +469,7 @@ static void s_shared_return(fe_conn_t *conn)
             Lk__Publish pub = LK__PUBLISH__INIT;
             pub.msg = d->msg;
             pub.share = d->share;
-            lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, true);
+            fe_router_publish(srv, &pub, true, NULL);
             n++;
         }
         if (d)
@@ -481,7 +481,7 @@ static void s_shared_return(fe_conn_t *conn)
             Lk__Publish pub = LK__PUBLISH__INIT;
             pub.msg = d->msg;
             pub.share = d->share;
-            lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, true);
+            fe_router_publish(srv, &pub, true, NULL);
             n++;
         }
         if (d)
@@ -550,7 +550,7 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        lk_bus_send(srv->bus, srv->router, &env, true);
+        fe_routers_send_all(srv, &env, NULL);
     }
     if (attached && conn->open_sent) {
         /* what the client acked first, then the close, on the one link: the store (and a

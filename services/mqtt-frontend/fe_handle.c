@@ -436,23 +436,47 @@ void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **ptrs, Lk__Subscri
     }
 }
 
-int64_t fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
-                            size_t n)
+void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                         size_t n, const fe_wait_item_t *it)
 {
+    fe_server_t *srv = conn->srv;
     Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
     sr.client = conn->client_id;
     sr.n_subs = n;
     sr.subs = subs;
-    sr.send_retained = true;
     sr.n_is_new = n;
     sr.is_new = is_new;
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
     env.subscribe = &sr;
-    return lk_bus_send(conn->srv->bus, conn->srv->router, &env, true);
+    /* every router gets the subscription; one of them sends the retained messages
+       (each holds them all), so the client gets each once */
+    lk_peer_t *rr = fe_router_for_retained(srv, conn, subs, n);
+    fe_join_t *j = NULL;
+    int nr = lk_replicas_count(srv->routers);
+    int live = lk_replicas_alive(srv->routers);
+    if (it) {
+        j = lk_calloc(1, sizeof(*j));
+        j->item = *it;
+    }
+    for (int i = 0; i < nr; i++) {
+        lk_peer_t *p = lk_replicas_nth(srv->routers, i);
+        sr.send_retained = p == rr;
+        int64_t seq = lk_bus_send(srv->bus, p, &env, true);
+        if (j && seq > 0 && (lk_peer_alive(p) || !live)) {
+            fe_wait_item_t part = {FE_WAIT_JOIN, conn->fd, conn->id, 0, NULL, 0, j};
+            j->left++;
+            fe_wait_add(fe_wait_for(srv, p, (uint64_t)seq), &part);
+        }
+    }
+    if (j && !j->left) {
+        j->left = 1;
+        fe_wait_item_t part = {FE_WAIT_JOIN, conn->fd, conn->id, 0, NULL, 0, j};
+        fe_wait_item_release(srv, &part);
+    }
 }
 
-int64_t fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n)
+void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it)
 {
     Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
     ur.client = conn->client_id;
@@ -461,7 +485,10 @@ int64_t fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
     env.unsubscribe = &ur;
-    return lk_bus_send(conn->srv->bus, conn->srv->router, &env, true);
+    if (!fe_routers_send_all(conn->srv, &env, it) && it) {
+        fe_wait_item_t copy = *it;
+        fe_wait_item_release(conn->srv, &copy);
+    }
 }
 
 static void s_qos2_in_add(fe_conn_t *conn, uint16_t pid);
@@ -524,14 +551,11 @@ void fe_session_ready(fe_conn_t *conn, Lk__SessionOpened *r)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_ATTACH;
     env.attach = &a;
-    int64_t seq = lk_bus_send(srv->bus, srv->router, &env, true);
     conn->attach_sent = true;
-    if (seq > 0) {
-        /* CONNACK on the router's ack; no router within request_timeout_ms: CONNACK 0x88
-           (3.x: 3) from the cron. Never a CONNACK that leaves publishes hanging. */
-        fe_wait_item_t it = {FE_WAIT_ATTACH, conn->fd, conn->id, 0, NULL, 0};
-        fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
-    } else
+    /* CONNACK once every live router acked; no router within request_timeout_ms: CONNACK
+       0x88 (3.x: 3) from the cron. Never a CONNACK that leaves publishes hanging. */
+    fe_wait_item_t it = {FE_WAIT_ATTACH, conn->fd, conn->id, 0, NULL, 0, NULL};
+    if (!fe_routers_send_all(srv, &env, &it))
         fe_conn_refuse(conn, LK_RC_SERVER_UNAVAILABLE, "attach could not be sent");
 }
 
@@ -736,18 +760,20 @@ static int s_publish(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     }
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = &m;
-    uint64_t seq = lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, p->qos > 0);
-    free(topic);
-    if (p->qos == 0)
+    if (p->qos == 0) {
+        fe_router_publish(srv, &pub, false, NULL);
+        free(topic);
         return 0;
+    }
     if (p->qos == 2)
         s_qos2_in_add(conn, p->packet_id);
     else
         conn->n_qos1_in++;
     conn->n_rt_wait++;
     fe_wait_item_t it = {p->qos == 1 ? FE_WAIT_PUBACK : FE_WAIT_PUBREC, conn->fd, conn->id,
-                         p->packet_id, NULL, 0};
-    fe_wait_add(fe_wait_for(srv, srv->router, seq), &it);
+                         p->packet_id, NULL, 0, NULL};
+    fe_router_publish(srv, &pub, true, &it);
+    free(topic);
     return 0;
 }
 
@@ -768,7 +794,6 @@ static int s_pubrel(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 
 static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 {
-    fe_server_t *srv = conn->srv;
     lk_mqtt_subscribe_t *s = &pkt->u.subscribe;
     uint32_t sub_id = 0;
     if (pkt->props.sub_id_count)
@@ -837,8 +862,7 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
     }
     fe_wait_item_t it = {FE_WAIT_SUBACK, conn->fd, conn->id, s->packet_id, codes, s->count};
     if (n) {
-        int64_t seq = fe_router_subscribe(conn, ptrs, is_new, n);
-        fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
+        fe_router_subscribe(conn, ptrs, is_new, n, &it);
     } else {
         lk_mqtt_packet_t p = {0};
         p.type = LK_MQTT_SUBACK;
@@ -859,7 +883,6 @@ static int s_subscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 
 static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
 {
-    fe_server_t *srv = conn->srv;
     lk_mqtt_unsubscribe_t *u = &pkt->u.unsubscribe;
     uint8_t *codes = lk_malloc(u->count ? u->count : 1);
     char **filters = lk_calloc(u->count ? u->count : 1, sizeof(char *));
@@ -878,9 +901,9 @@ static int s_unsubscribe(fe_conn_t *conn, lk_mqtt_packet_t *pkt)
             codes[i] = LK_RC_SUCCESS;
         }
     }
-    int64_t seq = fe_router_unsubscribe(conn, filters, u->count);
-    fe_wait_item_t it = {FE_WAIT_UNSUBACK, conn->fd, conn->id, u->packet_id, codes, u->count};
-    fe_wait_add(fe_wait_for(srv, srv->router, (uint64_t)seq), &it);
+    fe_wait_item_t it = {FE_WAIT_UNSUBACK, conn->fd, conn->id, u->packet_id, codes, u->count,
+                         NULL};
+    fe_router_unsubscribe(conn, filters, u->count, &it);
     for (uint32_t i = 0; i < u->count; i++)
         free(filters[i]);
     free(filters);

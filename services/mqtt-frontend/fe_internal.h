@@ -211,8 +211,17 @@ typedef enum {
     FE_WAIT_UNSUBACK,
     FE_WAIT_ATTACH,
     FE_WAIT_RX_ADD,     /* session store recorded the QoS 2 packet id: PUBREC */
-    FE_WAIT_RX_DEL      /* session store forgot it: PUBCOMP */
+    FE_WAIT_RX_DEL,     /* session store forgot it: PUBCOMP */
+    /* router replicas: one router's part of a join (fe_routers.c). JOIN: an envelope
+       every router got (Attach, SubscribeReq, a retained copy): done when that router
+       acks or falls silent. JOIN_OWNER: the publish at the topic's owner: done only when
+       acked (it moves with its envelope when the owner dies). */
+    FE_WAIT_JOIN,
+    FE_WAIT_JOIN_OWNER,
+    FE_WAIT_NONE        /* a released part */
 } fe_wait_kind_t;
+
+typedef struct fe_join fe_join_t;
 
 typedef struct {
     fe_wait_kind_t kind;
@@ -221,11 +230,19 @@ typedef struct {
     uint16_t pid;
     uint8_t *codes;     /* SUBACK / UNSUBACK reason codes */
     uint32_t n_codes;
+    fe_join_t *join;    /* FE_WAIT_JOIN*: the item released once every part is done */
 } fe_wait_item_t;
+
+/* an item waiting for several routers' acks */
+struct fe_join {
+    int left;
+    fe_wait_item_t item;
+};
 
 typedef struct fe_wait {
     lk_peer_t *peer;
     uint64_t seq;
+    uint64_t no;        /* creation order (fe_routers.c: a returning router's hold) */
     fe_wait_item_t *items;
     size_t n, cap;
     struct fe_wait *next;
@@ -236,7 +253,15 @@ struct _fe_server_t {
     lk_loop_t *loop;
     lk_bus_t *bus;
     char *node;
-    lk_peer_t *router;
+    lk_replicas_t *routers; /* router_endpoint / router_replicas (fe_routers.c) */
+    /* a router back after it was reported down gets its topics back only once what its
+       fallback had from us is acked (order per topic), or after FE_HOLD_MS */
+    bool rt_held[64];
+    bool rt_was_down[64];
+    uint64_t rt_hold_mark[64];
+    int64_t rt_hold_since[64];
+    int n_held;
+    uint64_t wait_no;
     lk_peer_t *store;
     lk_replicas_t *auths; /* auth_endpoint / auth_replicas */
     fe_listener_t **listeners;
@@ -286,7 +311,7 @@ struct _fe_server_t {
     zhashx_t *routes;       /* topic -> route */
     zhashx_t *links;        /* node -> our link to another frontend */
     char *link_key;         /* frontend_curve_server_key: their shared certificate, or NULL */
-    uint64_t route_gen;
+    uint64_t route_gen[64]; /* per router: a route is flushed by the router that gave it */
     size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
@@ -373,10 +398,38 @@ void fe_route_destroy(fe_server_t *srv);
    router to be resolved (always when ask: a will, sent while its connection closes).
    false: not for this path (send it the usual way) */
 bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask);
-void fe_route_batch(fe_server_t *srv, const Lk__RouteBatch *b);
-void fe_route_flush(fe_server_t *srv, const Lk__RouteFlush *f);
-/* the router restarted */
-void fe_route_reset(fe_server_t *srv);
+void fe_route_batch(fe_server_t *srv, lk_peer_t *router, const Lk__RouteBatch *b);
+void fe_route_flush(fe_server_t *srv, lk_peer_t *router, const Lk__RouteFlush *f);
+/* the router restarted or fell silent: the routes it gave are void */
+void fe_route_reset(fe_server_t *srv, lk_peer_t *router);
+
+/* fe_routers.c: several routers (router_replicas). Routing state (Attach, Detach,
+   SubscribeReq, UnsubscribeReq) goes to every router; a publish to its topic's owner. */
+int fe_routers_connect(fe_server_t *srv);
+bool fe_is_router(fe_server_t *srv, lk_peer_t *peer);
+/* the router that takes publishes on topic now */
+lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic);
+/* the router that publishes $SYS and gets NodeStats: the first live one */
+lk_peer_t *fe_router_first(fe_server_t *srv);
+/* unacked bytes towards the live routers (back-pressure) */
+size_t fe_routers_backlog(fe_server_t *srv);
+/* sends env reliably to every router; it (NULL: none) is released once every router
+   alive now acked (each silent one counts as done). false when nothing could be sent */
+bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it);
+/* a publish to its topic's owner (reliable: QoS > 0 or share); a retained one also as a
+   retain-only copy to every other router. it (NULL: none) waits for the owner's ack and
+   the live copies' */
+void fe_router_publish(fe_server_t *srv, Lk__Publish *pub, bool reliable,
+                       const fe_wait_item_t *it);
+void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted);
+void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer);
+/* the cron and each router ack: ends holds */
+void fe_routers_check(fe_server_t *srv);
+/* the SubscribeReq's send_retained goes to one router only: this one */
+lk_peer_t *fe_router_for_retained(fe_server_t *srv, fe_conn_t *conn, Lk__Subscription **subs,
+                                  size_t n);
+/* fe_server.c: releases one wait item (join parts count down) */
+void fe_wait_item_release(fe_server_t *srv, fe_wait_item_t *it);
 
 /* fe_handle.c */
 int fe_handle_packet(fe_conn_t *conn, lk_mqtt_packet_t *pkt);
@@ -400,10 +453,11 @@ void fe_auth_request_send(fe_conn_t *conn);
 /* the subscription as the bus carries it (the filter is borrowed) */
 void fe_sub_to_proto(const fe_sub_t *fs, Lk__Subscription *s);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
-/* SubscribeReq / UnsubscribeReq for conn to the router (acknowledged); the bus sequence */
-int64_t fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
-                            size_t n);
-int64_t fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n);
+/* SubscribeReq / UnsubscribeReq for conn to every router (acknowledged); it (NULL: none)
+   is released once every live router acked */
+void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                         size_t n, const fe_wait_item_t *it);
+void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it);
 /* sends the connection's pending SessionAck (store ids, released ids, subscriptions) now */
 void fe_session_ack_flush(fe_conn_t *conn);
 /* the index of the subscription to filter, or -1 */

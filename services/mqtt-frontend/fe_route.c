@@ -12,7 +12,11 @@
     link, in the order it sends. A cached route is used only when no answer for the topic
     is outstanding, so a message never overtakes an earlier one that went through the
     router. A RouteFlush (routing changed) empties the cache; the router answers SUBSCRIBE
-    only once every frontend holding routes has acked it. */
+    only once every frontend holding routes has acked it.
+
+    Several routers: a topic's routes come from its owner (fe_router_for); each route
+    remembers the router that gave it, whose RouteFlush (with its own generation) is the
+    only one that voids it. A router that restarts or falls silent voids its routes. */
 #include "fe_internal.h"
 
 typedef struct {
@@ -24,6 +28,7 @@ typedef struct {
 
 typedef struct {
     char *topic;
+    int rt;          /* index of the router asked / that answered */
     uint64_t gen;
     bool ready;      /* targets hold while gen is the current generation */
     uint32_t asking; /* Publish{resolve} sent, Route not yet back */
@@ -68,13 +73,16 @@ void fe_route_destroy(fe_server_t *srv)
     zhashx_destroy(&srv->links);
 }
 
-/* empties the cache; routes with answers outstanding stay, for the count */
-static void s_drop_all(fe_server_t *srv)
+/* empties the cache of router rt's routes (-1: every router's); routes with answers
+   outstanding stay, for the count, unless the router's life ended (all) */
+static void s_drop(fe_server_t *srv, int rt, bool all)
 {
     zlistx_t *gone = zlistx_new();
     for (s_route_t *r = zhashx_first(srv->routes); r; r = zhashx_next(srv->routes)) {
+        if (rt >= 0 && r->rt != rt)
+            continue;
         s_route_clear(r);
-        if (!r->asking)
+        if (!r->asking || all)
             zlistx_add_end(gone, r->topic);
     }
     for (char *t = zlistx_first(gone); t; t = zlistx_next(gone))
@@ -82,18 +90,29 @@ static void s_drop_all(fe_server_t *srv)
     zlistx_destroy(&gone);
 }
 
-void fe_route_flush(fe_server_t *srv, const Lk__RouteFlush *f)
+static void s_drop_all(fe_server_t *srv)
 {
-    if (f->gen > srv->route_gen)
-        srv->route_gen = f->gen;
-    s_drop_all(srv);
+    s_drop(srv, -1, false);
 }
 
-void fe_route_reset(fe_server_t *srv)
+void fe_route_flush(fe_server_t *srv, lk_peer_t *router, const Lk__RouteFlush *f)
 {
-    /* a new router: the answers the old one owed never come */
-    zhashx_purge(srv->routes);
-    srv->route_gen = 0;
+    int rt = lk_replicas_index(srv->routers, router);
+    if (rt < 0)
+        return;
+    if (f->gen > srv->route_gen[rt])
+        srv->route_gen[rt] = f->gen;
+    s_drop(srv, rt, false);
+}
+
+void fe_route_reset(fe_server_t *srv, lk_peer_t *router)
+{
+    /* a new (or silent) router: the answers it owed never come */
+    int rt = lk_replicas_index(srv->routers, router);
+    if (rt < 0)
+        return;
+    s_drop(srv, rt, true);
+    srv->route_gen[rt] = 0;
 }
 
 /* the link to another frontend (ours: connecting from here; always the same one) */
@@ -146,8 +165,11 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
     if (lk_bus_msglog_on(srv->bus))
         s_note(srv, m);
     s_route_t *r = zhashx_lookup(srv->routes, m->topic);
+    lk_peer_t *owner = fe_router_for(srv, m->topic);
+    int rt = lk_replicas_index(srv->routers, owner);
     /* a retained message always goes to the router, which keeps it */
-    if (r && r->ready && !r->asking && r->gen == srv->route_gen && !m->retain && !ask) {
+    if (r && r->ready && !r->asking && r->rt == rt && r->gen == srv->route_gen[rt] &&
+        !m->retain && !ask) {
         for (size_t i = 0; i < r->n_targets; i++) {
             s_target_t *t = &r->targets[i];
             s_hand(srv, t->peer, t->client, t->sub_ids, t->n_sub_ids, m);
@@ -160,25 +182,30 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
         r = lk_calloc(1, sizeof(*r));
         r->topic = lk_strdup(m->topic);
         zhashx_insert(srv->routes, r->topic, r);
-    } else if (r->ready && r->gen != srv->route_gen)
+    } else if (r->ready && (r->rt != rt || r->gen != srv->route_gen[r->rt]))
         s_route_clear(r);
+    if (r->rt != rt)
+        r->asking = 0;  /* the owner moved: what the other one owes is not waited for */
+    r->rt = rt;
     r->asking++;
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = m;
     pub.resolve = true;
-    lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, false);
+    fe_router_publish(srv, &pub, false, NULL);
     return true;
 }
 
-static void s_route_one(fe_server_t *srv, const Lk__Route *rt)
+static void s_route_one(fe_server_t *srv, int from, const Lk__Route *rt)
 {
-    if (rt->gen > srv->route_gen)
-        srv->route_gen = rt->gen;
+    if (rt->gen > srv->route_gen[from])
+        srv->route_gen[from] = rt->gen;
     const char *self = lk_bus_node(srv->bus);
     s_route_t *r = rt->topic ? zhashx_lookup(srv->routes, rt->topic) : NULL;
+    if (r && r->rt != from)
+        r = NULL;   /* an answer from the topic's previous owner: deliver, do not cache */
     if (r && r->asking)
         r->asking--;
-    bool keep = r && rt->cache && rt->gen == srv->route_gen;
+    bool keep = r && rt->cache && rt->gen == srv->route_gen[from];
     if (keep) {
         s_route_clear(r);
         r->targets = lk_calloc(rt->n_targets ? rt->n_targets : 1, sizeof(s_target_t));
@@ -221,8 +248,11 @@ static void s_route_one(fe_server_t *srv, const Lk__Route *rt)
     }
 }
 
-void fe_route_batch(fe_server_t *srv, const Lk__RouteBatch *b)
+void fe_route_batch(fe_server_t *srv, lk_peer_t *router, const Lk__RouteBatch *b)
 {
+    int from = lk_replicas_index(srv->routers, router);
+    if (from < 0)
+        return;
     for (size_t i = 0; i < b->n_items; i++)
-        s_route_one(srv, b->items[i]);
+        s_route_one(srv, from, b->items[i]);
 }

@@ -26,6 +26,7 @@ fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq)
     fe_wait_t *w = lk_calloc(1, sizeof(*w));
     w->peer = peer;
     w->seq = seq;
+    w->no = ++srv->wait_no;
     if (srv->waits_tail)
         srv->waits_tail->next = w;
     else
@@ -69,10 +70,21 @@ bool fe_store_rx(fe_conn_t *conn, uint16_t pid, bool add)
     return true;
 }
 
-static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
+void fe_wait_item_release(fe_server_t *srv, fe_wait_item_t *it)
 {
-    for (size_t i = 0; i < w->n; i++) {
-        fe_wait_item_t *it = &w->items[i];
+    if (it->kind == FE_WAIT_NONE)
+        return;
+    if (it->kind == FE_WAIT_JOIN || it->kind == FE_WAIT_JOIN_OWNER) {
+        fe_join_t *j = it->join;
+        it->kind = FE_WAIT_NONE;
+        it->join = NULL;
+        if (j && --j->left <= 0) {
+            fe_wait_item_release(srv, &j->item);
+            free(j);
+        }
+        return;
+    }
+    {
         fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
         if (conn && it->kind == FE_WAIT_ATTACH)
             fe_attach_acked(conn);
@@ -101,6 +113,9 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
                 fe_conn_send(conn, &p);
                 break;
             case FE_WAIT_ATTACH:
+            case FE_WAIT_JOIN:
+            case FE_WAIT_JOIN_OWNER:
+            case FE_WAIT_NONE:
                 break;
             case FE_WAIT_SUBACK:
             case FE_WAIT_UNSUBACK:
@@ -116,14 +131,22 @@ static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
             }
         }
         free(it->codes);
+        it->codes = NULL;
+        it->kind = FE_WAIT_NONE;
     }
+}
+
+static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
+{
+    for (size_t i = 0; i < w->n; i++)
+        fe_wait_item_release(srv, &w->items[i]);
     free(w->items);
     free(w);
 }
 
 void fe_backlog_check(fe_server_t *srv)
 {
-    if (!srv->congested || lk_peer_unacked_bytes(srv->router) > srv->backlog_low)
+    if (!srv->congested || fe_routers_backlog(srv) > srv->backlog_low)
         return;
     srv->congested = false;
     int64_t now = lk_loop_now(srv->loop);
@@ -140,13 +163,14 @@ void fe_backlog_check(fe_server_t *srv)
         n++;
     }
     lk_notice("router backlog %zu bytes: reading resumed (%d connections)",
-              lk_peer_unacked_bytes(srv->router), n);
+              fe_routers_backlog(srv), n);
 }
 
 static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
 {
     fe_server_t *srv = arg;
-    if (peer == srv->router && srv->congested)
+    bool router = fe_is_router(srv, peer);
+    if (router && srv->congested)
         fe_backlog_check(srv);
     fe_wait_t **pp = &srv->waits, *prev = NULL;
     while (*pp && !((*pp)->seq == seq && (*pp)->peer == peer)) {
@@ -160,11 +184,14 @@ static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
     if (srv->waits_tail == w)
         srv->waits_tail = prev;
     s_wait_release(srv, w);
+    if (router && srv->n_held)
+        fe_routers_check(srv);
 }
 
 /* --- bus -------------------------------------------------------------------------- */
 
-static void s_reattach(fe_server_t *srv)
+/* a router restarted: it learns every client we hold again, with its subscriptions */
+static void s_reattach(fe_server_t *srv, lk_peer_t *router)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
@@ -182,10 +209,10 @@ static void s_reattach(fe_server_t *srv)
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_ATTACH;
         env.attach = &a;
-        lk_bus_send(srv->bus, srv->router, &env, true);
+        lk_bus_send(srv->bus, router, &env, true);
         n++;
     }
-    lk_notice("router restarted: re-attached %d clients", n);
+    lk_notice("%s restarted: re-attached %d clients", lk_peer_name(router), n);
 }
 
 /* The session store restarted: what it stored but had not yet forwarded would wait for
@@ -219,12 +246,13 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
 {
     fe_server_t *srv = arg;
     lk_info("peer %s %s", lk_peer_name(peer), restarted ? "restarted" : "up");
-    if (peer == srv->router) {
+    if (fe_is_router(srv, peer)) {
         srv->router_down_ms = 0;
         if (restarted) {
-            fe_route_reset(srv);
-            s_reattach(srv);
+            fe_route_reset(srv, peer);
+            s_reattach(srv, peer);
         }
+        fe_routers_peer_up(srv, peer, restarted);
     }
     if (peer == srv->store)
         s_reopen(srv, restarted);
@@ -253,8 +281,16 @@ static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why)
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     fe_server_t *srv = arg;
-    if (peer == srv->router && !srv->router_down_ms)
-        srv->router_down_ms = lk_loop_now(srv->loop);
+    if (fe_is_router(srv, peer)) {
+        /* several routers: its topics go elsewhere now, and it cannot flush what it gave
+           (one router: its routes keep QoS 0 flowing while it is away) */
+        if (lk_replicas_count(srv->routers) > 1)
+            fe_route_reset(srv, peer);
+        fe_routers_peer_down(srv, peer);
+        /* QoS > 0 publishes give up only when no router is left */
+        if (!lk_replicas_alive(srv->routers) && !srv->router_down_ms)
+            srv->router_down_ms = lk_loop_now(srv->loop);
+    }
     s_auth_resend(srv, peer, "down");
 }
 
@@ -299,12 +335,12 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
         s_revoke(srv, env->revoke);
         break;
     case LK__ENVELOPE__BODY_ROUTE:
-        if (peer == srv->router)
-            fe_route_batch(srv, env->route);
+        if (fe_is_router(srv, peer))
+            fe_route_batch(srv, peer, env->route);
         break;
     case LK__ENVELOPE__BODY_ROUTE_FLUSH:
-        if (peer == srv->router)
-            fe_route_flush(srv, env->route_flush);
+        if (fe_is_router(srv, peer))
+            fe_route_flush(srv, peer, env->route_flush);
         break;
     default:
         lk_debug("ignored body %d from %s", env->body_case, lk_peer_name(peer));
@@ -610,7 +646,7 @@ void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg)
         return; /* QoS 0: the way the client's other messages took */
     Lk__Publish pub = LK__PUBLISH__INIT;
     pub.msg = msg;
-    lk_bus_batch_add(srv->bus, srv->router, LK_BODY_PUBLISH, &pub, msg->qos > 0);
+    fe_router_publish(srv, &pub, msg->qos > 0, NULL);
 }
 
 void fe_will_schedule(fe_server_t *srv, const char *client_id, Lk__Msg *msg, uint32_t delay_s)
@@ -690,7 +726,7 @@ static void s_stats(lk_loop_t *loop, void *arg)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_STATS;
     env.stats = &st;
-    lk_bus_send(srv->bus, srv->router, &env, false);
+    lk_bus_send(srv->bus, fe_router_first(srv), &env, false);
 }
 
 /* --- cron ------------------------------------------------------------------------- */
@@ -702,6 +738,8 @@ static void s_cron(lk_loop_t *loop, void *arg)
     if (srv->wills)
         s_wills_due(srv, now);
     fe_backlog_check(srv);
+    if (srv->n_held)
+        fe_routers_check(srv);
     if (srv->lingering)
         fe_transport_cron(srv, now);
     fe_limits_cron(srv->limits, now);
@@ -957,7 +995,10 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         const char *lkey = lk_config_get(config, "frontend_curve_server_key", "");
         srv->link_key = *lkey ? lk_strdup(lkey) : NULL;
     }
-    srv->router = lk_bus_connect(srv->bus, "router", rep);
+    if (fe_routers_connect(srv) != 0) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
     srv->store = lk_bus_connect(srv->bus, "session-store", sep);
     if (!(srv->auths = lk_replicas_connect(srv->bus, config, "auth", "auth"))) {
         fe_server_destroy(&srv);
@@ -997,12 +1038,19 @@ void fe_server_destroy(fe_server_t **self_p)
     while (srv->waits) {
         fe_wait_t *w = srv->waits;
         srv->waits = w->next;
-        for (size_t i = 0; i < w->n; i++)
+        for (size_t i = 0; i < w->n; i++) {
             free(w->items[i].codes);
+            fe_join_t *j = w->items[i].join;
+            if (j && --j->left <= 0) {
+                free(j->item.codes);
+                free(j);
+            }
+        }
         free(w->items);
         free(w);
     }
     lk_replicas_destroy(&srv->auths);
+    lk_replicas_destroy(&srv->routers);
     lk_bus_destroy(&srv->bus);
     fe_route_destroy(srv);
     fe_limits_destroy(&srv->limits);

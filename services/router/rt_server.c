@@ -23,6 +23,7 @@
 #include "lk_bus.h"
 #include "lk_common.h"
 #include "lk_config.h"
+#include "lk_replicas.h"
 #include "rt_retain.h"
 #include "rt_trie.h"
 #include <czmq.h>
@@ -51,6 +52,7 @@ typedef struct {
 typedef struct {
     Lk__NodeStats st;
     lk_peer_t *peer;
+    int64_t at;     /* ms, when received */
 } s_stats_t;
 
 /* a publish batch waiting for the session store to ack its durable copies */
@@ -135,6 +137,7 @@ struct _rt_server_t {
     zhashx_t *stats;        /* node -> s_stats_t */
     int64_t started_ms;
     int64_t sys_interval_s;
+    int n_routers;              /* router_replicas: > 1, $SYS only while frontends report here */
     uint64_t sys_expired;       /* sessions the store expired */
     uint64_t sys_max_clients;   /* most clients connected at once */
     uint64_t sys_max_heap;
@@ -376,6 +379,19 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
         uint64_t seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, msg, true);
         s_cur_wait(self, self->store, seq);
     }
+}
+
+/* router replicas: another router owns the topic (delivers it, has the session store
+   keep it); this one only keeps its index like the owner's, for the SUBSCRIBEs it
+   answers with retained messages */
+static void s_retain_copy(rt_server_t *self, Lk__Msg *msg)
+{
+    if (!msg->topic || !*msg->topic)
+        return;
+    if (msg->payload.len == 0)
+        rt_retain_delete(self->retain, msg->topic);
+    else if (s_retain_fits(self, msg))
+        rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
 }
 
 /* one copy to a connected client: RETAIN kept only for Retain As Published. QoS >= 1
@@ -672,7 +688,9 @@ static void s_publish_batch(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *en
             env->publish->items[i]->msg->dup = true;   /* a router before us may have sent it */
     for (size_t i = 0; i < env->publish->n_items; i++) {
         Lk__Publish *p = env->publish->items[i];
-        if (p->resolve && p->msg)
+        if (p->retain_only && p->msg)
+            s_retain_copy(self, p->msg);
+        else if (p->resolve && p->msg)
             s_resolve_one(self, peer, p->msg, p->share);
         else if (p->msg)
             s_publish_one(self, p->msg, p->share, true);
@@ -906,9 +924,14 @@ static void s_sys(lk_loop_t *loop, void *arg)
     if (self->warming)
         return;
     Lk__NodeStats sum = LK__NODE_STATS__INIT;
+    /* several routers: the nodes send their NodeStats to the first live router only, and
+       only a router they report to publishes $SYS (one publisher, not one per router) */
+    int64_t fresh = lk_mono_ms() - 2 * 1000 * (self->sys_interval_s > 0 ? self->sys_interval_s : 1);
+    bool reported = false;
     for (s_stats_t *n = zhashx_first(self->stats); n; n = zhashx_next(self->stats)) {
-        if (!lk_peer_alive(n->peer))
+        if (!lk_peer_alive(n->peer) || n->at < fresh)
             continue;
+        reported = true;
         sum.clients += n->st.clients;
         sum.msgs_received += n->st.msgs_received;
         sum.msgs_sent += n->st.msgs_sent;
@@ -917,6 +940,8 @@ static void s_sys(lk_loop_t *loop, void *arg)
         sum.msgs_dropped += n->st.msgs_dropped;
         sum.connections_total += n->st.connections_total;
     }
+    if (self->n_routers > 1 && !reported)
+        return;
     sum.msgs_dropped += lk_bus_dropped(self->bus);    /* QoS 0 deliveries refused for room */
     size_t total = zhashx_size(self->clients);
     s_sys_one(self, "$SYS/broker/version", "latchkey version %s", LK_VERSION);
@@ -952,6 +977,7 @@ static void s_stats_update(rt_server_t *self, lk_peer_t *peer, const Lk__NodeSta
     n->st = *st;
     n->st.base.descriptor = &lk__node_stats__descriptor;
     n->peer = peer;
+    n->at = lk_mono_ms();
 }
 
 /* --- the api's requests (lk.AdminRequest) ----------------------------------------- */
@@ -1356,16 +1382,21 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
     }
     self->store_node = lk_strdup(lk_config_get(config, "session_store_node", "session-store"));
     self->store = lk_bus_peer_ensure(self->bus, self->store_node);
-    const char *ep = lk_config_get(config, "router_endpoint", NULL);
+    /* router_endpoint is a template (%n: our node id) when several routers serve */
+    char *ep = lk_replicas_endpoint(config, "router", node);
     if (!ep || !*ep) {
         lk_error("router_endpoint is not configured");
+        free(ep);
         rt_server_destroy(&self);
         return NULL;
     }
-    if (lk_bus_bind(self->bus, ep) != 0) {
+    int brc = lk_bus_bind(self->bus, ep);
+    free(ep);
+    if (brc != 0) {
         rt_server_destroy(&self);
         return NULL;
     }
+    self->n_routers = (int)lk_config_get_int(config, "router_replicas", 1);
     self->warming = true;
     int64_t now = lk_mono_ms();
     self->warm_min = now + lk_config_get_int(config, "router_warmup_min_ms", 600);

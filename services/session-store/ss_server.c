@@ -18,6 +18,7 @@
 #include "lk_bus.h"
 #include "lk_common.h"
 #include "lk_msglog.h"
+#include "lk_replicas.h"
 #include <czmq.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -72,7 +73,7 @@ struct _ss_server_t {
     int redis_port;
     const char *msglog_dir;
     lk_bus_t *bus;
-    lk_peer_t *router;
+    lk_replicas_t *routers; /* router_endpoint / router_replicas */
     lk_msglog_t *msglog;
     ss_store_t *store;
     int ready_fd;
@@ -96,7 +97,8 @@ struct _ss_server_t {
     int retry_timer;
     int64_t retry_backoff;
     int64_t redis_warned;
-    /* router resync */
+    /* router resync: to the routers that (re)started, by index (bit i) */
+    uint64_t resync_mask;
     bool resync_wanted;
     int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages */
     zlistx_t *resync_clients;
@@ -256,6 +258,7 @@ void ss_server_destroy(ss_server_t **self_p)
         lk_notice("%zu envelope(s) not stored at exit; their senders will re-send",
                   zlistx_size(self->retry));
     lk_bus_destroy(&self->bus);
+    lk_replicas_destroy(&self->routers);
     lk_msglog_close(&self->msglog);
     ss_store_destroy(&self->store);
     zlistx_destroy(&self->retry);
@@ -275,6 +278,21 @@ static void s_send(self_t *self, lk_peer_t *peer, Lk__Envelope *env, bool reliab
     if (lk_bus_send(self->bus, peer, env, reliable) < 0)
         lk_error("bus: envelope (body %d) to %s could not be packed", env->body_case,
                  lk_peer_name(peer));
+}
+
+/* routing state (Detach) for every router: each holds the whole table */
+static void s_send_routers(self_t *self, Lk__Envelope *env)
+{
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        s_send(self, lk_replicas_nth(self->routers, i), env, true);
+}
+
+/* what a resync sends, to each router it is for */
+static void s_send_resync(self_t *self, Lk__Envelope *env)
+{
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        if (self->resync_mask & (1ull << i))
+            s_send(self, lk_replicas_nth(self->routers, i), env, true);
 }
 
 static void s_ack(self_t *self, lk_peer_t *peer, const Lk__Envelope *env)
@@ -619,7 +637,7 @@ static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 /* 0: done (acked when reliable); -1: Redis failed, try again later */
 static int s_dispatch(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
-    bool from_router = peer == self->router;
+    bool from_router = lk_replicas_has(self->routers, peer);
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_STORE:
         if (from_router)
@@ -739,10 +757,14 @@ static void s_resync_stop(self_t *self);
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     self_t *self = arg;
-    if (peer == self->router) {
+    int ri = lk_replicas_index(self->routers, peer);
+    if (ri >= 0) {
         /* a new router needs the whole picture, not our news for its previous life */
         if (restarted)
             lk_peer_drop_unacked(peer);
+        /* a resync under way starts over for this one too (the others get some of it
+           twice: harmless, the router keeps what is newer) */
+        self->resync_mask |= 1ull << ri;
         s_resync_start(self);
     } else if (self->loaded && lk_peer_epoch(peer))
         ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
@@ -751,9 +773,14 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (peer == self->router) {
-        s_resync_stop(self); /* it starts over when the router is back */
-        self->resync_wanted = false;
+    int ri = lk_replicas_index(self->routers, peer);
+    if (ri >= 0) {
+        /* it starts over when the router is back */
+        self->resync_mask &= ~(1ull << ri);
+        if (!self->resync_mask) {
+            s_resync_stop(self);
+            self->resync_wanted = false;
+        }
     } else if (self->loaded) {
         ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
         s_handoffs_check(self, lk_peer_name(peer));
@@ -786,14 +813,17 @@ static void s_resync_attach(const char *client, Lk__Subscription **subs, size_t 
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_ATTACH;
     env.attach = &a;
-    s_send(self, self->router, &env, true);
+    s_send_resync(self, &env);
     self->resync_sessions++;
 }
 
 static void s_resync_retained(const Lk__Msg *msg, void *arg)
 {
     self_t *self = arg;
-    lk_bus_batch_add(self->bus, self->router, LK_BODY_RETAIN, msg, true);
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        if (self->resync_mask & (1ull << i))
+            lk_bus_batch_add(self->bus, lk_replicas_nth(self->routers, i), LK_BODY_RETAIN, msg,
+                             true);
     self->resync_retained++;
 }
 
@@ -827,7 +857,8 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
             Lk__Envelope env = LK__ENVELOPE__INIT;
             env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
             env.resync_done = &done;
-            s_send(self, self->router, &env, true);
+            s_send_resync(self, &env);
+            self->resync_mask = 0;
             lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
                       self->resync_sessions, self->resync_retained);
             s_resync_stop(self);
@@ -860,7 +891,7 @@ static void s_resync_start(self_t *self)
 static void s_reconcile_peer(lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (peer != self->router && lk_peer_alive(peer) && lk_peer_epoch(peer))
+    if (!lk_replicas_has(self->routers, peer) && lk_peer_alive(peer) && lk_peer_epoch(peer))
         ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
 }
 
@@ -924,7 +955,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        s_send(self, self->router, &env, true);
+        s_send_routers(self, &env);
         lk_info("session %s expired", c);
     }
     zlistx_destroy(&expired);
@@ -999,7 +1030,7 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        s_send(self, self->router, &env, true);
+        s_send_routers(self, &env);
         lk_admin_reply(out)->count = 1;
         lk_notice("session %s cleared by %s", q->client, lk_peer_name(peer));
     } else
@@ -1016,7 +1047,14 @@ static void s_sys_stats(lk_loop_t *loop, void *arg)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_STATS;
     env.stats = &st;
-    lk_bus_send(self->bus, self->router, &env, false);
+    /* the router that publishes $SYS: the first live one (as the frontends choose) */
+    lk_peer_t *to = lk_replicas_nth(self->routers, 0);
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        if (lk_peer_alive(lk_replicas_nth(self->routers, i))) {
+            to = lk_replicas_nth(self->routers, i);
+            break;
+        }
+    lk_bus_send(self->bus, to, &env, false);
 }
 
 int ss_server_start(ss_server_t *self)
@@ -1035,7 +1073,8 @@ int ss_server_start(ss_server_t *self)
     }
     if (lk_bus_bind(self->bus, self->session_endpoint) != 0)
         return -1;
-    self->router = lk_bus_connect(self->bus, "router", self->router_endpoint);
+    if (!(self->routers = lk_replicas_connect(self->bus, self->config, "router", "router")))
+        return -1;
     self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
     self->handoff_timer = lk_loop_timer(self->loop, 250, true, s_handoff_tick, self);
     self->sys_timer = lk_loop_timer(

@@ -36,9 +36,19 @@ def _stop_on_signal(stack):
     return previous
 
 
+def _test_replicas():
+    """LATCHKEY_TEST_REPLICAS="router=2 ...": the shared stack runs those replicas (to run
+    any suite against replicated services)"""
+    out = {}
+    for kv in os.environ.get("LATCHKEY_TEST_REPLICAS", "").split():
+        k, _, v = kv.partition("=")
+        out[k] = int(v)
+    return out
+
+
 @pytest.fixture(scope="session")
 def stack():
-    s = lk.Stack()
+    s = lk.Stack(replicas=_test_replicas())
     done = []
 
     def teardown():

@@ -230,12 +230,13 @@ class Stack:
         return os.path.join(self.run_dir, "scan", svc)
 
     def has(self, svc):
-        return svc in self.services
+        """svc runs here (a replicated one: all its replicas)"""
+        return all(r in self.services for r in replica_names(svc, self.replicas.get(svc, 1)))
 
     def require(self, *svcs):
         """pytest.skip unless every service named runs in this stack."""
         import pytest
-        missing = [s for s in svcs if s not in self.services]
+        missing = [s for s in svcs if not self.has(s)]
         if missing:
             pytest.skip("not running in this stack (not built?): " + " ".join(missing))
 
