@@ -277,6 +277,12 @@ void lk_peer_drop_unacked(lk_peer_t *peer)
 
 size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
 {
+    return lk_bus_move_unacked_fn(self, from, to, NULL, NULL);
+}
+
+size_t lk_bus_move_unacked_fn(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
+                              lk_bus_moved_fn *fn, void *arg)
+{
     if (from == to)
         return 0;
     lk_bus_flush(self);
@@ -291,7 +297,13 @@ size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
         Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
         if (env) {
             env->resent = false; /* new to `to` */
-            n += lk_bus_send(self, to, env, true) > 0;
+            uint64_t old_seq = env->seq;
+            int64_t seq = lk_bus_send(self, to, env, true);
+            if (seq > 0) {
+                n++;
+                if (fn)
+                    fn(self, from, old_seq, to, (uint64_t)seq, arg);
+            }
             lk__envelope__free_unpacked(env, NULL);
         }
         free(u->data);

@@ -116,6 +116,12 @@ void lk_peer_drop_unacked(lk_peer_t *peer);
    so on_acked reports them under those. Pending batches are flushed first. Returns how
    many moved. */
 size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to);
+/* the same, telling fn each envelope's old and new sequence number (for callers whose
+   waits are keyed by them) */
+typedef void(lk_bus_moved_fn)(lk_bus_t *bus, lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
+                              uint64_t new_seq, void *arg);
+size_t lk_bus_move_unacked_fn(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
+                              lk_bus_moved_fn *fn, void *arg);
 /* service data attached to a peer */
 void lk_peer_set_data(lk_peer_t *peer, void *data);
 void *lk_peer_data(lk_peer_t *peer);
