@@ -456,7 +456,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0)
         goto fail;
     self->router = lk_bus_peer_ensure(self->bus, "router");
-    self->store = lk_bus_peer_ensure(self->bus, "session-store");
+    self->stores = lk_replicas_served(self->bus, config, "session", "session-store");
     self->auths = lk_replicas_connect(self->bus, config, "auth", "auth");
     if (!self->auths) {
         lk_error("auth_endpoint must be configured (API keys and bans live there)");
@@ -531,6 +531,7 @@ void api_server_destroy(api_server_t **self_p)
         lk_iclient_destroy(&self->ic);
     }
     lk_replicas_destroy(&self->auths);
+    lk_replicas_destroy(&self->stores);
     lk_replicas_destroy(&self->histories);
     zhashx_destroy(&self->frontends);
     zhashx_destroy(&self->keys);

@@ -1105,7 +1105,9 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         zlistx_destroy(&names);
         lk_admin_reply(out)->total = total;
     } else if (strcmp(op, "session_clear") == 0) {
-        int rc = ss_store_clear(self->store, q->client ? q->client : "");
+        int rc = s_fresh1(self, q->client ? q->client : "");
+        if (rc == 0)
+            rc = ss_store_clear(self->store, q->client ? q->client : "");
         if (rc < 0) {
             lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");
             return;
