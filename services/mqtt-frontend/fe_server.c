@@ -251,6 +251,12 @@ static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
         lk_notice("session store %s down: %zu envelope(s) moved to %s", lk_peer_name(peer),
                   moved, lk_peer_name(next));
     s_reopen(srv, peer, false);
+    /* CONNECTs that asked it: asked again of the new owner now, not at the next re-ask */
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (c && c->state == FE_SESSION && !c->opened && c->open_sent && c->store_peer == peer)
+            fe_session_open_send(c);
+    }
 }
 
 static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
