@@ -337,6 +337,29 @@ int lk_replicas_test(bool verbose)
             lk_replicas_home("x", 1, 1) != 0)
             rc = -1;
     }
+    /* a replica's view of its siblings: itself alive, peerless; the owner of every key
+       while the others are silent */
+    lk_config_t *scfg = lk_config_parse("session_endpoint ipc:///tmp/lk-rtest-%n.ipc\n"
+                                        "session_replicas 3\n",
+                                        "selftest");
+    lk_replicas_t *sibs = lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-2");
+    if (!sibs || lk_replicas_self(sibs) != 1 || lk_replicas_nth(sibs, 1) != NULL ||
+        lk_replicas_alive(sibs) != 1 || !lk_replicas_alive_nth(sibs, 1) ||
+        lk_replicas_owner_index(sibs, "a", 1) != 1 || lk_replicas_owner_index(sibs, "zz", 2) != 1 ||
+        lk_replicas_successor(sibs, lk_replicas_nth(sibs, 0)) != NULL)
+        rc = -1;
+    lk_replicas_destroy(&sibs);
+    if (lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-9"))
+        rc = -1;
+    /* the replicas that connect to us: peers by name, none alive yet */
+    lk_replicas_t *served = lk_replicas_served(bus, scfg, "session", "session-store");
+    if (!served || lk_replicas_count(served) != 3 || lk_replicas_self(served) != -1 ||
+        strcmp(lk_peer_name(lk_replicas_nth(served, 2)), "session-store-3") != 0 ||
+        lk_replicas_successor(served, lk_replicas_nth(served, 0)) != NULL ||
+        lk_replicas_owner(served, "k", 1) != lk_replicas_nth(served, lk_replicas_home("k", 1, 3)))
+        rc = -1;
+    lk_replicas_destroy(&served);
+    lk_config_destroy(&scfg);
     /* two replicas on one endpoint without %n: refused */
     lk_replicas_t *bad = lk_replicas_connect(bus, cfg, "history", "history-writer");
     if (bad)

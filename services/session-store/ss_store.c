@@ -1499,6 +1499,11 @@ static bool s_list_has(zlistx_t *list, const char *s)
     return false;
 }
 
+static bool s_test_owns_all(const char *client, void *arg)
+{
+    return true;
+}
+
 void ss_store_test(const char *host, int port, bool verbose, int *passed, int *failed)
 {
     s_test_t t = {
@@ -1821,6 +1826,43 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
          !ss_store_session(dead, "z");
     ss_store_destroy(&dead);
     s_check(&t, "store: redis unreachable reported", ok);
+
+    // --- replicas: two stores over one Redis, each believing it owns the client
+    ss_store_t *ra = ss_store_new(host, port), *rb = ss_store_new(host, port);
+    ss_store_set_owner(ra, s_test_owns_all, NULL);
+    ss_store_set_owner(rb, s_test_owns_all, NULL);
+    ok = ss_store_load(ra) == 0 && ss_store_load(rb) == 0 &&
+         ss_store_needs_refresh(ra, "c9") && ss_store_needs_refresh(rb, "r1");
+    ok = ok && s_test_open(ra, "r1", "fe-1", 11, false, 600, &res) == 0 && !res.present;
+    ss_open_result_clear(&res);
+    ok = ok && !ss_store_needs_refresh(ra, "r1") && s_test_put(ra, "r1", 2, 0, ids) == 0 &&
+         ids[0] == 1 && ids[1] == 2;
+    /* rb never saw r1: it reads it before storing, and continues the ids */
+    const char *r1 = "r1";
+    ok = ok && ss_store_needs_refresh(rb, "r1") &&
+         ss_store_refresh(rb, &r1, 1, NULL, NULL) == 0 && ss_store_session(rb, "r1") &&
+         ss_store_session(rb, "r1")->qseq == 2 && ss_store_session(rb, "r1")->qlen == 2;
+    ok = ok && s_test_put(rb, "r1", 1, 0, ids) == 0 && ids[0] == 3;
+    /* ra's memory is behind (the overlap of a move): its ids still come from Redis */
+    ok = ok && s_test_put(ra, "r1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 5 &&
+         s_raw_int(&t, "HLEN lk:q:%s", "r1") == 5 && s_raw_int(&t, "GET lk:qseq:%s", "r1") == 5;
+    s_check(&t, "store: replicas never hand out one store id twice", ok);
+    ok = s_test_open(rb, "r1", "fe-2", 22, false, 600, &res) == 0 && res.present &&
+         res.n_pending == 5;
+    ss_open_result_clear(&res);
+    /* a session deleted by the other replica is forgotten at refresh */
+    ss_store_mark_stale(ra, true);
+    ok = ok && ss_store_close(rb, "r1", "fe-2", 0, 0, NULL, 0, false) == 0 &&
+         ss_store_needs_refresh(ra, "r1") && ss_store_refresh(ra, &r1, 1, NULL, NULL) == 0 &&
+         !ss_store_session(ra, "r1");
+    /* discover: sessions made by the other replica after our load */
+    ok = ok && s_test_open(ra, "r2", "fe-1", 11, false, 600, &res) == 0;
+    ss_open_result_clear(&res);
+    ok = ok && !ss_store_session(rb, "r2") && ss_store_discover(rb) == 0 &&
+         ss_store_session(rb, "r2") && ss_store_session(rb, "r2")->stale;
+    s_check(&t, "store: replicas read what the other changed", ok);
+    ss_store_destroy(&ra);
+    ss_store_destroy(&rb);
 
     zlistx_destroy(&list);
     ss_store_destroy(&store);
