@@ -342,10 +342,12 @@ int lk_replicas_test(bool verbose)
     lk_config_t *scfg = lk_config_parse("session_endpoint ipc:///tmp/lk-rtest-%n.ipc\n"
                                         "session_replicas 3\n",
                                         "selftest");
-    lk_replicas_t *sibs = lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-2");
+    lk_replicas_t *sibs =
+        lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-2");
     if (!sibs || lk_replicas_self(sibs) != 1 || lk_replicas_nth(sibs, 1) != NULL ||
         lk_replicas_alive(sibs) != 1 || !lk_replicas_alive_nth(sibs, 1) ||
-        lk_replicas_owner_index(sibs, "a", 1) != 1 || lk_replicas_owner_index(sibs, "zz", 2) != 1 ||
+        lk_replicas_owner_index(sibs, "a", 1) != 1 ||
+        lk_replicas_owner_index(sibs, "zz", 2) != 1 ||
         lk_replicas_successor(sibs, lk_replicas_nth(sibs, 0)) != NULL)
         rc = -1;
     lk_replicas_destroy(&sibs);

@@ -204,14 +204,15 @@ lk_peer_t *fe_store(fe_server_t *srv, const char *client)
    Replicas: the same for the connections whose owner changed (a replica died, or came
    back): the new owner learns them, and builds what the old one held in memory. peer:
    the replica that restarted or changed (all: those that had opened at it). */
-static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all)
+static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all, const char *why)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
         if (!c || c->state != FE_ACTIVE)
             continue;
-        bool moved = !c->unregistered && c->store_peer && fe_store(srv, c->client_id) != c->store_peer;
+        bool moved = !c->unregistered && c->store_peer &&
+                     fe_store(srv, c->client_id) != c->store_peer;
         if (!c->unregistered && !moved && !(all && (c->store_peer == peer || !c->store_peer)))
             continue;
         c->req = fe_conn_req(c);
@@ -222,8 +223,7 @@ static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all)
         n++;
     }
     if (n)
-        lk_notice("session store %s %s: re-opened %d sessions", lk_peer_name(peer),
-                  all ? "restarted" : "back", n);
+        lk_notice("session store %s %s: re-opened %d sessions", lk_peer_name(peer), why, n);
 }
 
 static void s_wait_moved(lk_bus_t *bus, lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
@@ -250,7 +250,7 @@ static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
     if (moved)
         lk_notice("session store %s down: %zu envelope(s) moved to %s", lk_peer_name(peer),
                   moved, lk_peer_name(next));
-    s_reopen(srv, peer, false);
+    s_reopen(srv, peer, false, "down");
     /* CONNECTs that asked it: asked again of the new owner now, not at the next re-ask */
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
@@ -274,7 +274,7 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         }
     }
     if (lk_replicas_has(srv->stores, peer))
-        s_reopen(srv, peer, restarted);
+        s_reopen(srv, peer, restarted, restarted ? "restarted" : "back");
     if (restarted)
         s_auth_resend(srv, peer, "restarted");
 }

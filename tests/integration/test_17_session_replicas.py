@@ -222,7 +222,7 @@ def test_replica_killed_kept_down_then_back(rstack):
         check_probe(probe)
         rstack.wait_log(REPLICAS[1], "replica %s down" % victim, timeout=5)
         # the connected clients it owned opened their sessions at the survivor
-        lk.wait_until(lambda: any("session store %s back: re-opened" % victim in rstack.log(f)
+        lk.wait_until(lambda: any("session store %s down: re-opened" % victim in rstack.log(f)
                                   for f in ("mqtt-frontend-1", "mqtt-frontend-2")), 5,
                       what="re-opens at the surviving replica")
         for f in ("router", "mqtt-frontend-1", "mqtt-frontend-2"):
