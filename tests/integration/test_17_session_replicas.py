@@ -282,3 +282,59 @@ def takeover(stack, cid):
 def test_takeovers_leave_one_connection(rstack):
     for c in ids("t", 6):
         takeover(rstack, c)
+
+
+def retained_seen(stack, topic, text):
+    with lk.paho_client(stack, "s17ret-%s" % uuid.uuid4().hex[:6]) as s:
+        s.subscribe(topic, 1)
+        m = s.messages.get(timeout=10)
+        return m.text == text and m.retain
+
+
+def test_router_restart_resync_from_both_replicas(rstack):
+    """A restarted router learns the offline sessions of both replicas' clients (each
+    replica re-sends its own) and the retained set (one replica sends it)."""
+    clients = ids("rr", 20)
+    make_sessions(rstack, clients)
+    lk.mosquitto_pub(rstack, "s17/ret/%s" % RUN, "kept", qos=1, retain=True)
+    rstack.kill("router")
+    sent = publish(rstack, clients, "rr", timeout=15)
+    collect(rstack, clients, sent)
+    assert retained_seen(rstack, "s17/ret/%s" % RUN, "kept")
+
+
+def test_router_restart_with_one_replica_down(rstack):
+    """With one replica down, the survivor owns (and re-sends to a restarted router) the
+    offline sessions of both, including ones made by the dead one after the survivor
+    loaded, and the retained set."""
+    victim = REPLICAS[1]
+    hold_down(rstack, victim)
+    try:
+        clients = ids("rd", 20)
+        make_sessions(rstack, clients)
+        lk.mosquitto_pub(rstack, "s17/retd/%s" % RUN, "kept-d", qos=1, retain=True)
+        rstack.kill("router")
+        sent = publish(rstack, clients, "rd", timeout=15)
+        collect(rstack, clients, sent)
+        assert retained_seen(rstack, "s17/retd/%s" % RUN, "kept-d")
+    finally:
+        bring_up(rstack, victim)
+
+
+def test_sessions_made_by_a_replica_that_dies(rstack):
+    """Sessions created at a replica after its sibling loaded are found by the sibling
+    when the creator dies (lk:sessions scan), expire nothing early and take messages."""
+    victim = REPLICAS[0]
+    # the survivor restarts first, so the sessions below are new to it
+    rstack.kill(REPLICAS[1])
+    time.sleep(1.5)
+    clients = [c for c in ids("md", 30) if home(c) == victim]
+    make_sessions(rstack, clients)
+    hold_down(rstack, victim)
+    try:
+        time.sleep(1.5)  # the detector: the survivor owns them now
+        rstack.kill("router")  # it must hear of them from the survivor
+        sent = publish(rstack, clients, "md", timeout=15)
+        collect(rstack, clients, sent)
+    finally:
+        bring_up(rstack, victim)
