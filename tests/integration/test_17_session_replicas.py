@@ -53,6 +53,17 @@ def rstack():
     try:
         s.start_all()
         yield s
+        # a sanitizer build (LATCHKEY_BUILD=build-san) reports into the logs
+        bad = {}
+        for name in s.services:
+            try:
+                text = s.log(name)
+            except Exception:
+                continue
+            hits = [l for l in text.splitlines() if "Sanitizer" in l or "runtime error:" in l]
+            if hits:
+                bad[name] = hits[:3]
+        assert not bad, "sanitizer reports: %s" % bad
     finally:
         s.destroy()
 
