@@ -10,7 +10,11 @@ one while that one is down.
 - CONNECTs during the failure are never refused and get CONNACK within the failure
   detector plus load; connected persistent subscribers keep receiving without
   reconnecting.
-- A client id connecting twice still leaves exactly one connection.
+- A client id connecting twice still leaves exactly one connection, also while the
+  replica that owns it is being killed.
+- A restarted router hears of the offline sessions of both replicas' clients (and of
+  those a dead replica made, from its sibling) and of the retained set.
+- With LATCHKEY_BUILD=build-san, any sanitizer report in a service's log fails the module.
 """
 
 import os
@@ -348,4 +352,47 @@ def test_sessions_made_by_a_replica_that_dies(rstack):
         sent = publish(rstack, clients, "md", timeout=15)
         collect(rstack, clients, sent)
     finally:
+        bring_up(rstack, victim)
+
+
+def test_takeover_during_failover(rstack):
+    """A client id owned by the replica being killed connects again while the failure
+    detector has not yet spoken: exactly one connection remains, with its session."""
+    victim = REPLICAS[0]
+    clients = [c for c in ids("tf", 24) if home(c) == victim][:6]
+    firsts = []
+    for c in clients:
+        cl = lk.paho_client(rstack, c, clean_session=False)
+        cl.subscribe("s17/%s" % c, 1)
+        firsts.append(cl)
+    hold_down(rstack, victim)
+    try:
+        seconds = []
+        for c in clients:
+            t0 = time.monotonic()
+            cl = lk.paho_client(rstack, c, clean_session=False, timeout=10)
+            seconds.append(time.monotonic() - t0)
+            assert cl.session_present, "%s: session lost in the takeover" % c
+            assert seconds[-1] < CONNACK_S, "%s: CONNACK after %.2fs" % (c, seconds[-1])
+            firsts.append(cl)
+        print("takeover CONNACKs during the failover: slowest %.2fs" % max(seconds))
+        old, new = firsts[:len(clients)], firsts[len(clients):]
+        for o in old:
+            o.wait_disconnected(timeout=5)
+        sent = publish(rstack, clients, "tf", timeout=15)
+        for n in new:
+            assert not n.disconnected.is_set(), "%s: the newer one was closed" % n.client_id
+            want = set(sent[n.client_id])
+            got = set()
+            end = time.monotonic() + 10
+            while want - got and time.monotonic() < end:
+                try:
+                    got.add(n.messages.get(timeout=0.5).text)
+                except Exception:
+                    pass
+            assert want <= got, "%s lost %s" % (n.client_id, sorted(want - got))
+            n.disconnect()
+    finally:
+        for o in firsts:
+            o.close()
         bring_up(rstack, victim)
