@@ -306,6 +306,19 @@ static bool s_holds(const char *node, uint64_t epoch, void *arg)
     return p && lk_peer_alive(p) && lk_peer_epoch(p) == epoch;
 }
 
+/* as s_holds, but in the grace period after loading a node not heard from yet still
+   holds its clients (the cron's node check decides after it, as for loaded sessions) */
+static bool s_holds_read(const char *node, uint64_t epoch, void *arg)
+{
+    self_t *self = arg;
+    if (!self->nodes_checked) {
+        lk_peer_t *p = lk_bus_peer(self->bus, node);
+        if (!p || !lk_peer_alive(p))
+            return true;
+    }
+    return s_holds(node, epoch, arg);
+}
+
 /* replicas: a client is ours while the owner by its id over the live replicas is us */
 static bool s_owns(const char *client, void *arg)
 {
@@ -336,7 +349,7 @@ static int s_fresh(self_t *self, const char **clients, size_t n)
         if (!dup)
             need[k++] = clients[i];
     }
-    int rc = ss_store_refresh(self->store, need, k, s_holds, self);
+    int rc = ss_store_refresh(self->store, need, k, s_holds_read, self);
     free(need);
     return rc;
 }
@@ -1028,7 +1041,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
         size_t n = 0;
         for (char *c = zlistx_first(stale); c; c = zlistx_next(stale))
             names[n++] = c;
-        int rc = ss_store_refresh(self->store, names, n, s_holds, self);
+        int rc = ss_store_refresh(self->store, names, n, s_holds_read, self);
         zlistx_destroy(&stale);
         if (rc != 0) {
             s_redis_trouble(self);

@@ -296,6 +296,8 @@ void ss_store_set_forced_expiry(ss_store_t *self, uint32_t seconds)
     self->forced_expiry = seconds;
 }
 
+static void s_write_records(ss_store_t *self, zlistx_t *clients);
+
 static bool s_owns(ss_store_t *self, const ss_session_t *s)
 {
     return !self->owns || self->owns(s->client, self->owns_arg);
@@ -346,6 +348,8 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         r[i] = s_pipe_next(&p);
     int rc = s_pipe_end(&p);
     int64_t now = lk_wall_ms();
+    zlistx_t *gone = zlistx_new();
+    zlistx_set_destructor(gone, (zlistx_destructor_fn *)zstr_free);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         lk_redis_reply_t *rec = r[3 * i], *seq = r[3 * i + 1], *len = r[3 * i + 2];
         ss_session_t *s = zhashx_lookup(self->sessions, clients[i]);
@@ -364,8 +368,10 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
         s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
         if (!s->disconnected_at &&
-            (!s->node || (holds && !holds(s->node, s->node_epoch, arg))))
+            (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
             s->disconnected_at = now; /* its node is gone: offline since now */
+            zlistx_add_end(gone, lk_strdup(s->client));
+        }
         s->persistent = true;
         s->qseq = s_reply_u64(seq);
         s->qlen = (size_t)s_reply_u64(len);
@@ -374,6 +380,10 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
     for (size_t i = 0; i < 3 * n; i++)
         lk_redis_reply_free(&r[i]);
     free(r);
+    /* so that the next owner counts its expiry from the same moment */
+    if (zlistx_size(gone))
+        s_write_records(self, gone);
+    zlistx_destroy(&gone);
     return rc;
 }
 

@@ -285,6 +285,7 @@ def takeover(stack, cid):
     first = lk.paho_client(stack, cid, clean_session=False)
     second = lk.paho_client(stack, cid, clean_session=False)
     first.wait_disconnected(timeout=5)
+    first.paho.loop_stop()  # no automatic reconnect taking the id back
     assert second.session_present
     second.subscribe("s17/to/%s" % cid, 1)
     lk.mosquitto_pub(stack, "s17/to/%s" % cid, "one", qos=1)
@@ -379,6 +380,7 @@ def test_takeover_during_failover(rstack):
         old, new = firsts[:len(clients)], firsts[len(clients):]
         for o in old:
             o.wait_disconnected(timeout=5)
+            o.paho.loop_stop()  # paho would reconnect (after 1 s) and take over in turn
         sent = publish(rstack, clients, "tf", timeout=15)
         for n in new:
             assert not n.disconnected.is_set(), "%s: the newer one was closed" % n.client_id
