@@ -283,6 +283,7 @@ def test_replica_killed_restarted_by_s6(rstack):
 
 def takeover(stack, cid):
     first = lk.paho_client(stack, cid, clean_session=False)
+    first.paho.reconnect_delay_set(min_delay=300, max_delay=300)
     second = lk.paho_client(stack, cid, clean_session=False)
     first.wait_disconnected(timeout=5)
     first.paho.loop_stop()  # no automatic reconnect taking the id back
@@ -364,6 +365,8 @@ def test_takeover_during_failover(rstack):
     firsts = []
     for c in clients:
         cl = lk.paho_client(rstack, c, clean_session=False)
+        # taken over, paho would reconnect after 1 s and take the id back in turn
+        cl.paho.reconnect_delay_set(min_delay=300, max_delay=300)
         cl.subscribe("s17/%s" % c, 1)
         firsts.append(cl)
     hold_down(rstack, victim)
