@@ -276,29 +276,37 @@ void lk_peer_drop_unacked(lk_peer_t *peer)
     peer->unacked_bytes = 0;
 }
 
-size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
+typedef struct {
+    lk_peer_t *to;
+    lk_bus_moved_fn *moved;
+    void *arg;
+} s_move_one_t;
+
+static lk_peer_t *s_move_one_to(const Lk__Envelope *env, void *arg)
+{
+    return ((s_move_one_t *)arg)->to;
+}
+
+static void s_move_one_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
+                             uint64_t new_seq, void *arg)
+{
+    s_move_one_t *m = arg;
+    if (m->moved)
+        m->moved(from, old_seq, to, new_seq, m->arg);
+}
+
+size_t lk_bus_move_unacked_fn(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
+                              lk_bus_moved_fn *moved, void *arg)
 {
     if (from == to)
         return 0;
-    lk_bus_flush(self);
-    s_unacked_t *list = from->head;
-    from->head = from->tail = NULL;
-    from->unacked = 0;
-    from->unacked_bytes = 0;
-    size_t n = 0;
-    while (list) {
-        s_unacked_t *u = list;
-        list = u->next;
-        Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
-        if (env) {
-            env->resent = false; /* new to `to` */
-            n += lk_bus_send(self, to, env, true) > 0;
-            lk__envelope__free_unpacked(env, NULL);
-        }
-        free(u->data);
-        free(u);
-    }
-    return n;
+    s_move_one_t m = {to, moved, arg};
+    return lk_bus_move_unacked_by(self, from, s_move_one_to, s_move_one_moved, &m);
+}
+
+size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
+{
+    return lk_bus_move_unacked_fn(self, from, to, NULL, NULL);
 }
 
 size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
@@ -322,7 +330,7 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
             if (seq > 0) {
                 n++;
                 if (moved)
-                    moved(u->seq, dst, (uint64_t)seq, arg);
+                    moved(from, u->seq, dst, (uint64_t)seq, arg);
             }
             free(u->data);
             free(u);

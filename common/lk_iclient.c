@@ -49,7 +49,8 @@ struct _lk_iclient_t {
     lk_loop_t *loop;
     lk_bus_t *bus;
     lk_replicas_t *routers;
-    lk_peer_t *store;
+    lk_peer_t *store;        /* the replica our session was last opened at */
+    lk_replicas_t *stores;   /* session_endpoint / session_replicas */
     char *node;
     char *client_id;
     lk_iclient_handlers_t h;
@@ -173,6 +174,12 @@ int lk_iclient_subscribe(lk_iclient_t *self, const char *filter, uint32_t qos)
 
 /* --- session ---------------------------------------------------------------------- */
 
+/* the replica owning our client id now */
+static lk_peer_t *s_owner(self_t *self)
+{
+    return lk_replicas_owner(self->stores, self->client_id, strlen(self->client_id));
+}
+
 static void s_open_send(self_t *self)
 {
     Lk__SessionOpen o = LK__SESSION_OPEN__INIT;
@@ -184,6 +191,7 @@ static void s_open_send(self_t *self)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_OPEN;
     env.session_open = &o;
+    self->store = s_owner(self);
     lk_bus_send(self->bus, self->store, &env, false);
     self->open_sent_ms = lk_loop_now(self->loop);
 }
@@ -299,7 +307,8 @@ void lk_iclient_ack(lk_iclient_t *self, uint64_t store_id)
 static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void *arg)
 {
     self_t *self = arg;
-    if (!lk_replicas_has(self->routers, peer) && peer != self->store) {
+    bool from_store = lk_replicas_has(self->stores, peer);
+    if (!lk_replicas_has(self->routers, peer) && !from_store) {
         if (self->h.on_envelope)
             self->h.on_envelope(self, peer, env, self->arg);
         else if (env->seq)
@@ -309,7 +318,7 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_DELIVER:
         for (size_t i = 0; i < env->deliver->n_items; i++)
-            s_deliver(self, env->deliver->items[i], peer == self->store);
+            s_deliver(self, env->deliver->items[i], from_store);
         break;
     case LK__ENVELOPE__BODY_SESSION_OPENED:
         s_opened(self, env->session_opened);
@@ -342,11 +351,14 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
             /* it starts empty: our client and its subscriptions again */
             s_attach(self, peer);
         }
-    } else if (peer == self->store) {
-        lk_info("iclient %s: session store %s", self->client_id, restarted ? "restarted" : "up");
+    } else if (lk_replicas_has(self->stores, peer)) {
+        lk_info("iclient %s: session store %s %s", self->client_id, lk_peer_name(peer),
+                restarted ? "restarted" : "up");
         /* A store that restarted (or lost sight of us) forwards nothing it stored before
-           it heard from us again: open again, and its pending list brings those. */
-        if (self->state == S_OPEN && !self->closing)
+           it heard from us again: open again, and its pending list brings those. The
+           same when our client id moves back to a replica that returned. */
+        if ((peer == self->store || s_owner(self) != self->store) && self->state == S_OPEN &&
+            !self->closing)
             s_open(self);
     } else if (self->h.on_peer_up)
         self->h.on_peer_up(self, peer, restarted, self->arg);
@@ -373,7 +385,8 @@ static lk_peer_t *s_move_to(const Lk__Envelope *env, void *arg)
     return NULL;
 }
 
-static void s_moved(uint64_t old_seq, lk_peer_t *to, uint64_t new_seq, void *arg)
+static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
+                    void *arg)
 {
     s_move_t *mv = arg;
     for (size_t i = 0; i < mv->self->n_pubs; i++) {
@@ -400,7 +413,18 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
         }
         return;
     }
-    if (peer != self->store && self->h.on_peer_down)
+    if (lk_replicas_has(self->stores, peer)) {
+        /* our session's replica died: the next live one owns it, gets what the dead one
+           did not ack, and our open */
+        lk_peer_t *next = s_owner(self);
+        if (peer == self->store && next != peer && !self->closing) {
+            lk_bus_move_unacked(bus, peer, next);
+            if (self->state == S_OPEN)
+                s_open(self);
+        }
+        return;
+    }
+    if (self->h.on_peer_down)
         self->h.on_peer_down(self, peer, self->arg);
 }
 
@@ -424,7 +448,7 @@ static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
                 self->h.on_published(self, id, self->arg);
             break;
         }
-    } else if (peer == self->store) {
+    } else if (lk_replicas_has(self->stores, peer)) {
         if (seq == self->close_seqs[1])
             self->close_seqs[1] = 0;
     } else if (self->h.on_acked)
@@ -454,7 +478,7 @@ static void s_turn_end(lk_loop_t *loop, void *arg)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
     env.session_ack = &sa;
-    lk_bus_send(self->bus, self->store, &env, true);
+    lk_bus_send(self->bus, s_owner(self), &env, true);
     self->n_acks = 0;
     self->subs_changed = false;
 }
@@ -566,14 +590,15 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
     lk_bus_on_acked(self->bus, s_on_acked);
     self->routers = lk_replicas_connect(self->bus, config, "router", "router");
     if (!self->routers) {
-        lk_bus_destroy(&self->bus);
-        lk_loop_remove_turn_end(loop, s_turn_end, self);
-        free(self->node);
-        free(self->client_id);
-        free(self);
+        lk_iclient_destroy(&self);
         return NULL;
     }
-    self->store = lk_bus_connect(self->bus, "session-store", sep);
+    self->stores = lk_replicas_connect(self->bus, config, "session", "session-store");
+    if (!self->stores) {
+        lk_iclient_destroy(&self);
+        return NULL;
+    }
+    self->store = s_owner(self);
     self->cron = lk_loop_timer(loop, S_CRON_MS, true, s_cron, self);
     s_open(self);
     return self;
@@ -585,7 +610,9 @@ void lk_iclient_destroy(lk_iclient_t **self_p)
     if (!self)
         return;
     lk_loop_remove_turn_end(self->loop, s_turn_end, self);
-    lk_loop_timer_cancel(self->loop, self->cron);
+    if (self->cron)
+        lk_loop_timer_cancel(self->loop, self->cron);
+    lk_replicas_destroy(&self->stores);
     lk_bus_destroy(&self->bus);
     lk_replicas_destroy(&self->routers);
     free(self->pubs);
@@ -657,7 +684,8 @@ void lk_iclient_close(lk_iclient_t *self, int timeout_ms)
     Lk__Envelope env2 = LK__ENVELOPE__INIT;
     env2.body_case = LK__ENVELOPE__BODY_SESSION_CLOSE;
     env2.session_close = &sc;
-    int64_t s1 = lk_peer_alive(self->store) ? lk_bus_send(self->bus, self->store, &env2, true) : 0;
+    lk_peer_t *owner = s_owner(self);
+    int64_t s1 = lk_peer_alive(owner) ? lk_bus_send(self->bus, owner, &env2, true) : 0;
     self->close_seqs[0] = s0 > 0 ? (uint64_t)s0 : 0;
     self->close_seqs[1] = s1 > 0 ? (uint64_t)s1 : 0;
     if (!self->close_seqs[0] && !self->close_seqs[1])

@@ -10,8 +10,14 @@ struct _lk_replicas_t {
     int n;
     int next;      /* round robin position */
     int current;   /* sticky choice, -1 none */
+    int self_i;    /* lk_replicas_siblings: our own index (no peer, always alive); else -1 */
     lk_peer_t *peers[S_MAX];
 };
+
+static bool s_alive(const lk_replicas_t *self, int i)
+{
+    return i == self->self_i || (self->peers[i] && lk_peer_alive(self->peers[i]));
+}
 
 static void s_name(char *buf, size_t size, const char *kind, int n, int i)
 {
@@ -35,11 +41,13 @@ char *lk_replicas_endpoint(lk_config_t *config, const char *prefix, const char *
     return t ? lk_str_subst(t, 'n', node) : NULL;
 }
 
-lk_replicas_t *lk_replicas_connect(lk_bus_t *bus, lk_config_t *config, const char *prefix,
-                                   const char *kind)
+/* mode 0: connect to every replica; 1: the replicas connect to us (peers by name);
+   2: a replica itself (self_node), connecting to its siblings */
+static lk_replicas_t *s_open(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                             const char *kind, int mode, const char *self_node)
 {
     const char *t = s_template(config, prefix);
-    if (!t)
+    if (!t && mode != 1)
         return NULL;
     char key[96];
     snprintf(key, sizeof(key), "%s_replicas", prefix);
@@ -48,7 +56,7 @@ lk_replicas_t *lk_replicas_connect(lk_bus_t *bus, lk_config_t *config, const cha
         lk_error("%s: %" PRId64 " is not between 1 and %d", key, n, S_MAX);
         return NULL;
     }
-    if (n > 1 && !strstr(t, "%n")) {
+    if (n > 1 && t && !strstr(t, "%n")) {
         lk_error("%s_endpoint %s: %" PRId64 " replicas need %%n (the node id) in it", prefix,
                  t, n);
         return NULL;
@@ -56,14 +64,79 @@ lk_replicas_t *lk_replicas_connect(lk_bus_t *bus, lk_config_t *config, const cha
     lk_replicas_t *self = lk_calloc(1, sizeof(*self));
     self->n = (int)n;
     self->current = -1;
+    self->self_i = -1;
     for (int i = 0; i < self->n; i++) {
         char name[128];
         s_name(name, sizeof(name), kind, self->n, i);
+        if (mode == 2 && strcmp(name, self_node) == 0) {
+            self->self_i = i;
+            continue;
+        }
+        if (mode == 1) {
+            self->peers[i] = lk_bus_peer_ensure(bus, name);
+            continue;
+        }
         char *ep = lk_str_subst(t, 'n', name);
         self->peers[i] = lk_bus_connect(bus, name, ep);
         free(ep);
     }
+    if (mode == 2 && self->self_i < 0) {
+        lk_error("%s_replicas %d: node %s is not one of the %s replicas", prefix, self->n,
+                 self_node, kind);
+        free(self);
+        return NULL;
+    }
     return self;
+}
+
+lk_replicas_t *lk_replicas_connect(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                                   const char *kind)
+{
+    return s_open(bus, config, prefix, kind, 0, NULL);
+}
+
+lk_replicas_t *lk_replicas_served(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                                  const char *kind)
+{
+    return s_open(bus, config, prefix, kind, 1, NULL);
+}
+
+lk_replicas_t *lk_replicas_siblings(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                                    const char *kind, const char *self_node)
+{
+    return s_open(bus, config, prefix, kind, 2, self_node);
+}
+
+int lk_replicas_self(lk_replicas_t *self)
+{
+    return self ? self->self_i : -1;
+}
+
+int lk_replicas_owner_index(lk_replicas_t *self, const void *key, size_t len)
+{
+    int home = lk_replicas_home(key, len, self->n);
+    for (int k = 0; k < self->n; k++) {
+        int i = (home + k) % self->n;
+        if (s_alive(self, i))
+            return i;
+    }
+    return home;
+}
+
+bool lk_replicas_alive_nth(lk_replicas_t *self, int i)
+{
+    return self && i >= 0 && i < self->n && s_alive(self, i);
+}
+
+lk_peer_t *lk_replicas_successor(lk_replicas_t *self, lk_peer_t *peer)
+{
+    int at = lk_replicas_index(self, peer);
+    for (int k = 1; at >= 0 && k < self->n; k++) {
+        int i = (at + k) % self->n;
+        if (s_alive(self, i))
+            return self->peers[i];
+    }
+    return NULL;
 }
 
 void lk_replicas_destroy(lk_replicas_t **self_p)
@@ -78,7 +151,7 @@ lk_peer_t *lk_replicas_pick(lk_replicas_t *self)
 {
     for (int k = 0; k < self->n; k++) {
         int i = (self->next + k) % self->n;
-        if (lk_peer_alive(self->peers[i])) {
+        if (self->peers[i] && lk_peer_alive(self->peers[i])) {
             self->next = (i + 1) % self->n;
             self->current = i;
             return self->peers[i];
@@ -98,7 +171,7 @@ lk_peer_t *lk_replicas_sticky(lk_replicas_t *self)
         /* look past the dead one first */
         for (int k = 1; k <= self->n; k++) {
             int i = (self->current + k) % self->n;
-            if (lk_peer_alive(self->peers[i])) {
+            if (self->peers[i] && lk_peer_alive(self->peers[i])) {
                 self->current = i;
                 return self->peers[i];
             }
@@ -111,7 +184,7 @@ lk_peer_t *lk_replicas_sticky(lk_replicas_t *self)
 lk_peer_t *lk_replicas_other(lk_replicas_t *self, lk_peer_t *not)
 {
     for (int i = 0; i < self->n; i++)
-        if (self->peers[i] != not && lk_peer_alive(self->peers[i]))
+        if (self->peers[i] && self->peers[i] != not && lk_peer_alive(self->peers[i]))
             return self->peers[i];
     return NULL;
 }
@@ -134,18 +207,12 @@ int lk_replicas_home(const void *key, size_t len, int n)
 
 lk_peer_t *lk_replicas_owner(lk_replicas_t *self, const void *key, size_t len)
 {
-    int home = lk_replicas_home(key, len, self->n);
-    for (int k = 0; k < self->n; k++) {
-        int i = (home + k) % self->n;
-        if (lk_peer_alive(self->peers[i]))
-            return self->peers[i];
-    }
-    return self->peers[home];
+    return self->peers[lk_replicas_owner_index(self, key, len)];
 }
 
 int lk_replicas_index(lk_replicas_t *self, lk_peer_t *peer)
 {
-    for (int i = 0; self && i < self->n; i++)
+    for (int i = 0; self && peer && i < self->n; i++)
         if (self->peers[i] == peer)
             return i;
     return -1;
@@ -170,7 +237,7 @@ int lk_replicas_alive(lk_replicas_t *self)
 {
     int n = 0;
     for (int i = 0; self && i < self->n; i++)
-        n += lk_peer_alive(self->peers[i]);
+        n += s_alive(self, i);
     return n;
 }
 
@@ -270,6 +337,31 @@ int lk_replicas_test(bool verbose)
             lk_replicas_home("x", 1, 1) != 0)
             rc = -1;
     }
+    /* a replica's view of its siblings: itself alive, peerless; the owner of every key
+       while the others are silent */
+    lk_config_t *scfg = lk_config_parse("session_endpoint ipc:///tmp/lk-rtest-%n.ipc\n"
+                                        "session_replicas 3\n",
+                                        "selftest");
+    lk_replicas_t *sibs =
+        lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-2");
+    if (!sibs || lk_replicas_self(sibs) != 1 || lk_replicas_nth(sibs, 1) != NULL ||
+        lk_replicas_alive(sibs) != 1 || !lk_replicas_alive_nth(sibs, 1) ||
+        lk_replicas_owner_index(sibs, "a", 1) != 1 ||
+        lk_replicas_owner_index(sibs, "zz", 2) != 1 ||
+        lk_replicas_successor(sibs, lk_replicas_nth(sibs, 0)) != NULL)
+        rc = -1;
+    lk_replicas_destroy(&sibs);
+    if (lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-9"))
+        rc = -1;
+    /* the replicas that connect to us: peers by name, none alive yet */
+    lk_replicas_t *served = lk_replicas_served(bus, scfg, "session", "session-store");
+    if (!served || lk_replicas_count(served) != 3 || lk_replicas_self(served) != -1 ||
+        strcmp(lk_peer_name(lk_replicas_nth(served, 2)), "session-store-3") != 0 ||
+        lk_replicas_successor(served, lk_replicas_nth(served, 0)) != NULL ||
+        lk_replicas_owner(served, "k", 1) != lk_replicas_nth(served, lk_replicas_home("k", 1, 3)))
+        rc = -1;
+    lk_replicas_destroy(&served);
+    lk_config_destroy(&scfg);
     /* two replicas on one endpoint without %n: refused */
     lk_replicas_t *bad = lk_replicas_connect(bus, cfg, "history", "history-writer");
     if (bad)

@@ -24,7 +24,25 @@ typedef struct _lk_replicas_t lk_replicas_t;
    when the count is not 1..64 or N > 1 replicas share an endpoint without %n. */
 lk_replicas_t *lk_replicas_connect(lk_bus_t *bus, lk_config_t *config, const char *prefix,
                                    const char *kind);
+/* The replicas of `kind` that connect to us (the router: session-store replicas are its
+   DEALER clients): peers by name, nothing connected; <prefix>_endpoint may be unset. */
+lk_replicas_t *lk_replicas_served(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                                  const char *kind);
+/* A replica's view of its siblings: connects to every replica but self_node, which counts
+   as alive and has no peer (lk_replicas_nth returns NULL for it). NULL after a log line
+   when self_node is not one of the configured names. */
+lk_replicas_t *lk_replicas_siblings(lk_bus_t *bus, lk_config_t *config, const char *prefix,
+                                    const char *kind, const char *self_node);
 void lk_replicas_destroy(lk_replicas_t **self_p);
+/* lk_replicas_siblings: our own index; else -1 */
+int lk_replicas_self(lk_replicas_t *self);
+/* index of lk_replicas_owner(key) (with siblings: may be our own index) */
+int lk_replicas_owner_index(lk_replicas_t *self, const void *key, size_t len);
+/* replica i alive (our own index always) */
+bool lk_replicas_alive_nth(lk_replicas_t *self, int i);
+/* the first live replica after peer in order: who owns a dead replica's keys now (its
+   own home keys and those it had taken over), or NULL */
+lk_peer_t *lk_replicas_successor(lk_replicas_t *self, lk_peer_t *peer);
 
 /* the endpoint a replica named node binds (template from <prefix>_endpoint), malloc'ed;
    NULL when unset */

@@ -345,7 +345,9 @@ static void s_clients(self_t *self, lk_http_req_t *req)
     if ((!state || strcmp(state, "disconnected") == 0) && !q.username && !q.peerhost &&
         !q.proto_ver) {
         q.op = "sessions";
-        api_call_send(call, self->store, &q);
+        /* each session-store replica lists the sessions it owns */
+        for (int i = 0; i < lk_replicas_count(self->stores); i++)
+            api_call_send(call, lk_replicas_nth(self->stores, i), &q);
     }
     api_call_start(call);
 }
@@ -371,7 +373,7 @@ static void s_client(self_t *self, lk_http_req_t *req, const char *id)
     api_call_t *call = api_call_new(self, req, s_client_done);
     api_call_frontends(call, &q);
     q.op = "sessions";
-    api_call_send(call, self->store, &q);
+    api_call_send(call, lk_replicas_owner(self->stores, id, strlen(id)), &q);
     api_call_start(call);
 }
 
@@ -395,7 +397,9 @@ static void s_kick_done(self_t *self, api_call_t *call)
         Lk__AdminRequest q = LK__ADMIN_REQUEST__INIT;
         q.op = "session_clear";
         q.client = call->arg;
-        s_ask(self, call->http, s_kick_done, self->store, &q)->step = 1;
+        s_ask(self, call->http, s_kick_done,
+              lk_replicas_owner(self->stores, call->arg, strlen(call->arg)), &q)
+            ->step = 1;
         return;
     }
     if (s_count(call) > 0)

@@ -474,7 +474,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
             snprintf(name, sizeof(name), "router-%d", i + 1);
         self->routers[i] = lk_bus_peer_ensure(self->bus, name);
     }
-    self->store = lk_bus_peer_ensure(self->bus, "session-store");
+    self->stores = lk_replicas_served(self->bus, config, "session", "session-store");
     self->auths = lk_replicas_connect(self->bus, config, "auth", "auth");
     if (!self->auths) {
         lk_error("auth_endpoint must be configured (API keys and bans live there)");
@@ -549,6 +549,7 @@ void api_server_destroy(api_server_t **self_p)
         lk_iclient_destroy(&self->ic);
     }
     lk_replicas_destroy(&self->auths);
+    lk_replicas_destroy(&self->stores);
     lk_replicas_destroy(&self->histories);
     zhashx_destroy(&self->frontends);
     zhashx_destroy(&self->keys);

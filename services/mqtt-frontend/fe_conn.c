@@ -573,7 +573,7 @@ void fe_conn_close(fe_conn_t *conn, uint8_t reason, bool publish_will, const cha
         Lk__Envelope env2 = LK__ENVELOPE__INIT;
         env2.body_case = LK__ENVELOPE__BODY_SESSION_CLOSE;
         env2.session_close = &sc;
-        lk_bus_send(srv->bus, srv->store, &env2, true);
+        lk_bus_send(srv->bus, fe_store(srv, conn->client_id), &env2, true);
     }
     /* after the Detach, so that the router no longer counts this client a member */
     if (attached && mine && conn->expiry == 0 && conn->state == FE_ACTIVE)

@@ -92,7 +92,8 @@ void fe_session_open_send(fe_conn_t *conn)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_OPEN;
     env.session_open = &o;
-    lk_bus_send(srv->bus, srv->store, &env, false);
+    conn->store_peer = fe_store(srv, conn->client_id);
+    lk_bus_send(srv->bus, conn->store_peer, &env, false);
     conn->open_sent = true;
     conn->req_sent_ms = lk_loop_now(srv->loop);
 }
@@ -254,7 +255,7 @@ void fe_handle_auth_reply(fe_server_t *srv, Lk__AuthReply *r)
         fe_will_cancel(srv, conn->client_id);
     conn->state = FE_SESSION;
     conn->req_first_ms = lk_loop_now(srv->loop);
-    if (conn->clean && conn->expiry == 0 && !lk_peer_alive(srv->store)) {
+    if (conn->clean && conn->expiry == 0 && !lk_peer_alive(fe_store(srv, conn->client_id))) {
         /* no session store: a clean session needs nothing from it. Registered (and a
            second holder of the client id taken over) once the store is back. */
         Lk__SessionOpened none = LK__SESSION_OPENED__INIT;
@@ -294,7 +295,7 @@ void fe_takeover_close(fe_conn_t *conn, bool resumed, const char *by)
     fe_conn_close(conn, LK_RC_SESSION_TAKEN_OVER, false, NULL);
 }
 
-void fe_takeover(fe_server_t *srv, const Lk__Takeover *t)
+void fe_takeover(fe_server_t *srv, lk_peer_t *from, const Lk__Takeover *t)
 {
     if (!t->client)
         return;
@@ -319,7 +320,8 @@ void fe_takeover(fe_server_t *srv, const Lk__Takeover *t)
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_TAKEOVER_DONE;
         env.takeover_done = &d;
-        lk_bus_send(srv->bus, srv->store, &env, true);
+        /* to the replica waiting for it (behind the close, when it owns the client) */
+        lk_bus_send(srv->bus, from, &env, true);
     }
 }
 

@@ -123,6 +123,7 @@ typedef struct fe_conn {
     uint16_t keepalive;
     uint64_t req;           /* pending auth/session request id */
     bool reopening;         /* ACTIVE, re-opening its session after a session store restart */
+    lk_peer_t *store_peer;  /* the session-store replica its last SessionOpen went to */
     bool open_sent;         /* SessionOpen sent: the store may register this connection */
     bool unregistered;      /* connected without the session store (clean session while it
                                was down): registered when it is back */
@@ -262,7 +263,7 @@ struct _fe_server_t {
     int64_t rt_hold_since[64];
     int n_held;
     uint64_t wait_no;
-    lk_peer_t *store;
+    lk_replicas_t *stores; /* session_endpoint / session_replicas: a client's owner */
     lk_replicas_t *auths; /* auth_endpoint / auth_replicas */
     fe_listener_t **listeners;
     int n_listen;
@@ -442,7 +443,9 @@ void fe_session_open_send(fe_conn_t *conn);
    store is down and the session is clean): Attach to the router, CONNACK on its ack */
 void fe_session_ready(fe_conn_t *conn, Lk__SessionOpened *r);
 /* Takeover from the session store: closes the named connection (will per `resumed`) */
-void fe_takeover(fe_server_t *srv, const Lk__Takeover *t);
+void fe_takeover(fe_server_t *srv, lk_peer_t *from, const Lk__Takeover *t);
+/* the session-store replica that owns client now (its id's home, or the next live one) */
+lk_peer_t *fe_store(fe_server_t *srv, const char *client);
 /* the connection is replaced by a newer one of its client id: closed with 0x8E; its will
    dropped when the session goes on (resumed), published now when the session ends */
 void fe_takeover_close(fe_conn_t *conn, bool resumed, const char *by);

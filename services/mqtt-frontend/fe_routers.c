@@ -194,7 +194,8 @@ static lk_peer_t *s_move_to(const Lk__Envelope *env, void *arg)
     return NULL;        /* retained copies only: the owner has the message */
 }
 
-static void s_moved(uint64_t old_seq, lk_peer_t *to, uint64_t new_seq, void *arg)
+static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
+                    void *arg)
 {
     s_move_t *mv = arg;
     for (fe_wait_t *w = mv->srv->waits; w; w = w->next)

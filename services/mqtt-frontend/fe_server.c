@@ -47,7 +47,8 @@ void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item)
 bool fe_store_rx(fe_conn_t *conn, uint16_t pid, bool add)
 {
     fe_server_t *srv = conn->srv;
-    if (conn->expiry == 0 || conn->unregistered || !lk_peer_alive(srv->store))
+    lk_peer_t *store = fe_store(srv, conn->client_id);
+    if (conn->expiry == 0 || conn->unregistered || !lk_peer_alive(store))
         return false;
     uint32_t p32 = pid;
     Lk__SessionAck sa = LK__SESSION_ACK__INIT;
@@ -62,11 +63,11 @@ bool fe_store_rx(fe_conn_t *conn, uint16_t pid, bool add)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
     env.session_ack = &sa;
-    int64_t seq = lk_bus_send(srv->bus, srv->store, &env, true);
+    int64_t seq = lk_bus_send(srv->bus, store, &env, true);
     if (seq <= 0)
         return false;
     fe_wait_item_t it = {add ? FE_WAIT_RX_ADD : FE_WAIT_RX_DEL, conn->fd, conn->id, pid, NULL, 0};
-    fe_wait_add(fe_wait_for(srv, srv->store, (uint64_t)seq), &it);
+    fe_wait_add(fe_wait_for(srv, store, (uint64_t)seq), &it);
     return true;
 }
 
@@ -215,19 +216,31 @@ static void s_reattach(fe_server_t *srv, lk_peer_t *router)
     lk_notice("%s restarted: re-attached %d clients", lk_peer_name(router), n);
 }
 
+lk_peer_t *fe_store(fe_server_t *srv, const char *client)
+{
+    return lk_replicas_owner(srv->stores, client, strlen(client));
+}
+
 /* The session store restarted: what it stored but had not yet forwarded would wait for
    the client's next reconnect. Opening each session again (same connection, not clean)
    registers the connection again and returns its pending messages;
    fe_handle_session_opened delivers the ones the connection does not have yet.
    Connections made while the store was down (clean sessions, `unregistered`) are opened
    as they connected (clean): a client id now held twice is taken over then, the later
-   SessionOpen winning. all = false: only those. */
-static void s_reopen(fe_server_t *srv, bool all)
+   SessionOpen winning. all = false: only those.
+   Replicas: the same for the connections whose owner changed (a replica died, or came
+   back): the new owner learns them, and builds what the old one held in memory. peer:
+   the replica that restarted or changed (all: those that had opened at it). */
+static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all, const char *why)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
-        if (!c || c->state != FE_ACTIVE || (!all && !c->unregistered))
+        if (!c || c->state != FE_ACTIVE)
+            continue;
+        bool moved = !c->unregistered && c->store_peer &&
+                     fe_store(srv, c->client_id) != c->store_peer;
+        if (!c->unregistered && !moved && !(all && (c->store_peer == peer || !c->store_peer)))
             continue;
         c->req = fe_conn_req(c);
         if (!c->unregistered)
@@ -237,10 +250,44 @@ static void s_reopen(fe_server_t *srv, bool all)
         n++;
     }
     if (n)
-        lk_notice("session store %s: re-opened %d sessions", all ? "restarted" : "back", n);
+        lk_notice("session store %s %s: re-opened %d sessions", lk_peer_name(peer), why, n);
+}
+
+static void s_wait_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
+                         void *arg)
+{
+    fe_server_t *srv = arg;
+    for (fe_wait_t *w = srv->waits; w; w = w->next)
+        if (w->peer == from && w->seq == old_seq) {
+            w->peer = to;
+            w->seq = new_seq;
+            break;
+        }
+}
+
+/* A session-store replica is silent: its clients are the next live one's now. What it
+   did not ack (acks, closes, QoS 2 packet ids) goes there, and the connections it held
+   open their sessions there. */
+static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
+{
+    lk_peer_t *next = lk_replicas_successor(srv->stores, peer);
+    if (!next)
+        return; /* none left: the work waits for the first one back */
+    size_t moved = lk_bus_move_unacked_fn(srv->bus, peer, next, s_wait_moved, srv);
+    if (moved)
+        lk_notice("session store %s down: %zu envelope(s) moved to %s", lk_peer_name(peer),
+                  moved, lk_peer_name(next));
+    s_reopen(srv, peer, false, "down");
+    /* CONNECTs that asked it: asked again of the new owner now, not at the next re-ask */
+    for (int fd = 0; fd < srv->by_fd_cap; fd++) {
+        fe_conn_t *c = srv->by_fd[fd];
+        if (c && c->state == FE_SESSION && !c->opened && c->open_sent && c->store_peer == peer)
+            fe_session_open_send(c);
+    }
 }
 
 static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
+static void s_store_down(fe_server_t *srv, lk_peer_t *peer);
 
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
@@ -254,8 +301,8 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         }
         fe_routers_peer_up(srv, peer, restarted);
     }
-    if (peer == srv->store)
-        s_reopen(srv, restarted);
+    if (lk_replicas_has(srv->stores, peer))
+        s_reopen(srv, peer, restarted, restarted ? "restarted" : "back");
     if (restarted)
         s_auth_resend(srv, peer, "restarted");
 }
@@ -292,6 +339,8 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
             srv->router_down_ms = lk_loop_now(srv->loop);
     }
     s_auth_resend(srv, peer, "down");
+    if (lk_replicas_has(srv->stores, peer))
+        s_store_down(srv, peer);
 }
 
 static void s_revoke(fe_server_t *srv, Lk__Revoke *r)
@@ -319,7 +368,7 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_DELIVER:
         for (size_t i = 0; i < env->deliver->n_items; i++)
-            fe_deliver(srv, env->deliver->items[i], peer == srv->store);
+            fe_deliver(srv, env->deliver->items[i], lk_replicas_has(srv->stores, peer));
         break;
     case LK__ENVELOPE__BODY_AUTH_REPLY:
         fe_handle_auth_reply(srv, env->auth_reply);
@@ -328,8 +377,8 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
         fe_handle_session_opened(srv, env->session_opened);
         break;
     case LK__ENVELOPE__BODY_TAKEOVER:
-        if (peer == srv->store)
-            fe_takeover(srv, env->takeover);
+        if (lk_replicas_has(srv->stores, peer))
+            fe_takeover(srv, peer, env->takeover);
         break;
     case LK__ENVELOPE__BODY_REVOKE:
         s_revoke(srv, env->revoke);
@@ -757,7 +806,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
                                : c->opened         ? "router did not ack the attach"
                                                    : "session store did not answer");
             } else if (c->state == FE_SESSION && !c->opened && c->clean && c->expiry == 0 &&
-                       (!lk_peer_alive(srv->store) ||
+                       (!lk_peer_alive(fe_store(srv, c->client_id)) ||
                         now - c->req_first_ms > srv->request_timeout_ms * 3 / 5)) {
                 /* a clean session does not need the session store: it connects now and
                    is registered when the store is back */
@@ -774,7 +823,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
                     fe_session_open_send(c);
             }
         } else if (c->state == FE_ACTIVE && (c->reopening || c->unregistered) &&
-                   now - c->req_sent_ms > 1000 && lk_peer_alive(srv->store)) {
+                   now - c->req_sent_ms > 1000 && lk_peer_alive(fe_store(srv, c->client_id))) {
             /* a store that restarted answers only once it has loaded Redis; a connection
                made without it is registered as soon as it answers */
             c->req = fe_conn_req(c);
@@ -844,7 +893,7 @@ void fe_session_ack_flush(fe_conn_t *c)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_SESSION_ACK;
     env.session_ack = &sa;
-    lk_bus_send(srv->bus, srv->store, &env, true);
+    lk_bus_send(srv->bus, fe_store(srv, c->client_id), &env, true);
     free(store);
     free(ptrs);
     free(removed);
@@ -999,7 +1048,11 @@ fe_server_t *fe_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         fe_server_destroy(&srv);
         return NULL;
     }
-    srv->store = lk_bus_connect(srv->bus, "session-store", sep);
+    srv->stores = lk_replicas_connect(srv->bus, config, "session", "session-store");
+    if (!srv->stores) {
+        fe_server_destroy(&srv);
+        return NULL;
+    }
     if (!(srv->auths = lk_replicas_connect(srv->bus, config, "auth", "auth"))) {
         fe_server_destroy(&srv);
         return NULL;
@@ -1051,6 +1104,7 @@ void fe_server_destroy(fe_server_t **self_p)
     }
     lk_replicas_destroy(&srv->auths);
     lk_replicas_destroy(&srv->routers);
+    lk_replicas_destroy(&srv->stores);
     lk_bus_destroy(&srv->bus);
     fe_route_destroy(srv);
     fe_limits_destroy(&srv->limits);

@@ -105,8 +105,8 @@ struct _rt_server_t {
     zhashx_t *clients;
     rt_trie_t *trie;
     rt_retain_t *retain;
-    lk_peer_t *store;       /* the session store */
-    char *store_node;
+    lk_replicas_t *stores;  /* the session-store replicas (they connect to us) */
+    uint64_t resync_seen;   /* replicas (bits by index) that sent ResyncDone */
     s_target_t *targets;
     size_t n_targets, cap_targets;
     uint64_t match_gen;
@@ -215,6 +215,17 @@ static void s_sub_opts(const Lk__Subscription *s, rt_sub_opts_t *o)
 }
 
 /* --- jobs: publish acks waiting on store acks ------------------------------------- */
+
+/* the session-store replica that owns key (a client id; a retained message's topic) */
+static lk_peer_t *s_store(rt_server_t *self, const char *key)
+{
+    return lk_replicas_owner(self->stores, key, strlen(key));
+}
+
+static bool s_is_store(rt_server_t *self, lk_peer_t *peer)
+{
+    return lk_replicas_has(self->stores, peer);
+}
 
 static void s_wait_add(rt_server_t *self, lk_peer_t *peer, uint64_t store_seq, s_job_t *job)
 {
@@ -376,8 +387,9 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
             rt_retain_delete(self->retain, msg->topic);
         else
             rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
-        uint64_t seq = lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, msg, true);
-        s_cur_wait(self, self->store, seq);
+        lk_peer_t *store = s_store(self, msg->topic);
+        uint64_t seq = lk_bus_batch_add(self->bus, store, LK_BODY_RETAIN, msg, true);
+        s_cur_wait(self, store, seq);
     }
 }
 
@@ -455,8 +467,8 @@ static void s_publish_one(rt_server_t *self, Lk__Msg *msg, const char *share,
             item.msg = msg;
             item.n_sub_ids = t->n_sub_ids;
             item.sub_ids = t->sub_ids;
-            s_cur_wait(self, self->store,
-                       lk_bus_batch_add(self->bus, self->store, LK_BODY_STORE, &item, true));
+            lk_peer_t *store = s_store(self, c->id);
+            s_cur_wait(self, store, lk_bus_batch_add(self->bus, store, LK_BODY_STORE, &item, true));
             self->stored++;
         } else if (c->node)
             s_deliver(self, t, msg);
@@ -726,7 +738,7 @@ static void s_attach(rt_server_t *self, lk_peer_t *peer, Lk__Attach *a)
     c->persistent = a->persistent;
     if (a->offline) {
         /* the session store's view must not undo a frontend's newer attach */
-        if (c->node && lk_peer_alive(c->node) && peer == self->store)
+        if (c->node && lk_peer_alive(c->node) && s_is_store(self, peer))
             ;
         else
             c->node = NULL;
@@ -747,7 +759,7 @@ static void s_detach(rt_server_t *self, lk_peer_t *peer, Lk__Detach *d)
         return;
     if (s_client_has_subs(self, c))
         s_route_changed(self);
-    if (peer == self->store) {
+    if (s_is_store(self, peer)) {
         /* session expired in the store */
         if (!c->node) {
             s_client_remove(self, c);
@@ -1099,7 +1111,7 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         Lk__Msg m = LK__MSG__INIT;
         m.topic = q->topic;
         m.retain = true;
-        lk_bus_batch_add(self->bus, self->store, LK_BODY_RETAIN, &m, true);
+        lk_bus_batch_add(self->bus, s_store(self, q->topic), LK_BODY_RETAIN, &m, true);
         lk_admin_reply(out)->count = 1;
         lk_notice("retained message on '%s' deleted by %s", q->topic, lk_peer_name(peer));
     } else
@@ -1134,6 +1146,16 @@ static void s_warm_end(rt_server_t *self, const char *why)
     lk_notice("ready (%s): %zu clients, %zu subscriptions, %zu retained, %d held publishes",
               why, zhashx_size(self->clients), rt_trie_count(self->trie),
               rt_retain_count(self->retain), n);
+}
+
+/* a replica's ResyncDone: every live replica has resynced its share */
+static bool s_resync_complete(rt_server_t *self, lk_peer_t *peer)
+{
+    self->resync_seen |= 1ull << lk_replicas_index(self->stores, peer);
+    for (int i = 0; i < lk_replicas_count(self->stores); i++)
+        if (lk_replicas_alive_nth(self->stores, i) && !(self->resync_seen & (1ull << i)))
+            return false;
+    return true;
 }
 
 static void s_warm_check(lk_loop_t *loop, void *arg)
@@ -1273,10 +1295,11 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
         s_stats_update(self, peer, env->stats);
         break;
     case LK__ENVELOPE__BODY_RESYNC_DONE:
-        if (peer == self->store && self->warming &&
-            lk_loop_now(self->loop) >= self->warm_min)
+        if (!s_is_store(self, peer) || !s_resync_complete(self, peer))
+            ;
+        else if (self->warming && lk_loop_now(self->loop) >= self->warm_min)
             s_warm_end(self, "session store resync done");
-        else if (peer == self->store && self->warming) {
+        else if (self->warming) {
             self->resync_done = true;
             self->warm_deadline = self->warm_min;   /* frontends get their grace period */
         }
@@ -1319,7 +1342,7 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
     rt_server_t *self = arg;
     lk_info("peer %s (%s) %s", lk_peer_name(peer), lk_peer_kind(peer),
             restarted ? "restarted" : "up");
-    if (restarted && peer != self->store) {
+    if (restarted && !s_is_store(self, peer)) {
         /* its clients are gone with its old life; deliveries to them are moot */
         s_forget_node(self, peer);
         lk_peer_drop_unacked(peer);
@@ -1328,12 +1351,40 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
     }
 }
 
+static void s_wait_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
+                         void *arg)
+{
+    rt_server_t *self = arg;
+    for (s_wait_t *w = self->waits; w; w = w->next)
+        if (w->peer == from && w->store_seq == old_seq) {
+            w->peer = to;
+            w->store_seq = new_seq;
+            break;
+        }
+}
+
+/* A session-store replica is silent: the next live one owns its clients (and retained
+   topics) now and stores what it did not ack; the publishes waiting on those copies
+   wait on the new envelopes. */
+static void s_store_down(rt_server_t *self, lk_peer_t *peer)
+{
+    lk_peer_t *next = lk_replicas_successor(self->stores, peer);
+    if (!next)
+        return; /* none left: the copies wait for the first one back */
+    size_t n = lk_bus_move_unacked_fn(self->bus, peer, next, s_wait_moved, self);
+    if (n)
+        lk_notice("session store %s down: %zu envelope(s) moved to %s", lk_peer_name(peer), n,
+                  lk_peer_name(next));
+}
+
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     rt_server_t *self = arg;
     (void)bus;
     /* a silent frontend must not hold SUBACKs; its flush is re-sent when it returns */
     s_cacher_gone(self, peer);
+    if (s_is_store(self, peer))
+        s_store_down(self, peer);
     /* nor other publishes (its copies stay kept, re-sent when it returns) */
     s_pressure_check(self);
 }
@@ -1380,8 +1431,11 @@ rt_server_t *rt_server_new(lk_config_t *config, lk_loop_t *loop, const char *nod
         rt_server_destroy(&self);
         return NULL;
     }
-    self->store_node = lk_strdup(lk_config_get(config, "session_store_node", "session-store"));
-    self->store = lk_bus_peer_ensure(self->bus, self->store_node);
+    self->stores = lk_replicas_served(self->bus, config, "session", "session-store");
+    if (!self->stores) {
+        rt_server_destroy(&self);
+        return NULL;
+    }
     /* router_endpoint is a template (%n: our node id) when several routers serve */
     char *ep = lk_replicas_endpoint(config, "router", node);
     if (!ep || !*ep) {
@@ -1445,7 +1499,7 @@ void rt_server_destroy(rt_server_t **self_p)
     }
     free(self->targets);
     free(self->cur_waits);
-    free(self->store_node);
+    lk_replicas_destroy(&self->stores);
     free(self);
     *self_p = NULL;
 }

@@ -35,6 +35,7 @@
 #define SS_MSGLOG_SEGMENT (64 * 1024 * 1024)
 #define SS_HANDOFF_MS 1500 /* a holder that does not answer a Takeover by then is gone */
 #define SS_LOST_MS 10000   /* how long a superseded connection's re-sent opens are refused */
+#define SS_REFRESH_MAX 256 /* stale owned sessions read per cron tick (replicas) */
 
 /* A SessionOpen waiting until the connection that holds its client is closed: the holder's
    frontend answers the Takeover with TakeoverDone after everything that connection sent
@@ -67,13 +68,14 @@ struct _ss_server_t {
     lk_loop_t *loop;
     lk_config_t *config;    /* the caller's; outlives us */
     char *node;
-    const char *session_endpoint; /* strings of the configuration */
+    char *session_endpoint; /* ours: the template with %n = our node id */
     const char *router_endpoint;
     const char *redis_host;
     int redis_port;
     const char *msglog_dir;
     lk_bus_t *bus;
     lk_replicas_t *routers; /* router_endpoint / router_replicas */
+    lk_replicas_t *sibs;    /* session_replicas > 1: the other replicas (liveness) */
     lk_msglog_t *msglog;
     ss_store_t *store;
     int ready_fd;
@@ -100,7 +102,7 @@ struct _ss_server_t {
     /* router resync: to the routers that (re)started, by index (bit i) */
     uint64_t resync_mask;
     bool resync_wanted;
-    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages */
+    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages, 3 done */
     zlistx_t *resync_clients;
     uint64_t resync_cursor;
     int resync_timer;
@@ -204,7 +206,7 @@ ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
     zlistx_set_destructor(self->retry, s_retry_destroy);
     self->retry_backoff = SS_BACKOFF_MIN_MS;
 
-    self->session_endpoint = lk_config_get(cfg, "session_endpoint", NULL);
+    self->session_endpoint = lk_replicas_endpoint(cfg, "session", node);
     self->router_endpoint = lk_config_get(cfg, "router_endpoint", NULL);
     self->redis_host = lk_config_get(cfg, "redis_host", "127.0.0.1");
     self->msglog_dir = lk_config_get(cfg, "msglog_dir", NULL);
@@ -257,9 +259,11 @@ void ss_server_destroy(ss_server_t **self_p)
     if (zlistx_size(self->retry))
         lk_notice("%zu envelope(s) not stored at exit; their senders will re-send",
                   zlistx_size(self->retry));
+    lk_replicas_destroy(&self->sibs);
     lk_bus_destroy(&self->bus);
     lk_replicas_destroy(&self->routers);
     lk_msglog_close(&self->msglog);
+    free(self->session_endpoint);
     ss_store_destroy(&self->store);
     zlistx_destroy(&self->retry);
     zhashx_destroy(&self->will_nodes);
@@ -319,6 +323,59 @@ static bool s_holds(const char *node, uint64_t epoch, void *arg)
     return p && lk_peer_alive(p) && lk_peer_epoch(p) == epoch;
 }
 
+/* as s_holds, but in the grace period after loading a node not heard from yet still
+   holds its clients (the cron's node check decides after it, as for loaded sessions) */
+static bool s_holds_read(const char *node, uint64_t epoch, void *arg)
+{
+    self_t *self = arg;
+    if (!self->nodes_checked) {
+        lk_peer_t *p = lk_bus_peer(self->bus, node);
+        if (!p || !lk_peer_alive(p))
+            return true;
+    }
+    return s_holds(node, epoch, arg);
+}
+
+/* replicas: a client is ours while the owner by its id over the live replicas is us */
+static bool s_owns(const char *client, void *arg)
+{
+    self_t *self = arg;
+    return lk_replicas_owner_index(self->sibs, client, strlen(client)) ==
+           lk_replicas_self(self->sibs);
+}
+
+static bool s_is_sibling(self_t *self, lk_peer_t *peer)
+{
+    return self->sibs && lk_replicas_has(self->sibs, peer);
+}
+
+/* Replicas: the sessions of these clients read from Redis first when this replica did not
+   keep them current (another owned them meanwhile). -1: Redis failed. */
+static int s_fresh(self_t *self, const char **clients, size_t n)
+{
+    if (!self->sibs)
+        return 0;
+    const char **need = lk_calloc(n ? n : 1, sizeof(*need));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!clients[i] || !ss_store_needs_refresh(self->store, clients[i]))
+            continue;
+        bool dup = false;
+        for (size_t j = 0; j < k && !dup; j++)
+            dup = strcmp(need[j], clients[i]) == 0;
+        if (!dup)
+            need[k++] = clients[i];
+    }
+    int rc = ss_store_refresh(self->store, need, k, s_holds_read, self);
+    free(need);
+    return rc;
+}
+
+static int s_fresh1(self_t *self, const char *client)
+{
+    return client ? s_fresh(self, &client, 1) : 0;
+}
+
 //  --------------------------------------------------------------------------
 //  Work from the router
 
@@ -341,6 +398,15 @@ static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id
 static int s_handle_store(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     Lk__StoreBatch *b = env->store;
+    if (self->sibs) {
+        const char **names = lk_calloc(b->n_items ? b->n_items : 1, sizeof(*names));
+        for (size_t i = 0; i < b->n_items; i++)
+            names[i] = b->items[i] ? b->items[i]->client : NULL;
+        int rc = s_fresh(self, names, b->n_items);
+        free(names);
+        if (rc != 0)
+            return -1;
+    }
     if (b->n_items > self->ids_cap) {
         self->ids_cap = b->n_items;
         self->ids = lk_realloc(self->ids, self->ids_cap * sizeof(*self->ids));
@@ -407,6 +473,8 @@ static void s_lose(self_t *self, const char *node, uint64_t epoch, uint64_t conn
 static int s_open_now(self_t *self, lk_peer_t *peer, Lk__SessionOpen *o)
 {
     const char *node = lk_peer_name(peer);
+    if (s_fresh1(self, o->client) != 0)
+        return -1;
     ss_open_t req = {.req = o->req,
                      .client = o->client,
                      .clean = o->clean,
@@ -482,6 +550,8 @@ static int s_handle_open(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
             return 0;
         }
     }
+    if (s_fresh1(self, o->client) != 0)
+        return -1;
     ss_session_t *s = ss_store_session(self->store, o->client);
     bool is_holder = s && s->node && strcmp(s->node, node) == 0 && s->node_epoch == epoch &&
                      s->conn == o->conn;
@@ -582,6 +652,8 @@ static void s_handoffs_check(self_t *self, const char *down_node)
 static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     Lk__SessionClose *c = env->session_close;
+    if (s_fresh1(self, c->client) != 0)
+        return -1;
     int rc = c->client ? ss_store_close(self->store, c->client, lk_peer_name(peer), c->conn,
                                         c->expiry, c->subs, c->n_subs, c->subs_changed)
                        : 1;
@@ -606,6 +678,8 @@ static int s_handle_close(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     Lk__SessionAck *a = env->session_ack;
+    if (s_fresh1(self, a->client) != 0)
+        return -1;
     size_t n_rel = a->n_released_ids < a->n_released_pids ? a->n_released_ids
                                                             : a->n_released_pids;
     bool delta = a->subs_changed && a->subs_delta;
@@ -638,6 +712,10 @@ static int s_handle_ack(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 static int s_dispatch(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     bool from_router = lk_replicas_has(self->routers, peer);
+    if (s_is_sibling(self, peer)) {
+        s_ack(self, peer, env);
+        return 0;
+    }
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_STORE:
         if (from_router)
@@ -754,9 +832,36 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
 static void s_resync_start(self_t *self);
 static void s_resync_stop(self_t *self);
 
+/* A sibling replica died or came back: ownership moved. What we no longer own goes
+   stale; what we took over is read from Redis when used. Sessions the other one made
+   are discovered, and the router hears of the offline ones we own now (it may have
+   restarted while the dead replica's resync was half done). */
+static void s_view_changed(self_t *self, lk_peer_t *sib, bool up)
+{
+    lk_notice("replica %s %s: %d of %d replicas live", lk_peer_name(sib), up ? "up" : "down",
+              lk_replicas_alive(self->sibs), lk_replicas_count(self->sibs));
+    if (!self->loaded)
+        return;
+    ss_store_mark_stale(self->store, false);
+    if (up)
+        return;
+    if (ss_store_discover(self->store) != 0)
+        s_redis_trouble(self);
+    /* every live router hears of the offline sessions we own now */
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        if (lk_peer_alive(lk_replicas_nth(self->routers, i)))
+            self->resync_mask |= 1ull << i;
+    if (self->resync_mask)
+        s_resync_start(self);
+}
+
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     self_t *self = arg;
+    if (s_is_sibling(self, peer)) {
+        s_view_changed(self, peer, true);
+        return;
+    }
     int ri = lk_replicas_index(self->routers, peer);
     if (ri >= 0) {
         /* a new router needs the whole picture, not our news for its previous life */
@@ -773,6 +878,10 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
+    if (s_is_sibling(self, peer)) {
+        s_view_changed(self, peer, false);
+        return;
+    }
     int ri = lk_replicas_index(self->routers, peer);
     if (ri >= 0) {
         /* it starts over when the router is back */
@@ -827,6 +936,12 @@ static void s_resync_retained(const Lk__Msg *msg, void *arg)
     self->resync_retained++;
 }
 
+/* the retained messages are sent by one replica: the owner of the key "lk:retain" */
+static bool s_retain_ours(self_t *self)
+{
+    return !self->sibs || s_owns("lk:retain", self);
+}
+
 static void s_resync_step(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
@@ -839,8 +954,11 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
              c = zlistx_next(self->resync_clients))
             names[n++] = c;
         if (n == 0)
-            self->resync_phase = 2;
-        else if (ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
+            self->resync_phase = s_retain_ours(self) ? 2 : 3;
+        else if (s_fresh(self, names, n) != 0) {
+            s_redis_trouble(self);
+            next = SS_RESYNC_RETRY_MS;
+        } else if (ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
             s_redis_trouble(self);
             next = SS_RESYNC_RETRY_MS;
         } else
@@ -852,19 +970,22 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
         if (rc < 0) {
             s_redis_trouble(self);
             next = SS_RESYNC_RETRY_MS;
-        } else if (rc == 0) {
-            Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
-            Lk__Envelope env = LK__ENVELOPE__INIT;
-            env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
-            env.resync_done = &done;
-            s_send_resync(self, &env);
-            self->resync_mask = 0;
-            lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
-                      self->resync_sessions, self->resync_retained);
-            s_resync_stop(self);
-            return;
-        }
-    } else
+        } else if (rc == 0)
+            self->resync_phase = 3;
+    }
+    if (self->resync_phase == 3) {
+        Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
+        Lk__Envelope env = LK__ENVELOPE__INIT;
+        env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
+        env.resync_done = &done;
+        s_send_resync(self, &env);
+        self->resync_mask = 0;
+        lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
+                  self->resync_sessions, self->resync_retained);
+        s_resync_stop(self);
+        return;
+    }
+    if (self->resync_phase == 0)
         return;
     self->resync_timer = lk_loop_timer(loop, next, false, s_resync_step, self);
 }
@@ -891,7 +1012,8 @@ static void s_resync_start(self_t *self)
 static void s_reconcile_peer(lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (!lk_replicas_has(self->routers, peer) && lk_peer_alive(peer) && lk_peer_epoch(peer))
+    if (!lk_replicas_has(self->routers, peer) && !s_is_sibling(self, peer) &&
+        lk_peer_alive(peer) && lk_peer_epoch(peer))
         ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
 }
 
@@ -945,6 +1067,21 @@ static void s_cron(lk_loop_t *loop, void *arg)
     }
     if (zlistx_size(self->retry))
         return; /* Redis is in trouble: expire later */
+    if (self->sibs) {
+        /* sessions taken over from a dead replica: current before they may expire */
+        zlistx_t *stale = s_name_list();
+        ss_store_stale_owned(self->store, stale, SS_REFRESH_MAX);
+        const char *names[SS_REFRESH_MAX];
+        size_t n = 0;
+        for (char *c = zlistx_first(stale); c; c = zlistx_next(stale))
+            names[n++] = c;
+        int rc = ss_store_refresh(self->store, names, n, s_holds_read, self);
+        zlistx_destroy(&stale);
+        if (rc != 0) {
+            s_redis_trouble(self);
+            return;
+        }
+    }
     zlistx_t *expired = s_name_list();
     if (ss_store_expire(self->store, lk_wall_ms(), SS_EXPIRE_MAX, expired) != 0)
         s_redis_trouble(self);
@@ -1015,7 +1152,9 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         zlistx_destroy(&names);
         lk_admin_reply(out)->total = total;
     } else if (strcmp(op, "session_clear") == 0) {
-        int rc = ss_store_clear(self->store, q->client ? q->client : "");
+        int rc = s_fresh1(self, q->client ? q->client : "");
+        if (rc == 0)
+            rc = ss_store_clear(self->store, q->client ? q->client : "");
         if (rc < 0) {
             lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");
             return;
@@ -1075,6 +1214,13 @@ int ss_server_start(ss_server_t *self)
         return -1;
     if (!(self->routers = lk_replicas_connect(self->bus, self->config, "router", "router")))
         return -1;
+    if (lk_config_get_int(self->config, "session_replicas", 1) > 1) {
+        self->sibs =
+            lk_replicas_siblings(self->bus, self->config, "session", "session-store", self->node);
+        if (!self->sibs)
+            return -1;
+        ss_store_set_owner(self->store, s_owns, self);
+    }
     self->cron_timer = lk_loop_timer(self->loop, SS_CRON_MS, true, s_cron, self);
     self->handoff_timer = lk_loop_timer(self->loop, 250, true, s_handoff_tick, self);
     self->sys_timer = lk_loop_timer(

@@ -39,7 +39,19 @@ static const char s_replace_subs_lua[] =
     "for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end "
     "return 1";
 
+/* Stores a client's new messages under ids taken from its counter in the same atomic
+   step: replicas that briefly both store for one client (ownership moving) never hand
+   out an id twice. KEYS: lk:qseq:<c>, lk:q:<c>; ARGV: the packed messages. Returns the
+   counter after. */
+static const char s_put_lua[] =
+    "local n = redis.call('INCRBY', KEYS[1], #ARGV) "
+    "for i = 1, #ARGV do redis.call('HSET', KEYS[2], n - #ARGV + i, ARGV[i]) end "
+    "return n";
+
 struct _ss_store_t {
+    ss_owns_fn *owns; /* replicas: does this one own the client now (NULL: all) */
+    void *owns_arg;
+    bool shared;      /* other replicas write the same Redis */
     lk_redis_t *redis;
     zhashx_t *sessions; /* client -> ss_session_t; the key is the session's client */
     zhashx_t *node_names; /* node -> its one shared name string */
@@ -284,6 +296,97 @@ void ss_store_set_forced_expiry(ss_store_t *self, uint32_t seconds)
     self->forced_expiry = seconds;
 }
 
+static void s_write_records(ss_store_t *self, zlistx_t *clients);
+
+static bool s_owns(ss_store_t *self, const ss_session_t *s)
+{
+    return !self->owns || self->owns(s->client, self->owns_arg);
+}
+
+void ss_store_set_owner(ss_store_t *self, ss_owns_fn *fn, void *arg)
+{
+    self->owns = fn;
+    self->owns_arg = arg;
+    self->shared = fn != NULL;
+}
+
+void ss_store_mark_stale(ss_store_t *self, bool all)
+{
+    for (ss_session_t *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        if (all || !s_owns(self, s))
+            s->stale = true;
+}
+
+bool ss_store_needs_refresh(ss_store_t *self, const char *client)
+{
+    if (!self->shared)
+        return false;
+    ss_session_t *s = zhashx_lookup(self->sessions, client);
+    return !s || s->stale;
+}
+
+bool ss_store_owns(ss_store_t *self, const char *client)
+{
+    return !self->owns || self->owns(client, self->owns_arg);
+}
+
+int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_fn *holds,
+                     void *arg)
+{
+    if (n == 0)
+        return 0;
+    s_pipe_t p;
+    s_pipe_begin(&p, self->redis);
+    for (size_t i = 0; i < n; i++) {
+        s_pipe_str(&p, "HMGET", s_key(self, "lk:sess:", clients[i]), "node", "node_epoch",
+                   "expiry", "disconnected_at", "conn", NULL);
+        s_pipe_str(&p, "GET", s_key(self, "lk:qseq:", clients[i]), NULL);
+        s_pipe_str(&p, "HLEN", s_key(self, "lk:q:", clients[i]), NULL);
+    }
+    lk_redis_reply_t **r = lk_calloc(3 * n, sizeof(*r));
+    for (size_t i = 0; i < 3 * n; i++)
+        r[i] = s_pipe_next(&p);
+    int rc = s_pipe_end(&p);
+    int64_t now = lk_wall_ms();
+    zlistx_t *gone = zlistx_new();
+    zlistx_set_destructor(gone, (zlistx_destructor_fn *)zstr_free);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        lk_redis_reply_t *rec = r[3 * i], *seq = r[3 * i + 1], *len = r[3 * i + 2];
+        ss_session_t *s = zhashx_lookup(self->sessions, clients[i]);
+        if (!rec || rec->type != LK_REDIS_ARRAY || rec->count != 5 ||
+            rec->items[2].type == LK_REDIS_NIL) {
+            /* no session in Redis; a registration of a clean session we did not keep
+               current is not trusted either (its frontend registers it again) */
+            if (s && (s->persistent || s->stale))
+                s_session_forget(self, s);
+            continue;
+        }
+        if (!s)
+            s = s_session_add(self, clients[i]);
+        s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
+        s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
+        s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
+        s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
+        if (!s->disconnected_at &&
+            (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
+            s->disconnected_at = now; /* its node is gone: offline since now */
+            zlistx_add_end(gone, lk_strdup(s->client));
+        }
+        s->persistent = true;
+        s->qseq = s_reply_u64(seq);
+        s->qlen = (size_t)s_reply_u64(len);
+        s->stale = false;
+    }
+    for (size_t i = 0; i < 3 * n; i++)
+        lk_redis_reply_free(&r[i]);
+    free(r);
+    /* so that the next owner counts its expiry from the same moment */
+    if (zlistx_size(gone))
+        s_write_records(self, gone);
+    zlistx_destroy(&gone);
+    return rc;
+}
+
 ss_session_t *ss_store_session(ss_store_t *self, const char *client)
 {
     return zhashx_lookup(self->sessions, client);
@@ -431,6 +534,38 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
     return s_pipe_end(&p);
 }
 
+int ss_store_discover(ss_store_t *self)
+{
+    uint64_t cursor = 0;
+    do {
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
+                                           (unsigned long long)cursor, SS_LOAD_CHUNK);
+        if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
+            r->items[1].type != LK_REDIS_ARRAY) {
+            lk_redis_reply_free(&r);
+            return -1;
+        }
+        cursor = s_reply_u64(&r->items[0]);
+        const lk_redis_reply_t *m = &r->items[1];
+        for (size_t i = 0; i < m->count; i++)
+            if (m->items[i].str && !zhashx_lookup(self->sessions, m->items[i].str)) {
+                ss_session_t *s = s_session_add(self, m->items[i].str);
+                s->persistent = true;
+                s->stale = true;
+            }
+        lk_redis_reply_free(&r);
+    } while (cursor != 0);
+    return 0;
+}
+
+void ss_store_stale_owned(ss_store_t *self, zlistx_t *list, size_t max)
+{
+    for (ss_session_t *s = zhashx_first(self->sessions); s && zlistx_size(list) < max;
+         s = zhashx_next(self->sessions))
+        if (s->stale && s_owns(self, s))
+            zlistx_add_end(list, lk_strdup(s->client));
+}
+
 int ss_store_load(ss_store_t *self)
 {
     zhashx_t *fresh = s_sessions_new();
@@ -455,6 +590,9 @@ int ss_store_load(ss_store_t *self)
     if (rc == 0) {
         zhashx_destroy(&self->sessions);
         self->sessions = fresh;
+        /* replicas: what we read may change under our siblings until we own it */
+        if (self->shared)
+            ss_store_mark_stale(self, true);
         for (char *c = zlistx_first(stale); c; c = zlistx_next(stale)) {
             lk_warn("redis: lk:sessions lists '%s' without a session record; removed", c);
             lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SREM lk:sessions %s", c);
@@ -846,6 +984,95 @@ static void s_drop_full(ss_store_t *self, ss_session_t *s)
     }
 }
 
+static void s_put_undo(ss_store_t *self, size_t n_touched)
+{
+    for (size_t i = 0; i < n_touched; i++) {
+        ss_session_t *s = self->touched[i];
+        s->qlen = s->added < s->qlen ? s->qlen - s->added : 0;
+    }
+}
+
+/* replicas: each client's messages and its counter in one script (s_put_lua); the ids
+   are the counter's, whatever this replica last knew of it */
+static int s_put_shared(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *ids,
+                        size_t n_touched)
+{
+    /* the items grouped by client, in batch order (counting sort on touched index) */
+    size_t *start = lk_calloc(n_touched + 1, sizeof(*start));
+    size_t *order = lk_calloc(n ? n : 1, sizeof(*order));
+    for (size_t t = 0; t < n_touched; t++) {
+        self->touched[t]->tidx = t;
+        start[t + 1] = start[t] + self->touched[t]->added;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ids[i]) {
+            ss_session_t *s = zhashx_lookup(self->sessions, items[i]->client);
+            order[start[s->tidx]++] = i;
+        }
+    for (size_t t = n_touched; t > 0; t--)
+        start[t] = start[t - 1];
+    start[0] = 0;
+    s_pipe_t p;
+    s_pipe_begin(&p, self->redis);
+    for (size_t t = 0; t < n_touched; t++) {
+        ss_session_t *s = self->touched[t];
+        size_t argc = 5 + s->added;
+        const char **argv = lk_calloc(argc, sizeof(*argv));
+        size_t *lens = lk_calloc(argc, sizeof(*lens));
+        ss_buf_t *vals = lk_calloc(s->added, sizeof(*vals));
+        argv[0] = "EVAL";
+        argv[1] = s_put_lua;
+        argv[2] = "2";
+        char *k1 = lk_strdup(s_key(self, "lk:qseq:", s->client));
+        argv[3] = k1;
+        lens[3] = strlen(k1);
+        argv[4] = s_key(self, "lk:q:", s->client);
+        lens[4] = self->key.size;
+        size_t k = 0;
+        for (size_t j = start[t]; j < start[t] + s->added; j++) {
+            size_t i = order[j];
+            Lk__Deliver d = LK__DELIVER__INIT;
+            d.client = items[i]->client;
+            d.msg = items[i]->msg;
+            d.n_sub_ids = items[i]->n_sub_ids;
+            d.sub_ids = items[i]->sub_ids;
+            d.dup = s->node != NULL;
+            ss_codec_pack_deliver(&d, &vals[k]);
+            argv[5 + k] = (const char *)vals[k].data;
+            lens[5 + k] = vals[k].size;
+            k++;
+        }
+        for (size_t i = 0; i < 3; i++)
+            lens[i] = strlen(argv[i]);
+        s_pipe_cmd(&p, (int)(5 + k), argv, lens);
+        for (size_t i = 0; i < k; i++)
+            ss_buf_release(&vals[i]);
+        free(vals);
+        free(k1);
+        free(lens);
+        free(argv);
+    }
+    for (size_t t = 0; t < n_touched; t++) {
+        lk_redis_reply_t *r = s_pipe_next(&p);
+        ss_session_t *s = self->touched[t];
+        uint64_t top = s_reply_u64(r);
+        lk_redis_reply_free(&r);
+        s->qseq = top >= s->added ? top - s->added : 0; /* ids are handed out below */
+    }
+    if (s_pipe_end(&p) != 0) {
+        s_put_undo(self, n_touched);
+        free(start);
+        free(order);
+        return -1;
+    }
+    for (size_t t = 0; t < n_touched; t++)
+        for (size_t j = start[t]; j < start[t] + self->touched[t]->added; j++)
+            ids[order[j]] = ++self->touched[t]->qseq;
+    free(start);
+    free(order);
+    return 0;
+}
+
 int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *ids)
 {
     int64_t now = lk_wall_ms();
@@ -877,6 +1104,8 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
     }
     if (n_touched == 0)
         return 0;
+    if (self->shared)
+        return s_put_shared(self, items, n, ids, n_touched);
 
     /* Counters go first: Redis runs a pipeline in order, so any message that made it
        is covered by a counter that did too, and ids are not handed out twice after a
@@ -990,7 +1219,7 @@ int ss_store_retain_scan(ss_store_t *self, uint64_t *cursor, size_t count, ss_re
 void ss_store_offline(ss_store_t *self, zlistx_t *list, ss_holds_fn *holds, void *arg)
 {
     for (ss_session_t *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
-        if (s->persistent &&
+        if (s->persistent && s_owns(self, s) &&
             (s->disconnected_at || !s->node || (holds && !holds(s->node, s->node_epoch, arg))))
             zlistx_add_end(list, lk_strdup(s->client));
 }
@@ -1030,7 +1259,8 @@ static void s_write_records(ss_store_t *self, zlistx_t *clients)
     s_pipe_begin(&p, self->redis);
     for (char *c = zlistx_first(clients); c; c = zlistx_next(clients)) {
         ss_session_t *s = zhashx_lookup(self->sessions, c);
-        if (s && s->persistent)
+        /* replicas: only the owner writes, from a record it keeps current */
+        if (s && s->persistent && !s->stale && s_owns(self, s))
             s_append_record(self, &p, c, s->node, s->node_epoch, s->conn, s->expiry,
                             s->disconnected_at);
     }
@@ -1119,7 +1349,7 @@ int ss_store_expire(ss_store_t *self, int64_t now_ms, size_t max, zlistx_t *expi
     zlistx_t *due = s_name_list();
     for (ss_session_t *s = zhashx_first(self->sessions); s && zlistx_size(due) < max;
          s = zhashx_next(self->sessions)) {
-        if (!s->persistent || !s->disconnected_at)
+        if (!s->persistent || !s->disconnected_at || s->stale || !s_owns(self, s))
             continue;
         uint32_t e = s->expiry;
         if (e == SS_EXPIRY_NEVER) {
@@ -1168,7 +1398,8 @@ uint64_t ss_store_queued(ss_store_t *self)
 {
     uint64_t n = 0;
     for (ss_session_t *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
-        n += s->qlen;
+        if (s_owns(self, s))
+            n += s->qlen;
     return n;
 }
 
@@ -1276,6 +1507,11 @@ static bool s_list_has(zlistx_t *list, const char *s)
         if (strcmp(x, s) == 0)
             return true;
     return false;
+}
+
+static bool s_test_owns_all(const char *client, void *arg)
+{
+    return true;
 }
 
 void ss_store_test(const char *host, int port, bool verbose, int *passed, int *failed)
@@ -1600,6 +1836,43 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
          !ss_store_session(dead, "z");
     ss_store_destroy(&dead);
     s_check(&t, "store: redis unreachable reported", ok);
+
+    // --- replicas: two stores over one Redis, each believing it owns the client
+    ss_store_t *ra = ss_store_new(host, port), *rb = ss_store_new(host, port);
+    ss_store_set_owner(ra, s_test_owns_all, NULL);
+    ss_store_set_owner(rb, s_test_owns_all, NULL);
+    ok = ss_store_load(ra) == 0 && ss_store_load(rb) == 0 &&
+         ss_store_needs_refresh(ra, "c9") && ss_store_needs_refresh(rb, "r1");
+    ok = ok && s_test_open(ra, "r1", "fe-1", 11, false, 600, &res) == 0 && !res.present;
+    ss_open_result_clear(&res);
+    ok = ok && !ss_store_needs_refresh(ra, "r1") && s_test_put(ra, "r1", 2, 0, ids) == 0 &&
+         ids[0] == 1 && ids[1] == 2;
+    /* rb never saw r1: it reads it before storing, and continues the ids */
+    const char *r1 = "r1";
+    ok = ok && ss_store_needs_refresh(rb, "r1") &&
+         ss_store_refresh(rb, &r1, 1, NULL, NULL) == 0 && ss_store_session(rb, "r1") &&
+         ss_store_session(rb, "r1")->qseq == 2 && ss_store_session(rb, "r1")->qlen == 2;
+    ok = ok && s_test_put(rb, "r1", 1, 0, ids) == 0 && ids[0] == 3;
+    /* ra's memory is behind (the overlap of a move): its ids still come from Redis */
+    ok = ok && s_test_put(ra, "r1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 5 &&
+         s_raw_int(&t, "HLEN lk:q:%s", "r1") == 5 && s_raw_int(&t, "GET lk:qseq:%s", "r1") == 5;
+    s_check(&t, "store: replicas never hand out one store id twice", ok);
+    ok = s_test_open(rb, "r1", "fe-2", 22, false, 600, &res) == 0 && res.present &&
+         res.n_pending == 5;
+    ss_open_result_clear(&res);
+    /* a session deleted by the other replica is forgotten at refresh */
+    ss_store_mark_stale(ra, true);
+    ok = ok && ss_store_close(rb, "r1", "fe-2", 0, 0, NULL, 0, false) == 0 &&
+         ss_store_needs_refresh(ra, "r1") && ss_store_refresh(ra, &r1, 1, NULL, NULL) == 0 &&
+         !ss_store_session(ra, "r1");
+    /* discover: sessions made by the other replica after our load */
+    ok = ok && s_test_open(ra, "r2", "fe-1", 11, false, 600, &res) == 0;
+    ss_open_result_clear(&res);
+    ok = ok && !ss_store_session(rb, "r2") && ss_store_discover(rb) == 0 &&
+         ss_store_session(rb, "r2") && ss_store_session(rb, "r2")->stale;
+    s_check(&t, "store: replicas read what the other changed", ok);
+    ss_store_destroy(&ra);
+    ss_store_destroy(&rb);
 
     zlistx_destroy(&list);
     ss_store_destroy(&store);

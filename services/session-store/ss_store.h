@@ -53,6 +53,8 @@ typedef struct {
     int64_t drop_logged_ms;
     uint64_t mark; /* scratch for batch bookkeeping */
     size_t added;
+    size_t tidx;
+    bool stale; /* replicas: may have changed in Redis since we read it (not owned) */
 } ss_session_t;
 
 /* a SessionOpen request, node/node_epoch being the requesting frontend's */
@@ -91,6 +93,32 @@ void ss_store_destroy(ss_store_t **self_p);
 void ss_store_set_max_queued(ss_store_t *self, uint32_t max_queued);
 /* seconds after which offline "never expiring" sessions expire anyway; 0 = never */
 void ss_store_set_forced_expiry(ss_store_t *self, uint32_t seconds);
+
+/* Replicas (session_replicas > 1). fn says whether this replica owns a client now;
+   only owned sessions are listed offline, expired, counted as queued and have their
+   records written on node changes. Setting it also makes the store shared: new messages
+   take their ids from Redis atomically (INCRBY in a script), and ss_store_load marks
+   every session stale. */
+typedef bool(ss_owns_fn)(const char *client, void *arg);
+void ss_store_set_owner(ss_store_t *self, ss_owns_fn *fn, void *arg);
+bool ss_store_owns(ss_store_t *self, const char *client);
+/* marks stale every session not owned now (all: every session) */
+void ss_store_mark_stale(ss_store_t *self, bool all);
+/* shared store and the client unknown here or stale: read it before working on it */
+bool ss_store_needs_refresh(ss_store_t *self, const char *client);
+typedef bool(ss_holds_fn)(const char *node, uint64_t node_epoch, void *arg);
+/* Reads the records of n clients from Redis (one pipeline) into the map: sessions not in
+   Redis are forgotten (and stale clean-session registrations with them), the others
+   become current; one whose node does not hold it (holds() false) is offline since now.
+   0, or -1 (Redis; nothing changed). */
+int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_fn *holds,
+                     void *arg);
+
+/* Adds (stale, to be read when used) the persistent sessions listed in lk:sessions that
+   the map does not know: a sibling replica made them. 0, or -1 (Redis). */
+int ss_store_discover(ss_store_t *self);
+/* Appends (strdup'ed) up to max stale sessions this replica owns now. */
+void ss_store_stale_owned(ss_store_t *self, zlistx_t *list, size_t max);
 
 /* Loads every persistent session from Redis, replacing the map. 0, or -1 (Redis). */
 int ss_store_load(ss_store_t *self);
@@ -139,8 +167,8 @@ int ss_store_retain_set(ss_store_t *self, Lk__Msg **msgs, size_t n);
 int ss_store_retain_scan(ss_store_t *self, uint64_t *cursor, size_t count, ss_retain_fn *fn,
                          void *arg);
 
-/* whether node still holds a client it took under node_epoch (the caller knows the bus) */
-typedef bool(ss_holds_fn)(const char *node, uint64_t node_epoch, void *arg);
+/* ss_holds_fn: whether node still holds a client it took under node_epoch (the caller
+   knows the bus) */
 /* Appends (strdup'ed, list must free its items) the client ids of the persistent
    sessions no node holds: offline ones, and online ones for which holds() says no (their
    node is gone but we have not heard so yet). holds may be NULL. */
