@@ -58,7 +58,8 @@ struct _api_server_t {
     lk_bus_t *bus;
     lk_http_t *http;
     lk_http_t *https; /* api_https_port, or NULL */
-    lk_peer_t *router, *store, *arbiter;
+    lk_peer_t *router, *store;
+    lk_replicas_t *arbiters; /* NULL without arbiter_endpoint; logins go to any live one */
     lk_replicas_t *auths, *histories; /* NULL when their endpoint is unset */
     zhashx_t *frontends; /* node -> endpoint we connected to */
     api_call_t *calls;
