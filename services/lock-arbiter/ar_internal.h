@@ -10,10 +10,11 @@
       ar_login.c    LoginRequest (temporary credentials) and /unauth (revocation)
       ar_history.c  the history outbox (Redis → history-writer)
       ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
+      ar_replica.c  replicas: lock ownership from Redis liveness, parked messages
 
     Redis keys (see docs/architecture.md for the whole table): lk:lockstate, lk:round:<lock>,
     lk:rounds, lk:lockcfg:<lock>, lk:bind:<lock>, lk:ubind:<user>, lk:users, lk:login:<temp>,
-    lk:arb:* (outbox, unpublished decisions, event counter, seen confirmations). */
+    lk:arb:* (outbox, unpublished decisions, event counter, seen messages, replica liveness). */
 #ifndef AR_INTERNAL_H_INCLUDED
 #define AR_INTERNAL_H_INCLUDED
 
@@ -113,8 +114,9 @@ void ar_replica_park(self_t *self, const char *key, const char *id, const Lk__Ms
                      uint64_t store_id);
 /* applies what is parked for key (NULL: for every lock we own now) */
 void ar_replica_flush(self_t *self, const char *key);
-/* first liveness read (construction) and the cron */
+/* first liveness read (construction), our claim once ready, and the cron */
 void ar_replica_start(self_t *self);
+void ar_replica_ready(self_t *self);
 void ar_replica_cron(self_t *self);
 int ar_replica_alive(self_t *self);
 

@@ -233,22 +233,28 @@ static void s_drop_seen(self_t *self)
     lk_redis_reply_free(&r);
 }
 
-/* refreshes our key, reads everyone's; true when a replica died or restarted (its work
-   in flight is ours to finish where we own the lock) */
-static bool s_liveness(self_t *self)
+/* sets our key (a token per process start, expiring unless refreshed) */
+static void s_refresh(self_t *self)
 {
     char *mine = s_live_key(self->node);
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", S_LIVE_TTL_MS);
-    const char *sargv[] = {"SET", mine, self->live_token, "PX", ttl};
-    size_t slens[5];
+    const char *argv[] = {"SET", mine, self->live_token, "PX", ttl};
+    size_t lens[5];
     for (int i = 0; i < 5; i++)
-        slens[i] = strlen(sargv[i]);
-    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, 5, sargv, slens);
+        lens[i] = strlen(argv[i]);
+    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, 5, argv, lens);
     free(mine);
-    bool ok = !lk_redis_reply_failed(r);
     lk_redis_reply_free(&r);
-    if (!ok || self->n_rep == 1)
+}
+
+/* refreshes our key (when refresh), reads everyone's; true when a replica died or
+   restarted (its work in flight is ours to finish where we own the lock) */
+static bool s_liveness(self_t *self, bool refresh)
+{
+    if (refresh)
+        s_refresh(self);
+    if (self->n_rep == 1)
         return false;
     const char *argv[AR_MAX_REPLICAS + 1];
     size_t lens[AR_MAX_REPLICAS + 1];
@@ -260,7 +266,7 @@ static bool s_liveness(self_t *self)
         argv[i + 1] = keys[i];
         lens[i + 1] = strlen(keys[i]);
     }
-    r = lk_redis_cmdv(self->redis, self->n_rep + 1, argv, lens);
+    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, self->n_rep + 1, argv, lens);
     for (int i = 0; i < self->n_rep; i++)
         free(keys[i]);
     if (!r || r->type != LK_REDIS_ARRAY || r->count != (size_t)self->n_rep) {
@@ -290,14 +296,28 @@ static bool s_liveness(self_t *self)
     return lost;
 }
 
+/* We claim our locks (refresh our key) only while we can get their messages: the session
+   is open with every subscription and the router is there. A replica cut off from the
+   router lets its key lapse, and its locks go to one that hears them. */
+static bool s_can_serve(self_t *self)
+{
+    lk_peer_t *router = lk_bus_peer(self->bus, "router");
+    return lk_iclient_ready(self->ic) && router && lk_peer_alive(router);
+}
+
 void ar_replica_start(self_t *self)
 {
-    s_liveness(self);
+    s_liveness(self, false);
+}
+
+void ar_replica_ready(self_t *self)
+{
+    s_liveness(self, s_can_serve(self));
 }
 
 void ar_replica_cron(self_t *self)
 {
-    bool lost = s_liveness(self);
+    bool lost = s_liveness(self, s_can_serve(self));
     if (self->exit_code || !lk_iclient_ready(self->ic))
         return;
     ar_replica_flush(self, NULL);

@@ -209,6 +209,7 @@ static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id
 static void s_on_ready(lk_iclient_t *ic, void *arg)
 {
     self_t *self = arg;
+    ar_replica_ready(self);
     ar_unlock_resume(self);
     ar_history_resume(self);
     if (!self->ready_told) {

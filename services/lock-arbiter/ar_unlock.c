@@ -11,9 +11,9 @@
     crash between decision and publish still unlocks (a crash after the router's ack and
     before the delete would unlock twice: that window is one Redis round trip).
 
-    Message redelivery (QoS 1, after a crash) never decides twice: each stored confirmation
-    leaves lk:arb:seen:<store id> for a day and a second sight is ignored; a state message
-    is ignored unless its store id is above the lock's last one. A round past its deadline
+    Message redelivery (QoS 1, after a crash) and the other replicas' copies never decide
+    twice: each applied confirmation or state message leaves lk:arb:seen:<lock>:<message
+    id> for a day, set in the applying script, and a second sight is ignored. A round past its deadline
     becomes an `expired` decision (cron, or the next confirmation, whichever first).
     A confirmation from a user not bound to the lock in that role (lk:bind:<lock>: user →
     roles) — or one filling a second role of the same round — is `refused`. */

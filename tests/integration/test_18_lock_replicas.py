@@ -9,6 +9,7 @@
   dead one's locks decided by the other within RECOVERY_S of the kill.
 - The replica brought back takes its locks back (its decisions again), and the messages
   stored for its session while it was away decide nothing a second time.
+- `latchkey login` answered while one replica is down.
 - Kills restarted by s6 at random moments around the deciding confirmation, alternating the
   replicas: one unlock per round, no duplicates.
 Counts: one `unlock_decision` event per round in PostgreSQL (the events table), one unlock
@@ -25,7 +26,7 @@ import uuid
 import pytest
 
 import lk
-from lockhelp import decisions, mqtt_account, setup_lock, superuser
+from lockhelp import cli, decisions, mqtt_account, setup_lock, superuser
 
 RUN = uuid.uuid4().hex[:6]
 PW = "rlock-pw-secret"
@@ -185,6 +186,9 @@ def test_dead_replica_locks_taken_over_with_open_rounds(rstack, world):
     assert all(decider(got[lock][0]) == other for lock in w.locks), got
     assert slowest <= RECOVERY_S, delays
     w.check_history()
+    # logins hold no lock state: any live replica answers (the CLI skips the dead one)
+    out = cli(rstack, "login", w.um).stdout
+    assert out.startswith("username tmp-"), out
     # a second round while it is still down: decided by the other at once
     for lock in w.locks:
         w.m.publish("/%s/m" % lock, "1", qos=1)
