@@ -119,6 +119,7 @@ void ar_replica_start(self_t *self);
 void ar_replica_ready(self_t *self);
 void ar_replica_cron(self_t *self);
 int ar_replica_alive(self_t *self);
+int ar_replica_test(bool verbose);
 
 /* ar_unlock.c (id: the message id, the key of lk:arb:seen:<lock>:<id>) */
 void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, const char *id);

@@ -338,3 +338,81 @@ int ar_replica_alive(self_t *self)
         n += self->rep_alive[i];
     return n;
 }
+
+/* ---- selftest: the message id is the same for every session's copy and differs with
+   the content; ownership follows the home replica and moves to the next live one ------- */
+
+#define S_CHECK(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "ar_replica: %s:%d: %s\n", __FILE__, __LINE__, #cond);               \
+            rc = -1;                                                                               \
+        }                                                                                          \
+    } while (0)
+
+int ar_replica_test(bool verbose)
+{
+    int rc = 0;
+    Lk__Msg a = LK__MSG__INIT, b;
+    a.topic = "/L1/m";
+    a.payload.data = (uint8_t *)"1";
+    a.payload.len = 1;
+    a.origin_client = "c1";
+    a.origin_node = "fe-1";
+    a.origin_user = "u1";
+    a.accepted_at_ms = 1765000000123;
+    a.qos = 1;
+    char ia[40], ib[40];
+    ar_msg_id(&a, ia, sizeof(ia));
+    /* what differs between two sessions' copies changes nothing */
+    b = a;
+    b.dup = true;
+    b.qos = 0;
+    b.props.data = (uint8_t *)"\x26";
+    b.props.len = 1;
+    ar_msg_id(&b, ib, sizeof(ib));
+    S_CHECK(strcmp(ia, ib) == 0);
+    /* the content does */
+    b = a;
+    b.payload.data = (uint8_t *)"2";
+    ar_msg_id(&b, ib, sizeof(ib));
+    S_CHECK(strcmp(ia, ib) != 0);
+    b = a;
+    b.accepted_at_ms++;
+    ar_msg_id(&b, ib, sizeof(ib));
+    S_CHECK(strcmp(ia, ib) != 0);
+    /* field boundaries count: "ab"+"c" is not "a"+"bc" */
+    b = a;
+    b.origin_client = "c";
+    b.origin_node = "1fe-1";
+    ar_msg_id(&b, ib, sizeof(ib));
+    S_CHECK(strcmp(ia, ib) != 0);
+
+    self_t s;
+    memset(&s, 0, sizeof(s));
+    s.n_rep = 3;
+    int homes[3] = {0};
+    for (int k = 0; k < 300; k++) {
+        char key[16];
+        snprintf(key, sizeof(key), "lock%d", k);
+        int h = lk_replicas_home(key, strlen(key), 3);
+        homes[h]++;
+        for (int me = 0; me < 3; me++) {
+            s.me = me;
+            for (int i = 0; i < 3; i++)
+                s.rep_alive[i] = true;
+            S_CHECK(ar_replica_mine(&s, key) == (me == h));
+            /* the home dead: the next live one after it, and only that one */
+            s.rep_alive[h] = me == h; /* a replica always sees itself alive */
+            int next = (h + 1) % 3;
+            if (me != h)
+                S_CHECK(ar_replica_mine(&s, key) == (me == next));
+        }
+    }
+    S_CHECK(homes[0] > 50 && homes[1] > 50 && homes[2] > 50);
+    s.n_rep = 1;
+    S_CHECK(ar_replica_mine(&s, "anything"));
+    if (verbose)
+        printf("ar_replica: id %s, homes %d/%d/%d\n", ia, homes[0], homes[1], homes[2]);
+    return rc;
+}
