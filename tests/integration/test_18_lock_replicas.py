@@ -10,8 +10,9 @@
 - The replica brought back takes its locks back (its decisions again), and the messages
   stored for its session while it was away decide nothing a second time.
 - `latchkey login` answered while one replica is down.
-- Kills restarted by s6 at random moments around the deciding confirmation, alternating the
-  replicas: one unlock per round, no duplicates.
+- Kills at random moments around the deciding confirmation, alternating the replicas,
+  kept down (the other takes over) or restarted by s6 at once: one unlock per round, no
+  duplicates (LATCHKEY_LOCK_REPLICA_KILLS, default 8).
 Counts: one `unlock_decision` event per round in PostgreSQL (the events table), one unlock
 per round at the lock, each with a distinct decision id.
 """
@@ -33,7 +34,7 @@ PW = "rlock-pw-secret"
 NLOCKS = 12
 # failure detector (Redis liveness key, 1 s) + a cron tick + a loaded two-core machine
 RECOVERY_S = float(os.environ.get("LATCHKEY_REPLICA_RECOVERY", 3.0))
-KILLS = int(os.environ.get("LATCHKEY_LOCK_REPLICA_KILLS", "6"))
+KILLS = int(os.environ.get("LATCHKEY_LOCK_REPLICA_KILLS", "8"))
 REPLICAS = ["lock-arbiter-1", "lock-arbiter-2"]
 
 
@@ -223,41 +224,56 @@ def test_returning_replica_takes_its_locks_back(rstack, world):
 
 
 def test_kills_around_the_decision(rstack, world):
-    """SIGKILL (s6 restarts it) of either replica at random moments from 15 ms before to
-    15 ms after the deciding confirmations of every lock"""
+    """SIGKILL of either replica in turn at random moments from 15 ms before to 15 ms after
+    the deciding confirmations of every lock; every other pair of kills the victim is kept
+    down until the round is decided (the other takes over), else s6 restarts it at once"""
     w = world
     rng = random.Random(int(os.environ.get("LATCHKEY_LOCK_KILL_SEED", "18")))
-    offsets = []
+    offsets, held_delays = [], []
     t0 = time.monotonic()
     for k in range(KILLS):
         victim = REPLICAS[k % 2]
+        held = (k // 2) % 2 == 1
         for r in REPLICAS:
             rstack.wait_up(r, timeout=30)
         for lock in w.locks:
             w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
         pid = rstack.svc_pid(victim)
         assert pid > 1
+        if held:
+            s6("-O", rstack.scan(victim))
         plan = sorted([(rng.uniform(-0.015, 0.015), lock) for lock in w.locks] + [(0.0, None)],
                       key=lambda x: x[0])
         start = time.monotonic() + 0.015
+        t_kill = None
         for off, lock in plan:
             wait = start + off - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             if lock is None:
                 os.kill(pid, signal.SIGKILL)
+                t_kill = time.monotonic()
             else:
                 w.f.publish("/%s/f" % lock, "1", qos=1, wait=False)
                 offsets.append(off)
         got = w.collect(len(w.locks), 30)
         w.rounds += 1
         lost = sorted(set(w.locks) - set(got))
-        assert not lost, (k, victim, lost)
+        assert not lost, (k, victim, held, lost)
+        if held:
+            held_delays.append(max(t for _, t in got.values()) - t_kill)
+            s6("-u", rstack.scan(victim))
+    for r in REPLICAS:
+        rstack.wait_up(r, timeout=30)
     time.sleep(2.0)
     extra = w.collect(1, 1.0)
     assert not extra, ("a second unlock", extra)
     w.check_history()
-    print("%d kills (both replicas in turn, s6 restarts) x %d locks in %.0f s: %d rounds, "
-          "%d unlocks, 0 duplicates, 0 lost"
-          % (KILLS, len(w.locks), time.monotonic() - t0, KILLS * len(w.locks),
-             sum(len(v) for v in w.unlocks.values())))
+    print("%d kills (both replicas in turn; %d kept down, %d restarted by s6) x %d locks, "
+          "decisions %+.0f..%+.0f ms around them, in %.0f s: %d rounds, %d unlocks, "
+          "0 duplicates, 0 lost; kept down: last decision %.2f..%.2f s after the kill"
+          % (KILLS, len(held_delays), KILLS - len(held_delays), len(w.locks),
+             min(offsets) * 1000, max(offsets) * 1000, time.monotonic() - t0,
+             KILLS * len(w.locks), sum(len(v) for v in w.unlocks.values()),
+             min(held_delays or [0]), max(held_delays or [0])))
+    assert max(held_delays or [0]) <= RECOVERY_S, held_delays
