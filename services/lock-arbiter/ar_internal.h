@@ -109,6 +109,9 @@ const char *ar_replica_client_id(self_t *self, char *buf, size_t size);
 bool ar_replica_mine(self_t *self, const char *key);
 /* the identity of a message shared by every session's copy (the store ids differ) */
 void ar_msg_id(const Lk__Msg *m, char *out, size_t size);
+/* a granted decision (id "<node>-<n>") waiting in lk:arb:unpub is ours to publish: we
+   made it (before a restart), or its maker is gone and the lock is ours now */
+bool ar_replica_resumes(self_t *self, const char *id, const char *lock);
 /* keeps a message another replica owns (deferred, acked once applied) */
 void ar_replica_park(self_t *self, const char *key, const char *id, const Lk__Msg *msg,
                      uint64_t store_id);

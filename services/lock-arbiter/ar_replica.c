@@ -119,6 +119,20 @@ bool ar_replica_mine(self_t *self, const char *key)
     return true;
 }
 
+bool ar_replica_resumes(self_t *self, const char *id, const char *lock)
+{
+    const char *dash = strrchr(id, '-');
+    size_t n = dash ? (size_t)(dash - id) : 0;
+    for (int i = 0; i < self->n_rep; i++)
+        if (strlen(self->rep_names[i]) == n && strncmp(self->rep_names[i], id, n) == 0) {
+            if (i == self->me)
+                return true;
+            /* a live maker publishes its own (in flight, or at its own restart) */
+            return !self->rep_alive[i] && ar_replica_mine(self, lock);
+        }
+    return ar_replica_mine(self, lock); /* a maker we do not know (another count) */
+}
+
 /* FNV-1a 64 over the fields every session's copy shares, each closed by a 0 byte */
 static uint64_t s_fnv(uint64_t h, const void *p, size_t n)
 {
@@ -410,6 +424,28 @@ int ar_replica_test(bool verbose)
         }
     }
     S_CHECK(homes[0] > 50 && homes[1] > 50 && homes[2] > 50);
+    /* who publishes a waiting decision: its maker while it lives, else the lock's owner */
+    char n1[] = "lock-arbiter-1", n2[] = "lock-arbiter-2";
+    s.n_rep = 2;
+    s.rep_names[0] = n1;
+    s.rep_names[1] = n2;
+    const char *l0 = NULL, *l1 = NULL;
+    for (int k = 0; k < 100 && (!l0 || !l1); k++) {
+        static char keys[100][16];
+        snprintf(keys[k], sizeof(keys[k]), "lock%d", k);
+        if (lk_replicas_home(keys[k], strlen(keys[k]), 2) == 0)
+            l0 = l0 ? l0 : keys[k];
+        else
+            l1 = l1 ? l1 : keys[k];
+    }
+    s.me = 0;
+    s.rep_alive[0] = s.rep_alive[1] = true;
+    S_CHECK(ar_replica_resumes(&s, "lock-arbiter-1-7", l1));
+    S_CHECK(!ar_replica_resumes(&s, "lock-arbiter-2-8", l0));
+    s.rep_alive[1] = false;
+    S_CHECK(ar_replica_resumes(&s, "lock-arbiter-2-8", l1));
+    S_CHECK(ar_replica_resumes(&s, "lock-arbiter-2-8", l0));
+    S_CHECK(ar_replica_resumes(&s, "lock-arbiter-9", l0)); /* from one replica, before */
     s.n_rep = 1;
     S_CHECK(ar_replica_mine(&s, "anything"));
     if (verbose)

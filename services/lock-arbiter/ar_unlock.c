@@ -480,7 +480,7 @@ void ar_unlock_resume(self_t *self)
     size_t n = 0;
     for (size_t i = 0; i + 1 < r->count; i += 2)
         if (!zhashx_lookup(self->in_flight, r->items[i].str) &&
-            ar_replica_mine(self, r->items[i + 1].str)) {
+            ar_replica_resumes(self, r->items[i].str, r->items[i + 1].str)) {
             s_publish_unlock(self, r->items[i].str, r->items[i + 1].str);
             n++;
         }
