@@ -97,6 +97,9 @@ void ar_server_fail(self_t *self, const char *why);
    caller frees; NULL when Redis failed */
 char *ar_real_user(self_t *self, const char *username);
 
+/* marks a message applied for the replicas that parked it, where no script does (work
+   that is not a script, messages ignored); true when it was not marked before */
+bool ar_seen_set(self_t *self, const char *key, const char *id);
 /* applies one lock message (id: ar_msg_id) whichever replica's session it came from */
 void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id);
 

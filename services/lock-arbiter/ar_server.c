@@ -136,8 +136,7 @@ static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
     return msg->origin_client ? msg->origin_client : "";
 }
 
-/* marks a message applied for replicas that parked it (work that is not a script) */
-static bool s_seen_set(self_t *self, const char *key, const char *id)
+bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
     lk_redis_reply_t *r =
         lk_redis_cmd(self->redis, "SET lk:arb:seen:%s:%s 1 NX EX 86400", key, id);
@@ -154,14 +153,14 @@ void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const 
     switch (kind) {
     case S_QUERY:
         /* at most once: an app asks again */
-        if (self->n_rep == 1 || s_seen_set(self, s_key(msg, kind, lock), id))
+        if (self->n_rep == 1 || ar_seen_set(self, s_key(msg, kind, lock), id))
             ar_history_query(self, msg);
         break;
     case S_UNAUTH:
         /* at least once: revoking twice is harmless */
         ar_login_unauth(self, msg);
         if (!self->exit_code && self->n_rep > 1)
-            s_seen_set(self, s_key(msg, kind, lock), id);
+            ar_seen_set(self, s_key(msg, kind, lock), id);
         break;
     case S_STATU:
         ar_unlock_statu(self, lock, msg, id);

@@ -165,6 +165,13 @@ def test_locks_spread_over_both_replicas(rstack, world):
     assert not wrong, wrong
     assert set(by.values()) == set(REPLICAS)
     w.check_history()
+    # a state message the owner ignores is still marked applied, so that the other
+    # replica's parked copy is acked (else it would be kept and re-sent for ever)
+    lock = w.locks[0]
+    seen = lambda: len(rstack.redis_cli("KEYS", "lk:arb:seen:%s:*" % lock).split())
+    before = seen()
+    w.devs[lock].publish("/%s/statu" % lock, "7", qos=1)
+    lk.wait_until(lambda: seen() == before + 1, 10, what="the ignored state marked seen")
 
 
 def test_dead_replica_locks_taken_over_with_open_rounds(rstack, world):
