@@ -325,6 +325,10 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, l
     lk_admin_metric(out, "latchkey_lock_logins_total", NULL, (double)self->logins, true);
     lk_admin_metric(out, "latchkey_lock_logins_revoked_total", NULL, (double)self->revoked, true);
     lk_admin_metric(out, "latchkey_lock_history_queries_total", NULL, (double)self->queries, true);
+    /* replicas: how many this one sees live, what it keeps for others' locks */
+    lk_admin_metric(out, "latchkey_lock_replicas_live", NULL, (double)ar_replica_alive(self),
+                    false);
+    lk_admin_metric(out, "latchkey_lock_parked_messages", NULL, (double)self->n_parked, false);
 }
 
 /* --- cron ------------------------------------------------------------------------- */

@@ -237,6 +237,23 @@ def test_returning_replica_takes_its_locks_back(rstack, world):
     wrong = {lock: decider(got[lock][0]) for lock in w.locks if decider(got[lock][0]) != home(lock)}
     assert not wrong, wrong
     w.check_history()
+    # /metrics: each replica sees both live, and keeps nothing parked once all is applied
+    import apihelp
+    api = apihelp.Api(rstack, *apihelp.new_key(rstack, "rlock"))
+
+    def gauges():
+        st, text, _ = api.get("/metrics")
+        assert st == 200, (st, text)
+        out = {}
+        for line in text.splitlines():
+            for name in ("latchkey_lock_replicas_live", "latchkey_lock_parked_messages"):
+                for r in REPLICAS:
+                    if line.startswith(name + "{") and '"%s"' % r in line:
+                        out[(name, r)] = float(line.rsplit(" ", 1)[1])
+        return out
+    want = {("latchkey_lock_replicas_live", r): 2.0 for r in REPLICAS}
+    want.update({("latchkey_lock_parked_messages", r): 0.0 for r in REPLICAS})
+    lk.wait_until(lambda: gauges() == want, 10, what="replica gauges %r" % want)
 
 
 def test_kills_around_the_decision(rstack, world):
