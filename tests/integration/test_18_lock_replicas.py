@@ -10,6 +10,8 @@
 - The replica brought back takes its locks back (its decisions again), and the messages
   stored for its session while it was away decide nothing a second time.
 - `latchkey login` answered while one replica is down.
+- The router SIGKILLed around the deciding confirmations (both arbiters re-attach): one
+  unlock per round (LATCHKEY_LOCK_REPLICA_ROUTER_KILLS, default 3).
 - Kills at random moments around the deciding confirmation, alternating the replicas,
   kept down (the other takes over) or restarted by s6 at once: one unlock per round, no
   duplicates (LATCHKEY_LOCK_REPLICA_KILLS, default 8).
@@ -37,6 +39,7 @@ NLOCKS = 12
 RECOVERY_S = float(os.environ.get("LATCHKEY_REPLICA_RECOVERY", 3.0))
 KILLS = int(os.environ.get("LATCHKEY_LOCK_REPLICA_KILLS", "8"))
 REPLICAS = ["lock-arbiter-1", "lock-arbiter-2"]
+ROUTER_KILLS = int(os.environ.get("LATCHKEY_LOCK_REPLICA_ROUTER_KILLS", "3"))
 
 
 def fnv1a(s):
@@ -310,3 +313,39 @@ def test_kills_around_the_decision(rstack, world):
              KILLS * len(w.locks), sum(len(v) for v in w.unlocks.values()),
              min(held_delays or [0]), max(held_delays or [0])))
     assert max(held_delays or [0]) <= RECOVERY_S, held_delays
+
+
+def test_router_kill_with_two_arbiters(rstack, world):
+    """the router SIGKILLed (s6 restarts it) around the deciding confirmations: both
+    arbiters re-attach; one unlock per round"""
+    w = world
+    rng = random.Random(181)
+    for k in range(ROUTER_KILLS):
+        for r in REPLICAS + ["router"]:
+            rstack.wait_up(r, timeout=30)
+        # both replicas serve again (their liveness keys lapse while the router is away)
+        lk.wait_until(lambda: rstack.redis_cli("EXISTS", *["lk:arb:live:" + r for r in REPLICAS])
+                      == str(len(REPLICAS)), 10, what="both replicas live")
+        for lock in w.locks:
+            w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+        pid = rstack.svc_pid("router")
+        assert pid > 1
+        plan = sorted([(rng.uniform(-0.015, 0.015), lock) for lock in w.locks] + [(0.0, None)],
+                      key=lambda x: x[0])
+        start = time.monotonic() + 0.015
+        for off, lock in plan:
+            wait = start + off - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if lock is None:
+                os.kill(pid, signal.SIGKILL)
+            else:
+                w.f.publish("/%s/f" % lock, "1", qos=1, wait=False)
+        got = w.collect(len(w.locks), 30)
+        w.rounds += 1
+        lost = sorted(set(w.locks) - set(got))
+        assert not lost, (k, lost)
+    time.sleep(2.0)
+    extra = w.collect(1, 1.0)
+    assert not extra, ("a second unlock", extra)
+    w.check_history()
