@@ -18,7 +18,10 @@
     During a disagreement (a replica stalled past the TTL, a restart seen late) two
     replicas may apply the same lock's messages at once; that is safe: both hold the same
     sequence, each applies it in order and skips what is seen, so every message is
-    applied once and in sequence order whoever applies it.
+    applied once and in sequence order whoever applies it. For the same reason a message
+    parked for longer than S_PARK_MAX_MS is applied by the replica that parked it (with
+    what it parked before for that lock): an owner that never got its copy stalls
+    nothing for longer than that.
 
     The message id: a hash of what every session's copy shares (topic, payload, publisher
     client/node/user, the frontend's acceptance time); the store ids differ per session. */
@@ -27,6 +30,9 @@
 
 #define S_LIVE_TTL_MS 1000
 #define S_SEEN_BATCH 2000
+/* a parked message its live owner has not applied by then is applied by us: the owner
+   may never have got it (e.g. a router restart matched it before the owner re-attached) */
+#define S_PARK_MAX_MS 3000
 
 struct ar_parked {
     char *key; /* the lock (or the publisher, for other topics) */
@@ -34,6 +40,7 @@ struct ar_parked {
     uint8_t *msg; /* packed Lk__Msg */
     size_t len;
     uint64_t store_id;
+    int64_t since_ms; /* monotonic */
     ar_parked_t *next;
 };
 
@@ -165,6 +172,7 @@ void ar_replica_park(self_t *self, const char *key, const char *id, const Lk__Ms
     p->msg = lk_malloc(p->len ? p->len : 1);
     lk__msg__pack(msg, p->msg);
     p->store_id = store_id;
+    p->since_ms = lk_mono_ms();
     *self->parked_tail = p;
     self->parked_tail = &p->next;
     self->n_parked++;
@@ -319,6 +327,29 @@ static bool s_can_serve(self_t *self)
     return lk_iclient_ready(self->ic) && router && lk_peer_alive(router);
 }
 
+/* applies, in order, the parked messages of every lock that has one parked for too long */
+static void s_apply_overdue(self_t *self)
+{
+    int64_t limit = lk_mono_ms() - S_PARK_MAX_MS;
+    size_t before = self->n_parked;
+    for (;;) {
+        ar_parked_t *p = self->parked;
+        while (p && p->since_ms > limit)
+            p = p->next;
+        if (!p || self->exit_code)
+            break;
+        char *key = lk_strdup(p->key);
+        lk_warn("lock %s: a message parked for %" PRId64 " ms was not applied by its owner: "
+                "applying it here",
+                key, lk_mono_ms() - p->since_ms);
+        ar_replica_flush(self, key);
+        free(key);
+        if (self->n_parked == before)
+            break; /* nothing applied (a failure): next tick */
+        before = self->n_parked;
+    }
+}
+
 void ar_replica_start(self_t *self)
 {
     s_liveness(self, false);
@@ -338,6 +369,9 @@ void ar_replica_cron(self_t *self)
     if (self->exit_code)
         return;
     s_drop_seen(self);
+    s_apply_overdue(self);
+    if (self->exit_code)
+        return;
     if (lost) {
         /* decisions the dead one made and had not seen acked; events it had not sent */
         ar_unlock_resume(self);
