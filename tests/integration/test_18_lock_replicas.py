@@ -10,6 +10,7 @@
 - The replica brought back takes its locks back (its decisions again), and the messages
   stored for its session while it was away decide nothing a second time.
 - `latchkey login` answered while one replica is down.
+- A replica stopped (SIGSTOP) past the liveness TTL, then resumed: one decision per round.
 - The router SIGKILLed around the deciding confirmations (both arbiters re-attach): one
   unlock per round (LATCHKEY_LOCK_REPLICA_ROUTER_KILLS, default 3).
 - Kills at random moments around the deciding confirmation, alternating the replicas,
@@ -349,3 +350,44 @@ def test_router_kill_with_two_arbiters(rstack, world):
     extra = w.collect(1, 1.0)
     assert not extra, ("a second unlock", extra)
     w.check_history()
+
+
+def test_stalled_replica(rstack, world):
+    """a replica stopped (SIGSTOP) past the liveness TTL: the other decides its locks; when
+    it resumes, both believe for a moment that they own those locks — still one decision
+    and one unlock per round"""
+    w = world
+    victim = REPLICAS[1]
+    for r in REPLICAS:
+        rstack.wait_up(r, timeout=30)
+    for lock in w.locks:
+        w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+    pid = rstack.svc_pid(victim)
+    assert pid > 1
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t_stop = time.monotonic()
+        for lock in w.locks:
+            w.f.publish("/%s/f" % lock, "1", qos=1)
+        got = w.collect(len(w.locks), 20)
+        w.rounds += 1
+        assert sorted(got) == sorted(w.locks)
+        slowest = max(t for _, t in got.values()) - t_stop
+        assert slowest <= RECOVERY_S, slowest
+        # a round open while it resumes
+        for lock in w.locks:
+            w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for lock in w.locks:
+        w.f.publish("/%s/f" % lock, "1", qos=1, wait=False)
+    got = w.collect(len(w.locks), 20)
+    w.rounds += 1
+    assert sorted(got) == sorted(w.locks)
+    assert rstack.svc_pid(victim) == pid, "the stopped replica was restarted"
+    time.sleep(2.0)
+    extra = w.collect(1, 1.0)
+    assert not extra, ("a second unlock", extra)
+    w.check_history()
+    print("replica %s stopped: its locks decided by the other %.2f s after the stop"
+          % (victim, slowest))
