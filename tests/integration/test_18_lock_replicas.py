@@ -11,6 +11,7 @@
   stored for its session while it was away decide nothing a second time.
 - `latchkey login` answered while one replica is down.
 - A replica stopped (SIGSTOP) past the liveness TTL, then resumed: one decision per round.
+- An owner live in Redis but applying nothing: the other applies after 3 s.
 - The router SIGKILLed around the deciding confirmations (both arbiters re-attach): one
   unlock per round (LATCHKEY_LOCK_REPLICA_ROUTER_KILLS, default 3).
 - Kills at random moments around the deciding confirmation, alternating the replicas,
@@ -391,3 +392,51 @@ def test_stalled_replica(rstack, world):
     w.check_history()
     print("replica %s stopped: its locks decided by the other %.2f s after the stop"
           % (victim, slowest))
+
+
+def test_owner_live_but_not_applying(rstack, world):
+    """an owner that Redis sees live but that applies nothing (stopped, its liveness key
+    kept alive by the test): the other replica applies what it parked for those locks
+    after 3 s, in order — one decision per round"""
+    w = world
+    victim, other = REPLICAS[1], REPLICAS[0]
+    for r in REPLICAS:
+        rstack.wait_up(r, timeout=30)
+    theirs = [lock for lock in w.locks if home(lock) == victim]
+    for lock in w.locks:
+        w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+    time.sleep(0.3)
+    key = "lk:arb:live:" + victim
+    token = rstack.redis_cli("GET", key)
+    assert token, "no liveness key for " + victim
+    pid = rstack.svc_pid(victim)
+    assert pid > 1
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rstack.redis_cli("SET", key, token, "PX", "15000")
+        t0 = time.monotonic()
+        for lock in w.locks:
+            w.f.publish("/%s/f" % lock, "1", qos=1)
+        got = w.collect(len(w.locks), 20)
+        w.rounds += 1
+        assert sorted(got) == sorted(w.locks)
+        late = [got[lock][1] - t0 for lock in theirs]
+        assert all(decider(got[lock][0]) == other for lock in theirs), got
+        # not taken over (its key lived): applied as overdue, after the 3 s
+        assert min(late) >= 2.5 and max(late) <= 3.0 + RECOVERY_S, late
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    rstack.redis_cli("PEXPIRE", key, "1000")
+    assert rstack.wait_log(other, "was not applied by its owner", timeout=5)
+    time.sleep(2.0)
+    extra = w.collect(1, 1.0)
+    assert not extra, ("a second unlock", extra)
+    for lock in w.locks:
+        w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+        w.f.publish("/%s/f" % lock, "1", qos=1, timeout=20)
+    got = w.collect(len(w.locks), 20)
+    w.rounds += 1
+    assert sorted(got) == sorted(w.locks)
+    w.check_history()
+    print("owner %s stopped with its liveness kept: its %d locks decided by %s %.2f..%.2f s "
+          "later (parked past 3 s)" % (victim, len(theirs), other, min(late), max(late)))
