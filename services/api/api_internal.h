@@ -58,8 +58,8 @@ struct _api_server_t {
     lk_bus_t *bus;
     lk_http_t *http;
     lk_http_t *https; /* api_https_port, or NULL */
-    lk_peer_t *arbiter;
     lk_replicas_t *stores; /* session-store replicas (the iclient's links, by name) */
+    lk_replicas_t *arbiters; /* NULL without arbiter_endpoint; logins go to any live one */
     /* the routers (router_replicas): each holds every subscription and retained message,
        so one live router answers for all (api_router) */
     lk_peer_t *routers[64];

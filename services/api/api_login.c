@@ -257,7 +257,9 @@ static void s_proven(self_t *self, lk_http_req_t *req, char *user, const char *w
         api_error(req, 401, "BAD_PROOF", why);
         return;
     }
-    if (!self->arbiter || !lk_peer_alive(self->arbiter)) {
+    /* logins are stateless at the arbiter: any live replica */
+    lk_peer_t *arbiter = self->arbiters ? lk_replicas_pick(self->arbiters) : NULL;
+    if (!arbiter || !lk_peer_alive(arbiter)) {
         free(user);
         api_error(req, 503, "SERVICE_UNAVAILABLE", "lock-arbiter is not reachable");
         return;
@@ -276,7 +278,7 @@ static void s_proven(self_t *self, lk_http_req_t *req, char *user, const char *w
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_LOGIN_REQUEST;
     env.login_request = &lr;
-    lk_bus_send(self->bus, self->arbiter, &env, false);
+    lk_bus_send(self->bus, arbiter, &env, false);
 }
 
 /* --- code exchanges on worker threads ------------------------------------------------------

@@ -1026,7 +1026,8 @@ static void s_latchkey(self_t *self, lk_http_req_t *req, bool decisions)
     if (!s_paging(req, &page, &limit))
         return;
     lk_peer_t *peer =
-        decisions ? (self->histories ? lk_replicas_pick(self->histories) : NULL) : self->arbiter;
+        decisions ? (self->histories ? lk_replicas_pick(self->histories) : NULL)
+                  : (self->arbiters ? lk_replicas_pick(self->arbiters) : NULL);
     if (!peer) {
         api_error(req, 503, "SERVICE_UNAVAILABLE",
                   decisions ? "no history_endpoint configured" : "no arbiter_endpoint configured");

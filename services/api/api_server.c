@@ -480,9 +480,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
         lk_error("auth_endpoint must be configured (API keys and bans live there)");
         goto fail;
     }
-    const char *ep = lk_config_get(config, "arbiter_endpoint", NULL);
-    if (ep && *ep)
-        self->arbiter = lk_bus_connect(self->bus, "lock-arbiter", ep);
+    self->arbiters = lk_replicas_connect(self->bus, config, "arbiter", "lock-arbiter");
     self->histories = lk_replicas_connect(self->bus, config, "history", "history-writer");
     if (api_login_init(self) != 0)
         goto fail;
@@ -551,6 +549,7 @@ void api_server_destroy(api_server_t **self_p)
     lk_replicas_destroy(&self->auths);
     lk_replicas_destroy(&self->stores);
     lk_replicas_destroy(&self->histories);
+    lk_replicas_destroy(&self->arbiters);
     zhashx_destroy(&self->frontends);
     zhashx_destroy(&self->keys);
     free(self->dashboard_dir);

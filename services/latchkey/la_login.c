@@ -10,6 +10,7 @@
 #include "lk_common.h"
 #include "lk_loop.h"
 #include "lk_pg.h"
+#include "lk_replicas.h"
 #include <getopt.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -20,7 +21,8 @@
 typedef struct {
     lk_loop_t *loop;
     lk_bus_t *bus;
-    lk_peer_t *arbiter;
+    lk_replicas_t *arbiters; /* logins are stateless: any live replica */
+    bool sent;
     Lk__LoginRequest req;
     Lk__LoginReply *reply; /* copy of the answer */
 } s_login_t;
@@ -30,13 +32,14 @@ static void s_send(s_login_t *st)
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_LOGIN_REQUEST;
     env.login_request = &st->req;
-    lk_bus_send(st->bus, st->arbiter, &env, false);
+    lk_bus_send(st->bus, lk_replicas_pick(st->arbiters), &env, false);
+    st->sent = true;
 }
 
 static void s_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     s_login_t *st = arg;
-    if (peer == st->arbiter)
+    if (lk_replicas_has(st->arbiters, peer) && !st->sent)
         s_send(st);
 }
 
@@ -57,7 +60,7 @@ static void s_resend(lk_loop_t *loop, void *arg)
 {
     s_login_t *st = arg;
     /* the request (unreliable) may have been lost with a restarting arbiter */
-    if (lk_peer_alive(st->arbiter))
+    if (lk_replicas_alive(st->arbiters))
         s_send(st);
 }
 
@@ -201,7 +204,12 @@ int la_cmd_login(la_ctx_t *ctx, int argc, char **argv)
     lk_bus_handlers_t h = {s_on_message, s_up, NULL};
     st.bus = lk_bus_new(st.loop, node, "latchkey", &h, &st);
     lk_bus_configure(st.bus, ctx->config);
-    st.arbiter = lk_bus_connect(st.bus, "lock-arbiter", endpoint);
+    st.arbiters = lk_replicas_connect(st.bus, ctx->config, "arbiter", "lock-arbiter");
+    if (!st.arbiters) {
+        lk_bus_destroy(&st.bus);
+        lk_loop_destroy(&st.loop);
+        return LA_EXIT_FAIL;
+    }
     int t1 = lk_loop_timer(st.loop, S_RESEND_MS, true, s_resend, &st);
     int t2 = lk_loop_timer(st.loop, S_LOGIN_WAIT_MS, false, s_timeout, &st);
     lk_loop_run(st.loop);
@@ -209,6 +217,7 @@ int la_cmd_login(la_ctx_t *ctx, int argc, char **argv)
     lk_loop_timer_cancel(st.loop, t2);
     lk_bus_destroy(&st.bus);
     lk_loop_destroy(&st.loop);
+    lk_replicas_destroy(&st.arbiters);
     int rc = LA_EXIT_FAIL;
     if (!st.reply)
         fprintf(stderr, "latchkey: the lock-arbiter (%s) did not answer within %d ms\n", endpoint,

@@ -10,10 +10,11 @@
       ar_login.c    LoginRequest (temporary credentials) and /unauth (revocation)
       ar_history.c  the history outbox (Redis → history-writer)
       ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
+      ar_replica.c  replicas: lock ownership from Redis liveness, parked messages
 
     Redis keys (see docs/architecture.md for the whole table): lk:lockstate, lk:round:<lock>,
     lk:rounds, lk:lockcfg:<lock>, lk:bind:<lock>, lk:ubind:<user>, lk:users, lk:login:<temp>,
-    lk:arb:* (outbox, unpublished decisions, event counter, seen confirmations). */
+    lk:arb:* (outbox, unpublished decisions, event counter, seen messages, replica liveness). */
 #ifndef AR_INTERNAL_H_INCLUDED
 #define AR_INTERNAL_H_INCLUDED
 
@@ -29,11 +30,15 @@
 #include <czmq.h>
 
 #define AR_MAX_ROLES 8
+#define AR_MAX_REPLICAS 64
 #define AR_HISTORY_TOPIC "$lk/history/req"
 #define AR_REPLY_PREFIX "$lk/reply/"
 
 /* a publish (unlock) or a history batch waiting for its bus ack: the Redis entries to
    forget once it comes */
+/* a message of a lock another replica owns, kept un-acked until it was applied */
+typedef struct ar_parked ar_parked_t;
+
 typedef struct ar_wait {
     uint64_t seq;
     char **ids;
@@ -70,6 +75,14 @@ struct _ar_server_t {
     zhashx_t *hist_sent; /* outbox ids sent by this process */
     bool outbox_warned;
     int64_t redis_warned_ms; /* last "redis script failed" line (mono ms) */
+    /* replicas (ar_replica.c): names, which one we are, liveness from Redis */
+    int n_rep, me;
+    char *rep_names[AR_MAX_REPLICAS];
+    char *rep_tokens[AR_MAX_REPLICAS];
+    bool rep_alive[AR_MAX_REPLICAS];
+    char *live_token;
+    ar_parked_t *parked, **parked_tail;
+    size_t n_parked;
     /* statistics */
     uint64_t granted, refused, expired, states, logins, revoked, queries;
 };
@@ -84,10 +97,40 @@ void ar_server_fail(self_t *self, const char *why);
    caller frees; NULL when Redis failed */
 char *ar_real_user(self_t *self, const char *username);
 
-/* ar_unlock.c */
-void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, uint64_t store_id);
+/* marks a message applied for the replicas that parked it, where no script does (work
+   that is not a script, messages ignored); true when it was not marked before */
+bool ar_seen_set(self_t *self, const char *key, const char *id);
+/* applies one lock message (id: ar_msg_id) whichever replica's session it came from */
+void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id);
+
+/* ar_replica.c */
+int ar_replica_init(self_t *self);
+void ar_replica_destroy(self_t *self);
+/* the MQTT client id: $lk-arbiter for one replica, $lk-arbiter-<n> for several */
+const char *ar_replica_client_id(self_t *self, char *buf, size_t size);
+/* this replica owns key (a lock id) now */
+bool ar_replica_mine(self_t *self, const char *key);
+/* the identity of a message shared by every session's copy (the store ids differ) */
+void ar_msg_id(const Lk__Msg *m, char *out, size_t size);
+/* a granted decision (id "<node>-<n>") waiting in lk:arb:unpub is ours to publish: we
+   made it (before a restart), or its maker is gone and the lock is ours now */
+bool ar_replica_resumes(self_t *self, const char *id, const char *lock);
+/* keeps a message another replica owns (deferred, acked once applied) */
+void ar_replica_park(self_t *self, const char *key, const char *id, const Lk__Msg *msg,
+                     uint64_t store_id);
+/* applies what is parked for key (NULL: for every lock we own now) */
+void ar_replica_flush(self_t *self, const char *key);
+/* first liveness read (construction), our claim once ready, and the cron */
+void ar_replica_start(self_t *self);
+void ar_replica_ready(self_t *self);
+void ar_replica_cron(self_t *self);
+int ar_replica_alive(self_t *self);
+int ar_replica_test(bool verbose);
+
+/* ar_unlock.c (id: the message id, the key of lk:arb:seen:<lock>:<id>) */
+void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, const char *id);
 void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
-                       uint64_t store_id);
+                       const char *id);
 /* the cron: rounds past their deadline become `expired` decisions */
 void ar_unlock_expire(self_t *self);
 /* publishes every granted decision not yet acked by the router (at start and re-open) */

@@ -96,6 +96,83 @@ char *ar_real_user(self_t *self, const char *username)
 
 /* --- MQTT messages ---------------------------------------------------------------- */
 
+enum { S_IGNORE, S_QUERY, S_UNAUTH, S_STATU, S_ROLE };
+
+/* what a topic is for; lock gets the lock id of /<lock>/<what> */
+static int s_classify(self_t *self, const char *t, char lock[256], const char **what)
+{
+    if (strcmp(t, AR_HISTORY_TOPIC) == 0)
+        return S_QUERY;
+    if (strcmp(t, "/unauth") == 0)
+        return S_UNAUTH;
+    /* /<lock>/<what>: exactly three levels, the first empty */
+    if (t[0] != '/')
+        return S_IGNORE;
+    const char *l = t + 1;
+    const char *slash = strchr(l, '/');
+    if (!slash || slash == l || strchr(slash + 1, '/'))
+        return S_IGNORE;
+    size_t n = (size_t)(slash - l);
+    if (n >= 256) {
+        lk_info("topic '%s': lock id too long, ignored", t);
+        return S_IGNORE;
+    }
+    memcpy(lock, l, n);
+    lock[n] = 0;
+    *what = slash + 1;
+    if (strcmp(*what, "statu") == 0)
+        return S_STATU;
+    for (int i = 0; i < self->n_roles; i++)
+        if (strcmp(*what, self->roles[i]) == 0)
+            return S_ROLE;
+    return S_IGNORE;
+}
+
+/* the owner key of a message: its lock, else its publisher (queries, /unauth) */
+static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
+{
+    if (kind == S_STATU || kind == S_ROLE)
+        return lock;
+    return msg->origin_client ? msg->origin_client : "";
+}
+
+bool ar_seen_set(self_t *self, const char *key, const char *id)
+{
+    lk_redis_reply_t *r =
+        lk_redis_cmd(self->redis, "SET lk:arb:seen:%s:%s 1 NX EX 86400", key, id);
+    bool first = r && r->type == LK_REDIS_STR;
+    lk_redis_reply_free(&r);
+    return first;
+}
+
+void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id)
+{
+    char lock[256];
+    const char *what = NULL;
+    int kind = s_classify(self, msg->topic, lock, &what);
+    switch (kind) {
+    case S_QUERY:
+        /* at most once: an app asks again */
+        if (self->n_rep == 1 || ar_seen_set(self, s_key(msg, kind, lock), id))
+            ar_history_query(self, msg);
+        break;
+    case S_UNAUTH:
+        /* at least once: revoking twice is harmless */
+        ar_login_unauth(self, msg);
+        if (!self->exit_code && self->n_rep > 1)
+            ar_seen_set(self, s_key(msg, kind, lock), id);
+        break;
+    case S_STATU:
+        ar_unlock_statu(self, lock, msg, id);
+        break;
+    case S_ROLE:
+        ar_unlock_confirm(self, lock, what, msg, id);
+        break;
+    default:
+        break;
+    }
+}
+
 static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id, void *arg)
 {
     self_t *self = arg;
@@ -103,45 +180,35 @@ static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id
         lk_iclient_defer(ic);
         return;
     }
-    const char *t = msg->topic;
-    if (strcmp(t, AR_HISTORY_TOPIC) == 0) {
-        ar_history_query(self, msg);
+    char lock[256], id[40];
+    const char *what = NULL;
+    int kind = s_classify(self, msg->topic, lock, &what);
+    if (kind == S_IGNORE)
         return;
-    }
-    if (strcmp(t, "/unauth") == 0) {
-        ar_login_unauth(self, msg);
-        return;
-    }
-    /* /<lock>/<what>: exactly three levels, the first empty */
-    if (t[0] != '/')
-        return;
-    const char *lock = t + 1;
-    const char *slash = strchr(lock, '/');
-    if (!slash || slash == lock || strchr(slash + 1, '/'))
-        return;
-    char lockno[256];
-    size_t n = (size_t)(slash - lock);
-    if (n >= sizeof(lockno)) {
-        lk_info("topic '%s': lock id too long, ignored", t);
-        return;
-    }
-    memcpy(lockno, lock, n);
-    lockno[n] = 0;
-    const char *what = slash + 1;
-    if (strcmp(what, "statu") == 0) {
-        ar_unlock_statu(self, lockno, msg, store_id);
-        return;
-    }
-    for (int i = 0; i < self->n_roles; i++)
-        if (strcmp(what, self->roles[i]) == 0) {
-            ar_unlock_confirm(self, lockno, what, msg, store_id);
-            return;
+    ar_msg_id(msg, id, sizeof(id));
+    const char *key = s_key(msg, kind, lock);
+    if (!ar_replica_mine(self, key)) {
+        /* QoS 0: not stored for any session, the owner has its own copy */
+        if (store_id) {
+            ar_replica_park(self, key, id, msg, store_id);
+            lk_iclient_defer(ic);
         }
+        return;
+    }
+    /* what we parked for this lock before it became ours goes first (order) */
+    if (self->n_parked)
+        ar_replica_flush(self, key);
+    if (self->exit_code) {
+        lk_iclient_defer(ic);
+        return;
+    }
+    ar_server_apply(self, msg, store_id, id);
 }
 
 static void s_on_ready(lk_iclient_t *ic, void *arg)
 {
     self_t *self = arg;
+    ar_replica_ready(self);
     ar_unlock_resume(self);
     ar_history_resume(self);
     if (!self->ready_told) {
@@ -258,6 +325,10 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, l
     lk_admin_metric(out, "latchkey_lock_logins_total", NULL, (double)self->logins, true);
     lk_admin_metric(out, "latchkey_lock_logins_revoked_total", NULL, (double)self->revoked, true);
     lk_admin_metric(out, "latchkey_lock_history_queries_total", NULL, (double)self->queries, true);
+    /* replicas: how many this one sees live, what it keeps for others' locks */
+    lk_admin_metric(out, "latchkey_lock_replicas_live", NULL, (double)ar_replica_alive(self),
+                    false);
+    lk_admin_metric(out, "latchkey_lock_parked_messages", NULL, (double)self->n_parked, false);
 }
 
 /* --- cron ------------------------------------------------------------------------- */
@@ -265,6 +336,9 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, l
 static void s_cron(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
+    if (self->exit_code)
+        return;
+    ar_replica_cron(self);
     if (self->exit_code || !lk_iclient_ready(self->ic))
         return;
     ar_unlock_expire(self);
@@ -360,7 +434,13 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
     lk_iclient_handlers_t h = {s_on_message, s_on_ready, s_on_published, s_on_envelope,
                                s_on_peer_up, s_on_acked, s_on_peer_down};
-    self->ic = lk_iclient_new(loop, config, node, "lock-arbiter", "$lk-arbiter", &h, self);
+    if (ar_replica_init(self) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    char cid[64];
+    self->ic = lk_iclient_new(loop, config, node, "lock-arbiter",
+                              ar_replica_client_id(self, cid, sizeof(cid)), &h, self);
     if (!self->ic) {
         ar_server_destroy(&self);
         return NULL;
@@ -376,13 +456,24 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         ar_server_destroy(&self);
         return NULL;
     }
-    const char *aep = lk_config_get(config, "arbiter_endpoint", NULL);
-    if (aep && *aep && lk_bus_bind(self->bus, aep) != 0) {
+    /* before the subscriptions are in place: which locks are ours */
+    ar_replica_start(self);
+    /* %n: our node id (each replica serves logins on its own endpoint) */
+    char *aep = lk_replicas_endpoint(config, "arbiter", node);
+    if (self->n_rep > 1 && aep && !strstr(lk_config_get(config, "arbiter_endpoint", ""), "%n")) {
+        lk_error("arbiter_endpoint: %d replicas need %%n (the node id) in it", self->n_rep);
+        free(aep);
         ar_server_destroy(&self);
         return NULL;
     }
-    if (!aep || !*aep)
+    if (aep && lk_bus_bind(self->bus, aep) != 0) {
+        free(aep);
+        ar_server_destroy(&self);
+        return NULL;
+    }
+    if (!aep)
         lk_warn("arbiter_endpoint is not configured: no login service");
+    free(aep);
     const char *ep = lk_config_get(config, "auth_endpoint", NULL);
     if (ep && *ep) {
         if (!(self->auth = lk_replicas_connect(self->bus, config, "auth", "auth"))) {
@@ -438,6 +529,7 @@ void ar_server_destroy(ar_server_t **self_p)
         lk_iclient_destroy(&self->ic);
     }
     ar_history_close(self);
+    ar_replica_destroy(self);
     s_waits_free(&self->pub_waits);
     s_waits_free(&self->hist_waits);
     lk_replicas_destroy(&self->history);

@@ -2,10 +2,11 @@
     history, temporary logins and their revocation, and the MQTT history query (seed 004's
     "monitor" and "login", generalised; see ar_internal.h for its parts).
 
-    It is an internal MQTT client (node "lock-arbiter", client id "$lk-arbiter") that
-    subscribes with QoS 1 and a persistent session to /+/statu, /+/<role> for each
-    configured role, /unauth and $lk/history/req; serves LoginRequest on arbiter_endpoint;
-    sends Revoke to auth and HistoryBatch to the history writer. */
+    It is an internal MQTT client (node "lock-arbiter", client id "$lk-arbiter"; replicas
+    lock-arbiter-<n> / $lk-arbiter-<n>, ar_replica.c) that subscribes with QoS 1 and a
+    persistent session to /+/statu, /+/<role> for each configured role, /unauth and
+    $lk/history/req; serves LoginRequest on arbiter_endpoint (%n: its node id); sends
+    Revoke to auth and HistoryBatch to the history writer. */
 #ifndef AR_SERVER_H_INCLUDED
 #define AR_SERVER_H_INCLUDED
 

@@ -11,9 +11,9 @@
     crash between decision and publish still unlocks (a crash after the router's ack and
     before the delete would unlock twice: that window is one Redis round trip).
 
-    Message redelivery (QoS 1, after a crash) never decides twice: each stored confirmation
-    leaves lk:arb:seen:<store id> for a day and a second sight is ignored; a state message
-    is ignored unless its store id is above the lock's last one. A round past its deadline
+    Message redelivery (QoS 1, after a crash) and the other replicas' copies never decide
+    twice: each applied confirmation or state message leaves lk:arb:seen:<lock>:<message
+    id> for a day, set in the applying script, and a second sight is ignored. A round past its deadline
     becomes an `expired` decision (cron, or the next confirmation, whichever first).
     A confirmation from a user not bound to the lock in that role (lk:bind:<lock>: user →
     roles) — or one filling a second role of the same round — is `refused`. */
@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #define S_EXPIRE_GRACE_MS 1000
+#define S_EXPIRE_BATCH 1000
 
 /* an outbox value: kind, lock, actor, time ms, details (JSON), separated by \x1f */
 #define S_LUA_EVENT                                                                                \
@@ -60,14 +61,12 @@
 
 /* KEYS: none (every key is derived from the lock: one Redis, no cluster).
    ARGV: node, lock, role, username (MQTT), now ms, default window ms, default quorum,
-   store id (0: not stored). Returns {status, decision id, reason, outbox id, value, ...}. */
+   message id (ar_msg_id: the same in every replica's session). Returns {status, decision id, reason, outbox id, value, ...}. */
 static const char s_confirm_lua[] = S_LUA_EVENT
     "local lock, role, login, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
-    "local sid = ARGV[8]\n"
-    "if sid ~= '0' then\n"
-    "  if not redis.call('SET', 'lk:arb:seen:' .. sid, '1', 'NX', 'EX', 86400) then\n"
-    "    return {'duplicate', '', ''}\n"
-    "  end\n"
+    "if not redis.call('SET', 'lk:arb:seen:' .. lock .. ':' .. ARGV[8], '1', 'NX', 'EX', 86400)\n"
+    "then\n"
+    "  return {'duplicate', '', ''}\n"
     "end\n"
     "local key = 'lk:round:' .. lock\n"
     "local cfg = 'lk:lockcfg:' .. lock\n"
@@ -119,14 +118,13 @@ static const char s_confirm_lua[] = S_LUA_EVENT
     "for _, x in ipairs(out) do table.insert(r, x) end\n"
     "return r\n";
 
-/* ARGV: node, now ms, max. Expires rounds past their deadline. Returns {count, outbox id,
-   value, ...}. */
+/* ARGV: node, now ms, lock... (due rounds of locks this replica owns). Expires those past
+   their deadline. Returns {count, outbox id, value, ...}. */
 static const char s_expire_lua[] = S_LUA_EVENT
     "local now = tonumber(ARGV[2])\n"
-    "local due = redis.call('ZRANGEBYSCORE', 'lk:rounds', '-inf', now - 1, 'LIMIT', 0,\n"
-    "                       tonumber(ARGV[3]))\n"
     "local n = 0\n"
-    "for _, lock in ipairs(due) do\n"
+    "for k = 3, #ARGV do\n"
+    "  local lock = ARGV[k]\n"
     "  local key = 'lk:round:' .. lock\n"
     "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
     "  if not dl then redis.call('ZREM', 'lk:rounds', lock)\n"
@@ -137,14 +135,14 @@ static const char s_expire_lua[] = S_LUA_EVENT
     "for _, x in ipairs(out) do table.insert(r, x) end\n"
     "return r\n";
 
-/* ARGV: node, lock, state, now ms, store id, actor. The seed's monitor: a state that differs
-   from the last one is history. Returns {change or '', outbox id, value}. */
+/* ARGV: node, lock, state, now ms, message id, actor. The seed's monitor: a state that
+   differs from the last one is history; a message seen before (redelivery, another
+   replica's copy) changes nothing. Returns {change or '', outbox id, value}. */
 static const char s_statu_lua[] = S_LUA_EVENT
-    "local lock, state, now, sid = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "if sid > 0 then\n"
-    "  local last = tonumber(redis.call('HGET', 'lk:lockstate:sid', lock))\n"
-    "  if last and sid <= last then return {''} end\n"
-    "  redis.call('HSET', 'lk:lockstate:sid', lock, sid)\n"
+    "local lock, state, now = ARGV[2], ARGV[3], tonumber(ARGV[4])\n"
+    "if not redis.call('SET', 'lk:arb:seen:' .. lock .. ':' .. ARGV[5], '1', 'NX', 'EX', 86400)\n"
+    "then\n"
+    "  return {''}\n"
     "end\n"
     "local prev = redis.call('HGET', 'lk:lockstate', lock)\n"
     "if prev == state then return {''} end\n"
@@ -163,17 +161,19 @@ static const char s_statu_lua[] = S_LUA_EVENT
 /* EVAL with no keys; NULL (after a log line) when Redis failed or the script erred */
 static lk_redis_reply_t *s_eval(self_t *self, const char *script, int argc, const char **args)
 {
-    const char *argv[16];
-    size_t lens[16];
+    const char **argv = lk_calloc((size_t)argc + 3, sizeof(char *));
+    size_t *lens = lk_calloc((size_t)argc + 3, sizeof(size_t));
     argv[0] = "EVAL";
     argv[1] = script;
     argv[2] = "0";
     int n = 3;
-    for (int i = 0; i < argc && n < 16; i++)
+    for (int i = 0; i < argc; i++)
         argv[n++] = args[i];
     for (int i = 0; i < n; i++)
         lens[i] = strlen(argv[i]);
     lk_redis_reply_t *r = lk_redis_cmdv(self->redis, n, argv, lens);
+    free(argv);
+    free(lens);
     if (!r || r->type != LK_REDIS_ARRAY || r->count < 1) {
         /* the cron asks every 250 ms: one line per 5 s while Redis is away */
         int64_t now = lk_mono_ms();
@@ -189,25 +189,28 @@ static lk_redis_reply_t *s_eval(self_t *self, const char *script, int argc, cons
 
 /* --- /<lock>/statu ---------------------------------------------------------------- */
 
-void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, uint64_t store_id)
+void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, const char *id)
 {
     char state[8];
     size_t n = msg->payload.len;
     if (n == 0 || n >= sizeof(state)) {
         lk_info("lock %s: state payload of %zu bytes ignored", lock, n);
+        if (self->n_rep > 1)
+            ar_seen_set(self, lock, id); /* the other replicas parked it */
         return;
     }
     memcpy(state, msg->payload.data, n);
     state[n] = 0;
     if (strcmp(state, "-2") != 0 && strcmp(state, "0") != 0 && strcmp(state, "1") != 0) {
         lk_info("lock %s: unknown state '%s' ignored (want -2, 0 or 1)", lock, state);
+        if (self->n_rep > 1)
+            ar_seen_set(self, lock, id);
         return;
     }
-    char now[24], sid[24];
+    char now[24];
     snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms());
-    snprintf(sid, sizeof(sid), "%" PRIu64, store_id);
     const char *actor = msg->origin_client ? msg->origin_client : "";
-    const char *args[] = {self->node, lock, state, now, sid, actor};
+    const char *args[] = {self->node, lock, state, now, id, actor};
     lk_redis_reply_t *r = s_eval(self, s_statu_lua, 6, args);
     if (!r) {
         ar_server_fail(self, "state change not recorded");
@@ -367,7 +370,7 @@ static void s_snapshot(self_t *self, const char *lock, const char *login)
 }
 
 void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
-                       uint64_t store_id)
+                       const char *id)
 {
     if (msg->qos == 0) {
         /* not stored for us: lost if we are away. Refused, never counted, so that an app
@@ -386,7 +389,7 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
         self->refused++;
         return;
     }
-    char now[24], sid[24], win[24], quorum[16];
+    char now[24], win[24], quorum[16];
     /* the confirmation's time is when the broker accepted it, not when we got to it (a
        restart, a backlog): never later than now */
     int64_t wall = lk_wall_ms();
@@ -394,12 +397,11 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
                      ? (int64_t)msg->accepted_at_ms
                      : wall;
     snprintf(now, sizeof(now), "%" PRId64, at);
-    snprintf(sid, sizeof(sid), "%" PRIu64, store_id);
     snprintf(win, sizeof(win), "%" PRId64, self->window_ms);
     snprintf(quorum, sizeof(quorum), "%d", self->quorum);
     const char *login = msg->origin_user ? msg->origin_user : "";
     s_snapshot(self, lock, login);
-    const char *args[] = {self->node, lock, role, login, now, win, quorum, sid};
+    const char *args[] = {self->node, lock, role, login, now, win, quorum, id};
     lk_redis_reply_t *r = s_eval(self, s_confirm_lua, 8, args);
     if (!r || r->count < 3) {
         lk_redis_reply_free(&r);
@@ -422,7 +424,7 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
         lk_notice("lock %s: confirmation as %s by '%s' refused: %s", lock, role, login,
                   r->items[2].str);
     } else if (strcmp(status, "duplicate") == 0)
-        lk_info("lock %s: confirmation (store id %s) seen before, ignored", lock, sid);
+        lk_info("lock %s: confirmation (message %s) seen before, ignored", lock, id);
     else
         lk_debug("lock %s: %s confirmed by %s, waiting for the others", lock, role, login);
     for (size_t i = 3; i + 1 < r->count; i += 2) {
@@ -442,8 +444,23 @@ void ar_unlock_expire(self_t *self)
        broker accepted in time but that still travels (or waits in our session) counts */
     char now[24];
     snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms() - S_EXPIRE_GRACE_MS);
-    const char *args[] = {self->node, now, "200"};
-    lk_redis_reply_t *r = s_eval(self, s_expire_lua, 3, args);
+    lk_redis_reply_t *due = lk_redis_cmd(self->redis, "ZRANGEBYSCORE lk:rounds -inf %s LIMIT 0 %d",
+                                         now, S_EXPIRE_BATCH);
+    if (!due || due->type != LK_REDIS_ARRAY || !due->count) {
+        lk_redis_reply_free(&due);
+        return; /* nothing due, or tried again next tick */
+    }
+    /* only our locks' rounds: a dead owner's close at its taker, after what it parked */
+    const char **args = lk_calloc(due->count + 2, sizeof(char *));
+    int n_args = 0;
+    args[n_args++] = self->node;
+    args[n_args++] = now;
+    for (size_t i = 0; i < due->count; i++)
+        if (due->items[i].str && ar_replica_mine(self, due->items[i].str))
+            args[n_args++] = due->items[i].str;
+    lk_redis_reply_t *r = n_args > 2 ? s_eval(self, s_expire_lua, n_args, args) : NULL;
+    free(args);
+    lk_redis_reply_free(&due);
     if (!r)
         return; /* tried again next tick */
     long n = strtol(r->items[0].str ? r->items[0].str : "0", NULL, 10);
@@ -466,7 +483,8 @@ void ar_unlock_resume(self_t *self)
     }
     size_t n = 0;
     for (size_t i = 0; i + 1 < r->count; i += 2)
-        if (!zhashx_lookup(self->in_flight, r->items[i].str)) {
+        if (!zhashx_lookup(self->in_flight, r->items[i].str) &&
+            ar_replica_resumes(self, r->items[i].str, r->items[i + 1].str)) {
             s_publish_unlock(self, r->items[i].str, r->items[i + 1].str);
             n++;
         }
