@@ -20,6 +20,10 @@ lk_redis_t *la_redis(la_ctx_t *ctx)
             return NULL;
         }
         ctx->redis = lk_redis_new(host, (int)port);
+        if (lk_redis_configure(ctx->redis, ctx->config) != 0) {
+            lk_redis_destroy(&ctx->redis);
+            return NULL;
+        }
     }
     if (lk_redis_connect(ctx->redis) != 0) {
         fprintf(stderr, "latchkey: cannot reach Redis at %s:%s\n",

@@ -358,6 +358,10 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         return NULL;
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
+    if (lk_redis_configure(self->redis, config) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
     lk_iclient_handlers_t h = {s_on_message, s_on_ready, s_on_published, s_on_envelope,
                                s_on_peer_up, s_on_acked, s_on_peer_down};
     self->ic = lk_iclient_new(loop, config, node, "lock-arbiter", "$lk-arbiter", &h, self);
