@@ -11,8 +11,8 @@
       ar_history.c  the history outbox (Redis → history-writer)
       ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
 
-    Redis keys (see docs/architecture.md for the whole table): lk:lockstate, lk:round:<lock>,
-    lk:rounds, lk:lockcfg:<lock>, lk:bind:<lock>, lk:ubind:<user>, lk:users, lk:login:<temp>,
+    Redis keys (see docs/architecture.md for the whole table): lk:{arb}:lockstate, lk:{arb}:round:<lock>,
+    lk:{arb}:rounds, lk:{arb}:lockcfg:<lock>, lk:{arb}:bind:<lock>, lk:ubind:<user>, lk:users, lk:{arb}:login:<temp>,
     lk:arb:* (outbox, unpublished decisions, event counter, seen confirmations). */
 #ifndef AR_INTERNAL_H_INCLUDED
 #define AR_INTERNAL_H_INCLUDED
@@ -62,10 +62,10 @@ struct _ar_server_t {
     int64_t window_ms;
     int64_t login_ttl_s;
     int history_limit;
-    /* unlock publishes waiting for the router's ack (lk:arb:unpub entries) */
+    /* unlock publishes waiting for the router's ack (lk:{arb}:unpub entries) */
     ar_wait_t *pub_waits;
     zhashx_t *in_flight; /* decision ids being published by this process */
-    /* history batches waiting for the writer's ack (lk:arb:outbox entries) */
+    /* history batches waiting for the writer's ack (lk:{arb}:outbox entries) */
     ar_wait_t *hist_waits;
     zhashx_t *hist_sent; /* outbox ids sent by this process */
     bool outbox_warned;
@@ -80,7 +80,7 @@ typedef ar_server_t self_t;
 /* Redis failed where the work cannot be skipped: stop (exit 111, s6 restarts us; the
    message was not acked and comes again) */
 void ar_server_fail(self_t *self, const char *why);
-/* the real user behind an MQTT username (lk:login:<temp> → user, else the name itself);
+/* the real user behind an MQTT username (lk:{arb}:login:<temp> → user, else the name itself);
    caller frees; NULL when Redis failed */
 char *ar_real_user(self_t *self, const char *username);
 

@@ -84,7 +84,7 @@ char *ar_real_user(self_t *self, const char *username)
 {
     if (!username || !*username)
         return lk_strdup("");
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "GET lk:login:%s", username);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "GET lk:{arb}:login:%s", username);
     if (!r || r->type == LK_REDIS_ERR) {
         lk_redis_reply_free(&r);
         return NULL;
@@ -221,7 +221,7 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, l
 {
     self_t *self = arg;
     if (strcmp(q->op ? q->op : "", "locks") == 0) {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:lockstate");
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:lockstate");
         if (!r || r->type != LK_REDIS_ARRAY) {
             lk_redis_reply_free(&r);
             lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");

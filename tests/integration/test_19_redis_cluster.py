@@ -22,7 +22,7 @@ import uuid
 import pytest
 
 import lk
-from lockhelp import cli
+from lockhelp import cli, device, mqtt_account, setup_lock
 
 RUN = uuid.uuid4().hex[:6]
 NODE_TIMEOUT_MS = 1000
@@ -81,6 +81,10 @@ class Cluster:
                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stdout + r.stderr
         self.wait_ok(self.ports)
+        # replicas in sync, else the first WAITs see 0 replicas
+        lk.wait_until(lambda: all("master_link_status:up" in self.cli(p, "INFO", "replication")
+                                  for p, n in self.nodes().items() if n[0] == "replica"),
+                      60, interval=0.2, what="replicas in sync")
 
     def cli(self, port, *args, check=True, cluster=False):
         r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port)]
@@ -239,6 +243,32 @@ def test_retained_and_users(cluster, cstack):
     c.disconnect()
     with pytest.raises(Exception):
         lk.paho_client(cstack, "b19-%s" % RUN, username=user, password="wrong")
+
+
+def test_lock_unlock_on_cluster(cluster, cstack):
+    """the lock-arbiter's scripts run on the {arb} slot's master; the CLI's transactions
+    (lock add, bind) span slots"""
+    lock = "L19%s" % RUN
+    users = []
+    for u in ("alice", "bob"):
+        name = "%s19%s" % (u, RUN)
+        mqtt_account(cstack, name, "pw19-lock")
+        users.append(name)
+    setup_lock(cstack, lock, [(users[0], "m"), (users[1], "f")])
+    assert cluster.c("HGET", "lk:{arb}:bind:" + lock, users[0]) == "m"
+    dev = device(cstack, lock)
+    try:
+        a = lk.paho_client(cstack, "a19l-" + RUN, username=users[0], password="pw19-lock")
+        b = lk.paho_client(cstack, "b19l-" + RUN, username=users[1], password="pw19-lock")
+        a.publish("/%s/m" % lock, "1", qos=1)
+        b.publish("/%s/f" % lock, "1", qos=1)
+        m = dev.messages.get(timeout=10)
+        assert (m.topic, m.payload) == ("/%s/call" % lock, b"unlock")
+        dev.messages.expect_none(1.0)
+        a.disconnect()
+        b.disconnect()
+    finally:
+        dev.disconnect()
 
 
 def test_master_killed_under_load(cluster, cstack):
