@@ -891,8 +891,9 @@ static lk_redis_reply_t *s_cluster_cmd(lk_redis_t *self, char *cmd, size_t len)
     int64_t deadline = lk_mono_ms() + S_RETRY_MS;
     for (;;) {
         /* a copy: a command that never reached a node may be sent again */
-        char *copy = lk_malloc(len);
+        char *copy = lk_malloc(len + 1);
         memcpy(copy, cmd, len);
+        copy[len] = 0;
         if (s_cluster_append(self, copy, len) == 0) {
             free(cmd);
             return s_cluster_get_reply(self);
@@ -986,6 +987,48 @@ lk_redis_reply_t *lk_redis_cmd(lk_redis_t *self, const char *fmt, ...)
         s_drop(self);
     }
     return NULL;
+}
+
+/* the nth distinct master of the slot map, -1 past the last */
+static int s_master(lk_redis_t *self, int nth)
+{
+    int seen = 0;
+    for (int i = 0; i < self->n_nodes; i++) {
+        bool owns = false;
+        for (int sl = 0; sl < S_SLOTS && !owns; sl++)
+            owns = self->slots[sl] == i;
+        if (owns && seen++ == nth)
+            return i;
+    }
+    return -1;
+}
+
+int lk_redis_masters(lk_redis_t *self)
+{
+    if (!self->cluster)
+        return 1;
+    if (lk_redis_connect(self) != 0)
+        return 0;
+    int n = 0;
+    while (s_master(self, n) >= 0)
+        n++;
+    return n;
+}
+
+lk_redis_reply_t *lk_redis_cmdv_at(lk_redis_t *self, int nth, int argc, const char **argv,
+                                   const size_t *lens)
+{
+    if (!self->cluster)
+        return nth == 0 ? lk_redis_cmdv(self, argc, argv, lens) : NULL;
+    int i = s_master(self, nth);
+    if (i < 0 || self->q_head < self->q_len || s_node_connect(self, i) != 0)
+        return NULL;
+    redisReply *rr = redisCommandArgv(self->nodes[i].ctx, argc, argv, lens);
+    if (!rr) {
+        s_node_broken(self, i);
+        return NULL;
+    }
+    return s_convert(rr);
 }
 
 double lk_redis_ping_ms(lk_redis_t *self)

@@ -73,6 +73,12 @@ int lk_redis_appendv(lk_redis_t *self, int argc, const char **argv, const size_t
 int lk_redis_append(lk_redis_t *self, const char *fmt, ...);
 lk_redis_reply_t *lk_redis_get_reply(lk_redis_t *self);
 
+/* keyless commands meant for every master (SCAN, KEYS ...): how many masters there are
+   (1 in single-node mode; 0 when none answers), and one command sent to the nth */
+int lk_redis_masters(lk_redis_t *self);
+lk_redis_reply_t *lk_redis_cmdv_at(lk_redis_t *self, int nth, int argc, const char **argv,
+                                   const size_t *lens);
+
 /* one PING's round trip in ms (for metrics), -1 when Redis does not answer */
 double lk_redis_ping_ms(lk_redis_t *self);
 

@@ -576,24 +576,33 @@ static int s_lock_list(la_ctx_t *ctx, lk_pg_t *pg)
     return LA_EXIT_OK;
 }
 
-/* every key matching pattern (SCAN) appended to tx as a DEL; 0 or -1 */
+/* every key matching pattern (SCAN of every master) appended to tx as a DEL; 0 or -1 */
 static int s_del_matching(la_ctx_t *ctx, const char *pattern, s_tx_t *tx)
 {
-    char cursor[32] = "0";
-    do {
-        const char *sc[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
-        lk_redis_reply_t *r = la_redis_cmd(ctx, 6, sc);
-        if (!r || r->type != LK_REDIS_ARRAY || r->count != 2) {
+    lk_redis_t *redis = la_redis(ctx);
+    int masters = redis ? lk_redis_masters(redis) : 0;
+    if (masters < 1)
+        return -1;
+    for (int m = 0; m < masters; m++) {
+        char cursor[32] = "0";
+        do {
+            const char *sc[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
+            size_t lens[6];
+            for (int k = 0; k < 6; k++)
+                lens[k] = strlen(sc[k]);
+            lk_redis_reply_t *r = lk_redis_cmdv_at(redis, m, 6, sc, lens);
+            if (!r || r->type != LK_REDIS_ARRAY || r->count != 2) {
+                lk_redis_reply_free(&r);
+                return -1;
+            }
+            snprintf(cursor, sizeof(cursor), "%s", r->items[0].str ? r->items[0].str : "0");
+            for (size_t i = 0; i < r->items[1].count; i++) {
+                const char *d[] = {"DEL", r->items[1].items[i].str};
+                s_tx_add(tx, 2, d);
+            }
             lk_redis_reply_free(&r);
-            return -1;
-        }
-        snprintf(cursor, sizeof(cursor), "%s", r->items[0].str ? r->items[0].str : "0");
-        for (size_t i = 0; i < r->items[1].count; i++) {
-            const char *d[] = {"DEL", r->items[1].items[i].str};
-            s_tx_add(tx, 2, d);
-        }
-        lk_redis_reply_free(&r);
-    } while (strcmp(cursor, "0") != 0);
+        } while (strcmp(cursor, "0") != 0);
+    }
     return 0;
 }
 
