@@ -737,6 +737,9 @@ static redisReply *s_head_reply(lk_redis_t *self)
             if (target < 0)
                 break;
             if (moved && slot >= 0 && slot < S_SLOTS) {
+                if (self->slots[slot] != target)
+                    lk_notice("redis: slot %d moved to %s:%d", slot, self->nodes[target].host,
+                              self->nodes[target].port);
                 self->slots[slot] = (int16_t)target;
                 self->map_stale = true;
             }

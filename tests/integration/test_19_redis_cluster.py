@@ -269,6 +269,48 @@ def test_lock_unlock_on_cluster(cluster, cstack):
         b.disconnect()
     finally:
         dev.disconnect()
+    # the mirror rebuilt from PostgreSQL: SCAN of every master, a transaction over slots
+    cli(cstack, "lock", "sync")
+    assert cluster.c("HGET", "lk:{arb}:bind:" + lock, users[1]) == "f"
+    assert cluster.c("HGET", "lk:ubind:" + users[0], lock) == "m"
+
+
+def test_slot_migration_ask_and_moved(cluster, cstack):
+    """a slot moved by hand between masters while in use: a session created during the
+    migration goes by ASK, one created before is found by MOVED afterwards"""
+    tag = "m19" + RUN
+    old, new = "%s{%s}old" % (tag, RUN), "%s{%s}new" % (tag, RUN)
+    # '}' in a client id: every key of it still in one slot (the tag up to its first '}')
+    slot = cluster.keyslot("lk:sess:{%s}" % old)
+    assert slot == cluster.keyslot("lk:q:{%s}" % new)
+    offline_session(cstack, old, "s19/%s/old" % RUN)
+    with lk.paho_client(cstack, "ps19-" + RUN) as pub:
+        pub.publish("s19/%s/old" % RUN, "before", qos=1)
+    src = cluster.master_of_slot(slot)
+    dst = next(p for p, n in cluster.nodes().items() if n[0] == "master" and p != src)
+    src_id = cluster.cli(src, "CLUSTER", "MYID")
+    dst_id = cluster.cli(dst, "CLUSTER", "MYID")
+    assert cluster.cli(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id) == "OK"
+    assert cluster.cli(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id) == "OK"
+    # keys absent from the source: ASK to the destination
+    offline_session(cstack, new, "s19/%s/new" % RUN)
+    with lk.paho_client(cstack, "ps19b-" + RUN) as pub:
+        pub.publish("s19/%s/new" % RUN, "during", qos=1)
+        pub.publish("s19/%s/old" % RUN, "during", qos=1)
+    # move the rest and hand the slot over
+    keys = cluster.cli(src, "CLUSTER", "GETKEYSINSLOT", slot, 1000).split()
+    assert keys, "the old session's keys should still be on the source"
+    r = cluster.cli(src, "MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+    assert r in ("OK", "NOKEY"), r
+    for p, n in cluster.nodes().items():
+        if n[0] == "master":
+            cluster.cli(p, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    lk.wait_until(lambda: cluster.master_of_slot(slot) == dst, 20, interval=0.2,
+                  what="slot %d at its new master" % slot)
+    # Latchkey's map still names the source: MOVED
+    assert collect(cstack, old, quiet=1.5) == ["before", "during"]
+    assert collect(cstack, new, quiet=1.5) == ["during"]
+    assert "redis: slot %d moved to 127.0.0.1:%d" % (slot, dst) in cstack.log("session-store")
 
 
 def test_master_killed_under_load(cluster, cstack):
