@@ -405,8 +405,9 @@ static int s_node_find(lk_redis_t *self, const char *host, int port, bool add)
     return self->n_nodes++;
 }
 
-/* "host:port" (the host may be [v6]); node index or -1 */
-static int s_node_parse(lk_redis_t *self, const char *addr, size_t len, bool add)
+/* "host:port" (the host may be [v6]; empty: deflt, as a MOVED from a node that knows no
+   address of its own says ":port"); node index or -1 */
+static int s_node_parse_at(lk_redis_t *self, const char *addr, size_t len, const char *deflt)
 {
     char buf[300];
     if (len == 0 || len >= sizeof(buf))
@@ -414,19 +415,24 @@ static int s_node_parse(lk_redis_t *self, const char *addr, size_t len, bool add
     memcpy(buf, addr, len);
     buf[len] = 0;
     char *colon = strrchr(buf, ':');
-    if (!colon || colon == buf)
+    if (!colon || (colon == buf && !deflt))
         return -1;
     *colon = 0;
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (port <= 0 || port > 65535 || (*end && *end != '@'))
         return -1;
-    char *host = buf;
-    if (*host == '[' && colon[-1] == ']') {
+    char *host = colon == buf ? (char *)deflt : buf;
+    if (colon != buf && *host == '[' && colon[-1] == ']') {
         host++;
         colon[-1] = 0;
     }
-    return s_node_find(self, host, (int)port, add);
+    return s_node_find(self, host, (int)port, true);
+}
+
+static int s_node_parse(lk_redis_t *self, const char *addr, size_t len)
+{
+    return s_node_parse_at(self, addr, len, NULL);
 }
 
 static int s_node_connect(lk_redis_t *self, int i)
@@ -560,7 +566,7 @@ int lk_redis_set_cluster(lk_redis_t *self, const char *seeds)
         size_t l = strcspn(p, " \t,");
         if (!l)
             break;
-        if (s_node_parse(self, p, l, true) < 0) {
+        if (s_node_parse(self, p, l) < 0) {
             lk_error("redis_cluster: '%.*s' is not host:port", (int)l, p);
             return -1;
         }
@@ -733,7 +739,8 @@ static redisReply *s_head_reply(lk_redis_t *self)
                 break;
             const char *sp = strchr(rr->str + (moved ? 6 : 4), ' ');
             int slot = atoi(rr->str + (moved ? 6 : 4));
-            target = sp ? s_node_parse(self, sp + 1, strlen(sp + 1), true) : -1;
+            target = sp ? s_node_parse_at(self, sp + 1, strlen(sp + 1), self->nodes[e->node].host)
+                        : -1;
             if (target < 0)
                 break;
             if (moved && slot >= 0 && slot < S_SLOTS) {
@@ -822,6 +829,7 @@ static lk_redis_reply_t *s_cluster_get_reply(lk_redis_t *self)
         made->type = LK_REDIS_ARRAY;
         made->count = self->n_tx_res;
         made->items = self->n_tx_res ? lk_calloc(self->n_tx_res, sizeof(*made->items)) : NULL;
+        bool lost = false;
         for (size_t i = 0; i < self->n_tx_res; i++) {
             if (self->tx_res[i]) {
                 s_copy(&made->items[i], self->tx_res[i]);
@@ -830,7 +838,12 @@ static lk_redis_reply_t *s_cluster_get_reply(lk_redis_t *self)
                 made->items[i].type = LK_REDIS_ERR;
                 made->items[i].str = lk_strdup("LKLINK link lost");
                 made->items[i].len = strlen(made->items[i].str);
+                lost = true;
             }
+        }
+        if (lost) {
+            lk_redis_reply_free(&made);
+            made = s_err_reply("LKLINK a command of the transaction got no reply");
         }
         self->n_tx_res = 0;
     } else {
