@@ -5,6 +5,12 @@
 #include <ctype.h>
 #include <hiredis/hiredis.h>
 #include <stdarg.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1162,6 +1168,242 @@ lk_redis_t *lk_redis_new_config(lk_config_t *config)
 
 /* ---- selftest ------------------------------------------------------------------------- */
 
+/* a port free a moment ago whose cluster bus port (+10000) is free too */
+static int s_test_port(void)
+{
+    for (int attempt = 0; attempt < 50; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(sa);
+        if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+            getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+            port = ntohs(sa.sin_port);
+        if (fd >= 0)
+            close(fd);
+        if (port <= 0 || port + 10000 > 65535)
+            continue;
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        sa.sin_port = htons((uint16_t)(port + 10000));
+        bool bus = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (bus)
+            return port;
+    }
+    return -1;
+}
+
+static pid_t s_test_server(const char *dir, int port, bool cluster)
+{
+    char port_s[16], sub[256];
+    snprintf(port_s, sizeof(port_s), "%d", port);
+    snprintf(sub, sizeof(sub), "%s/%d", dir, port);
+    mkdir(sub, 0700);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", sub, "--cluster-enabled", cluster ? "yes" : "no",
+               "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
+               (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_test_stop(pid_t pid)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 100; i++) {
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            return;
+        usleep(50 * 1000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* the reply's string is want */
+static bool s_test_str(lk_redis_reply_t *r, const char *want)
+{
+    bool ok = r && r->type == LK_REDIS_STR && strcmp(r->str, want) == 0;
+    lk_redis_reply_t *x = r;
+    lk_redis_reply_free(&x);
+    return ok;
+}
+
+/* polls cmd on a single-node client until its reply contains want (~10 s) */
+static bool s_test_until(lk_redis_t *r, const char *cmd, const char *want)
+{
+    for (int i = 0; i < 200; i++) {
+        lk_redis_reply_t *x = lk_redis_cmd(r, cmd);
+        bool ok = x && x->str && strstr(x->str, want);
+        lk_redis_reply_free(&x);
+        if (ok)
+            return true;
+        usleep(50 * 1000);
+    }
+    return false;
+}
+
+/* against real servers: WAIT on one server, then a 3-master cluster made here */
+static int s_test_live(bool verbose)
+{
+    int rc = 0;
+    char dir[] = "/tmp/lk-redis-test-XXXXXX";
+    if (!mkdtemp(dir))
+        return -1;
+#define S_L(name, cond)                                                                            \
+    do {                                                                                           \
+        bool ok_ = (cond);                                                                         \
+        if (!ok_ || verbose)                                                                       \
+            fprintf(stderr, "lk_redis: %s: %s\n", name, ok_ ? "ok" : "FAILED");                  \
+        if (!ok_)                                                                                  \
+            rc = -1;                                                                               \
+    } while (0)
+    /* one server, no replica: WAIT 1 cannot be met, so a write is refused; reads pass */
+    int port = s_test_port();
+    pid_t one = port > 0 ? s_test_server(dir, port, false) : -1;
+    lk_redis_t *r = lk_redis_new("127.0.0.1", port);
+    S_L("single: up", s_test_until(r, "PING", "PONG"));
+    lk_redis_set_wait(r, 1, 50);
+    lk_redis_reply_t *x = lk_redis_cmd(r, "SET k v");
+    S_L("single: write without a replica refused",
+        x && x->type == LK_REDIS_ERR && strncmp(x->str, "LKWAIT", 6) == 0);
+    lk_redis_reply_free(&x);
+    S_L("single: read not waited for", s_test_str(lk_redis_cmd(r, "GET k"), "v"));
+    lk_redis_append(r, "GET k");
+    lk_redis_append(r, "SET k w");
+    x = lk_redis_get_reply(r);
+    S_L("single: pipeline's first reply", s_test_str(x, "v"));
+    x = lk_redis_get_reply(r);
+    S_L("single: pipeline with a write refused at its end", x && x->type == LK_REDIS_ERR);
+    lk_redis_reply_free(&x);
+    lk_redis_set_wait(r, 0, 0);
+    S_L("single: no wait", s_test_str(lk_redis_cmd(r, "SET k v"), "OK"));
+    lk_redis_destroy(&r);
+    s_test_stop(one);
+
+    /* three masters, the slots split in three */
+    int ports[3];
+    pid_t pids[3] = {-1, -1, -1};
+    lk_redis_t *admin[3] = {NULL, NULL, NULL};
+    bool up = true;
+    for (int i = 0; i < 3; i++) {
+        ports[i] = s_test_port();
+        pids[i] = ports[i] > 0 ? s_test_server(dir, ports[i], true) : -1;
+        admin[i] = lk_redis_new("127.0.0.1", ports[i]);
+        up = up && s_test_until(admin[i], "PING", "PONG");
+    }
+    for (int i = 0; up && i < 3; i++) {
+        x = lk_redis_cmd(admin[i], "CLUSTER ADDSLOTSRANGE %d %d", i * 5462,
+                         i == 2 ? S_SLOTS - 1 : i * 5462 + 5461);
+        up = !lk_redis_reply_failed(x);
+        lk_redis_reply_free(&x);
+        if (i) {
+            x = lk_redis_cmd(admin[0], "CLUSTER MEET 127.0.0.1 %d", ports[i]);
+            up = up && !lk_redis_reply_failed(x);
+            lk_redis_reply_free(&x);
+        }
+    }
+    for (int i = 0; up && i < 3; i++)
+        up = s_test_until(admin[i], "CLUSTER INFO", "cluster_state:ok");
+    S_L("cluster: three masters up", up);
+    char seeds[64];
+    snprintf(seeds, sizeof(seeds), "127.0.0.1:%d", ports[1]);
+    r = lk_redis_new("127.0.0.1", 1);
+    lk_redis_set_cluster(r, seeds);
+    S_L("cluster: connect from one seed", up && lk_redis_connect(r) == 0);
+    S_L("cluster: three masters known", up && lk_redis_masters(r) == 3);
+    /* a pipeline over every master: replies in append order */
+    for (int i = 0; i < 40; i++)
+        lk_redis_append(r, "SET key%d val%d", i, i);
+    for (int i = 0; i < 40; i++)
+        lk_redis_append(r, "GET key%d", i);
+    bool order = true;
+    for (int i = 0; i < 40; i++)
+        order = s_test_str(lk_redis_get_reply(r), "OK") && order;
+    for (int i = 0; i < 40; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), "val%d", i);
+        order = s_test_str(lk_redis_get_reply(r), want) && order;
+    }
+    S_L("cluster: pipeline over masters in order", order);
+    bool spread = true;
+    for (int i = 0; i < 3; i++) {
+        x = lk_redis_cmd(admin[i], "DBSIZE");
+        spread = spread && x && x->type == LK_REDIS_INT && x->integer > 0;
+        lk_redis_reply_free(&x);
+    }
+    S_L("cluster: keys on every master", spread);
+    /* a transaction within one slot, and one over slots (made up) */
+    const char *tx[][3] = {{"MULTI", NULL, NULL}, {"SET", "t:{a}1", "x"}, {"SET", "t:{a}2", "y"},
+                           {"EXEC", NULL, NULL}};
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            tx[1][1] = "t:foo";
+            tx[2][1] = "t:bar";
+        }
+        for (int i = 0; i < 4; i++) {
+            size_t lens[3] = {strlen(tx[i][0]), tx[i][1] ? strlen(tx[i][1]) : 0,
+                              tx[i][2] ? strlen(tx[i][2]) : 0};
+            lk_redis_appendv(r, tx[i][1] ? 3 : 1, tx[i], lens);
+        }
+        bool ok = s_test_str(lk_redis_get_reply(r), "OK") &&
+                  s_test_str(lk_redis_get_reply(r), "QUEUED") &&
+                  s_test_str(lk_redis_get_reply(r), "QUEUED");
+        x = lk_redis_get_reply(r);
+        ok = ok && x && x->type == LK_REDIS_ARRAY && x->count == 2 && x->items[1].str &&
+             strcmp(x->items[1].str, "OK") == 0;
+        lk_redis_reply_free(&x);
+        ok = ok && s_test_str(lk_redis_cmd(r, "GET %s", tx[2][1]), "y");
+        S_L(pass ? "cluster: MULTI over slots" : "cluster: MULTI in one slot", ok);
+    }
+    /* a script on its key's master; WAIT 1 without replicas refuses the write */
+    S_L("cluster: EVAL routed by key",
+        s_test_str(lk_redis_cmd(r, "EVAL %s 1 %s", "return redis.call('GET', KEYS[1])", "key7"),
+                   "val7"));
+    lk_redis_set_wait(r, 1, 50);
+    x = lk_redis_cmd(r, "SET key8 z");
+    S_L("cluster: WAIT without replicas refuses",
+        x && x->type == LK_REDIS_ERR && strncmp(x->str, "LKWAIT", 6) == 0);
+    lk_redis_reply_free(&x);
+    lk_redis_set_wait(r, 0, 0);
+    /* a master gone: its keys fail fast, the others still answer */
+    s_test_stop(pids[2]);
+    pids[2] = -1;
+    int64_t t0 = lk_mono_ms();
+    bool others = true;
+    for (int i = 0; i < 40; i++) {
+        x = lk_redis_cmd(r, "GET key%d", i);
+        char k[16];
+        snprintf(k, sizeof(k), "key%d", i);
+        if (lk_redis_key_slot(k, strlen(k)) / 5462 < 2)
+            others = others && x && x->type == LK_REDIS_STR;
+        lk_redis_reply_free(&x);
+    }
+    S_L("cluster: a dead master's keys fail, the others' answer", others);
+    S_L("cluster: failing keys fail within the retry bound", lk_mono_ms() - t0 < 40 * 1000);
+    lk_redis_destroy(&r);
+    for (int i = 0; i < 3; i++) {
+        lk_redis_destroy(&admin[i]);
+        s_test_stop(pids[i]);
+    }
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        rc = -1;
+#undef S_L
+    return rc;
+}
+
+
 int lk_redis_test(bool verbose)
 {
     int rc = 0;
@@ -1222,6 +1464,12 @@ int lk_redis_test(bool verbose)
     S_T("dead cluster: NULL", rep == NULL);
     lk_redis_destroy(&r);
     lk_config_destroy(&cfg);
+    if (system("command -v redis-server >/dev/null 2>&1") == 0) {
+        if (s_test_live(verbose) != 0)
+            rc = -1;
+    } else {
+        fprintf(stderr, "lk_redis: redis-server not installed: live cases skipped\n");
+    }
 #undef S_T
     return rc;
 }
