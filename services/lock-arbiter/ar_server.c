@@ -5,6 +5,7 @@
     with exit 111 without acking that message; s6 restarts it and the session store hands
     the message over again. Every script is idempotent for a message seen twice. */
 #include "ar_internal.h"
+#include "lk_layout.h"
 #include "lk_admin.h"
 #include <cjson/cJSON.h>
 #include <unistd.h>
@@ -380,6 +381,7 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         ar_server_destroy(&self);
         return NULL;
     }
+    lk_layout_migrate(self->redis); /* keys of the untagged layout, once */
     const char *aep = lk_config_get(config, "arbiter_endpoint", NULL);
     if (aep && *aep && lk_bus_bind(self->bus, aep) != 0) {
         ar_server_destroy(&self);

@@ -872,6 +872,7 @@ static void s_load(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
     self->load_timer = 0;
+    ss_store_migrate(self->store); /* keys of the untagged layout, once */
     if (ss_store_load(self->store) != 0) {
         int64_t now = lk_mono_ms();
         if (!self->redis_warned || now - self->redis_warned >= SS_WARN_EVERY_MS) {

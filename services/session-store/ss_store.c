@@ -20,6 +20,7 @@
 #include "ss_codec.h"
 #include "lk_common.h"
 #include "lk_redis.h"
+#include "lk_layout.h"
 #include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -268,6 +269,11 @@ ss_store_t *ss_store_new(const char *host, int port)
 int ss_store_configure(ss_store_t *self, lk_config_t *cfg)
 {
     return lk_redis_configure(self->redis, cfg);
+}
+
+int ss_store_migrate(ss_store_t *self)
+{
+    return lk_layout_migrate(self->redis);
 }
 
 void ss_store_destroy(ss_store_t **self_p)
@@ -1611,6 +1617,31 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
          !ss_store_session(dead, "z");
     ss_store_destroy(&dead);
     s_check(&t, "store: redis unreachable reported", ok);
+
+    // --- keys of the layout before hash tags moved once, TTLs kept, then loaded
+    const char *old_layout[] = {
+        "DEL lk:layout", "HSET lk:sess:old1 node_epoch 0 conn 0 expiry 900 disconnected_at 5",
+        "HSET lk:q:old1 1 x", "SET lk:qseq:old1 1", "SADD lk:sessions old1", "SET lk:arb:evseq 41",
+        "HSET lk:bind:L1 ann m", "SET lk:login:tmp1 ann EX 500", "SET lk:sess:{old1}x keep"};
+    for (size_t i = 0; i < LK_ARRAY_LEN(old_layout); i++) {
+        r = lk_redis_cmd(t.raw, old_layout[i]);
+        lk_redis_reply_free(&r);
+    }
+    ok = ss_store_migrate(store) == 0 && s_raw_int(&t, "EXISTS lk:sess:%s", "old1") == 0 &&
+         s_raw_int(&t, "HGET lk:sess:{%s} expiry", "old1") == 900 &&
+         s_raw_int(&t, "HLEN lk:q:{%s}", "old1") == 1 &&
+         s_raw_int(&t, "GET lk:qseq:{%s}", "old1") == 1 &&
+         s_raw_int(&t, "GET %s", "lk:{arb}:evseq") == 41 &&
+         s_raw_int(&t, "HEXISTS lk:{arb}:bind:%s ann", "L1") == 1 &&
+         s_raw_int(&t, "TTL lk:{arb}:login:%s", "tmp1") > 0 &&
+         s_raw_int(&t, "GET %s", "lk:layout") == 2 && ss_store_load(store) == 0 &&
+         ss_store_session(store, "old1") && ss_store_session(store, "old1")->expiry == 900;
+    /* once only: an old name written afterwards stays */
+    r = lk_redis_cmd(t.raw, "SET lk:arb:evseq 1");
+    lk_redis_reply_free(&r);
+    ok = ok && ss_store_migrate(store) == 0 && s_raw_int(&t, "GET %s", "lk:arb:evseq") == 1 &&
+         s_raw_int(&t, "GET %s", "lk:{arb}:evseq") == 41;
+    s_check(&t, "store: old key layout migrated once", ok);
 
     zlistx_destroy(&list);
     ss_store_destroy(&store);
