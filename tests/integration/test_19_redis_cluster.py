@@ -173,10 +173,10 @@ def cluster():
 def cstack(cluster):
     if not all(lk.built(s) for s in lk.DAEMONS):
         pytest.skip("daemons not built")
-    s = lk.Stack(services=[x for x in lk.ALL_SERVICES if x != "redis"])
     masters = sorted(p for p, n in cluster.nodes().items() if n[0] == "master")
-    s.env["LATCHKEY_REDIS_CLUSTER"] = " ".join("127.0.0.1:%d" % p for p in masters)
-    s.env["LATCHKEY_REDIS_WAIT_REPLICAS"] = "1"
+    s = lk.Stack(services=[x for x in lk.ALL_SERVICES if x != "redis"],
+                 redis_cluster=" ".join("127.0.0.1:%d" % p for p in masters),
+                 redis_wait_replicas=1)
     s.env["LATCHKEY_REDIS_WAIT_TIMEOUT_MS"] = "1000"
     try:
         s.start_all()
