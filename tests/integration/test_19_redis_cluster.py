@@ -200,13 +200,14 @@ def offline_session(stack, cid, topic):
     c.disconnect()
 
 
-def collect(stack, cid, quiet=2.0, timeout=60):
-    """reconnects cid's persistent session; the payloads it receives until quiet"""
+def collect(stack, cid, quiet=2.0, timeout=60, want=None):
+    """reconnects cid's persistent session; the payloads it receives until quiet (or until
+    every payload of want came)"""
     got = []
     c = lk.paho_client(stack, cid, clean_session=False)
     try:
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while time.time() < deadline and not (want and want <= set(got)):
             try:
                 m = c.messages.get(timeout=quiet)
             except Exception:
@@ -407,8 +408,8 @@ def test_master_killed_under_load(cluster, cstack):
 
     lost = []
     for i, cid in enumerate(cids):
-        got = set(collect(cstack, cid))
         want = {p for p in acked if p.startswith("%d:" % i)}
+        got = set(collect(cstack, cid, quiet=3.0, want=want))
         lost += sorted(want - got)
     assert not lost, "acknowledged but lost: %d, e.g. %s" % (len(lost), lost[:10])
     # the session store did meet the dead master (the kill was on its path)
