@@ -104,10 +104,12 @@ int lk_layout_migrate(lk_redis_t *redis)
         lk_redis_reply_free(&r);
     } while (strcmp(cursor, "0") != 0);
     /* the lock-arbiter's keys */
-    static const char *globals[][2] = {
-        {"lk:rounds", "lk:{arb}:rounds"},         {"lk:lockstate", "lk:{arb}:lockstate"},
-        {"lk:lockstate:sid", "lk:{arb}:lockstate:sid"}, {"lk:arb:evseq", "lk:{arb}:evseq"},
-        {"lk:arb:outbox", "lk:{arb}:outbox"},     {"lk:arb:unpub", "lk:{arb}:unpub"}};
+    static const char *globals[][2] = {{"lk:rounds", "lk:{arb}:rounds"},
+                                       {"lk:lockstate", "lk:{arb}:lockstate"},
+                                       {"lk:lockstate:sid", "lk:{arb}:lockstate:sid"},
+                                       {"lk:arb:evseq", "lk:{arb}:evseq"},
+                                       {"lk:arb:outbox", "lk:{arb}:outbox"},
+                                       {"lk:arb:unpub", "lk:{arb}:unpub"}};
     for (size_t i = 0; i < LK_ARRAY_LEN(globals); i++) {
         int m = s_move(redis, globals[i][0], globals[i][1]);
         if (m < 0)

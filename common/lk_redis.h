@@ -29,11 +29,10 @@
 
 typedef struct _lk_redis_t lk_redis_t;
 
-
 typedef enum {
     LK_REDIS_NIL = 0,
     LK_REDIS_INT,
-    LK_REDIS_STR,    /* bulk or status string */
+    LK_REDIS_STR, /* bulk or status string */
     LK_REDIS_ARRAY,
     LK_REDIS_ERR
 } lk_redis_type_t;
@@ -41,9 +40,9 @@ typedef enum {
 typedef struct lk_redis_reply {
     lk_redis_type_t type;
     int64_t integer;
-    char *str;      /* NUL-terminated copy; len excludes the NUL (binary safe) */
+    char *str; /* NUL-terminated copy; len excludes the NUL (binary safe) */
     size_t len;
-    size_t count;   /* ARRAY */
+    size_t count; /* ARRAY */
     struct lk_redis_reply *items;
 } lk_redis_reply_t;
 
