@@ -21,6 +21,7 @@
 #include "lk_pgq.h"
 #include "lk_zmtp.h"
 #include "lk_replicas.h"
+#include "lk_redis.h"
 
 static const lk_selftest_t s_tests[] = {
     {"lk_common", lk_common_test},
@@ -43,6 +44,7 @@ static const lk_selftest_t s_tests[] = {
     {"lk_http", lk_http_test},
     {"lk_ratelog", lk_ratelog_test},
     {"lk_replicas", lk_replicas_test},
+    {"lk_redis", lk_redis_test},
     {NULL, NULL}};
 
 int main(int argc, char **argv)

@@ -127,6 +127,10 @@ au_check_t *au_check_new(lk_config_t *config)
         return NULL;
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
+    if (lk_redis_configure(self->redis, config) != 0) {
+        au_check_destroy(&self);
+        return NULL;
+    }
     self->locks = au_lock_new(config);
     return self;
 }

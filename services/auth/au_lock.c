@@ -141,7 +141,7 @@ int au_lock_rules(au_lock_t *self, lk_redis_t *redis, const char *user, lk_acl_l
     lk_redis_reply_t *binds = NULL, *dev = NULL;
     if (user && *user && !down) {
         char key[300];
-        snprintf(key, sizeof(key), "lk:login:%s", user);
+        snprintf(key, sizeof(key), "lk:{arb}:login:%s", user);
         lk_redis_reply_t *real = s_cmd(redis, "GET", key);
         snprintf(key, sizeof(key), "lk:ubind:%s",
                  real && real->type == LK_REDIS_STR ? real->str : user);

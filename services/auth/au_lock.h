@@ -2,7 +2,7 @@
 
     For every registered lock (Redis lk:locks, kept by `latchkey lock add|del|sync`) the
     rules of a non-superuser connection get, after everything else was computed:
-      bound user (lk:ubind:<user>, a temporary login through lk:login:<temp>):
+      bound user (lk:ubind:<user>, a temporary login through lk:{arb}:login:<temp>):
         grant subscribe /<lock>/#, grant publish /<lock>/<role> for each bound role,
         deny publish /<lock>/call, /<lock>/statu and every other role of lock_roles;
         and (bound to any lock) publish $lk/history/req, subscribe $lk/reply/<username>/#;

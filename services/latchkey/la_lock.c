@@ -3,8 +3,8 @@
 
     PostgreSQL (users, locks, bindings; schema in sql/) is the record. The lock-arbiter
     does not read it: it decides from a Redis mirror that these commands keep in step —
-    lk:users (set of user names), lk:bind:<lock> (user → space-separated roles),
-    lk:ubind:<user> (lock → roles), lk:lockcfg:<lock> (window_ms, quorum overrides). So an
+    lk:users (set of user names), lk:{arb}:bind:<lock> (user → space-separated roles),
+    lk:ubind:<user> (lock → roles), lk:{arb}:lockcfg:<lock> (window_ms, quorum overrides). So an
     unlock decision is one Redis script and does not stall when PostgreSQL does.
     `latchkey lock sync` rebuilds the mirror from PostgreSQL (after editing the tables by
     hand, or restoring a backup). PostgreSQL is written first: a failure there leaves the
@@ -129,7 +129,7 @@ static char **s_logins_of(la_ctx_t *ctx, char **users, int n_users, int *n_out)
     int n = 0;
     for (size_t i = 0; i < names->count; i++) {
         char key[300];
-        snprintf(key, sizeof(key), "lk:login:%s", names->items[i].str);
+        snprintf(key, sizeof(key), "lk:{arb}:login:%s", names->items[i].str);
         const char *g[] = {"GET", key};
         lk_redis_reply_t *u = la_redis_cmd(ctx, 2, g);
         bool match = false;
@@ -160,7 +160,7 @@ int la_logins_end(la_ctx_t *ctx, char **names, int n, bool quiet)
     for (int i = 0; i < n; i++) {
         char *uk = la_user_key(ctx, names[i]), *ak = la_acl_key(ctx, names[i]);
         char lk_[300];
-        snprintf(lk_, sizeof(lk_), "lk:login:%s", names[i]);
+        snprintf(lk_, sizeof(lk_), "lk:{arb}:login:%s", names[i]);
         const char *d[] = {"DEL", uk, ak, lk_};
         s_tx_add(&tx, 4, d);
         const char *z[] = {"ZREM", "lk:arb:logins", names[i]};
@@ -208,7 +208,7 @@ static int s_mirror_pair(la_ctx_t *ctx, lk_pg_t *pg, const char *user, const cha
         return -1;
     const char *roles = lk_pg_value(r, 0, 0);
     char kb[300], ku[300];
-    snprintf(kb, sizeof(kb), "lk:bind:%s", lock);
+    snprintf(kb, sizeof(kb), "lk:{arb}:bind:%s", lock);
     snprintf(ku, sizeof(ku), "lk:ubind:%s", user);
     int rc = 0;
     if (roles && *roles) {
@@ -262,7 +262,7 @@ static int s_user_del(la_ctx_t *ctx, lk_pg_t *pg, int argc, char **argv)
             return LA_EXIT_FAIL;
         for (size_t k = 0; k < locks->count; k++) {
             char kb[300];
-            snprintf(kb, sizeof(kb), "lk:bind:%s", locks->items[k].str);
+            snprintf(kb, sizeof(kb), "lk:{arb}:bind:%s", locks->items[k].str);
             const char *a[] = {"HDEL", kb, argv[i]};
             la_redis_run(ctx, 3, a);
         }
@@ -326,7 +326,7 @@ static int s_mirror_lock(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
     if (!r)
         return -1;
     char kc[300], kd[300];
-    snprintf(kc, sizeof(kc), "lk:lockcfg:%s", lock);
+    snprintf(kc, sizeof(kc), "lk:{arb}:lockcfg:%s", lock);
     snprintf(kd, sizeof(kd), "lk:lockdev:%s", lock);
     const char *g[] = {"GET", kd};
     lk_redis_reply_t *old = la_redis_cmd(ctx, 2, g);
@@ -511,9 +511,9 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
     char *dev = n && lk_pg_value(r, 0, 0) ? lk_strdup(lk_pg_value(r, 0, 0)) : NULL;
     lk_pg_result_free(&r);
     char kb[300], kc[300], kr[300];
-    snprintf(kb, sizeof(kb), "lk:bind:%s", lock);
-    snprintf(kc, sizeof(kc), "lk:lockcfg:%s", lock);
-    snprintf(kr, sizeof(kr), "lk:round:%s", lock);
+    snprintf(kb, sizeof(kb), "lk:{arb}:bind:%s", lock);
+    snprintf(kc, sizeof(kc), "lk:{arb}:lockcfg:%s", lock);
+    snprintf(kr, sizeof(kr), "lk:{arb}:round:%s", lock);
     const char *hk[] = {"HKEYS", kb};
     lk_redis_reply_t *users = la_redis_cmd(ctx, 2, hk);
     if (!users) {
@@ -530,7 +530,7 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
         names[k] = users->items[k].str;
     }
     const char *a[] = {"DEL", kb, kc, kr};
-    const char *z[] = {"ZREM", "lk:rounds", lock};
+    const char *z[] = {"ZREM", "lk:{arb}:rounds", lock};
     s_tx_add(&tx, 4, a);
     s_tx_add(&tx, 3, z);
     int rc =
@@ -576,24 +576,33 @@ static int s_lock_list(la_ctx_t *ctx, lk_pg_t *pg)
     return LA_EXIT_OK;
 }
 
-/* every key matching pattern (SCAN) appended to tx as a DEL; 0 or -1 */
+/* every key matching pattern (SCAN of every master) appended to tx as a DEL; 0 or -1 */
 static int s_del_matching(la_ctx_t *ctx, const char *pattern, s_tx_t *tx)
 {
-    char cursor[32] = "0";
-    do {
-        const char *sc[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
-        lk_redis_reply_t *r = la_redis_cmd(ctx, 6, sc);
-        if (!r || r->type != LK_REDIS_ARRAY || r->count != 2) {
+    lk_redis_t *redis = la_redis(ctx);
+    int masters = redis ? lk_redis_masters(redis) : 0;
+    if (masters < 1)
+        return -1;
+    for (int m = 0; m < masters; m++) {
+        char cursor[32] = "0";
+        do {
+            const char *sc[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
+            size_t lens[6];
+            for (int k = 0; k < 6; k++)
+                lens[k] = strlen(sc[k]);
+            lk_redis_reply_t *r = lk_redis_cmdv_at(redis, m, 6, sc, lens);
+            if (!r || r->type != LK_REDIS_ARRAY || r->count != 2) {
+                lk_redis_reply_free(&r);
+                return -1;
+            }
+            snprintf(cursor, sizeof(cursor), "%s", r->items[0].str ? r->items[0].str : "0");
+            for (size_t i = 0; i < r->items[1].count; i++) {
+                const char *d[] = {"DEL", r->items[1].items[i].str};
+                s_tx_add(tx, 2, d);
+            }
             lk_redis_reply_free(&r);
-            return -1;
-        }
-        snprintf(cursor, sizeof(cursor), "%s", r->items[0].str ? r->items[0].str : "0");
-        for (size_t i = 0; i < r->items[1].count; i++) {
-            const char *d[] = {"DEL", r->items[1].items[i].str};
-            s_tx_add(tx, 2, d);
-        }
-        lk_redis_reply_free(&r);
-    } while (strcmp(cursor, "0") != 0);
+        } while (strcmp(cursor, "0") != 0);
+    }
     return 0;
 }
 
@@ -614,9 +623,9 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
                                   : NULL;
     int rc = LA_EXIT_FAIL;
     s_tx_t tx = {0};
-    if (locks && s_del_matching(ctx, "lk:bind:*", &tx) == 0 &&
+    if (locks && s_del_matching(ctx, "lk:{arb}:bind:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:ubind:*", &tx) == 0 &&
-        s_del_matching(ctx, "lk:lockcfg:*", &tx) == 0 &&
+        s_del_matching(ctx, "lk:{arb}:lockcfg:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:lockdev:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:devlock:*", &tx) == 0) {
         const char *du[] = {"DEL", "lk:users", "lk:locks"};
@@ -629,7 +638,7 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
             const char *u = lk_pg_value(binds, i, 0), *l = lk_pg_value(binds, i, 1),
                        *roles = lk_pg_value(binds, i, 2);
             char kb[300], ku[300];
-            snprintf(kb, sizeof(kb), "lk:bind:%s", l);
+            snprintf(kb, sizeof(kb), "lk:{arb}:bind:%s", l);
             snprintf(ku, sizeof(ku), "lk:ubind:%s", u);
             const char *a[] = {"HSET", kb, u, roles};
             const char *b[] = {"HSET", ku, l, roles};
@@ -640,7 +649,7 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
             const char *l = lk_pg_value(locks, i, 0), *w = lk_pg_value(locks, i, 1),
                        *q = lk_pg_value(locks, i, 2), *dev = lk_pg_value(locks, i, 3);
             char kc[300], kd[300], kl[300];
-            snprintf(kc, sizeof(kc), "lk:lockcfg:%s", l);
+            snprintf(kc, sizeof(kc), "lk:{arb}:lockcfg:%s", l);
             snprintf(kd, sizeof(kd), "lk:lockdev:%s", l);
             const char *a[] = {"SADD", "lk:locks", l};
             s_tx_add(&tx, 3, a);

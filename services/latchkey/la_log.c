@@ -112,9 +112,9 @@ static void s_spin(lk_loop_t *loop, int ms)
 static void s_apply_snapshot(la_ctx_t *ctx, const Lk__LockSnapshot *sn, bool first)
 {
     char kb[300], kc[300], kr[300];
-    snprintf(kb, sizeof(kb), "lk:bind:%s", sn->lock);
-    snprintf(kc, sizeof(kc), "lk:lockcfg:%s", sn->lock);
-    snprintf(kr, sizeof(kr), "lk:round:%s", sn->lock);
+    snprintf(kb, sizeof(kb), "lk:{arb}:bind:%s", sn->lock);
+    snprintf(kc, sizeof(kc), "lk:{arb}:lockcfg:%s", sn->lock);
+    snprintf(kr, sizeof(kr), "lk:{arb}:round:%s", sn->lock);
     const char *d[] = {"DEL", kb, kc};
     la_redis_run(ctx, 3, d);
     for (size_t i = 0; i < sn->n_bindings; i++) {
@@ -143,7 +143,7 @@ static void s_apply_snapshot(la_ctx_t *ctx, const Lk__LockSnapshot *sn, bool fir
     if (sn->user && *sn->user && sn->login && *sn->login) {
         /* the mapping only, for one hour: no credential is created */
         char kl[300];
-        snprintf(kl, sizeof(kl), "lk:login:%s", sn->login);
+        snprintf(kl, sizeof(kl), "lk:{arb}:login:%s", sn->login);
         const char *a[] = {"SET", kl, sn->user, "EX", "3600"};
         la_redis_run(ctx, 5, a);
     }

@@ -80,7 +80,7 @@ static int s_login_list(la_ctx_t *ctx, const char *user)
     int64_t now = lk_wall_ms();
     for (size_t i = 0; i + 1 < r->count; i += 2) {
         char key[300];
-        snprintf(key, sizeof(key), "lk:login:%s", r->items[i].str);
+        snprintf(key, sizeof(key), "lk:{arb}:login:%s", r->items[i].str);
         const char *g[] = {"GET", key};
         lk_redis_reply_t *u = la_redis_cmd(ctx, 2, g);
         if (u && u->type == LK_REDIS_STR && (!user || strcmp(user, u->str) == 0)) {
@@ -99,7 +99,7 @@ static int s_login_refresh(la_ctx_t *ctx, const char *name, long ttl)
     if (ttl <= 0)
         ttl = (long)lk_config_get_int(ctx->config, "login_ttl", 86400);
     char kl[300], ttl_s[24], exp_s[24];
-    snprintf(kl, sizeof(kl), "lk:login:%s", name);
+    snprintf(kl, sizeof(kl), "lk:{arb}:login:%s", name);
     snprintf(ttl_s, sizeof(ttl_s), "%ld", ttl);
     int64_t exp = lk_wall_ms() + (int64_t)ttl * 1000;
     snprintf(exp_s, sizeof(exp_s), "%" PRId64, exp);
@@ -133,7 +133,7 @@ static int s_login_end(la_ctx_t *ctx, int n, char **names)
 {
     for (int i = 0; i < n; i++) {
         char kl[300];
-        snprintf(kl, sizeof(kl), "lk:login:%s", names[i]);
+        snprintf(kl, sizeof(kl), "lk:{arb}:login:%s", names[i]);
         const char *g[] = {"EXISTS", kl};
         lk_redis_reply_t *r = la_redis_cmd(ctx, 2, g);
         bool temporary = r && r->integer == 1;

@@ -1,5 +1,5 @@
 /*  la_revoke: `latchkey revoke <user>...` — access that ends at once: every temporary
-    login of these users (lk:arb:logins → lk:login:<temp> = user) is deleted, the users'
+    login of these users (lk:arb:logins → lk:{arb}:login:<temp> = user) is deleted, the users'
     own passwords are invalidated (the password field removed from the Redis user hash:
     the account, its ACL and superuser flag stay, `latchkey passwd` sets a new password),
     and the auth service has every frontend disconnect the clients logged in as any of

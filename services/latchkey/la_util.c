@@ -20,11 +20,19 @@ lk_redis_t *la_redis(la_ctx_t *ctx)
             return NULL;
         }
         ctx->redis = lk_redis_new(host, (int)port);
+        if (lk_redis_configure(ctx->redis, ctx->config) != 0) {
+            lk_redis_destroy(&ctx->redis);
+            return NULL;
+        }
     }
     if (lk_redis_connect(ctx->redis) != 0) {
-        fprintf(stderr, "latchkey: cannot reach Redis at %s:%s\n",
-                lk_config_get(ctx->config, "redis_host", "127.0.0.1"),
-                lk_config_get(ctx->config, "redis_port", "6379"));
+        if (lk_redis_is_cluster(ctx->redis))
+            fprintf(stderr, "latchkey: cannot reach the Redis Cluster at %s\n",
+                    lk_config_get(ctx->config, "redis_cluster", ""));
+        else
+            fprintf(stderr, "latchkey: cannot reach Redis at %s:%s\n",
+                    lk_config_get(ctx->config, "redis_host", "127.0.0.1"),
+                    lk_config_get(ctx->config, "redis_port", "6379"));
         return NULL;
     }
     return ctx->redis;

@@ -1,6 +1,6 @@
 /*  ar_history: the arbiter's history outbox — events on their way to the history writer.
 
-    Every event is first written to lk:arb:outbox (id → "kind\x1flock\x1factor\x1fms\x1f
+    Every event is first written to lk:{arb}:outbox (id → "kind\x1flock\x1factor\x1fms\x1f
     details-json"), inside the same Lua script as the decision it records, so a decision
     and its event exist together or not at all. It is then sent as a HistoryEvent in a
     reliable HistoryBatch to the peer "history-writer"; once that batch is acked (stored in
@@ -34,7 +34,7 @@ static void s_send_one(self_t *self, const char *id, const char *value)
 {
     if (!self->history) {
         if (!self->outbox_warned)
-            lk_warn("history_endpoint is not configured: events stay in lk:arb:outbox");
+            lk_warn("history_endpoint is not configured: events stay in lk:{arb}:outbox");
         self->outbox_warned = true;
         return;
     }
@@ -43,7 +43,7 @@ static void s_send_one(self_t *self, const char *id, const char *value)
     char *copy = lk_strdup(value), *f[5];
     if (ar_outbox_split(copy, f) != 0) {
         lk_warn("outbox entry %s is malformed: dropped", id);
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:arb:outbox %s", id);
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:{arb}:outbox %s", id);
         lk_redis_reply_free(&r);
         free(copy);
         return;
@@ -73,7 +73,7 @@ void ar_history_send_entries(self_t *self, const lk_redis_reply_t *r, size_t fro
 void ar_history_event(self_t *self, const char *kind, const char *lock, const char *actor,
                       const char *details_json)
 {
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "INCR lk:arb:evseq");
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "INCR lk:{arb}:evseq");
     if (!r || r->type != LK_REDIS_INT) {
         lk_redis_reply_free(&r);
         lk_warn("history event %s of %s lost: Redis failed", kind, lock);
@@ -84,7 +84,7 @@ void ar_history_event(self_t *self, const char *kind, const char *lock, const ch
     lk_redis_reply_free(&r);
     snprintf(value, sizeof(value), "%s\x1f%s\x1f%s\x1f%" PRId64 "\x1f%s", kind, lock, actor,
              lk_wall_ms(), details_json);
-    r = lk_redis_cmd(self->redis, "HSET lk:arb:outbox %s %s", id, value);
+    r = lk_redis_cmd(self->redis, "HSET lk:{arb}:outbox %s %s", id, value);
     bool ok = !lk_redis_reply_failed(r);
     lk_redis_reply_free(&r);
     if (ok)
@@ -93,10 +93,10 @@ void ar_history_event(self_t *self, const char *kind, const char *lock, const ch
 
 void ar_history_resume(self_t *self)
 {
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:arb:outbox");
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:outbox");
     if (!r || r->type != LK_REDIS_ARRAY) {
         lk_redis_reply_free(&r);
-        lk_warn("cannot read lk:arb:outbox: events wait for the next start");
+        lk_warn("cannot read lk:{arb}:outbox: events wait for the next start");
         return;
     }
     if (r->count)
@@ -111,7 +111,7 @@ void ar_history_acked(self_t *self, lk_peer_t *peer, uint64_t seq)
     if (!w)
         return;
     for (size_t i = 0; i < w->n; i++) {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:arb:outbox %s", w->ids[i]);
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:{arb}:outbox %s", w->ids[i]);
         /* on failure it is sent again at the next start: the writer de-duplicates */
         lk_redis_reply_free(&r);
         zhashx_delete(self->hist_sent, w->ids[i]);

@@ -12,9 +12,9 @@
       ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
       ar_replica.c  replicas: lock ownership from Redis liveness, parked messages
 
-    Redis keys (see docs/architecture.md for the whole table): lk:lockstate, lk:round:<lock>,
-    lk:rounds, lk:lockcfg:<lock>, lk:bind:<lock>, lk:ubind:<user>, lk:users, lk:login:<temp>,
-    lk:arb:* (outbox, unpublished decisions, event counter, seen messages, replica liveness). */
+    Redis keys (see docs/architecture.md for the whole table): lk:{arb}:lockstate, lk:{arb}:round:<lock>,
+    lk:{arb}:rounds, lk:{arb}:lockcfg:<lock>, lk:{arb}:bind:<lock>, lk:ubind:<user>, lk:users, lk:{arb}:login:<temp>,
+    lk:{arb}:* (outbox, unpublished decisions, event counter, seen messages, replica liveness). */
 #ifndef AR_INTERNAL_H_INCLUDED
 #define AR_INTERNAL_H_INCLUDED
 
@@ -67,10 +67,10 @@ struct _ar_server_t {
     int64_t window_ms;
     int64_t login_ttl_s;
     int history_limit;
-    /* unlock publishes waiting for the router's ack (lk:arb:unpub entries) */
+    /* unlock publishes waiting for the router's ack (lk:{arb}:unpub entries) */
     ar_wait_t *pub_waits;
     zhashx_t *in_flight; /* decision ids being published by this process */
-    /* history batches waiting for the writer's ack (lk:arb:outbox entries) */
+    /* history batches waiting for the writer's ack (lk:{arb}:outbox entries) */
     ar_wait_t *hist_waits;
     zhashx_t *hist_sent; /* outbox ids sent by this process */
     bool outbox_warned;
@@ -93,7 +93,7 @@ typedef ar_server_t self_t;
 /* Redis failed where the work cannot be skipped: stop (exit 111, s6 restarts us; the
    message was not acked and comes again) */
 void ar_server_fail(self_t *self, const char *why);
-/* the real user behind an MQTT username (lk:login:<temp> → user, else the name itself);
+/* the real user behind an MQTT username (lk:{arb}:login:<temp> → user, else the name itself);
    caller frees; NULL when Redis failed */
 char *ar_real_user(self_t *self, const char *username);
 
@@ -112,7 +112,7 @@ const char *ar_replica_client_id(self_t *self, char *buf, size_t size);
 bool ar_replica_mine(self_t *self, const char *key);
 /* the identity of a message shared by every session's copy (the store ids differ) */
 void ar_msg_id(const Lk__Msg *m, char *out, size_t size);
-/* a granted decision (id "<node>-<n>") waiting in lk:arb:unpub is ours to publish: we
+/* a granted decision (id "<node>-<n>") waiting in lk:{arb}:unpub is ours to publish: we
    made it (before a restart), or its maker is gone and the lock is ours now */
 bool ar_replica_resumes(self_t *self, const char *id, const char *lock);
 /* keeps a message another replica owns (deferred, acked once applied) */
@@ -127,7 +127,7 @@ void ar_replica_cron(self_t *self);
 int ar_replica_alive(self_t *self);
 int ar_replica_test(bool verbose);
 
-/* ar_unlock.c (id: the message id, the key of lk:arb:seen:<lock>:<id>) */
+/* ar_unlock.c (id: the message id, the key of lk:{arb}:seen:<lock>:<id>) */
 void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, const char *id);
 void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const Lk__Msg *msg,
                        const char *id);

@@ -4,7 +4,7 @@
     password (18 random bytes), written in the auth service's Redis layout: mqtt_user:<name>
     {password = $7$ PBKDF2 hash} and mqtt_acl:<name> {/<lock>/# → 1 (subscribe),
     /<lock>/<role> → 2 (publish) for each binding, /unauth → 2, $lk/history/req → 2,
-    $lk/reply/<name>/# → 1}, plus lk:login:<name> → user (who the temporary name stands
+    $lk/reply/<name>/# → 1}, plus lk:{arb}:login:<name> → user (who the temporary name stands
     for) and lk:arb:logins (name scored by expiry). Every key gets the TTL.
 
     Revocation — the app's Last Will on /unauth carrying its temporary username, or the TTL
@@ -106,7 +106,7 @@ void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req
     snprintf(name, sizeof(name), "tmp-%s", token);
     snprintf(k_user, sizeof(k_user), "mqtt_user:%s", name);
     snprintf(k_acl, sizeof(k_acl), "mqtt_acl:%s", name);
-    snprintf(k_login, sizeof(k_login), "lk:login:%s", name);
+    snprintf(k_login, sizeof(k_login), "lk:{arb}:login:%s", name);
     snprintf(reply_f, sizeof(reply_f), AR_REPLY_PREFIX "%s/#", name);
     snprintf(ttl_s, sizeof(ttl_s), "%" PRId64, ttl);
     uint64_t expires = (uint64_t)lk_wall_ms() + (uint64_t)ttl * 1000;
@@ -202,7 +202,7 @@ void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req
 static void s_revoke(self_t *self, char **names, size_t n, const char *why)
 {
     for (size_t i = 0; i < n; i++) {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "DEL mqtt_user:%s mqtt_acl:%s lk:login:%s",
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "DEL mqtt_user:%s mqtt_acl:%s lk:{arb}:login:%s",
                                            names[i], names[i], names[i]);
         lk_redis_reply_free(&r);
         r = lk_redis_cmd(self->redis, "ZREM lk:arb:logins %s", names[i]);
@@ -238,7 +238,7 @@ void ar_login_unauth(self_t *self, const Lk__Msg *msg)
                   name, from, msg->origin_client ? msg->origin_client : "?");
         return;
     }
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "EXISTS lk:login:%s", name);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "EXISTS lk:{arb}:login:%s", name);
     if (!r || r->type != LK_REDIS_INT) {
         lk_redis_reply_free(&r);
         ar_server_fail(self, "cannot check the login to revoke");

@@ -209,7 +209,7 @@ void ar_history_query(self_t *self, const Lk__Msg *msg)
         s_error(self, topic, corr, corr_json, qos, jl->valuestring, "unavailable");
     } else {
         const char *lock = jl->valuestring;
-        lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HEXISTS lk:bind:%s %s", lock, user);
+        lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HEXISTS lk:{arb}:bind:%s %s", lock, user);
         lk_pgq_t *w = s_worker(self);
         if (!b || b->type != LK_REDIS_INT)
             s_error(self, topic, corr, corr_json, qos, lock, "unavailable");

@@ -6,13 +6,13 @@
     router's order. A replica handles the messages of the locks it owns (lk_replicas_home
     of the lock over the live replicas, next live after a dead home) and *parks* the
     others: kept un-acked in memory until their owner has applied them (the per-message
-    key lk:arb:seen:<lock>:<msg id>, written by the applying script), then acked to its
+    key lk:{arb}:seen:<lock>:<msg id>, written by the applying script), then acked to its
     session. When an owner dies its locks move to the next live replica, which applies
     what it parked for them, in order; what the dead one had applied is found seen and
     skipped. So no message is lost (somebody's session holds every un-applied copy) and
     none is applied twice (the seen key is set in the same script as the change).
 
-    Liveness is Redis's: each replica refreshes lk:arb:live:<node> (PX S_LIVE_TTL_MS, a
+    Liveness is Redis's: each replica refreshes lk:{arb}:live:<node> (PX S_LIVE_TTL_MS, a
     token per process start) every cron tick and reads all of them; every replica computes
     ownership from the same keys, a dead replica's key is gone within S_LIVE_TTL_MS.
     During a disagreement (a replica stalled past the TTL, a restart seen late) two
@@ -48,7 +48,7 @@ static char *s_live_key(const char *node)
 {
     size_t n = strlen(node) + 16;
     char *k = lk_malloc(n);
-    snprintf(k, n, "lk:arb:live:%s", node);
+    snprintf(k, n, "lk:{arb}:live:%s", node);
     return k;
 }
 
@@ -232,7 +232,7 @@ static void s_drop_seen(self_t *self)
     for (ar_parked_t *p = self->parked; p && n < S_SEEN_BATCH; p = p->next) {
         size_t len = strlen(p->key) + strlen(p->id) + 16;
         keys[n] = lk_malloc(len);
-        snprintf(keys[n], len, "lk:arb:seen:%s:%s", p->key, p->id);
+        snprintf(keys[n], len, "lk:{arb}:seen:%s:%s", p->key, p->id);
         argv[n + 1] = keys[n];
         lens[n + 1] = strlen(keys[n]);
         n++;

@@ -5,6 +5,7 @@
     with exit 111 without acking that message; s6 restarts it and the session store hands
     the message over again. Every script is idempotent for a message seen twice. */
 #include "ar_internal.h"
+#include "lk_layout.h"
 #include "lk_admin.h"
 #include <cjson/cJSON.h>
 #include <unistd.h>
@@ -84,7 +85,7 @@ char *ar_real_user(self_t *self, const char *username)
 {
     if (!username || !*username)
         return lk_strdup("");
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "GET lk:login:%s", username);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "GET lk:{arb}:login:%s", username);
     if (!r || r->type == LK_REDIS_ERR) {
         lk_redis_reply_free(&r);
         return NULL;
@@ -139,7 +140,7 @@ static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
 bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
     lk_redis_reply_t *r =
-        lk_redis_cmd(self->redis, "SET lk:arb:seen:%s:%s 1 NX EX 86400", key, id);
+        lk_redis_cmd(self->redis, "SET lk:{arb}:seen:%s:%s 1 NX EX 86400", key, id);
     bool first = r && r->type == LK_REDIS_STR;
     lk_redis_reply_free(&r);
     return first;
@@ -288,7 +289,7 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q, l
 {
     self_t *self = arg;
     if (strcmp(q->op ? q->op : "", "locks") == 0) {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:lockstate");
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:lockstate");
         if (!r || r->type != LK_REDIS_ARRAY) {
             lk_redis_reply_free(&r);
             lk_admin_error(out, "SERVICE_UNAVAILABLE", "Redis failed");
@@ -432,6 +433,10 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         return NULL;
     }
     self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
+    if (lk_redis_configure(self->redis, config) != 0) {
+        ar_server_destroy(&self);
+        return NULL;
+    }
     lk_iclient_handlers_t h = {s_on_message, s_on_ready, s_on_published, s_on_envelope,
                                s_on_peer_up, s_on_acked, s_on_peer_down};
     if (ar_replica_init(self) != 0) {
@@ -456,6 +461,7 @@ ar_server_t *ar_server_new(lk_loop_t *loop, lk_config_t *config, const char *nod
         ar_server_destroy(&self);
         return NULL;
     }
+    lk_layout_migrate(self->redis); /* keys of the untagged layout, once */
     /* before the subscriptions are in place: which locks are ours */
     ar_replica_start(self);
     /* %n: our node id (each replica serves logins on its own endpoint) */

@@ -2,20 +2,20 @@
     that a decision is atomic — two confirmations racing through two frontends meet in
     Redis, and exactly one of them sees the quorum complete.
 
-    A round (lk:round:<lock>: start, deadline, c:<role> = "user<TAB>ms") opens with the
-    first confirmation and lasts the window (lk:lockcfg:<lock> window_ms, else lock_window).
+    A round (lk:{arb}:round:<lock>: start, deadline, c:<role> = "user<TAB>ms") opens with the
+    first confirmation and lasts the window (lk:{arb}:lockcfg:<lock> window_ms, else lock_window).
     The confirmation that completes the quorum closes it as `granted`: the script deletes
-    the round, records the decision in lk:arb:unpub and its history event in lk:arb:outbox.
+    the round, records the decision in lk:{arb}:unpub and its history event in lk:{arb}:outbox.
     The arbiter then publishes `unlock` to /<lock>/call (QoS 1) and deletes the unpub entry
     once the router acked it; at every start the entries left are published again, so a
     crash between decision and publish still unlocks (a crash after the router's ack and
     before the delete would unlock twice: that window is one Redis round trip).
 
     Message redelivery (QoS 1, after a crash) and the other replicas' copies never decide
-    twice: each applied confirmation or state message leaves lk:arb:seen:<lock>:<message
+    twice: each applied confirmation or state message leaves lk:{arb}:seen:<lock>:<message
     id> for a day, set in the applying script, and a second sight is ignored. A round past its deadline
     becomes an `expired` decision (cron, or the next confirmation, whichever first).
-    A confirmation from a user not bound to the lock in that role (lk:bind:<lock>: user →
+    A confirmation from a user not bound to the lock in that role (lk:{arb}:bind:<lock>: user →
     roles) — or one filling a second role of the same round — is `refused`. */
 #include "ar_internal.h"
 #include <cjson/cJSON.h>
@@ -27,10 +27,10 @@
 #define S_LUA_EVENT                                                                                \
     "local out = {}\n"                                                                             \
     "local function event(kind, lock, actor, now, details)\n"                                      \
-    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:arb:evseq')\n"                          \
+    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:{arb}:evseq')\n"                          \
     "  local v = kind .. '\\31' .. lock .. '\\31' .. actor .. '\\31' .. now .. '\\31' ..\n"        \
     "            cjson.encode(details)\n"                                                          \
-    "  redis.call('HSET', 'lk:arb:outbox', id, v)\n"                                               \
+    "  redis.call('HSET', 'lk:{arb}:outbox', id, v)\n"                                               \
     "  table.insert(out, id); table.insert(out, v)\n"                                              \
     "  return id\n"                                                                                \
     "end\n"                                                                                        \
@@ -53,7 +53,7 @@
     "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"                                 \
     "  local c = confirmations(key)\n"                                                             \
     "  redis.call('DEL', key)\n"                                                                   \
-    "  redis.call('ZREM', 'lk:rounds', lock)\n"                                                    \
+    "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"                                                    \
     "  if #c == 0 then return end\n"                                                               \
     "  event('unlock_decision', lock, '', now, {decision = 'expired', started = start,\n"          \
     "        deadline = dl, confirmations = c})\n"                                                 \
@@ -64,22 +64,22 @@
    message id (ar_msg_id: the same in every replica's session). Returns {status, decision id, reason, outbox id, value, ...}. */
 static const char s_confirm_lua[] = S_LUA_EVENT
     "local lock, role, login, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
-    "if not redis.call('SET', 'lk:arb:seen:' .. lock .. ':' .. ARGV[8], '1', 'NX', 'EX', 86400)\n"
+    "if not redis.call('SET', 'lk:{arb}:seen:' .. lock .. ':' .. ARGV[8], '1', 'NX', 'EX', 86400)\n"
     "then\n"
     "  return {'duplicate', '', ''}\n"
     "end\n"
-    "local key = 'lk:round:' .. lock\n"
-    "local cfg = 'lk:lockcfg:' .. lock\n"
+    "local key = 'lk:{arb}:round:' .. lock\n"
+    "local cfg = 'lk:{arb}:lockcfg:' .. lock\n"
     "local window = tonumber(redis.call('HGET', cfg, 'window_ms')) or tonumber(ARGV[6])\n"
     "local quorum = tonumber(redis.call('HGET', cfg, 'quorum')) or tonumber(ARGV[7])\n"
     "local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
     "if dl and dl < now then expire(lock, key, now); dl = nil end\n"
     "local user = login\n"
-    "if login ~= '' then user = redis.call('GET', 'lk:login:' .. login) or login end\n"
+    "if login ~= '' then user = redis.call('GET', 'lk:{arb}:login:' .. login) or login end\n"
     "local reason = nil\n"
     "if user == '' then reason = 'anonymous'\n"
     "else\n"
-    "  local roles = redis.call('HGET', 'lk:bind:' .. lock, user)\n"
+    "  local roles = redis.call('HGET', 'lk:{arb}:bind:' .. lock, user)\n"
     "  if not roles or not string.find(' ' .. roles .. ' ', ' ' .. role .. ' ', 1, true) then\n"
     "    reason = 'not bound in this role'\n"
     "  else\n"
@@ -99,7 +99,7 @@ static const char s_confirm_lua[] = S_LUA_EVENT
     "if not dl then\n"
     "  dl = now + window\n"
     "  redis.call('HSET', key, 'start', now, 'deadline', dl)\n"
-    "  redis.call('ZADD', 'lk:rounds', dl, lock)\n"
+    "  redis.call('ZADD', 'lk:{arb}:rounds', dl, lock)\n"
     "end\n"
     "redis.call('HSET', key, 'c:' .. role, user .. '\\t' .. now)\n"
     "redis.call('PEXPIRE', key, dl - now + 600000)\n"
@@ -109,9 +109,9 @@ static const char s_confirm_lua[] = S_LUA_EVENT
     "  local start = tonumber(redis.call('HGET', key, 'start'))\n"
     "  id = event('unlock_decision', lock, user, now, {decision = 'granted', started = start,\n"
     "             confirmations = c})\n"
-    "  redis.call('HSET', 'lk:arb:unpub', id, lock)\n"
+    "  redis.call('HSET', 'lk:{arb}:unpub', id, lock)\n"
     "  redis.call('DEL', key)\n"
-    "  redis.call('ZREM', 'lk:rounds', lock)\n"
+    "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"
     "  status = 'granted'\n"
     "end\n"
     "local r = {status, id, ''}\n"
@@ -125,11 +125,11 @@ static const char s_expire_lua[] = S_LUA_EVENT
     "local n = 0\n"
     "for k = 3, #ARGV do\n"
     "  local lock = ARGV[k]\n"
-    "  local key = 'lk:round:' .. lock\n"
+    "  local key = 'lk:{arb}:round:' .. lock\n"
     "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
-    "  if not dl then redis.call('ZREM', 'lk:rounds', lock)\n"
+    "  if not dl then redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"
     "  elseif dl < now then expire(lock, key, now); n = n + 1\n"
-    "  else redis.call('ZADD', 'lk:rounds', dl, lock) end\n"
+    "  else redis.call('ZADD', 'lk:{arb}:rounds', dl, lock) end\n"
     "end\n"
     "local r = {tostring(n)}\n"
     "for _, x in ipairs(out) do table.insert(r, x) end\n"
@@ -140,13 +140,13 @@ static const char s_expire_lua[] = S_LUA_EVENT
    replica's copy) changes nothing. Returns {change or '', outbox id, value}. */
 static const char s_statu_lua[] = S_LUA_EVENT
     "local lock, state, now = ARGV[2], ARGV[3], tonumber(ARGV[4])\n"
-    "if not redis.call('SET', 'lk:arb:seen:' .. lock .. ':' .. ARGV[5], '1', 'NX', 'EX', 86400)\n"
+    "if not redis.call('SET', 'lk:{arb}:seen:' .. lock .. ':' .. ARGV[5], '1', 'NX', 'EX', 86400)\n"
     "then\n"
     "  return {''}\n"
     "end\n"
-    "local prev = redis.call('HGET', 'lk:lockstate', lock)\n"
+    "local prev = redis.call('HGET', 'lk:{arb}:lockstate', lock)\n"
     "if prev == state then return {''} end\n"
-    "redis.call('HSET', 'lk:lockstate', lock, state)\n"
+    "redis.call('HSET', 'lk:{arb}:lockstate', lock, state)\n"
     "local change\n"
     "if prev == '-2' then change = 'online'\n"
     "elseif state == '-2' then change = 'offline'\n"
@@ -158,15 +158,18 @@ static const char s_statu_lua[] = S_LUA_EVENT
     "for _, x in ipairs(out) do table.insert(r, x) end\n"
     "return r\n";
 
-/* EVAL with no keys; NULL (after a log line) when Redis failed or the script erred */
+/* EVAL declaring one key of the arbiter's slot (every key a script touches carries the
+   {arb} hash tag, so a Redis Cluster runs it on that slot's master); NULL (after a log
+   line) when Redis failed or the script erred */
 static lk_redis_reply_t *s_eval(self_t *self, const char *script, int argc, const char **args)
 {
-    const char **argv = lk_calloc((size_t)argc + 3, sizeof(char *));
-    size_t *lens = lk_calloc((size_t)argc + 3, sizeof(size_t));
+    const char **argv = lk_calloc((size_t)argc + 4, sizeof(char *));
+    size_t *lens = lk_calloc((size_t)argc + 4, sizeof(size_t));
     argv[0] = "EVAL";
     argv[1] = script;
-    argv[2] = "0";
-    int n = 3;
+    argv[2] = "1";
+    argv[3] = "lk:{arb}:rounds";
+    int n = 4;
     for (int i = 0; i < argc; i++)
         argv[n++] = args[i];
     for (int i = 0; i < n; i++)
@@ -248,7 +251,7 @@ static size_t s_decision_prop(uint8_t *out, size_t cap, const char *id)
 /* The unlock of a granted decision: payload "unlock" as ever, the decision id in an MQTT 5
    user property (MQTT 3.1.1 devices see the payload only) and as the message identity
    (Lk__Msg.once_id) by which a frontend hands a connection one copy however often the
-   decision is published: after an arbiter restart (lk:arb:unpub still holds it) or a
+   decision is published: after an arbiter restart (lk:{arb}:unpub still holds it) or a
    router restart (the bus re-sends the unacked publish). */
 static void s_publish_unlock(self_t *self, const char *id, const char *lock)
 {
@@ -340,10 +343,10 @@ static void s_snapshot(self_t *self, const char *lock, const char *login)
 {
     if (!lk_bus_msglog_on(self->bus))
         return;
-    lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HGETALL lk:bind:%s", lock);
-    lk_redis_reply_t *c = lk_redis_cmd(self->redis, "HMGET lk:lockcfg:%s window_ms quorum", lock);
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:round:%s", lock);
-    lk_redis_reply_t *u = *login ? lk_redis_cmd(self->redis, "GET lk:login:%s", login) : NULL;
+    lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:bind:%s", lock);
+    lk_redis_reply_t *c = lk_redis_cmd(self->redis, "HMGET lk:{arb}:lockcfg:%s window_ms quorum", lock);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:round:%s", lock);
+    lk_redis_reply_t *u = *login ? lk_redis_cmd(self->redis, "GET lk:{arb}:login:%s", login) : NULL;
     Lk__LockSnapshot snap = LK__LOCK_SNAPSHOT__INIT;
     snap.lock = (char *)lock;
     snap.login = (char *)login;
@@ -444,7 +447,7 @@ void ar_unlock_expire(self_t *self)
        broker accepted in time but that still travels (or waits in our session) counts */
     char now[24];
     snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms() - S_EXPIRE_GRACE_MS);
-    lk_redis_reply_t *due = lk_redis_cmd(self->redis, "ZRANGEBYSCORE lk:rounds -inf %s LIMIT 0 %d",
+    lk_redis_reply_t *due = lk_redis_cmd(self->redis, "ZRANGEBYSCORE lk:{arb}:rounds -inf %s LIMIT 0 %d",
                                          now, S_EXPIRE_BATCH);
     if (!due || due->type != LK_REDIS_ARRAY || !due->count) {
         lk_redis_reply_free(&due);
@@ -475,7 +478,7 @@ void ar_unlock_expire(self_t *self)
 
 void ar_unlock_resume(self_t *self)
 {
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:arb:unpub");
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:unpub");
     if (!r || r->type != LK_REDIS_ARRAY) {
         lk_redis_reply_free(&r);
         ar_server_fail(self, "cannot read the decisions to publish");
@@ -499,7 +502,7 @@ void ar_unlock_published(self_t *self, uint64_t seq)
     if (!w)
         return;
     for (size_t i = 0; i < w->n; i++) {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:arb:unpub %s", w->ids[i]);
+        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HDEL lk:{arb}:unpub %s", w->ids[i]);
         if (lk_redis_reply_failed(r))
             lk_warn("decision %s published but not marked so: it is published again at the "
                     "next start",

@@ -233,6 +233,10 @@ ss_server_t *ss_server_new(lk_loop_t *loop, lk_config_t *cfg, const char *node, 
     }
     self->redis_port = (int)port;
     self->store = ss_store_new(self->redis_host, self->redis_port);
+    if (ss_store_configure(self->store, cfg) != 0) {
+        ss_server_destroy(&self);
+        return NULL;
+    }
     ss_store_set_max_queued(self->store, (uint32_t)max_queued);
     ss_store_set_forced_expiry(self->store, (uint32_t)expiration);
     return self;
@@ -1021,6 +1025,7 @@ static void s_load(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
     self->load_timer = 0;
+    ss_store_migrate(self->store); /* keys of the untagged layout, once */
     if (ss_store_load(self->store) != 0) {
         int64_t now = lk_mono_ms();
         if (!self->redis_warned || now - self->redis_warned >= SS_WARN_EVERY_MS) {

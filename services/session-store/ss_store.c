@@ -6,18 +6,21 @@
     length and last store id. Messages, subscriptions and retained messages live only in
     Redis and are read when needed (SessionOpen, router resync).
 
-    Layout (docs/architecture.md):
-        lk:sess:<client>  hash  node, node_epoch, expiry, disconnected_at,
-                                sub:<filter> -> packed lk.Subscription
-        lk:sessions       set   clients with a persistent session
-        lk:q:<client>     hash  store id -> packed lk.Deliver
-        lk:rx:<client>    set   inbound QoS 2 packet ids PUBRECed, not yet released
-        lk:qseq:<client>  str   last store id handed out
-        lk:retain         hash  topic -> packed lk.Msg */
+    Layout (docs/architecture.md); {<client>} is a Redis Cluster hash tag, so one
+    client's keys share a slot:
+        lk:sess:{<client>}  hash  node, node_epoch, expiry, disconnected_at,
+                                  sub:<filter> -> packed lk.Subscription
+        lk:sessions         set   clients with a persistent session
+        lk:q:{<client>}     hash  store id -> packed lk.Deliver
+        lk:rel:{<client>}   hash  store id -> packet id of a PUBREL sent
+        lk:rx:{<client>}    set   inbound QoS 2 packet ids PUBRECed, not yet released
+        lk:qseq:{<client>}  str   last store id handed out
+        lk:retain           hash  topic -> packed lk.Msg */
 #include "ss_store.h"
 #include "ss_codec.h"
 #include "lk_common.h"
 #include "lk_redis.h"
+#include "lk_layout.h"
 #include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -138,13 +141,17 @@ static int s_pipe_end(s_pipe_t *p)
     return p->failed ? -1 : 0;
 }
 
+/* <prefix>{<client>}: the braces are Redis Cluster's hash tag, so every key of a client
+   lives in one slot (a client id holding '}' still maps all its keys to one slot) */
 static const char *s_key(ss_store_t *self, const char *prefix, const char *client)
 {
     size_t pl = strlen(prefix), cl = strlen(client);
-    ss_buf_reserve(&self->key, pl + cl + 1);
+    ss_buf_reserve(&self->key, pl + cl + 3);
     memcpy(self->key.data, prefix, pl);
-    memcpy(self->key.data + pl, client, cl + 1);
-    self->key.size = pl + cl;
+    self->key.data[pl] = '{';
+    memcpy(self->key.data + pl + 1, client, cl);
+    memcpy(self->key.data + pl + 1 + cl, "}", 2);
+    self->key.size = pl + cl + 2;
     return (const char *)self->key.data;
 }
 
@@ -269,6 +276,16 @@ ss_store_t *ss_store_new(const char *host, int port)
     zhashx_set_destructor(self->node_names, s_name_free);
     self->max_queued = SS_DEFAULT_MAX_QUEUED;
     return self;
+}
+
+int ss_store_configure(ss_store_t *self, lk_config_t *cfg)
+{
+    return lk_redis_configure(self->redis, cfg);
+}
+
+int ss_store_migrate(ss_store_t *self)
+{
+    return lk_layout_migrate(self->redis);
 }
 
 void ss_store_destroy(ss_store_t **self_p)
@@ -1534,14 +1551,14 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_session_t *s = ss_store_session(store, "c1");
     ok = ok && s && s->persistent && s->node && strcmp(s->node, "fe-1") == 0 &&
          s->disconnected_at == 0 && s_raw_int(&t, "SISMEMBER lk:sessions %s", "c1") == 1 &&
-         s_raw_int(&t, "HGET lk:sess:%s expiry", "c1") == 3600;
+         s_raw_int(&t, "HGET lk:sess:{%s} expiry", "c1") == 3600;
     s_check(&t, "store: open records a persistent session", ok);
 
     // --- store items, sequence ids, non-persistent clients dropped
     uint64_t ids[16];
     ok = s_test_put(store, "c1", 3, 0, ids) == 0 && ids[0] == 1 && ids[1] == 2 && ids[2] == 3;
-    ok = ok && s_raw_int(&t, "HLEN lk:q:%s", "c1") == 3 &&
-         s_raw_int(&t, "GET lk:qseq:%s", "c1") == 3 && s->qlen == 3;
+    ok = ok && s_raw_int(&t, "HLEN lk:q:{%s}", "c1") == 3 &&
+         s_raw_int(&t, "GET lk:qseq:{%s}", "c1") == 3 && s->qlen == 3;
     s_check(&t, "store: items stored with ids 1..3", ok);
     ok = s_test_put(store, "nobody", 2, 0, ids) == 0 && ids[0] == 0 && ids[1] == 0;
     ss_open_result_clear(&res);
@@ -1549,7 +1566,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_open_result_clear(&res);
     ok = ok && s_test_put(store, "v1", 1, 0, ids) == 0 && ids[0] == 0 &&
          ss_store_session(store, "v1") && !ss_store_session(store, "v1")->persistent &&
-         s_raw_int(&t, "EXISTS lk:sess:%s", "v1") == 0;
+         s_raw_int(&t, "EXISTS lk:sess:{%s}", "v1") == 0;
     s_check(&t, "store: unknown and volatile clients dropped", ok);
     ok = s_test_put(store, "c1", 1, lk_wall_ms() - 10, ids) == 0 && ids[0] == 0;
     s_check(&t, "store: already expired message not stored", ok);
@@ -1569,9 +1586,9 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     // --- ack deletion, only from the node holding the client
     uint64_t acks[] = {1, 2, 999};
     ok = ss_store_ack(store, "c1", "fe-1", acks, 2, NULL, NULL, 0, NULL, 0, false) == 1 &&
-         s_raw_int(&t, "HLEN lk:q:%s", "c1") == 12;
+         s_raw_int(&t, "HLEN lk:q:{%s}", "c1") == 12;
     ok = ok && ss_store_ack(store, "c1", "fe-2", acks, 3, NULL, NULL, 0, NULL, 0, false) == 0 &&
-         s_raw_int(&t, "HLEN lk:q:%s", "c1") == 10 && s->qlen == 10;
+         s_raw_int(&t, "HLEN lk:q:{%s}", "c1") == 10 && s->qlen == 10;
     ok = ok && s_test_open(store, "c1", "fe-2", 22, false, 3600, &res) == 0 &&
          res.n_pending == 10 && res.pending[0]->store_id == 3;
     ss_open_result_clear(&res);
@@ -1588,12 +1605,12 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     sc.sub_id = 4;
     Lk__Subscription *set1[] = {&sa, &sb}, *set2[] = {&sc};
     ok = ss_store_ack(store, "c1", "fe-2", NULL, 0, NULL, NULL, 0, set1, 2, true) == 0 &&
-         s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 1 &&
-         s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c1") == 1;
+         s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:a/#", "c1") == 1 &&
+         s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:b", "c1") == 1;
     ok = ok && ss_store_ack(store, "c1", "fe-2", NULL, 0, NULL, NULL, 0, set2, 1, true) == 0 &&
-         s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 0 &&
-         s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c1") == 0 &&
-         s_raw_int(&t, "HLEN lk:sess:%s", "c1") == 6; /* 5 record fields + 1 subscription */
+         s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:a/#", "c1") == 0 &&
+         s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:b", "c1") == 0 &&
+         s_raw_int(&t, "HLEN lk:sess:{%s}", "c1") == 6; /* 5 record fields + 1 subscription */
     ok = ok && s_test_open(store, "c1", "fe-2", 22, false, 3600, &res) == 0 && res.n_subs == 1 &&
          strcmp(res.subs[0]->filter, "$share/g/c/+") == 0 && res.subs[0]->sub_id == 4;
     ss_open_result_clear(&res);
@@ -1602,13 +1619,13 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     // --- a delta adds and removes single subscriptions, the rest stays
     {
         char *gone[] = {"$share/g/c/+", "never/held"};
-        int64_t before = s_raw_int(&t, "HLEN lk:sess:%s", "c1");
+        int64_t before = s_raw_int(&t, "HLEN lk:sess:{%s}", "c1");
         ok = ss_store_subs_delta(store, "c1", "fe-2", set1, 2, NULL, 0) == 0 &&
-             s_raw_int(&t, "HEXISTS lk:sess:%s sub:a/#", "c1") == 1 &&
-             s_raw_int(&t, "HLEN lk:sess:%s", "c1") == before + 2;
+             s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:a/#", "c1") == 1 &&
+             s_raw_int(&t, "HLEN lk:sess:{%s}", "c1") == before + 2;
         ok = ok && ss_store_subs_delta(store, "c1", "fe-2", NULL, 0, gone, 2) == 0 &&
-             s_raw_int(&t, "HEXISTS lk:sess:%s sub:$share/g/c/+", "c1") == 0 &&
-             s_raw_int(&t, "HLEN lk:sess:%s", "c1") == before + 1;
+             s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:$share/g/c/+", "c1") == 0 &&
+             s_raw_int(&t, "HLEN lk:sess:{%s}", "c1") == before + 1;
         ok = ok && ss_store_subs_delta(store, "c1", "fe-1", set2, 1, NULL, 0) == 1;
         s_check(&t, "store: subscription delta", ok);
     }
@@ -1618,7 +1635,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     zclock_sleep(100);
     ok = ok && s_test_open(store, "c1", "fe-2", 22, false, 3600, &res) == 0 &&
          res.n_pending == 10 && res.pending[9]->store_id == 12 &&
-         s_raw_int(&t, "HEXISTS lk:q:%s 13", "c1") == 0 &&
+         s_raw_int(&t, "HEXISTS lk:q:{%s} 13", "c1") == 0 &&
          ss_store_session(store, "c1")->qlen == 10;
     ss_open_result_clear(&res);
     s_check(&t, "store: expired pending message skipped and deleted", ok);
@@ -1637,16 +1654,16 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ok = s_test_open(store, "c1", "fe-1", 11, true, 3600, &res) == 0 && !res.present &&
          res.n_pending == 0 && res.n_subs == 0;
     ss_open_result_clear(&res);
-    ok = ok && s_raw_int(&t, "EXISTS lk:q:%s", "c1") == 0 &&
-         s_raw_int(&t, "HEXISTS lk:sess:%s sub:$share/g/c/+", "c1") == 0 &&
+    ok = ok && s_raw_int(&t, "EXISTS lk:q:{%s}", "c1") == 0 &&
+         s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:$share/g/c/+", "c1") == 0 &&
          s_raw_int(&t, "SISMEMBER lk:sessions %s", "c1") == 1;
     ok = ok && s_test_put(store, "c1", 1, 0, ids) == 0 && ids[0] == 14;
     s_check(&t, "store: clean start deletes the old session", ok);
     ok = s_test_open(store, "c1", "fe-1", 11, true, 0, &res) == 0 && !res.present;
     ss_open_result_clear(&res);
-    ok = ok && s_raw_int(&t, "EXISTS lk:q:%s", "c1") == 0 &&
-         s_raw_int(&t, "EXISTS lk:sess:%s", "c1") == 0 &&
-         s_raw_int(&t, "EXISTS lk:qseq:%s", "c1") == 0 &&
+    ok = ok && s_raw_int(&t, "EXISTS lk:q:{%s}", "c1") == 0 &&
+         s_raw_int(&t, "EXISTS lk:sess:{%s}", "c1") == 0 &&
+         s_raw_int(&t, "EXISTS lk:qseq:{%s}", "c1") == 0 &&
          s_raw_int(&t, "SISMEMBER lk:sessions %s", "c1") == 0 &&
          !ss_store_session(store, "c1")->persistent;
     s_check(&t, "store: clean start with expiry 0 leaves nothing in redis", ok);
@@ -1659,12 +1676,12 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     s = ss_store_session(store, "c2");
     int64_t closed_at = s ? s->disconnected_at : 0;
     ok = ok && s && !s->node && closed_at > 0 &&
-         s_raw_int(&t, "HEXISTS lk:sess:%s sub:b", "c2") == 1;
+         s_raw_int(&t, "HEXISTS lk:sess:{%s} sub:b", "c2") == 1;
     zlistx_t *list = s_name_list();
     ok = ok && ss_store_expire(store, closed_at + 500, 100, list) == 0 && zlistx_size(list) == 0;
     ok = ok && ss_store_expire(store, closed_at + 1000, 100, list) == 0 && zlistx_size(list) == 1 &&
          s_list_has(list, "c2") && !ss_store_session(store, "c2") &&
-         s_raw_int(&t, "EXISTS lk:sess:%s", "c2") == 0 &&
+         s_raw_int(&t, "EXISTS lk:sess:{%s}", "c2") == 0 &&
          s_raw_int(&t, "SISMEMBER lk:sessions %s", "c2") == 0;
     zlistx_purge(list);
     s_check(&t, "store: closed session expires", ok);
@@ -1687,8 +1704,8 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_open_result_clear(&res);
     ok = ok && s_test_put(store, "c4", 2, 0, ids) == 0 &&
          ss_store_close(store, "c4", "fe-1", 0, 0, NULL, 0, false) == 0 &&
-         !ss_store_session(store, "c4") && s_raw_int(&t, "EXISTS lk:q:%s", "c4") == 0 &&
-         s_raw_int(&t, "EXISTS lk:sess:%s", "c4") == 0;
+         !ss_store_session(store, "c4") && s_raw_int(&t, "EXISTS lk:q:{%s}", "c4") == 0 &&
+         s_raw_int(&t, "EXISTS lk:sess:{%s}", "c4") == 0;
     s_check(&t, "store: close with expiry 0 deletes the session", ok);
 
     // --- the registry names one connection: a close from another changes nothing
@@ -1701,7 +1718,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
         ss_open_result_clear(&res);
         ok = ok && ss_store_close(store, "c5", "fe-1", 4, 0, NULL, 0, false) == 1 &&
              ss_store_session(store, "c5") && ss_store_session(store, "c5")->conn == 9 &&
-             s_raw_int(&t, "EXISTS lk:sess:%s", "c5") == 1;
+             s_raw_int(&t, "EXISTS lk:sess:{%s}", "c5") == 1;
         ok = ok && ss_store_close(store, "c5", "fe-1", 9, 100, NULL, 0, false) == 0 &&
              ss_store_session(store, "c5")->disconnected_at > 0;
         s_check(&t, "store: close names its connection", ok);
@@ -1722,7 +1739,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
         c.clean = true;
         c.conn = 3;
         ok = ok && ss_store_open(store, &c, &res) == 0 && !res.present && res.n_rx_pids == 0 &&
-             s_raw_int(&t, "EXISTS lk:rx:%s", "c5") == 0;
+             s_raw_int(&t, "EXISTS lk:rx:{%s}", "c5") == 0;
         ss_open_result_clear(&res);
         ok = ok && ss_store_close(store, "c5", "fe-2", 3, 0, NULL, 0, false) == 0;
         s_check(&t, "store: inbound QoS 2 ids kept with the session", ok);
@@ -1767,7 +1784,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_store_node_down(store, "fe-9", 1000);
     s = ss_store_session(store, "n1");
     ok = ok && !ss_store_session(store, "n2") && s && s->disconnected_at == 1000 && s->node &&
-         s_raw_int(&t, "HGET lk:sess:%s disconnected_at", "n1") == 1000;
+         s_raw_int(&t, "HGET lk:sess:{%s} disconnected_at", "n1") == 1000;
     ss_store_node_up(store, "fe-9", 5, 2000);
     ok = ok && s->disconnected_at == 0 && s->node;
     ss_store_node_up(store, "fe-9", 6, 3000);
@@ -1794,7 +1811,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     uint64_t before = ss_store_dropped(store);
     ok = ok && s_test_put(store, "q1", 5, 0, ids) == 0 && ids[0] == 1 && ids[2] == 3 &&
          ids[3] == 0 && ids[4] == 0 && ss_store_dropped(store) == before + 2 &&
-         s_raw_int(&t, "HLEN lk:q:%s", "q1") == 3;
+         s_raw_int(&t, "HLEN lk:q:{%s}", "q1") == 3;
     ok = ok && ss_store_ack(store, "q1", "fe-1", ids, 1, NULL, NULL, 0, NULL, 0, false) == 0 &&
          s_test_put(store, "q1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 0;
     s_check(&t, "store: queue limit drops and counts", ok);
@@ -1855,7 +1872,7 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ok = ok && s_test_put(rb, "r1", 1, 0, ids) == 0 && ids[0] == 3;
     /* ra's memory is behind (the overlap of a move): its ids still come from Redis */
     ok = ok && s_test_put(ra, "r1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 5 &&
-         s_raw_int(&t, "HLEN lk:q:%s", "r1") == 5 && s_raw_int(&t, "GET lk:qseq:%s", "r1") == 5;
+         s_raw_int(&t, "HLEN lk:q:{%s}", "r1") == 5 && s_raw_int(&t, "GET lk:qseq:{%s}", "r1") == 5;
     s_check(&t, "store: replicas never hand out one store id twice", ok);
     ok = s_test_open(rb, "r1", "fe-2", 22, false, 600, &res) == 0 && res.present &&
          res.n_pending == 5;
@@ -1873,6 +1890,31 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     s_check(&t, "store: replicas read what the other changed", ok);
     ss_store_destroy(&ra);
     ss_store_destroy(&rb);
+
+    // --- keys of the layout before hash tags moved once, TTLs kept, then loaded
+    const char *old_layout[] = {
+        "DEL lk:layout", "HSET lk:sess:old1 node_epoch 0 conn 0 expiry 900 disconnected_at 5",
+        "HSET lk:q:old1 1 x", "SET lk:qseq:old1 1", "SADD lk:sessions old1", "SET lk:arb:evseq 41",
+        "HSET lk:bind:L1 ann m", "SET lk:login:tmp1 ann EX 500", "SET lk:sess:{old1}x keep"};
+    for (size_t i = 0; i < LK_ARRAY_LEN(old_layout); i++) {
+        r = lk_redis_cmd(t.raw, old_layout[i]);
+        lk_redis_reply_free(&r);
+    }
+    ok = ss_store_migrate(store) == 0 && s_raw_int(&t, "EXISTS lk:sess:%s", "old1") == 0 &&
+         s_raw_int(&t, "HGET lk:sess:{%s} expiry", "old1") == 900 &&
+         s_raw_int(&t, "HLEN lk:q:{%s}", "old1") == 1 &&
+         s_raw_int(&t, "GET lk:qseq:{%s}", "old1") == 1 &&
+         s_raw_int(&t, "GET %s", "lk:{arb}:evseq") == 41 &&
+         s_raw_int(&t, "HEXISTS lk:{arb}:bind:%s ann", "L1") == 1 &&
+         s_raw_int(&t, "TTL lk:{arb}:login:%s", "tmp1") > 0 &&
+         s_raw_int(&t, "GET %s", "lk:layout") == 2 && ss_store_load(store) == 0 &&
+         ss_store_session(store, "old1") && ss_store_session(store, "old1")->expiry == 900;
+    /* once only: an old name written afterwards stays */
+    r = lk_redis_cmd(t.raw, "SET lk:arb:evseq 1");
+    lk_redis_reply_free(&r);
+    ok = ok && ss_store_migrate(store) == 0 && s_raw_int(&t, "GET %s", "lk:arb:evseq") == 1 &&
+         s_raw_int(&t, "GET %s", "lk:{arb}:evseq") == 41;
+    s_check(&t, "store: old key layout migrated once", ok);
 
     zlistx_destroy(&list);
     ss_store_destroy(&store);

@@ -25,6 +25,7 @@
 #define SS_STORE_H_INCLUDED
 
 #include "latchkey.pb-c.h"
+#include "lk_config.h"
 #include <czmq.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -87,6 +88,10 @@ typedef void(ss_subs_fn)(const char *client, Lk__Subscription **subs, size_t n, 
 
 /* Redis at host:port (port 0: unix socket path). Connects lazily. */
 ss_store_t *ss_store_new(const char *host, int port);
+/* redis_cluster and redis_wait_* (lk_redis_configure); 0 or -1 */
+int ss_store_configure(ss_store_t *self, lk_config_t *cfg);
+/* moves keys of the layout before hash tags to their tagged names (lk_layout); 0 / -1 */
+int ss_store_migrate(ss_store_t *self);
 void ss_store_destroy(ss_store_t **self_p);
 
 /* per-client queue limit for sessions that do not bring one (0 = none); default 1000 */

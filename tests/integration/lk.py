@@ -100,7 +100,8 @@ class Stack:
     latchkey-up). Methods: start_all, stop_all, kill(svc), svc_pid(svc), is_up(svc),
     has(svc), require(*svcs), redis_cli(*args), psql(sql), log(svc), processes()."""
 
-    def __init__(self, services=None, run_dir=None, build=None, up_timeout=None, replicas=None):
+    def __init__(self, services=None, run_dir=None, build=None, up_timeout=None, replicas=None,
+                 redis_cluster=None, redis_wait_replicas=None):
         self.build = build or build_dir()
         if services is None:
             services = os.environ.get("LATCHKEY_SERVICES", "").split()
@@ -169,6 +170,13 @@ class Stack:
             self.env["LATCHKEY_%s_REPLICAS" % prefix] = str(self.replicas.get(kind, 1))
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
+        # an external Redis Cluster ("host:port host:port ..."; leave "redis" out of
+        # services): the daemons and the CLI use it, redis_cli() goes through its first seed
+        self.redis_cluster = redis_cluster
+        if redis_cluster:
+            self.env["LATCHKEY_REDIS_CLUSTER"] = redis_cluster
+        if redis_wait_replicas is not None:
+            self.env["LATCHKEY_REDIS_WAIT_REPLICAS"] = str(redis_wait_replicas)
         self.running = False
 
     # ---- whole stack -------------------------------------------------------------------
@@ -287,7 +295,12 @@ class Stack:
     def redis_cli(self, *args, timeout=10):
         """redis-cli against the stack's Redis; returns stdout without the final newline.
         Raises on a non-zero exit."""
-        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.redis_port)]
+        if self.redis_cluster:
+            host, _, port = self.redis_cluster.split()[0].rpartition(":")
+            target = ["-h", host, "-p", port, "-c"]
+        else:
+            target = ["-h", "127.0.0.1", "-p", str(self.redis_port)]
+        p = subprocess.run(["redis-cli"] + target
                            + [str(a) for a in args], capture_output=True, text=True,
                            timeout=timeout, stdin=subprocess.DEVNULL)
         if p.returncode != 0:

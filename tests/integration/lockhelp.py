@@ -92,7 +92,7 @@ def events(stack, lock, kind=None):
                           "seq), '[]') FROM events WHERE lockno = '%s'" % lock.replace("'", "''"))
         out = json.loads(rows or "[]")
     else:
-        vals = stack.redis_cli("HVALS", "lk:arb:outbox").splitlines()
+        vals = stack.redis_cli("HVALS", "lk:{arb}:outbox").splitlines()
         for v in vals:
             f = v.split("\x1f")
             if len(f) == 5 and f[1] == lock:

@@ -173,7 +173,7 @@ def test_locks_spread_over_both_replicas(rstack, world):
     # a state message the owner ignores is still marked applied, so that the other
     # replica's parked copy is acked (else it would be kept and re-sent for ever)
     lock = w.locks[0]
-    seen = lambda: len(rstack.redis_cli("KEYS", "lk:arb:seen:%s:*" % lock).split())
+    seen = lambda: len(rstack.redis_cli("KEYS", "lk:{arb}:seen:%s:*" % lock).split())
     before = seen()
     w.devs[lock].publish("/%s/statu" % lock, "7", qos=1)
     lk.wait_until(lambda: seen() == before + 1, 10, what="the ignored state marked seen")
@@ -326,7 +326,7 @@ def test_router_kill_with_two_arbiters(rstack, world):
         for r in REPLICAS + ["router"]:
             rstack.wait_up(r, timeout=30)
         # both replicas serve again (their liveness keys lapse while the router is away)
-        lk.wait_until(lambda: rstack.redis_cli("EXISTS", *["lk:arb:live:" + r for r in REPLICAS])
+        lk.wait_until(lambda: rstack.redis_cli("EXISTS", *["lk:{arb}:live:" + r for r in REPLICAS])
                       == str(len(REPLICAS)), 10, what="both replicas live")
         for lock in w.locks:
             w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
@@ -406,7 +406,7 @@ def test_owner_live_but_not_applying(rstack, world):
     for lock in w.locks:
         w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
     time.sleep(0.3)
-    key = "lk:arb:live:" + victim
+    key = "lk:{arb}:live:" + victim
     token = rstack.redis_cli("GET", key)
     assert token, "no liveness key for " + victim
     pid = rstack.svc_pid(victim)

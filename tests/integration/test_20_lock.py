@@ -114,7 +114,7 @@ def test_lock_state_changes_are_history(stack, users):
     for state in ("1", "1", "0"):
         dev.publish("/%s/statu" % lock, state, qos=1)
     dev.close()                                    # Last Will: -2
-    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:lockstate", lock) == "-2", 10,
+    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "-2", 10,
                   what="offline state recorded")
     dev2 = device(stack, lock, client_id="dev2-" + lock, subscribe=False, will=False)
     dev2.publish("/%s/statu" % lock, "1", qos=1)
@@ -125,7 +125,7 @@ def test_lock_state_changes_are_history(stack, users):
         return [e["details"]["change"] for e in ev] if len(ev) >= 4 else None
     got = lk.wait_until(changes, 10, what="four state events")
     assert got == ["locked", "unlocked", "offline", "online"]
-    assert stack.redis_cli("HGET", "lk:lockstate", lock) == "1"
+    assert stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "1"
 
 
 def test_arbiter_killed_between_confirmations(stack, users):
@@ -135,7 +135,7 @@ def test_arbiter_killed_between_confirmations(stack, users):
     scan = stack.scan("lock-arbiter")
     with app(stack, users["alice"], "e") as a, app(stack, users["bob"], "e") as b:
         a.publish("/%s/m" % lock, "1", qos=1)
-        lk.wait_until(lambda: stack.redis_cli("HEXISTS", "lk:round:%s" % lock, "c:m") == "1",
+        lk.wait_until(lambda: stack.redis_cli("HEXISTS", "lk:{arb}:round:%s" % lock, "c:m") == "1",
                       5, what="m confirmation recorded")
         # SIGKILL, and keep it down (-O: do not restart) while the other party confirms
         pid = stack.svc_pid("lock-arbiter")
@@ -261,13 +261,13 @@ def test_cli_registry_and_mirror(stack, users):
     assert line and "window_ms=30000" in line[0]
     assert "%s:m" % users["alice"] in line[0] and "%s:f" % users["bob"] in line[0]
     assert "%s:m" % lock in cli(stack, "user", "list").stdout
-    assert stack.redis_cli("HGET", "lk:bind:" + lock, users["alice"]) == "m"
+    assert stack.redis_cli("HGET", "lk:{arb}:bind:" + lock, users["alice"]) == "m"
     # a wiped mirror comes back from PostgreSQL
-    stack.redis_cli("DEL", "lk:bind:" + lock)
+    stack.redis_cli("DEL", "lk:{arb}:bind:" + lock)
     cli(stack, "lock", "sync")
-    assert stack.redis_cli("HGET", "lk:bind:" + lock, users["bob"]) == "f"
+    assert stack.redis_cli("HGET", "lk:{arb}:bind:" + lock, users["bob"]) == "f"
     cli(stack, "unbind", users["alice"], lock)
-    assert stack.redis_cli("HEXISTS", "lk:bind:" + lock, users["alice"]) == "0"
+    assert stack.redis_cli("HEXISTS", "lk:{arb}:bind:" + lock, users["alice"]) == "0"
     dev = device(stack, lock)
     with app(stack, users["alice"], "h") as a, app(stack, users["bob"], "h") as b:
         a.publish("/%s/m" % lock, "1", qos=1)      # refused by the broker now
@@ -277,7 +277,7 @@ def test_cli_registry_and_mirror(stack, users):
     p = cli(stack, "bind", "nobody-" + RUN, lock, "m", check=False)
     assert p.returncode == 1 and "no user" in p.stderr
     cli(stack, "lock", "del", lock)
-    assert stack.redis_cli("EXISTS", "lk:bind:" + lock, "lk:lockcfg:" + lock) == "0"
+    assert stack.redis_cli("EXISTS", "lk:{arb}:bind:" + lock, "lk:{arb}:lockcfg:" + lock) == "0"
     assert lock not in cli(stack, "lock", "list").stdout
     dev.disconnect()
 

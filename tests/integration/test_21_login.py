@@ -51,7 +51,7 @@ def test_login_acl_covers_only_own_locks(stack, world):
     # stored in the auth service's layout, with an expiry
     assert stack.redis_cli("HGET", "mqtt_user:" + cred["username"], "password").startswith("$7$")
     assert int(stack.redis_cli("TTL", "mqtt_acl:" + cred["username"])) > 0
-    assert stack.redis_cli("GET", "lk:login:" + cred["username"]) == world["dana"]
+    assert stack.redis_cli("GET", "lk:{arb}:login:" + cred["username"]) == world["dana"]
     su, supw = superuser(stack, "obs-su21-" + RUN)
     obs = lk.paho_client(stack, "obs-acl-" + RUN, username=su, password=supw)
     obs.subscribe([("/%s/#" % world["A"], 1), ("/%s/#" % world["B"], 1)])
@@ -66,7 +66,7 @@ def test_login_acl_covers_only_own_locks(stack, world):
         assert got == [("/%s/m" % world["A"], b"1")], got
     obs.disconnect()
     # the confirmation counted as dana's (a round waiting for the f party)
-    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:round:" + world["A"], "c:m")
+    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:{arb}:round:" + world["A"], "c:m")
                   .startswith(world["dana"] + "\t"), 5, what="dana's confirmation")
 
 

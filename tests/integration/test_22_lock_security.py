@@ -98,7 +98,7 @@ def test_attacker_cannot_unlock_fake_state_or_read(stack, world, who):
     lock = world["L"]
     dev = device(stack, lock, client_id="dev-%s-%s" % (who, RUN))
     dev.publish("/%s/statu" % lock, "1", qos=1)
-    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:lockstate", lock) == "1", 10,
+    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "1", 10,
                   what="real state")
     n_states = len(events(stack, lock, "lock_state"))
     if who == "anonymous":
@@ -133,7 +133,7 @@ def test_attacker_cannot_unlock_fake_state_or_read(stack, world, who):
                        will=dict(topic="/%s/call" % lock, payload="unlock", qos=1), **kw)
     dev.messages.expect_none(1.0)
     # nothing reached the device, the state and history did not move
-    assert stack.redis_cli("HGET", "lk:lockstate", lock) == "1"
+    assert stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "1"
     assert len(events(stack, lock, "lock_state")) == n_states
     # the lock's own traffic (a state change, a real unlock) stays hidden from outsiders
     if who != "temporary":
@@ -251,10 +251,10 @@ def test_device_with_client_certificate(stack, world):
     args = ["--cafile", tls("ca.crt"), "--cert", tls("dev%s.crt" % RUN),
             "--key", tls("dev%s.key" % RUN)]
     lk.mosquitto_pub(stack.mtls_port, "/%s/statu" % lock, "1", qos=1, extra=args)
-    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:lockstate", lock) == "1", 10,
+    lk.wait_until(lambda: stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "1", 10,
                   what="the certificate device's state")
     # alice's certificate (another CN) may not
     alice = ["--cafile", tls("ca.crt"), "--cert", tls("alice.crt"), "--key", tls("alice.key")]
     lk.mosquitto_pub(stack.mtls_port, "/%s/statu" % lock, "0", qos=1, extra=alice, check=False)
     time.sleep(1.0)
-    assert stack.redis_cli("HGET", "lk:lockstate", lock) == "1"
+    assert stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "1"

@@ -84,7 +84,7 @@ def test_ten_thousand_subscriptions(stack):
     assert p and p[0] == 11, p
 
     def stored_subs():
-        keys = stack.redis_cli("HKEYS", "lk:sess:s54-many").split()
+        keys = stack.redis_cli("HKEYS", "lk:sess:{s54-many}").split()
         return sum(1 for k in keys if k.startswith("sub:"))
     lk.wait_until(lambda: stored_subs() == N - 100, 30, what="the session store has %d" % (N - 100))
     c.send(raw.packet(0xE0, b""))

@@ -204,9 +204,9 @@ def test_persistent_session_cleared(stack, api):
     lk.mosquitto_pub(stack, "pers/%s/a" % RUN, "queued", qos=1)
     lk.wait_until(lambda: api.get("/api/v5/clients/" + cid)[1].get("mqueue_len") == 1, 10,
                   what="queued message counted")
-    assert stack.redis_cli("EXISTS", "lk:sess:" + cid) == "1"
+    assert stack.redis_cli("EXISTS", "lk:sess:{%s}" % cid) == "1"
     assert api.delete("/api/v5/clients/" + cid)[0] == 204
-    assert stack.redis_cli("EXISTS", "lk:sess:" + cid) == "0"
+    assert stack.redis_cli("EXISTS", "lk:sess:{%s}" % cid) == "0"
     assert api.get("/api/v5/clients/" + cid)[0] == 404
     # the router forgot its subscription too
     subs = api.get("/api/v5/subscriptions?clientid=" + cid)[1]
