@@ -226,8 +226,13 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
             s_reattach(srv);
         }
     }
-    if (peer == srv->store)
-        s_reopen(srv, restarted);
+    if (peer == srv->store) {
+        /* back after silence without a restart (a partition): it took our connections
+           for gone (offline, or forgotten when clean) and keeps what it stores for them;
+           re-opening registers them again and returns what it did not forward */
+        s_reopen(srv, restarted || srv->store_was_down);
+        srv->store_was_down = false;
+    }
     if (restarted)
         s_auth_resend(srv, peer, "restarted");
 }
@@ -255,6 +260,8 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     fe_server_t *srv = arg;
     if (peer == srv->router && !srv->router_down_ms)
         srv->router_down_ms = lk_loop_now(srv->loop);
+    if (peer == srv->store)
+        srv->store_was_down = true;
     s_auth_resend(srv, peer, "down");
 }
 
