@@ -195,7 +195,7 @@ static void s_reattach(fe_server_t *srv)
    Connections made while the store was down (clean sessions, `unregistered`) are opened
    as they connected (clean): a client id now held twice is taken over then, the later
    SessionOpen winning. all = false: only those. */
-static void s_reopen(fe_server_t *srv, bool all)
+static void s_reopen(fe_server_t *srv, bool all, const char *why)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
@@ -210,7 +210,7 @@ static void s_reopen(fe_server_t *srv, bool all)
         n++;
     }
     if (n)
-        lk_notice("session store %s: re-opened %d sessions", all ? "restarted" : "back", n);
+        lk_notice("session store %s: re-opened %d sessions", why, n);
 }
 
 static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
@@ -230,7 +230,8 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         /* back after silence without a restart (a partition): it took our connections
            for gone (offline, or forgotten when clean) and keeps what it stores for them;
            re-opening registers them again and returns what it did not forward */
-        s_reopen(srv, restarted || srv->store_was_down);
+        s_reopen(srv, restarted || srv->store_was_down,
+                 restarted ? "restarted" : srv->store_was_down ? "back after silence" : "back");
         srv->store_was_down = false;
     }
     if (restarted)
