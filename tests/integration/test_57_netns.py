@@ -11,8 +11,8 @@ to it by veth pairs, addresses in 10.231.0.0/16 (127.0.0.1 carries no bus traffi
 The replica counts come from LATCHKEY_TEST_REPLICAS (replhelp; default auth=2
 history-writer=2). Node names resolve through /etc/netns/<ns>/hosts (`ip netns exec`
 mounts it over /etc/hosts); endpoints are tcp://<node>:<port> (tcp://%n:<port> for
-replicas), each server binding its own address (LATCHKEY_<KEY>_ENDPOINT, as
-docker/entrypoint does). Certificates: `latchkey keygen`, the frontends sharing
+replicas), one configuration for every process: a server binds the address its name
+resolves to (lk_bus_bind), its clients connect to the name. Certificates: `latchkey keygen`, the frontends sharing
 mqtt-frontend's (frontend_curve_server_key). The daemons run directly (no s6): started with
 `ip netns exec`, ready when they write to their -r fd.
 
@@ -293,9 +293,9 @@ class Cluster:
             # bound on every interface of the namespace, at its own port; told as fe-N
             env["LATCHKEY_FRONTEND_ENDPOINT"] = "tcp://%s:%d" % (node, 5560 + int(node[3:]))
         else:
+            # the same endpoints as its clients: tcp://<its node name>:<port> is bound as
+            # the name's address (lk_bus_bind resolves it)
             env["LK_CURVE_SECRET"] = os.path.join(self.keys, node + ".key_secret")
-            # the server binds its own address (ZeroMQ does not bind DNS names)
-            env["LATCHKEY_%s_ENDPOINT" % KEY[kind].upper()] = "tcp://%s:%d" % (ip, PORTS[kind])
         r, w = os.pipe()
         logf = open(os.path.join(self.run_dir, "log", node + ".log"), "ab")
         proc = subprocess.Popen(["ip", "netns", "exec", ns_name(role), self.bin(kind),
