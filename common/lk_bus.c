@@ -854,8 +854,16 @@ static void s_handle(lk_bus_t *self, lk_peer_t *peer, const char *identity, cons
            whatever the peer's previous life did not ack follows */
         if (self->h.on_peer_up)
             self->h.on_peer_up(self, peer, restarted, self->arg);
-        /* back from silence in the same life: only what its link may have lost */
-        s_resend_all(self, peer, !restarted && peer->known && !first_contact);
+        /* back from silence in the same life: only what its link may have lost. A
+           libzmq (tcp://) link does not tell, and after a partition its connection was
+           re-made (heartbeats) without what the old one held: all of it, once, rather
+           than on the resend_ms timer */
+        lk_zmtp_t *lz;
+        const char *lid;
+        bool timer = !restarted && peer->known && !first_contact;
+        if (timer && s_link(self, peer, &lz, &lid) == UINT64_MAX)
+            timer = false;
+        s_resend_all(self, peer, timer);
     }
     if (env->body_case == LK__ENVELOPE__BODY_HELLO) {
         if (!env->hello->reply && !peer->is_server)

@@ -204,8 +204,9 @@ class QoS1Load:
                     if prev is not None and t >= t0 and prev <= t1:
                         worst = max(worst, t - prev)
                     prev = t
-                if prev is not None and prev < t1 and ts and ts[-1] < t1:
-                    worst = max(worst, t1 - prev)
+                # nothing arrived after t0 on this pair: stopped until t1 at least
+                if ts and ts[-1] < t0:
+                    worst = max(worst, t1 - ts[-1])
         return worst
 
     def last_arrival(self):
