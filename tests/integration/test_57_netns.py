@@ -12,9 +12,11 @@ The replica counts come from LATCHKEY_TEST_REPLICAS (replhelp; default auth=2
 history-writer=2). Node names resolve through /etc/netns/<ns>/hosts (`ip netns exec`
 mounts it over /etc/hosts); endpoints are tcp://<node>:<port> (tcp://%n:<port> for
 replicas), one configuration for every process: a server binds the address its name
-resolves to (lk_bus_bind), its clients connect to the name. Certificates: `latchkey keygen`, the frontends sharing
-mqtt-frontend's (frontend_curve_server_key). The daemons run directly (no s6): started with
-`ip netns exec`, ready when they write to their -r fd.
+resolves to (lk_bus_bind), its clients connect to the name. Certificates: `latchkey
+keygen`, the frontends sharing mqtt-frontend's (frontend_curve_server_key). The daemons
+run directly (no s6): started with `ip netns exec`, ready when they write to their -r fd;
+their logs, each line stamped with the test's monotonic clock, in <run>/log/<node>.log
+(LATCHKEY_KEEP_RUN=1 keeps them, LK57_LOG_LEVEL=info says more).
 
 MQTT clients run inside the frontends' namespace (threads switched there with setns(2)):
 paho for the QoS 1 load and the CONNECT probe, mosquitto_pub/sub through `ip netns exec`.
@@ -154,8 +156,8 @@ class Net:
         sh("ip", "-n", self.hub, "link", "set", "br0", "up")
         for role in NS_ROLES:
             ns = ns_name(role)
-            sh("ip", "-n", self.hub, "link", "add", "name", "ve-" + role, "type", "veth", "peer", "name",
-               "eth0", "netns", ns)
+            sh("ip", "-n", self.hub, "link", "add", "name", "ve-" + role, "type", "veth",
+               "peer", "name", "eth0", "netns", ns)
             sh("ip", "-n", self.hub, "link", "set", "ve-" + role, "master", "br0")
             sh("ip", "-n", self.hub, "link", "set", "ve-" + role, "up")
             addrs = [ip for n, (r, ip) in nodes.items() if r == role]
