@@ -293,6 +293,9 @@ struct _fe_server_t {
     fe_wait_t *waits, *waits_tail;
     size_t n_conns;
     int64_t router_down_ms; /* when the router fell silent; 0 while it is alive */
+    /* the session store was reported down (silent, or cut off by a partition): when it
+       is back, with or without a restart, every connection registers again */
+    uint64_t store_down; /* session-store replicas (by index) reported down since */
     /* configuration */
     bool allow_zero_length_id;
     uint16_t max_inflight;

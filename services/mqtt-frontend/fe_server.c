@@ -301,8 +301,16 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         }
         fe_routers_peer_up(srv, peer, restarted);
     }
-    if (lk_replicas_has(srv->stores, peer))
-        s_reopen(srv, peer, restarted, restarted ? "restarted" : "back");
+    if (lk_replicas_has(srv->stores, peer)) {
+        /* back after silence without a restart (a partition): it took our connections
+           for gone (offline, or forgotten when clean) and keeps what it stores for them;
+           re-opening registers them again and returns what it did not forward */
+        uint64_t bit = 1ull << lk_replicas_index(srv->stores, peer);
+        bool was_down = srv->store_down & bit;
+        s_reopen(srv, peer, restarted || was_down,
+                 restarted ? "restarted" : was_down ? "back after silence" : "back");
+        srv->store_down &= ~bit;
+    }
     if (restarted)
         s_auth_resend(srv, peer, "restarted");
 }
@@ -338,6 +346,8 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
         if (!lk_replicas_alive(srv->routers) && !srv->router_down_ms)
             srv->router_down_ms = lk_loop_now(srv->loop);
     }
+    if (lk_replicas_has(srv->stores, peer))
+        srv->store_down |= 1ull << lk_replicas_index(srv->stores, peer);
     s_auth_resend(srv, peer, "down");
     if (lk_replicas_has(srv->stores, peer))
         s_store_down(srv, peer);
