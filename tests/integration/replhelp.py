@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 
 import lk
 
-DEFAULT_REPLICAS = "auth=2 history-writer=2"
+DEFAULT_REPLICAS = "router=2 session-store=2 auth=2 lock-arbiter=2 history-writer=2"
 
 
 def _acked(info):

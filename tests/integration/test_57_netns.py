@@ -8,8 +8,8 @@ to it by veth pairs, addresses in 10.231.0.0/16 (127.0.0.1 carries no bus traffi
   lk57s-*  session store(s) .1.., auth .11.., lock-arbiter .21.., history-writer .31..,
            Redis and PostgreSQL on 10.231.3.100 (latchkey-up LATCHKEY_SERVICES="redis
            postgres", REDIS_BIND / PG_LISTEN)
-The replica counts come from LATCHKEY_TEST_REPLICAS (replhelp; default auth=2
-history-writer=2). Node names resolve through /etc/netns/<ns>/hosts (`ip netns exec`
+The replica counts come from LATCHKEY_TEST_REPLICAS (replhelp; default two of every
+service that has replicas). Node names resolve through /etc/netns/<ns>/hosts (`ip netns exec`
 mounts it over /etc/hosts); endpoints are tcp://<node>:<port> (tcp://%n:<port> for
 replicas), one configuration for every process: a server binds the address its name
 resolves to (lk_bus_bind), its clients connect to the name. Certificates: `latchkey

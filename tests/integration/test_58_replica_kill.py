@@ -1,7 +1,6 @@
 """58: issue 17's acceptance check: SIGKILL every Latchkey process in turn under QoS 1 load.
 
 A stack of its own with LATCHKEY_REPLICAS from LATCHKEY_TEST_REPLICAS (default
-"auth=2 history-writer=2"; after the replicated router, session store and lock arbiter
 "router=2 session-store=2 auth=2 lock-arbiter=2 history-writer=2"). While QoS 1 load runs
 (replhelp.QoS1Load: persistent subscribers, publishers spread over both frontends by the
 shared port) and a fresh CONNECT is tried every 100 ms (replhelp.ConnectProbe), every
