@@ -427,7 +427,7 @@ void fe_router_publish(fe_server_t *srv, Lk__Publish *pub, bool reliable,
                        const fe_wait_item_t *it);
 void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted);
 void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer);
-/* the cron and each router ack: ends holds */
+/* the cron (every 250 ms): ends holds whose fallback acked what came before */
 void fe_routers_check(fe_server_t *srv);
 /* the SubscribeReq's send_retained goes to one router only: this one */
 lk_peer_t *fe_router_for_retained(fe_server_t *srv, fe_conn_t *conn, Lk__Subscription **subs,

@@ -185,8 +185,6 @@ static void s_on_acked(lk_bus_t *bus, lk_peer_t *peer, uint64_t seq, void *arg)
     if (srv->waits_tail == w)
         srv->waits_tail = prev;
     s_wait_release(srv, w);
-    if (router && srv->n_held)
-        fe_routers_check(srv);
 }
 
 /* --- bus -------------------------------------------------------------------------- */
