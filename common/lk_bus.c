@@ -725,8 +725,13 @@ static void s_send_hello(lk_bus_t *self, lk_peer_t *peer, bool reply)
     env.body_case = LK__ENVELOPE__BODY_HELLO;
     env.hello = &hello;
     s_pack_header(self, peer, &env, 0);
-    /* small and rare; a lost one would have the peer called silent */
-    s_raw_send(self, peer, self->out.data, self->out.len, true);
+    /* small and rare; a lost one would have the peer called silent, so "kept" (never
+       refused for room) — but while a dealer's link is down kept envelopes are not
+       queued (the bus re-sends those, never a Hello): queued as a plain frame then, so
+       the server meets us through our Hello first, with our kind (a frontend met through
+       its AuthRequest missed the SIGHUP revocation: test_45) */
+    bool down = peer->is_server && peer->zdealer && !lk_zmtp_connected(peer->zdealer);
+    s_raw_send(self, peer, self->out.data, self->out.len, !down);
 }
 
 static void *s_arena_alloc(void *arg, size_t size)

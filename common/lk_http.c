@@ -450,6 +450,11 @@ lk_http_t *lk_http_new(lk_loop_t *loop, const lk_http_opts_t *opts, lk_http_fn *
         }
         flags |= MHD_USE_TLS;
     }
+    /* only when asked: the option with 0 would also drop MHD's default SO_REUSEADDR, and a
+       restarted server could not bind while its old connections sit in TIME_WAIT */
+    struct MHD_OptionItem reuse_opts[] = {
+        {opts->reuse_port ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1, NULL},
+        {MHD_OPTION_END, 0, NULL}};
     struct MHD_OptionItem tls_opts[] = {
         {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, self->tls_cert},
         {MHD_OPTION_HTTPS_MEM_KEY, 0, self->tls_key},
@@ -461,7 +466,7 @@ lk_http_t *lk_http_new(lk_loop_t *loop, const lk_http_opts_t *opts, lk_http_fn *
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(opts->timeout_s ? opts->timeout_s : 30),
         MHD_OPTION_URI_LOG_CALLBACK, s_on_uri, self, MHD_OPTION_NOTIFY_COMPLETED,
         s_on_completed, self, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self, MHD_OPTION_ARRAY,
-        tls_opts, MHD_OPTION_END);
+        reuse_opts, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!self->mhd) {
         lk_error("http: cannot listen on %s:%d: %s", addr, opts->port, strerror(errno));
         free(self->tls_cert);

@@ -32,6 +32,8 @@ typedef struct {
     size_t max_body;            /* 0 = 1 MiB */
     unsigned max_connections;   /* 0 = 1000 */
     unsigned timeout_s;         /* idle connection timeout; 0 = 30 */
+    bool reuse_port;            /* SO_REUSEPORT: replicas of a service share the port, the
+                                   kernel spreads connections over the live ones */
 } lk_http_opts_t;
 
 /* NULL (and a log line) when the address cannot be bound or TLS files cannot be read */

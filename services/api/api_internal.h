@@ -69,6 +69,13 @@ struct _api_server_t {
     api_call_t *calls;
     uint64_t next_call;
     int discover_timer;
+    /* warming up: requests wait (early) until the first discovery found the frontends and
+       their links are up, at most S_WARM_MS; a replica just (re)started behind a shared
+       port would otherwise answer 503 or an empty list */
+    bool warm;
+    bool discovered;
+    int warm_timer;
+    zlistx_t *early;
     int timeout_ms;
     zhashx_t *keys; /* "key\nsecret-digest" -> expiry (mono ms), verified API keys */
     bool metrics_auth;

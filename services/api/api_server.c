@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #define S_DISCOVER_MS 1000
+#define S_WARM_MS 2000
 
 /* --- calls: one request fanned out, the replies gathered ------------------------------ */
 
@@ -150,6 +151,8 @@ static void s_admin_reply(self_t *self, lk_peer_t *peer, const Lk__AdminReply *r
 
 static void s_discovered(self_t *self, api_call_t *call)
 {
+    if (call->n && call->answers[0].reply)
+        self->discovered = true;
     for (size_t i = 0; i < call->n; i++) {
         Lk__AdminReply *r = call->answers[i].reply;
         if (!r || !r->node)
@@ -361,6 +364,41 @@ static void s_static(self_t *self, lk_http_req_t *req, const char *path)
     lk_http_respond_file(req, fd, (uint64_t)st.st_size, s_ctype(path), etag);
 }
 
+static void s_serve(self_t *self, lk_http_req_t *req);
+
+static void s_warm_check(lk_loop_t *loop, void *arg)
+{
+    self_t *self = arg;
+    bool ready = self->discovered && lk_peer_alive(api_router(self));
+    /* (no other lookup in the hash while walking it: that moves its cursor) */
+    for (const char *ep = zhashx_first(self->frontends); ready && ep;
+         ep = zhashx_next(self->frontends)) {
+        lk_peer_t *p = *ep ? lk_bus_peer(self->bus, zhashx_cursor(self->frontends)) : NULL;
+        if (*ep && (!p || !lk_peer_alive(p)))
+            ready = false;
+    }
+    if (!ready && lk_mono_ms() - self->started_ms < S_WARM_MS)
+        return;
+    lk_loop_timer_cancel(loop, self->warm_timer);
+    self->warm_timer = 0;
+    self->warm = true;
+    if (zlistx_size(self->early))
+        lk_info("warmed up: %zu early request(s) answered now", zlistx_size(self->early));
+    for (lk_http_req_t *req = zlistx_first(self->early); req; req = zlistx_next(self->early))
+        s_serve(self, req);
+    zlistx_purge(self->early);
+}
+
+static void s_on_http(lk_http_req_t *req, void *arg)
+{
+    self_t *self = arg;
+    if (!self->warm) {
+        zlistx_add_end(self->early, req);
+        return;
+    }
+    s_serve(self, req);
+}
+
 static void s_dispatch(self_t *self, lk_http_req_t *req)
 {
     const char *method = lk_http_method(req);
@@ -377,9 +415,8 @@ static void s_dispatch(self_t *self, lk_http_req_t *req)
     api_error(req, 404, "NOT_FOUND", "Request path not found");
 }
 
-static void s_on_http(lk_http_req_t *req, void *arg)
+static void s_serve(self_t *self, lk_http_req_t *req)
 {
-    self_t *self = arg;
     const char *method = lk_http_method(req);
     const char *path = lk_http_path(req);
     if (strcmp(path, "/login") == 0) {
@@ -451,6 +488,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->metrics_auth = lk_config_get_bool(config, "api_metrics_auth", false);
     self->key_cache_ms = lk_config_get_int(config, "api_key_cache_ms", 5000);
     self->frontends = zhashx_new();
+    self->early = zlistx_new();
     self->keys = zhashx_new();
     zhashx_set_destructor(self->keys, s_free_ms);
     self->dashboard_dir = s_dashboard_dir(config);
@@ -487,6 +525,8 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     lk_http_opts_t o = {0};
     o.address = lk_config_get(config, "api_address", "127.0.0.1");
     o.port = (int)lk_config_get_int(config, "api_port", 18083);
+    /* api_replicas: every replica listens on the same ports */
+    o.reuse_port = lk_config_get_int(config, "api_replicas", 1) > 1;
     o.tls_cert_file = lk_config_get(config, "api_certfile", NULL);
     o.tls_key_file = lk_config_get(config, "api_keyfile", NULL);
     if (o.tls_cert_file && !*o.tls_cert_file)
@@ -511,6 +551,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
         lk_notice("serving HTTPS on %s:%d", t.address, lk_http_port(self->https));
     }
     self->discover_timer = lk_loop_timer(loop, S_DISCOVER_MS, true, s_discover, self);
+    self->warm_timer = lk_loop_timer(loop, 50, true, s_warm_check, self);
     s_discover(loop, self);
     lk_notice("serving HTTP%s on %s:%d (dashboard %s)", o.tls_cert_file ? "S" : "", o.address,
               lk_http_port(self->http),
@@ -539,6 +580,12 @@ void api_server_destroy(api_server_t **self_p)
     }
     if (self->discover_timer)
         lk_loop_timer_cancel(self->loop, self->discover_timer);
+    if (self->warm_timer)
+        lk_loop_timer_cancel(self->loop, self->warm_timer);
+    for (lk_http_req_t *req = self->early ? zlistx_first(self->early) : NULL; req;
+         req = zlistx_next(self->early))
+        api_error(req, 503, "SERVICE_UNAVAILABLE", "shutting down");
+    zlistx_destroy(&self->early);
     lk_http_destroy(&self->http);
     lk_http_destroy(&self->https);
     api_login_destroy(self);

@@ -114,6 +114,8 @@ int od_http_start(od_t *self)
     lk_http_opts_t o = {0};
     o.address = lk_config_get(self->config, "ota_http_address", "127.0.0.1");
     o.port = (int)lk_config_get_int(self->config, "ota_http_port", 0);
+    /* ota_replicas: every replica serves downloads on the same port */
+    o.reuse_port = lk_config_get_int(self->config, "ota_replicas", 1) > 1;
     const char *cert = lk_config_get(self->config, "ota_http_certfile", "");
     const char *key = lk_config_get(self->config, "ota_http_keyfile", "");
     o.tls_cert_file = *cert ? cert : NULL;

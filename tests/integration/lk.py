@@ -166,7 +166,8 @@ class Stack:
         # what latchkey-up gives the daemons, for the CLI and helpers run from tests
         for kind, prefix in (("router", "ROUTER"), ("session-store", "SESSION"),
                              ("auth", "AUTH"), ("lock-arbiter", "ARBITER"),
-                             ("history-writer", "HISTORY")):
+                             ("history-writer", "HISTORY"), ("api", "API"),
+                             ("ota-distributor", "OTA")):
             self.env["LATCHKEY_%s_REPLICAS" % prefix] = str(self.replicas.get(kind, 1))
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
@@ -240,6 +241,10 @@ class Stack:
     def has(self, svc):
         """svc runs here (a replicated one: all its replicas)"""
         return all(r in self.services for r in replica_names(svc, self.replicas.get(svc, 1)))
+
+    def names(self, svc):
+        """the s6 service names of svc here: [svc], or its replicas svc-1 .. svc-N"""
+        return replica_names(svc, self.replicas.get(svc, 1))
 
     def require(self, *svcs):
         """pytest.skip unless every service named runs in this stack."""

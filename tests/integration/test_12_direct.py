@@ -25,7 +25,8 @@ FRONTENDS = ("mqtt-frontend-1", "mqtt-frontend-2")
 def _need(stack):
     stack.require("router", "session-store", "auth", *FRONTENDS)
     # a starting router holds publishes until its index is rebuilt: "before" would not be
-    stack.wait_log("router", "ready (", timeout=15)
+    for r in stack.names("router"):
+        stack.wait_log(r, "ready (", timeout=15)
 
 
 def frontend_of(stack, client):
@@ -296,10 +297,11 @@ def test_router_restart_while_routes_are_cached(stack):
         for i in range(10):
             pub.publish(topic, "a%d" % i)
         assert [m.text for m in sub.wait_for(10)] == ["a%d" % i for i in range(10)]
-        readies = stack.log("router").count("ready (")
-        stack.kill("router")
+        router = stack.names("router")[0]
+        readies = stack.log(router).count("ready (")
+        stack.kill(router)
         # the new router holds publishes until its index is rebuilt
-        lk.wait_until(lambda: stack.log("router").count("ready (") > readies, 15,
+        lk.wait_until(lambda: stack.log(router).count("ready (") > readies, 15,
                       what="the new router ready")
         with client_on(stack, "drr-late", "mqtt-frontend-2") as late:
             late.subscribe(topic, 0)

@@ -202,7 +202,7 @@ def test_history_exactly_once_while_writers_killed(rstack):
     assert moved, "no writer died with events unacked: the failover was not exercised"
 
 
-@pytest.mark.parametrize("value", ["api=2", "mqtt-frontend=2", "auth=0", "auth=two"])
+@pytest.mark.parametrize("value", ["redis=2", "mqtt-frontend=2", "auth=0", "auth=two"])
 def test_latchkey_up_refuses_bad_replica_counts(tmp_path, value):
     """A count that is not a number >= 1, or a service without replicas (frontends scale by
     LATCHKEY_FRONTENDS): a usage error (100) before anything starts."""
@@ -213,3 +213,62 @@ def test_latchkey_up_refuses_bad_replica_counts(tmp_path, value):
     assert p.returncode == 100, (p.returncode, p.stderr)
     assert "LATCHKEY_REPLICAS" in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def hstack():
+    """api and ota-distributor as two replicas each (they share their HTTP ports)."""
+    if not all(lk.built(s) for s in lk.DAEMONS):
+        pytest.skip("daemons not built")
+    s = lk.Stack(services=lk.SERVERS + ["router", "session-store", "auth", "mqtt-frontend-1",
+                                        "api", "ota-distributor"],
+                 replicas={"api": 2, "ota-distributor": 2})
+    try:
+        s.start_all()
+        yield s
+    finally:
+        s.destroy()
+
+
+def _http_status(url, auth=None):
+    """the status of a GET, or the error's text when no answer came"""
+    import base64
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        return str(e)
+
+
+def test_http_replicas_share_ports_and_serve_alone(hstack):
+    """api-1/api-2 and ota-distributor-1/-2 listen on one port each (SO_REUSEPORT); with
+    either replica killed and kept down the other answers every request (the kernel hands
+    new connections only to live listeners): 0 failures after the kill."""
+    from apihelp import new_key
+    key, secret = new_key(hstack)
+    api = "http://127.0.0.1:%d/api/v5/clients" % hstack.api_port
+    ota = "http://127.0.0.1:%d/nothing-here" % hstack.ota_http_port
+    for name in ("api", "ota-distributor"):
+        assert [hstack.svstat("%s-%d" % (name, i))["up"] for i in (1, 2)] == [True, True]
+    for down, up in (("1", "2"), ("2", "1")):
+        for kind in ("api", "ota-distributor"):
+            hold_down(hstack, "%s-%s" % (kind, down))
+        statuses = [(_http_status(api, "%s:%s" % (key, secret)), _http_status(ota))
+                    for _ in range(60)]
+        bad = [s for s in statuses if s[0] != 200 or s[1] != 404]
+        assert not bad, "with api-%s and ota-distributor-%s down: %r" % (down, down, bad[:5])
+        for kind in ("api", "ota-distributor"):
+            bring_up(hstack, "%s-%s" % (kind, down))
+        # a replica back from a restart holds what it takes until it has found the
+        # frontends (it would answer from half a view): late, never refused
+        t0 = time.monotonic()
+        first = [_http_status(api, "%s:%s" % (key, secret)) for _ in range(10)]
+        assert first == [200] * 10, first
+        print("api-%s back: 10 answers in %.2f s" % (down, time.monotonic() - t0))

@@ -241,7 +241,7 @@ def test_unlock_after_bus_service_restart(stack, users, svc):
     session through a restarted session store."""
     lock = lockname("g" + svc[0])
     setup_lock(stack, lock, [(users["alice"], "m"), (users["bob"], "f")])
-    stack.kill(svc)
+    stack.kill(stack.names(svc)[0])
     dev = device(stack, lock)
     with app(stack, users["alice"], "g") as a, app(stack, users["bob"], "g") as b:
         a.publish("/%s/m" % lock, "1", qos=1, timeout=15)
