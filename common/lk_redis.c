@@ -247,26 +247,34 @@ static int s_cmd_slot(const char *cmd, size_t len)
 
 /* ---- single node ---------------------------------------------------------------------- */
 
-static int s_single_connect(lk_redis_t *self)
+/* a connection with the timeouts we want, or NULL after a warning (at most one every 5 s
+   per *last_fail_ms); port 0: host is a unix socket */
+static redisContext *s_open(const char *host, int port, int64_t *last_fail_ms)
 {
-    if (self->ctx)
-        return 0;
     struct timeval tv = {1, 0};
-    redisContext *c = self->port ? redisConnectWithTimeout(self->host, self->port, tv)
-                                 : redisConnectUnixWithTimeout(self->host, tv);
+    redisContext *c = port ? redisConnectWithTimeout(host, port, tv)
+                           : redisConnectUnixWithTimeout(host, tv);
     if (!c || c->err) {
         int64_t now = lk_mono_ms();
-        if (now - self->last_fail_ms > 5000)
-            lk_warn("redis %s:%d: %s", self->host, self->port, c ? c->errstr : "no memory");
-        self->last_fail_ms = now;
+        if (now - *last_fail_ms > 5000)
+            lk_warn("redis %s:%d: %s", host, port, c ? c->errstr : "no memory");
+        *last_fail_ms = now;
         if (c)
             redisFree(c);
-        return -1;
+        return NULL;
     }
     /* commands must not hang the event loop forever on a stuck server */
     struct timeval cmd_tv = {5, 0};
     redisSetTimeout(c, cmd_tv);
-    self->ctx = c;
+    return c;
+}
+
+static int s_single_connect(lk_redis_t *self)
+{
+    if (self->ctx)
+        return 0;
+    if (!(self->ctx = s_open(self->host, self->port, &self->last_fail_ms)))
+        return -1;
     self->pending = 0;
     self->dirty = false;
     return 0;
@@ -448,20 +456,8 @@ static int s_node_connect(lk_redis_t *self, int i)
     s_node_t *n = &self->nodes[i];
     if (n->ctx)
         return 0;
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout(n->host, n->port, tv);
-    if (!c || c->err) {
-        int64_t now = lk_mono_ms();
-        if (now - n->last_fail_ms > 5000)
-            lk_warn("redis %s:%d: %s", n->host, n->port, c ? c->errstr : "no memory");
-        n->last_fail_ms = now;
-        if (c)
-            redisFree(c);
+    if (!(n->ctx = s_open(n->host, n->port, &n->last_fail_ms)))
         return -1;
-    }
-    struct timeval cmd_tv = {5, 0};
-    redisSetTimeout(c, cmd_tv);
-    n->ctx = c;
     n->dirty = false;
     return 0;
 }

@@ -77,6 +77,15 @@ def build_dir():
     return b if os.path.isabs(b) else os.path.join(ROOT, b)
 
 
+def fnv1a(s):
+    """lk_replicas_hash: which replica owns a key (home = fnv1a(key) % n)"""
+    h = 2166136261
+    for b in s.encode():
+        h ^= b
+        h = (h * 16777619) & 0xFFFFFFFF
+    return h
+
+
 def replica_names(svc, n):
     """The s6 service names of n replicas of svc (latchkey-up's scheme)."""
     return [svc] if n == 1 else ["%s-%d" % (svc, i) for i in range(1, n + 1)]
@@ -241,6 +250,17 @@ class Stack:
     def has(self, svc):
         """svc runs here (a replicated one: all its replicas)"""
         return all(r in self.services for r in replica_names(svc, self.replicas.get(svc, 1)))
+
+    def hold_down(self, name):
+        """SIGKILL the service and keep it down (s6-svc -O: not restarted once it dies)."""
+        for flag in ("-O", "-k"):
+            subprocess.run(["s6-svc", flag, self.scan(name)], check=True, timeout=10)
+        wait_until(lambda: not self.svstat(name)["up"], 10, what=name + " down")
+
+    def bring_up(self, name):
+        """start a service held down, and wait until it is up and ready"""
+        subprocess.run(["s6-svc", "-u", self.scan(name)], check=True, timeout=10)
+        self.wait_up(name, timeout=30)
 
     def names(self, svc):
         """the s6 service names of svc here: [svc], or its replicas svc-1 .. svc-N"""

@@ -40,22 +40,6 @@ def rstack():
         s.destroy()
 
 
-def svc(stack, *args):
-    subprocess.run(["s6-svc"] + list(args), check=True, timeout=10)
-
-
-def hold_down(stack, name):
-    """SIGKILL the service and keep it down (s6-svc -O: not restarted once it dies)."""
-    svc(stack, "-O", stack.scan(name))
-    svc(stack, "-k", stack.scan(name))
-    lk.wait_until(lambda: not stack.svstat(name)["up"], 10, what=name + " down")
-
-
-def bring_up(stack, name):
-    svc(stack, "-u", stack.scan(name))
-    stack.wait_up(name, timeout=30)
-
-
 def connect_many(stack, user, n, threads=8, during=None, at=None):
     """n CONNECTs with user's password from `threads` threads; during(): called once when
     `at` of them are done. Returns [(rc, seconds to CONNACK)]."""
@@ -116,8 +100,9 @@ def test_replica_services_run(rstack):
 
 def test_connects_while_auth_replica_killed(rstack, user):
     n = 200
-    results = connect_many(rstack, user, n, during=lambda: svc(rstack, "-k", rstack.scan("auth-1")),
-                           at=40)
+    kill = ["s6-svc", "-k", rstack.scan("auth-1")]
+    results = connect_many(rstack, user, n, at=40,
+                           during=lambda: subprocess.run(kill, check=True, timeout=10))
     check(results, n, "auth-1 SIGKILLed (s6 restarts it)")
     rstack.wait_up("auth-1", timeout=30)
 
@@ -125,7 +110,7 @@ def test_connects_while_auth_replica_killed(rstack, user):
 def test_connects_while_auth_replica_stays_down(rstack, user):
     n = 200
     try:
-        results = connect_many(rstack, user, n, during=lambda: hold_down(rstack, "auth-2"),
+        results = connect_many(rstack, user, n, during=lambda: rstack.hold_down("auth-2"),
                                at=40)
         check(results, n, "auth-2 SIGKILLed and kept down")
         # auth-1 alone still answers, quickly
@@ -134,14 +119,14 @@ def test_connects_while_auth_replica_stays_down(rstack, user):
         print("frontends re-asked: %r" % [l.split("notice: ")[-1] for l in fe_logs.splitlines()
                                           if "asked again" in l])
     finally:
-        bring_up(rstack, "auth-2")
+        rstack.bring_up("auth-2")
 
 
 @pytest.mark.parametrize("down", ["auth-1", "auth-2"])
 def test_either_replica_alone_connects_and_revokes(rstack, down):
     name = "rv-%s-%s" % (down, RUN)
     mqtt_account(rstack, name, PW)
-    hold_down(rstack, down)
+    rstack.hold_down(down)
     try:
         c = lk.paho_client(rstack, "rv-" + name, username=name, password=PW)
         cli(rstack, "passwd", "-d", name)   # deletes, and revokes through auth
@@ -150,7 +135,7 @@ def test_either_replica_alone_connects_and_revokes(rstack, down):
         with pytest.raises(lk.ConnectError):
             lk.paho_client(rstack, "rv2-" + name, username=name, password=PW)
     finally:
-        bring_up(rstack, down)
+        rstack.bring_up(down)
 
 
 def test_history_exactly_once_while_writers_killed(rstack):
@@ -166,9 +151,9 @@ def test_history_exactly_once_while_writers_killed(rstack):
         # other one lives
         for name in ("history-writer-1", "history-writer-2"):
             time.sleep(1.0)
-            hold_down(rstack, name)
+            rstack.hold_down(name)
             time.sleep(2.5)
-            bring_up(rstack, name)
+            rstack.bring_up(name)
         done.set()
 
     k = threading.Thread(target=killer)
@@ -259,13 +244,13 @@ def test_http_replicas_share_ports_and_serve_alone(hstack):
         assert [hstack.svstat("%s-%d" % (name, i))["up"] for i in (1, 2)] == [True, True]
     for down, up in (("1", "2"), ("2", "1")):
         for kind in ("api", "ota-distributor"):
-            hold_down(hstack, "%s-%s" % (kind, down))
+            hstack.hold_down("%s-%s" % (kind, down))
         statuses = [(_http_status(api, "%s:%s" % (key, secret)), _http_status(ota))
                     for _ in range(60)]
         bad = [s for s in statuses if s[0] != 200 or s[1] != 404]
         assert not bad, "with api-%s and ota-distributor-%s down: %r" % (down, down, bad[:5])
         for kind in ("api", "ota-distributor"):
-            bring_up(hstack, "%s-%s" % (kind, down))
+            hstack.bring_up("%s-%s" % (kind, down))
         # a replica back from a restart holds what it takes until it has found the
         # frontends (it would answer from half a view): late, never refused
         t0 = time.monotonic()

@@ -11,7 +11,6 @@ router-2 (LATCHKEY_REPLICAS router=2) and two frontends.
 """
 
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -27,17 +26,9 @@ ROUTERS = ["router-1", "router-2"]
 SLACK_S = float(os.environ.get("LATCHKEY_REPLICA_RECOVERY", 10))
 
 
-def fnv1a(s):
-    h = 2166136261
-    for b in s.encode():
-        h ^= b
-        h = (h * 16777619) & 0xFFFFFFFF
-    return h
-
-
 def owner(topic):
     """the router that owns topic while both live (lk_replicas_home)"""
-    return ROUTERS[fnv1a(topic) % 2]
+    return ROUTERS[lk.fnv1a(topic) % 2]
 
 
 def topics_owned_by(router, prefix, n):
@@ -62,22 +53,6 @@ def rstack():
         yield s
     finally:
         s.destroy()
-
-
-def svc(*args):
-    subprocess.run(["s6-svc"] + list(args), check=True, timeout=10)
-
-
-def hold_down(stack, name):
-    """SIGKILL and keep down (s6-svc -O: not restarted once it dies)."""
-    svc("-O", stack.scan(name))
-    svc("-k", stack.scan(name))
-    lk.wait_until(lambda: not stack.svstat(name)["up"], 10, what=name + " down")
-
-
-def bring_up(stack, name):
-    svc("-u", stack.scan(name))
-    stack.wait_up(name, timeout=30)
 
 
 def eager_client(stack, cid, sub, qos=1, clean=True):
@@ -226,12 +201,12 @@ def test_router_dies_under_load(rstack, victim, how):
         rstack.kill(victim)
         time.sleep(1.5)
     else:
-        hold_down(rstack, victim)
+        rstack.hold_down(victim)
         time.sleep(2.5)
         # a subscription made while the victim is down
         late = eager_client(rstack, "%s-late-%s" % (RUN, victim), prefix + "/late/#",
                             clean=False)
-        bring_up(rstack, victim)
+        rstack.bring_up(victim)
         time.sleep(1.5)
     for p in pubs:
         p.finish(SLACK_S * 3)
@@ -267,7 +242,7 @@ def test_retained_whichever_router_is_down(rstack, down):
     with lk.paho_client(rstack, "%s-rp-%s" % (RUN, down)) as p:
         for t in topics:
             p.publish(t, "kept " + t, qos=1, retain=True)
-    hold_down(rstack, down)
+    rstack.hold_down(down)
     try:
         # the frontends notice within the failure detector; a SUBSCRIBE meanwhile is
         # answered by the other router anyway once the silent one is given up
@@ -284,15 +259,15 @@ def test_retained_whichever_router_is_down(rstack, down):
         with lk.paho_client(rstack, "%s-rx-%s" % (RUN, down)) as p:
             p.publish(extra, "kept " + extra, qos=1, retain=True)
     finally:
-        bring_up(rstack, down)
+        rstack.bring_up(down)
     time.sleep(1.5)
     other = [r for r in ROUTERS if r != down][0]
-    hold_down(rstack, other)
+    rstack.hold_down(other)
     try:
         s = eager_client(rstack, "%s-rs2-%s" % (RUN, down), prefix + "/#")
         got = s.wait_for(len(topics) + 1, timeout=SLACK_S)
         assert sorted(m.text for m in got) == sorted("kept " + t for t in topics + [extra])
         s.disconnect()
     finally:
-        bring_up(rstack, other)
+        rstack.bring_up(other)
     time.sleep(1.5)

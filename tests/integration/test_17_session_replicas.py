@@ -18,7 +18,6 @@ one while that one is down.
 """
 
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -35,17 +34,9 @@ CONNACK_S = float(os.environ.get("LATCHKEY_REPLICA_RECOVERY", 2.5))
 REPLICAS = ("session-store-1", "session-store-2")
 
 
-def fnv1a(s):
-    h = 2166136261
-    for b in s.encode():
-        h ^= b
-        h = (h * 16777619) & 0xFFFFFFFF
-    return h
-
-
 def home(client_id):
     """The replica that owns client_id while both live (lk_replicas_home)."""
-    return REPLICAS[fnv1a(client_id) % len(REPLICAS)]
+    return REPLICAS[lk.fnv1a(client_id) % len(REPLICAS)]
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +61,6 @@ def rstack():
         assert not bad, "sanitizer reports: %s" % bad
     finally:
         s.destroy()
-
-
-def svc(*args):
-    subprocess.run(["s6-svc"] + list(args), check=True, timeout=10)
-
-
-def hold_down(stack, name):
-    """SIGKILL the service and keep it down (s6-svc -O: not restarted once it dies)."""
-    svc("-O", stack.scan(name))
-    svc("-k", stack.scan(name))
-    lk.wait_until(lambda: not stack.svstat(name)["up"], 10, what=name + " down")
-
-
-def bring_up(stack, name):
-    svc("-u", stack.scan(name))
-    stack.wait_up(name, timeout=30)
 
 
 def ids(tag, n):
@@ -229,7 +204,7 @@ def test_replica_killed_kept_down_then_back(rstack):
     victim = REPLICAS[0]
     probe = connect_probe(rstack, "kd")
     time.sleep(0.3)
-    hold_down(rstack, victim)
+    rstack.hold_down(victim)
     try:
         # published while the replica is dead (its clients' copies wait for the detector)
         after = publish(rstack, clients, "after", timeout=15)
@@ -250,7 +225,7 @@ def test_replica_killed_kept_down_then_back(rstack):
         takeover(rstack, [c for c in clients if home(c) == victim][0])
         queued = publish(rstack, clients, "down")
     finally:
-        bring_up(rstack, victim)
+        rstack.bring_up(victim)
     # ownership moves back: what was queued meanwhile is there, and more after it
     time.sleep(1.5)
     more = publish(rstack, clients, "back")
@@ -325,7 +300,7 @@ def test_router_restart_with_one_replica_down(rstack):
     offline sessions of both, including ones made by the dead one after the survivor
     loaded, and the retained set."""
     victim = REPLICAS[1]
-    hold_down(rstack, victim)
+    rstack.hold_down(victim)
     try:
         clients = ids("rd", 20)
         make_sessions(rstack, clients)
@@ -335,7 +310,7 @@ def test_router_restart_with_one_replica_down(rstack):
         collect(rstack, clients, sent)
         assert retained_seen(rstack, "s17/retd/%s" % RUN, "kept-d")
     finally:
-        bring_up(rstack, victim)
+        rstack.bring_up(victim)
 
 
 def test_sessions_made_by_a_replica_that_dies(rstack):
@@ -347,14 +322,14 @@ def test_sessions_made_by_a_replica_that_dies(rstack):
     time.sleep(1.5)
     clients = [c for c in ids("md", 30) if home(c) == victim]
     make_sessions(rstack, clients)
-    hold_down(rstack, victim)
+    rstack.hold_down(victim)
     try:
         time.sleep(1.5)  # the detector: the survivor owns them now
         rstack.kill("router")  # it must hear of them from the survivor
         sent = publish(rstack, clients, "md", timeout=15)
         collect(rstack, clients, sent)
     finally:
-        bring_up(rstack, victim)
+        rstack.bring_up(victim)
 
 
 def test_takeover_during_failover(rstack):
@@ -369,7 +344,7 @@ def test_takeover_during_failover(rstack):
         cl.paho.reconnect_delay_set(min_delay=300, max_delay=300)
         cl.subscribe("s17/%s" % c, 1)
         firsts.append(cl)
-    hold_down(rstack, victim)
+    rstack.hold_down(victim)
     try:
         seconds = []
         for c in clients:
@@ -400,4 +375,4 @@ def test_takeover_during_failover(rstack):
     finally:
         for o in firsts:
             o.close()
-        bring_up(rstack, victim)
+        rstack.bring_up(victim)

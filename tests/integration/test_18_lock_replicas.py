@@ -44,16 +44,8 @@ REPLICAS = ["lock-arbiter-1", "lock-arbiter-2"]
 ROUTER_KILLS = int(os.environ.get("LATCHKEY_LOCK_REPLICA_ROUTER_KILLS", "3"))
 
 
-def fnv1a(s):
-    h = 2166136261
-    for b in s.encode():
-        h ^= b
-        h = (h * 16777619) & 0xFFFFFFFF
-    return h
-
-
 def home(lock):
-    return REPLICAS[fnv1a(lock) % len(REPLICAS)]
+    return REPLICAS[lk.fnv1a(lock) % len(REPLICAS)]
 
 
 def decider(decision_id):
