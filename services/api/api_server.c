@@ -488,6 +488,9 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->metrics_auth = lk_config_get_bool(config, "api_metrics_auth", false);
     self->key_cache_ms = lk_config_get_int(config, "api_key_cache_ms", 5000);
     self->frontends = zhashx_new();
+    /* node -> endpoint, copied: the reply it came in is freed */
+    zhashx_set_duplicator(self->frontends, (zhashx_duplicator_fn *)strdup);
+    zhashx_set_destructor(self->frontends, (zhashx_destructor_fn *)zstr_free);
     self->early = zlistx_new();
     self->keys = zhashx_new();
     zhashx_set_destructor(self->keys, s_free_ms);
