@@ -2,15 +2,10 @@
     see lk_redis.h. */
 #include "lk_redis.h"
 #include "lk_common.h"
-#include <ctype.h>
+#include "lk_selftest.h"
 #include <hiredis/hiredis.h>
 #include <stdarg.h>
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1206,66 +1201,24 @@ lk_redis_t *lk_redis_new_config(lk_config_t *config)
 
 /* ---- selftest ------------------------------------------------------------------------- */
 
-/* a port free a moment ago whose cluster bus port (+10000) is free too */
-static int s_test_port(void)
-{
-    for (int attempt = 0; attempt < 50; attempt++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(sa);
-        if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-            getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-            port = ntohs(sa.sin_port);
-        if (fd >= 0)
-            close(fd);
-        if (port <= 0 || port + 10000 > 65535)
-            continue;
-        fd = socket(AF_INET, SOCK_STREAM, 0);
-        sa.sin_port = htons((uint16_t)(port + 10000));
-        bool bus = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-        if (fd >= 0)
-            close(fd);
-        if (bus)
-            return port;
-    }
-    return -1;
-}
-
+/* a private redis-server in its own folder under dir; its pid once up, or -1 */
 static pid_t s_test_server(const char *dir, int port, bool cluster)
 {
-    char port_s[16], sub[256];
-    snprintf(port_s, sizeof(port_s), "%d", port);
+    char sub[256];
     snprintf(sub, sizeof(sub), "%s/%d", dir, port);
     mkdir(sub, 0700);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        if (null >= 0) {
-            dup2(null, 1);
-            dup2(null, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", sub, "--cluster-enabled", cluster ? "yes" : "no",
-               "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
-               (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return port > 0 ? lk_selftest_redis_start(sub, port, cluster) : -1;
 }
 
-static void s_test_stop(pid_t pid)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        usleep(50 * 1000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+/* a case of the selftest: its line, and rc -1 when it failed */
+#define S_CHECK(name, cond)                                                                        \
+    do {                                                                                           \
+        bool ok_ = (cond);                                                                         \
+        if (!ok_ || verbose)                                                                       \
+            fprintf(stderr, "lk_redis: %s: %s\n", name, ok_ ? "ok" : "FAILED");                    \
+        if (!ok_)                                                                                  \
+            rc = -1;                                                                               \
+    } while (0)
 
 /* the reply's string is want */
 static bool s_test_str(lk_redis_reply_t *r, const char *want)
@@ -1297,36 +1250,28 @@ static int s_test_live(bool verbose)
     char dir[] = "/tmp/lk-redis-test-XXXXXX";
     if (!mkdtemp(dir))
         return -1;
-#define S_L(name, cond)                                                                            \
-    do {                                                                                           \
-        bool ok_ = (cond);                                                                         \
-        if (!ok_ || verbose)                                                                       \
-            fprintf(stderr, "lk_redis: %s: %s\n", name, ok_ ? "ok" : "FAILED");                    \
-        if (!ok_)                                                                                  \
-            rc = -1;                                                                               \
-    } while (0)
     /* one server, no replica: WAIT 1 cannot be met, so a write is refused; reads pass */
-    int port = s_test_port();
-    pid_t one = port > 0 ? s_test_server(dir, port, false) : -1;
+    int port = lk_selftest_port(false);
+    pid_t one = s_test_server(dir, port, false);
     lk_redis_t *r = lk_redis_new("127.0.0.1", port);
-    S_L("single: up", s_test_until(r, "PING", "PONG"));
+    S_CHECK("single: up", one > 0);
     lk_redis_set_wait(r, 1, 50);
     lk_redis_reply_t *x = lk_redis_cmd(r, "SET k v");
-    S_L("single: write without a replica refused",
-        x && x->type == LK_REDIS_ERR && strncmp(x->str, "LKWAIT", 6) == 0);
+    S_CHECK("single: write without a replica refused",
+            x && x->type == LK_REDIS_ERR && strncmp(x->str, "LKWAIT", 6) == 0);
     lk_redis_reply_free(&x);
-    S_L("single: read not waited for", s_test_str(lk_redis_cmd(r, "GET k"), "v"));
+    S_CHECK("single: read not waited for", s_test_str(lk_redis_cmd(r, "GET k"), "v"));
     lk_redis_append(r, "GET k");
     lk_redis_append(r, "SET k w");
     x = lk_redis_get_reply(r);
-    S_L("single: pipeline's first reply", s_test_str(x, "v"));
+    S_CHECK("single: pipeline's first reply", s_test_str(x, "v"));
     x = lk_redis_get_reply(r);
-    S_L("single: pipeline with a write refused at its end", x && x->type == LK_REDIS_ERR);
+    S_CHECK("single: pipeline with a write refused at its end", x && x->type == LK_REDIS_ERR);
     lk_redis_reply_free(&x);
     lk_redis_set_wait(r, 0, 0);
-    S_L("single: no wait", s_test_str(lk_redis_cmd(r, "SET k v"), "OK"));
+    S_CHECK("single: no wait", s_test_str(lk_redis_cmd(r, "SET k v"), "OK"));
     lk_redis_destroy(&r);
-    s_test_stop(one);
+    lk_selftest_redis_stop(one);
 
     /* three masters, the slots split in three */
     int ports[3];
@@ -1334,10 +1279,10 @@ static int s_test_live(bool verbose)
     lk_redis_t *admin[3] = {NULL, NULL, NULL};
     bool up = true;
     for (int i = 0; i < 3; i++) {
-        ports[i] = s_test_port();
-        pids[i] = ports[i] > 0 ? s_test_server(dir, ports[i], true) : -1;
+        ports[i] = lk_selftest_port(true);
+        pids[i] = s_test_server(dir, ports[i], true);
         admin[i] = lk_redis_new("127.0.0.1", ports[i]);
-        up = up && s_test_until(admin[i], "PING", "PONG");
+        up = up && pids[i] > 0;
     }
     for (int i = 0; up && i < 3; i++) {
         x = lk_redis_cmd(admin[i], "CLUSTER ADDSLOTSRANGE %d %d", i * 5462,
@@ -1352,13 +1297,13 @@ static int s_test_live(bool verbose)
     }
     for (int i = 0; up && i < 3; i++)
         up = s_test_until(admin[i], "CLUSTER INFO", "cluster_state:ok");
-    S_L("cluster: three masters up", up);
+    S_CHECK("cluster: three masters up", up);
     char seeds[64];
     snprintf(seeds, sizeof(seeds), "127.0.0.1:%d", ports[1]);
     r = lk_redis_new("127.0.0.1", 1);
     lk_redis_set_cluster(r, seeds);
-    S_L("cluster: connect from one seed", up && lk_redis_connect(r) == 0);
-    S_L("cluster: three masters known", up && lk_redis_masters(r) == 3);
+    S_CHECK("cluster: connect from one seed", up && lk_redis_connect(r) == 0);
+    S_CHECK("cluster: three masters known", up && lk_redis_masters(r) == 3);
     /* a pipeline over every master: replies in append order */
     for (int i = 0; i < 40; i++)
         lk_redis_append(r, "SET key%d val%d", i, i);
@@ -1372,14 +1317,14 @@ static int s_test_live(bool verbose)
         snprintf(want, sizeof(want), "val%d", i);
         order = s_test_str(lk_redis_get_reply(r), want) && order;
     }
-    S_L("cluster: pipeline over masters in order", order);
+    S_CHECK("cluster: pipeline over masters in order", order);
     bool spread = true;
     for (int i = 0; i < 3; i++) {
         x = lk_redis_cmd(admin[i], "DBSIZE");
         spread = spread && x && x->type == LK_REDIS_INT && x->integer > 0;
         lk_redis_reply_free(&x);
     }
-    S_L("cluster: keys on every master", spread);
+    S_CHECK("cluster: keys on every master", spread);
     /* a transaction within one slot, and one over slots (made up) */
     const char *tx[][3] = {{"MULTI", NULL, NULL},
                            {"SET", "t:{a}1", "x"},
@@ -1403,7 +1348,7 @@ static int s_test_live(bool verbose)
              strcmp(x->items[1].str, "OK") == 0;
         lk_redis_reply_free(&x);
         ok = ok && s_test_str(lk_redis_cmd(r, "GET %s", tx[2][1]), "y");
-        S_L(pass ? "cluster: MULTI over slots" : "cluster: MULTI in one slot", ok);
+        S_CHECK(pass ? "cluster: MULTI over slots" : "cluster: MULTI in one slot", ok);
     }
     /* DEL / EXISTS over slots: one command a key, the counts summed */
     x = lk_redis_cmd(r, "EXISTS key1 key2 key3 nokey");
@@ -1423,19 +1368,19 @@ static int s_test_live(bool verbose)
     x = lk_redis_cmd(r, "DEL key3 key1");
     split = split && x && x->type == LK_REDIS_INT && x->integer == 1;
     lk_redis_reply_free(&x);
-    S_L("cluster: DEL/EXISTS over slots split and summed", split);
+    S_CHECK("cluster: DEL/EXISTS over slots split and summed", split);
     /* a script on its key's master; WAIT 1 without replicas refuses the write */
-    S_L("cluster: EVAL routed by key",
-        s_test_str(lk_redis_cmd(r, "EVAL %s 1 %s", "return redis.call('GET', KEYS[1])", "key7"),
-                   "val7"));
+    S_CHECK("cluster: EVAL routed by key",
+            s_test_str(lk_redis_cmd(r, "EVAL %s 1 %s", "return redis.call('GET', KEYS[1])", "key7"),
+                       "val7"));
     lk_redis_set_wait(r, 1, 50);
     x = lk_redis_cmd(r, "SET key8 z");
-    S_L("cluster: WAIT without replicas refuses",
-        x && x->type == LK_REDIS_ERR && strncmp(x->str, "LKWAIT", 6) == 0);
+    S_CHECK("cluster: WAIT without replicas refuses",
+            x && x->type == LK_REDIS_ERR && strncmp(x->str, "LKWAIT", 6) == 0);
     lk_redis_reply_free(&x);
     lk_redis_set_wait(r, 0, 0);
     /* a master gone: its keys fail fast, the others still answer */
-    s_test_stop(pids[2]);
+    lk_selftest_redis_stop(pids[2]);
     pids[2] = -1;
     int64_t t0 = lk_mono_ms();
     bool others = true;
@@ -1447,63 +1392,55 @@ static int s_test_live(bool verbose)
             others = others && x && x->type != LK_REDIS_ERR;
         lk_redis_reply_free(&x);
     }
-    S_L("cluster: a dead master's keys fail, the others' answer", others);
-    S_L("cluster: failing keys fail within the retry bound", lk_mono_ms() - t0 < 40 * 1000);
+    S_CHECK("cluster: a dead master's keys fail, the others' answer", others);
+    S_CHECK("cluster: failing keys fail within the retry bound", lk_mono_ms() - t0 < 40 * 1000);
     lk_redis_destroy(&r);
     for (int i = 0; i < 3; i++) {
         lk_redis_destroy(&admin[i]);
-        s_test_stop(pids[i]);
+        lk_selftest_redis_stop(pids[i]);
     }
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0)
         rc = -1;
-#undef S_L
     return rc;
 }
 
 int lk_redis_test(bool verbose)
 {
     int rc = 0;
-#define S_T(name, cond)                                                                            \
-    do {                                                                                           \
-        bool ok_ = (cond);                                                                         \
-        if (!ok_ || verbose)                                                                       \
-            fprintf(stderr, "lk_redis: %s: %s\n", name, ok_ ? "ok" : "FAILED");                    \
-        if (!ok_)                                                                                  \
-            rc = -1;                                                                               \
-    } while (0)
     /* CRC16/XMODEM's check value, and slots Redis itself reports (CLUSTER KEYSLOT) */
-    S_T("crc16 check value", s_crc16("123456789", 9) == 0x31C3);
-    S_T("slot foo", lk_redis_key_slot("foo", 3) == 12182);
-    S_T("slot bar", lk_redis_key_slot("bar", 3) == 5061);
-    S_T("slot hello", lk_redis_key_slot("hello", 5) == 866);
-    S_T("slot empty key", lk_redis_key_slot("", 0) == 0);
+    S_CHECK("crc16 check value", s_crc16("123456789", 9) == 0x31C3);
+    S_CHECK("slot foo", lk_redis_key_slot("foo", 3) == 12182);
+    S_CHECK("slot bar", lk_redis_key_slot("bar", 3) == 5061);
+    S_CHECK("slot hello", lk_redis_key_slot("hello", 5) == 866);
+    S_CHECK("slot empty key", lk_redis_key_slot("", 0) == 0);
     /* the tag rule */
-    S_T("tag: same slot", lk_redis_key_slot("{user1000}.following", 20) ==
-                              lk_redis_key_slot("{user1000}.followers", 20));
-    S_T("tag: slot of the tag",
-        lk_redis_key_slot("lk:sess:{c1}", 12) == lk_redis_key_slot("c1", 2));
-    S_T("tag: first braces only",
-        lk_redis_key_slot("foo{bar}{zap}", 13) == lk_redis_key_slot("bar", 3));
-    S_T("tag: empty tag hashes the whole key",
-        lk_redis_key_slot("foo{}{bar}", 10) == s_crc16("foo{}{bar}", 10) % S_SLOTS);
-    S_T("tag: nested", lk_redis_key_slot("foo{{bar}}zap", 13) == lk_redis_key_slot("{bar", 4));
-    S_T("tag: no closing brace",
-        lk_redis_key_slot("foo{bar", 7) == s_crc16("foo{bar", 7) % S_SLOTS);
+    S_CHECK("tag: same slot", lk_redis_key_slot("{user1000}.following", 20) ==
+                                  lk_redis_key_slot("{user1000}.followers", 20));
+    S_CHECK("tag: slot of the tag",
+            lk_redis_key_slot("lk:sess:{c1}", 12) == lk_redis_key_slot("c1", 2));
+    S_CHECK("tag: first braces only",
+            lk_redis_key_slot("foo{bar}{zap}", 13) == lk_redis_key_slot("bar", 3));
+    S_CHECK("tag: empty tag hashes the whole key",
+            lk_redis_key_slot("foo{}{bar}", 10) == s_crc16("foo{}{bar}", 10) % S_SLOTS);
+    S_CHECK("tag: nested", lk_redis_key_slot("foo{{bar}}zap", 13) == lk_redis_key_slot("{bar", 4));
+    S_CHECK("tag: no closing brace",
+            lk_redis_key_slot("foo{bar", 7) == s_crc16("foo{bar", 7) % S_SLOTS);
     /* the key of a formatted command */
     char *cmd = NULL;
     int len = redisFormatCommand(&cmd, "HSET lk:q:{c1} 7 x");
-    S_T("cmd slot: argv[1]", s_cmd_slot(cmd, (size_t)len) == lk_redis_key_slot("c1", 2));
+    S_CHECK("cmd slot: argv[1]", s_cmd_slot(cmd, (size_t)len) == lk_redis_key_slot("c1", 2));
     redisFreeCommand(cmd);
     len = redisFormatCommand(&cmd, "EVAL %s 1 lk:sess:{c9} a", "return 1");
-    S_T("cmd slot: EVAL's first key", s_cmd_slot(cmd, (size_t)len) == lk_redis_key_slot("c9", 2));
+    S_CHECK("cmd slot: EVAL's first key",
+            s_cmd_slot(cmd, (size_t)len) == lk_redis_key_slot("c9", 2));
     redisFreeCommand(cmd);
     len = redisFormatCommand(&cmd, "EVAL %s 0 x", "return 1");
-    S_T("cmd slot: EVAL without keys", s_cmd_slot(cmd, (size_t)len) == -1);
+    S_CHECK("cmd slot: EVAL without keys", s_cmd_slot(cmd, (size_t)len) == -1);
     redisFreeCommand(cmd);
     len = redisFormatCommand(&cmd, "PING");
-    S_T("cmd slot: PING", s_cmd_slot(cmd, (size_t)len) == -1);
+    S_CHECK("cmd slot: PING", s_cmd_slot(cmd, (size_t)len) == -1);
     redisFreeCommand(cmd);
     bool ro = s_readonly("hgetall", 7) && !s_readonly("HSET", 4);
     const char *names[] = {"GET", "DEL"};
@@ -1512,22 +1449,23 @@ int lk_redis_test(bool verbose)
         ro = ro && s_cmd_write(cmd, (size_t)len) == (i == 1);
         redisFreeCommand(cmd);
     }
-    S_T("readonly", ro && s_cmd_write("", 0));
+    S_CHECK("readonly", ro && s_cmd_write("", 0));
     /* seeds */
     lk_redis_t *r = lk_redis_new("127.0.0.1", 1);
-    S_T("seeds parse", lk_redis_set_cluster(r, "127.0.0.1:7000, [::1]:7001 localhost:7002") == 0 &&
-                           r->n_nodes == 3 && r->nodes[1].port == 7001 &&
-                           strcmp(r->nodes[1].host, "::1") == 0 && lk_redis_is_cluster(r));
-    S_T("seeds: bad one refused", lk_redis_set_cluster(r, "nohost") != 0);
+    S_CHECK("seeds parse",
+            lk_redis_set_cluster(r, "127.0.0.1:7000, [::1]:7001 localhost:7002") == 0 &&
+                r->n_nodes == 3 && r->nodes[1].port == 7001 &&
+                strcmp(r->nodes[1].host, "::1") == 0 && lk_redis_is_cluster(r));
+    S_CHECK("seeds: bad one refused", lk_redis_set_cluster(r, "nohost") != 0);
     lk_redis_destroy(&r);
     lk_config_t *cfg = lk_config_parse("redis_port 1\nredis_cluster 127.0.0.1:1\n"
                                        "redis_wait_replicas 1\nredis_wait_timeout_ms 200\n",
                                        "t");
     r = lk_redis_new_config(cfg);
-    S_T("config", r && r->cluster && r->wait_replicas == 1 && r->wait_timeout_ms == 200);
+    S_CHECK("config", r && r->cluster && r->wait_replicas == 1 && r->wait_timeout_ms == 200);
     /* nothing listens on port 1: a command fails, it does not hang or crash */
     lk_redis_reply_t *rep = r ? lk_redis_cmd(r, "GET lk:x:{a}") : NULL;
-    S_T("dead cluster: NULL", rep == NULL);
+    S_CHECK("dead cluster: NULL", rep == NULL);
     lk_redis_destroy(&r);
     lk_config_destroy(&cfg);
     if (system("command -v redis-server >/dev/null 2>&1") == 0) {
@@ -1536,6 +1474,6 @@ int lk_redis_test(bool verbose)
     } else {
         fprintf(stderr, "lk_redis: redis-server not installed: live cases skipped\n");
     }
-#undef S_T
+#undef S_CHECK
     return rc;
 }
