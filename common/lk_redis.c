@@ -31,8 +31,8 @@ enum { S_SYN_NONE = 0, S_SYN_OK, S_SYN_QUEUED, S_SYN_EXEC };
 typedef struct {
     char *cmd; /* RESP */
     size_t len;
-    int node; /* -1: not sent (a MULTI waiting for its transaction's node) */
-    bool write;
+    int node;   /* -1: not sent (a MULTI waiting for its transaction's node) */
+    bool write; /* may write, and WAIT is on: its node is dirty once it succeeded */
     bool in_txn;
     bool failed;       /* its node's link broke: the reply is NULL */
     int slot;          /* of its key, -1 keyless */
@@ -656,7 +656,7 @@ static int s_cluster_append_one(lk_redis_t *self, char *cmd, size_t len, int gro
     s_entry_t e = {.cmd = cmd,
                    .len = len,
                    .node = -1,
-                   .write = !s_readonly(name, nl),
+                   .write = self->wait_replicas && !s_readonly(name, nl),
                    .slot = s_cmd_slot(cmd, len),
                    .group = group};
     self->flushed = false;
