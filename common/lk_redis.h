@@ -63,7 +63,8 @@ void lk_redis_destroy(lk_redis_t **self_p);
 int lk_redis_connect(lk_redis_t *self);
 bool lk_redis_connected(lk_redis_t *self);
 
-/* one command, argv style (binary safe); caller frees the reply. NULL on link failure. */
+/* one command, argv style (binary safe; lens NULL: strings, their strlen); caller frees the
+   reply. NULL on link failure. */
 lk_redis_reply_t *lk_redis_cmdv(lk_redis_t *self, int argc, const char **argv, const size_t *lens);
 /* printf-style as hiredis redisCommand (%s string, %b binary ptr+len, %d, %lld ...) */
 lk_redis_reply_t *lk_redis_cmd(lk_redis_t *self, const char *fmt, ...);

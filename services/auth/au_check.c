@@ -117,17 +117,7 @@ au_check_t *au_check_new(lk_config_t *config)
         rc = -1;
     if (rc == 0 && self->acl_path && !(self->aclfile = lk_acl_file_load(self->acl_path)))
         rc = -1;
-    int64_t port = lk_config_get_int(config, "redis_port", 6379);
-    if (rc == 0 && (port < 0 || port > 65535)) {
-        lk_error("redis_port: %" PRId64 " is out of range", port);
-        rc = -1;
-    }
-    if (rc != 0) {
-        au_check_destroy(&self);
-        return NULL;
-    }
-    self->redis = lk_redis_new(lk_config_get(config, "redis_host", "127.0.0.1"), (int)port);
-    if (lk_redis_configure(self->redis, config) != 0) {
+    if (rc != 0 || !(self->redis = lk_redis_new_config(config))) {
         au_check_destroy(&self);
         return NULL;
     }

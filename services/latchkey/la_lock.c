@@ -587,10 +587,7 @@ static int s_del_matching(la_ctx_t *ctx, const char *pattern, s_tx_t *tx)
         char cursor[32] = "0";
         do {
             const char *sc[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
-            size_t lens[6];
-            for (int k = 0; k < 6; k++)
-                lens[k] = strlen(sc[k]);
-            lk_redis_reply_t *r = lk_redis_cmdv_at(redis, m, 6, sc, lens);
+            lk_redis_reply_t *r = lk_redis_cmdv_at(redis, m, 6, sc, NULL);
             if (!r || r->type != LK_REDIS_ARRAY || r->count != 2) {
                 lk_redis_reply_free(&r);
                 return -1;
