@@ -1471,12 +1471,20 @@ static void s_bt_publish(lk_bus_t *bus, lk_peer_t *peer, int n, bool reliable)
     }
 }
 
-/* A TCP port nobody listens on right now (the kernel's pick) */
+/* A TCP port nobody listens on right now, the kernel's pick. Not CZMQ's "tcp://...:*":
+   that takes the first free port from 49152 up, the same one in every process, so
+   selftests running side by side bound (or reached) each other's CurveZMQ servers. */
 static int s_bt_port(void)
 {
-    zsock_t *s = zsock_new(ZMQ_ROUTER);
-    int port = zsock_bind(s, "tcp://127.0.0.1:*");
-    zsock_destroy(&s);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
     return port;
 }
 
