@@ -279,42 +279,12 @@ void lk_peer_drop_unacked(lk_peer_t *peer)
     peer->unacked_bytes = 0;
 }
 
-typedef struct {
-    lk_peer_t *to;
-    lk_bus_moved_fn *moved;
-    void *arg;
-} s_move_one_t;
-
-static lk_peer_t *s_move_one_to(const Lk__Envelope *env, void *arg)
-{
-    return ((s_move_one_t *)arg)->to;
-}
-
-static void s_move_one_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
-                             uint64_t new_seq, void *arg)
-{
-    s_move_one_t *m = arg;
-    if (m->moved)
-        m->moved(from, old_seq, to, new_seq, m->arg);
-}
-
-size_t lk_bus_move_unacked_fn(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
-                              lk_bus_moved_fn *moved, void *arg)
+/* every unacked envelope of `from` to `to`, or envelope by envelope to to_fn(env) */
+static size_t s_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
+                             lk_bus_move_to_fn *to_fn, lk_bus_moved_fn *moved, void *arg)
 {
     if (from == to)
         return 0;
-    s_move_one_t m = {to, moved, arg};
-    return lk_bus_move_unacked_by(self, from, s_move_one_to, s_move_one_moved, &m);
-}
-
-size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
-{
-    return lk_bus_move_unacked_fn(self, from, to, NULL, NULL);
-}
-
-size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
-                              lk_bus_moved_fn *moved, void *arg)
-{
     lk_bus_flush(self);
     s_unacked_t *list = from->head;
     from->head = from->tail = NULL;
@@ -326,7 +296,7 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
         list = u->next;
         u->next = NULL;
         Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
-        lk_peer_t *dst = env ? to(env, arg) : NULL;
+        lk_peer_t *dst = !env ? NULL : to_fn ? to_fn(env, arg) : to;
         if (dst && dst != from) {
             env->resent = true; /* `from` may have done it before it fell silent */
             int64_t seq = lk_bus_send(self, dst, env, true);
@@ -351,6 +321,18 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
             lk__envelope__free_unpacked(env, NULL);
     }
     return n;
+}
+
+size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to, lk_bus_moved_fn *moved,
+                           void *arg)
+{
+    return s_move_unacked(self, from, to, NULL, moved, arg);
+}
+
+size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
+                              lk_bus_moved_fn *moved, void *arg)
+{
+    return s_move_unacked(self, from, NULL, to, moved, arg);
 }
 
 void lk_peer_set_data(lk_peer_t *peer, void *data)

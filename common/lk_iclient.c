@@ -418,7 +418,7 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
            did not ack, and our open */
         lk_peer_t *next = s_owner(self);
         if (peer == self->store && next != peer && !self->closing) {
-            lk_bus_move_unacked(bus, peer, next);
+            lk_bus_move_unacked(bus, peer, next, NULL, NULL);
             if (self->state == S_OPEN)
                 s_open(self);
         }

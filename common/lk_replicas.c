@@ -290,7 +290,7 @@ static int s_test_move(void)
     env.revoke = &rv;
     lk_bus_send(client, gone, &env, true);
     lk_bus_send(client, gone, &env, true);
-    if (lk_peer_unacked(gone) != 2 || lk_bus_move_unacked(client, gone, live) != 2 ||
+    if (lk_peer_unacked(gone) != 2 || lk_bus_move_unacked(client, gone, live, NULL, NULL) != 2 ||
         lk_peer_unacked(gone) != 0 || lk_peer_unacked(live) != 2)
         rc = -1;
     int timer = lk_loop_timer(t.loop, 5000, false, s_mv_timeout, NULL);
