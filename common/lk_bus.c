@@ -335,6 +335,18 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
     return s_move_unacked(self, from, NULL, to, moved, arg);
 }
 
+const char *lk_bus_publish_topic(const Lk__Envelope *env)
+{
+    if (env->body_case != LK__ENVELOPE__BODY_PUBLISH || !env->publish)
+        return NULL;
+    for (size_t i = 0; i < env->publish->n_items; i++) {
+        const Lk__Publish *p = env->publish->items[i];
+        if (!p->retain_only && p->msg && p->msg->topic)
+            return p->msg->topic;
+    }
+    return NULL;
+}
+
 void lk_peer_set_data(lk_peer_t *peer, void *data)
 {
     peer->data = data;
@@ -1631,6 +1643,30 @@ int lk_bus_test(bool verbose)
             free(b);
             rc = -1;
         }
+    /* a batch's partitioning topic: past retain-only copies; none without a publish */
+    {
+        Lk__Msg m1 = LK__MSG__INIT, m2 = LK__MSG__INIT;
+        m1.topic = "copy";
+        m2.topic = "a/b";
+        Lk__Publish p1 = LK__PUBLISH__INIT, p2 = LK__PUBLISH__INIT;
+        p1.msg = &m1;
+        p1.retain_only = true;
+        p2.msg = &m2;
+        Lk__Publish *items[] = {&p1, &p2};
+        Lk__PublishBatch pb = LK__PUBLISH_BATCH__INIT;
+        pb.items = items;
+        pb.n_items = 2;
+        Lk__Envelope penv = LK__ENVELOPE__INIT;
+        penv.body_case = LK__ENVELOPE__BODY_PUBLISH;
+        penv.publish = &pb;
+        const char *pt = lk_bus_publish_topic(&penv);
+        pb.n_items = 1;
+        if (!pt || strcmp(pt, "a/b") != 0 || lk_bus_publish_topic(&penv) != NULL)
+            rc = -1;
+        penv.body_case = LK__ENVELOPE__BODY_HELLO;
+        if (lk_bus_publish_topic(&penv) != NULL)
+            rc = -1;
+    }
     lk_loop_t *loop = lk_loop_new();
     lk_bus_handlers_t h = {s_bt_msg, s_bt_up, NULL};
     s_bt_t srv = {.loop = loop}, cli = {.loop = loop};

@@ -126,6 +126,10 @@ size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to, lk_bu
 typedef lk_peer_t *(lk_bus_move_to_fn)(const Lk__Envelope *env, void *arg);
 size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
                               lk_bus_moved_fn *moved, void *arg);
+/* the topic a publish batch is partitioned by (its owner among router replicas): that of
+   its first publish that is not a retain-only copy; NULL for other envelopes and for
+   batches of copies only */
+const char *lk_bus_publish_topic(const Lk__Envelope *env);
 /* service data attached to a peer */
 void lk_peer_set_data(lk_peer_t *peer, void *data);
 void *lk_peer_data(lk_peer_t *peer);
