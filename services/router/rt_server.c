@@ -1153,7 +1153,7 @@ static bool s_resync_complete(rt_server_t *self, lk_peer_t *peer)
 {
     self->resync_seen |= 1ull << lk_replicas_index(self->stores, peer);
     for (int i = 0; i < lk_replicas_count(self->stores); i++)
-        if (lk_replicas_alive_nth(self->stores, i) && !(self->resync_seen & (1ull << i)))
+        if (lk_peer_alive(lk_replicas_nth(self->stores, i)) && !(self->resync_seen & (1ull << i)))
             return false;
     return true;
 }
