@@ -25,8 +25,6 @@
 #include "lk_mqtt.h"
 #include "lk_replicas.h"
 
-#define S_MAX_ROUTERS 64
-
 /* a publish batch at a router, and the id the service knows it by */
 typedef struct {
     lk_peer_t *peer;
@@ -65,7 +63,7 @@ struct _lk_iclient_t {
     size_t n_subs, cap_subs;
     bool subs_changed; /* to tell the session store at turn end */
     /* per router: seq of the last Attach/SubscribeReq; 0 = acked */
-    uint64_t sub_seq[S_MAX_ROUTERS];
+    uint64_t sub_seq[LK_REPLICAS_MAX];
     /* publish batches waiting for their router's ack */
     s_pub_t *pubs;
     size_t n_pubs, cap_pubs;
@@ -558,10 +556,6 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
 {
     const char *rep = lk_config_get(config, "router_endpoint", NULL);
     const char *sep = lk_config_get(config, "session_endpoint", NULL);
-    if (lk_config_get_int(config, "router_replicas", 1) > S_MAX_ROUTERS) {
-        lk_error("router_replicas: at most %d", S_MAX_ROUTERS);
-        return NULL;
-    }
     if (!rep || !sep || !*rep || !*sep) {
         lk_error("router_endpoint and session_endpoint must be configured");
         return NULL;
