@@ -279,42 +279,12 @@ void lk_peer_drop_unacked(lk_peer_t *peer)
     peer->unacked_bytes = 0;
 }
 
-typedef struct {
-    lk_peer_t *to;
-    lk_bus_moved_fn *moved;
-    void *arg;
-} s_move_one_t;
-
-static lk_peer_t *s_move_one_to(const Lk__Envelope *env, void *arg)
-{
-    return ((s_move_one_t *)arg)->to;
-}
-
-static void s_move_one_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
-                             uint64_t new_seq, void *arg)
-{
-    s_move_one_t *m = arg;
-    if (m->moved)
-        m->moved(from, old_seq, to, new_seq, m->arg);
-}
-
-size_t lk_bus_move_unacked_fn(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
-                              lk_bus_moved_fn *moved, void *arg)
+/* every unacked envelope of `from` to `to`, or envelope by envelope to to_fn(env) */
+static size_t s_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
+                             lk_bus_move_to_fn *to_fn, lk_bus_moved_fn *moved, void *arg)
 {
     if (from == to)
         return 0;
-    s_move_one_t m = {to, moved, arg};
-    return lk_bus_move_unacked_by(self, from, s_move_one_to, s_move_one_moved, &m);
-}
-
-size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to)
-{
-    return lk_bus_move_unacked_fn(self, from, to, NULL, NULL);
-}
-
-size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
-                              lk_bus_moved_fn *moved, void *arg)
-{
     lk_bus_flush(self);
     s_unacked_t *list = from->head;
     from->head = from->tail = NULL;
@@ -326,7 +296,7 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
         list = u->next;
         u->next = NULL;
         Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
-        lk_peer_t *dst = env ? to(env, arg) : NULL;
+        lk_peer_t *dst = !env ? NULL : to_fn ? to_fn(env, arg) : to;
         if (dst && dst != from) {
             env->resent = true; /* `from` may have done it before it fell silent */
             int64_t seq = lk_bus_send(self, dst, env, true);
@@ -351,6 +321,30 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
             lk__envelope__free_unpacked(env, NULL);
     }
     return n;
+}
+
+size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to, lk_bus_moved_fn *moved,
+                           void *arg)
+{
+    return s_move_unacked(self, from, to, NULL, moved, arg);
+}
+
+size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
+                              lk_bus_moved_fn *moved, void *arg)
+{
+    return s_move_unacked(self, from, NULL, to, moved, arg);
+}
+
+const char *lk_bus_publish_topic(const Lk__Envelope *env)
+{
+    if (env->body_case != LK__ENVELOPE__BODY_PUBLISH || !env->publish)
+        return NULL;
+    for (size_t i = 0; i < env->publish->n_items; i++) {
+        const Lk__Publish *p = env->publish->items[i];
+        if (!p->retain_only && p->msg && p->msg->topic)
+            return p->msg->topic;
+    }
+    return NULL;
 }
 
 void lk_peer_set_data(lk_peer_t *peer, void *data)
@@ -1471,12 +1465,20 @@ static void s_bt_publish(lk_bus_t *bus, lk_peer_t *peer, int n, bool reliable)
     }
 }
 
-/* A TCP port nobody listens on right now (the kernel's pick) */
+/* A TCP port nobody listens on right now, the kernel's pick. Not CZMQ's "tcp://...:*":
+   that takes the first free port from 49152 up, the same one in every process, so
+   selftests running side by side bound (or reached) each other's CurveZMQ servers. */
 static int s_bt_port(void)
 {
-    zsock_t *s = zsock_new(ZMQ_ROUTER);
-    int port = zsock_bind(s, "tcp://127.0.0.1:*");
-    zsock_destroy(&s);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
     return port;
 }
 
@@ -1641,6 +1643,30 @@ int lk_bus_test(bool verbose)
             free(b);
             rc = -1;
         }
+    /* a batch's partitioning topic: past retain-only copies; none without a publish */
+    {
+        Lk__Msg m1 = LK__MSG__INIT, m2 = LK__MSG__INIT;
+        m1.topic = "copy";
+        m2.topic = "a/b";
+        Lk__Publish p1 = LK__PUBLISH__INIT, p2 = LK__PUBLISH__INIT;
+        p1.msg = &m1;
+        p1.retain_only = true;
+        p2.msg = &m2;
+        Lk__Publish *items[] = {&p1, &p2};
+        Lk__PublishBatch pb = LK__PUBLISH_BATCH__INIT;
+        pb.items = items;
+        pb.n_items = 2;
+        Lk__Envelope penv = LK__ENVELOPE__INIT;
+        penv.body_case = LK__ENVELOPE__BODY_PUBLISH;
+        penv.publish = &pb;
+        const char *pt = lk_bus_publish_topic(&penv);
+        pb.n_items = 1;
+        if (!pt || strcmp(pt, "a/b") != 0 || lk_bus_publish_topic(&penv) != NULL)
+            rc = -1;
+        penv.body_case = LK__ENVELOPE__BODY_HELLO;
+        if (lk_bus_publish_topic(&penv) != NULL)
+            rc = -1;
+    }
     lk_loop_t *loop = lk_loop_new();
     lk_bus_handlers_t h = {s_bt_msg, s_bt_up, NULL};
     s_bt_t srv = {.loop = loop}, cli = {.loop = loop};

@@ -112,22 +112,24 @@ size_t lk_peer_unacked_bytes(lk_peer_t *peer);
 /* drop every unacked envelope to this peer (its work is moot) */
 void lk_peer_drop_unacked(lk_peer_t *peer);
 /* Hands every envelope sent reliably to `from` and not acked to `to` (a replica of the
-   same service: `from` died), in order, as new sends: they get `to`'s sequence numbers,
-   so on_acked reports them under those. Pending batches are flushed first. Returns how
-   many moved. */
-size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to);
-/* The same envelope by envelope: to(env) names the peer an unacked envelope of `from`
-   goes to (NULL: it stays queued for `from`, in order). Moved ones are marked resent
-   (`from` may have done them before it fell silent) and reported to moved(from, old seq,
-   to, new seq) so waits keyed by seq follow them. Returns how many moved. */
-typedef lk_peer_t *(lk_bus_move_to_fn)(const Lk__Envelope *env, void *arg);
+   same service: `from` fell silent), in order, as new sends: they get `to`'s sequence
+   numbers, so on_acked reports them under those. They are marked resent (`from` may have
+   done them before it fell silent) and each is reported to moved(from, old seq, to, new
+   seq) when moved is not NULL, so waits keyed by seq follow them. Pending batches are
+   flushed first. Returns how many moved. */
 typedef void(lk_bus_moved_fn)(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
                               uint64_t new_seq, void *arg);
+size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to, lk_bus_moved_fn *moved,
+                           void *arg);
+/* The same envelope by envelope: to(env, arg) names the peer an unacked envelope of
+   `from` goes to (NULL or `from`: it stays queued for `from`, in order). */
+typedef lk_peer_t *(lk_bus_move_to_fn)(const Lk__Envelope *env, void *arg);
 size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
                               lk_bus_moved_fn *moved, void *arg);
-/* all of them to one peer, reported to moved as above (may be NULL) */
-size_t lk_bus_move_unacked_fn(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to,
-                              lk_bus_moved_fn *moved, void *arg);
+/* the topic a publish batch is partitioned by (its owner among router replicas): that of
+   its first publish that is not a retain-only copy; NULL for other envelopes and for
+   batches of copies only */
+const char *lk_bus_publish_topic(const Lk__Envelope *env);
 /* service data attached to a peer */
 void lk_peer_set_data(lk_peer_t *peer, void *data);
 void *lk_peer_data(lk_peer_t *peer);

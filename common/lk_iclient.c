@@ -25,8 +25,6 @@
 #include "lk_mqtt.h"
 #include "lk_replicas.h"
 
-#define S_MAX_ROUTERS 64
-
 /* a publish batch at a router, and the id the service knows it by */
 typedef struct {
     lk_peer_t *peer;
@@ -65,7 +63,7 @@ struct _lk_iclient_t {
     size_t n_subs, cap_subs;
     bool subs_changed; /* to tell the session store at turn end */
     /* per router: seq of the last Attach/SubscribeReq; 0 = acked */
-    uint64_t sub_seq[S_MAX_ROUTERS];
+    uint64_t sub_seq[LK_REPLICAS_MAX];
     /* publish batches waiting for their router's ack */
     s_pub_t *pubs;
     size_t n_pubs, cap_pubs;
@@ -372,17 +370,11 @@ typedef struct {
 static lk_peer_t *s_move_to(const Lk__Envelope *env, void *arg)
 {
     s_move_t *mv = arg;
-    if (env->body_case != LK__ENVELOPE__BODY_PUBLISH || !env->publish)
+    const char *topic = lk_bus_publish_topic(env);
+    if (!topic)
         return NULL;
-    for (size_t i = 0; i < env->publish->n_items; i++) {
-        Lk__Publish *p = env->publish->items[i];
-        if (p->retain_only || !p->msg || !p->msg->topic)
-            continue;
-        lk_peer_t *to =
-            lk_replicas_owner(mv->self->routers, p->msg->topic, strlen(p->msg->topic));
-        return to != mv->from && lk_peer_alive(to) ? to : NULL;
-    }
-    return NULL;
+    lk_peer_t *to = lk_replicas_owner(mv->self->routers, topic, strlen(topic));
+    return to != mv->from && lk_peer_alive(to) ? to : NULL;
 }
 
 static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
@@ -418,7 +410,7 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
            did not ack, and our open */
         lk_peer_t *next = s_owner(self);
         if (peer == self->store && next != peer && !self->closing) {
-            lk_bus_move_unacked(bus, peer, next);
+            lk_bus_move_unacked(bus, peer, next, NULL, NULL);
             if (self->state == S_OPEN)
                 s_open(self);
         }
@@ -564,10 +556,6 @@ lk_iclient_t *lk_iclient_new(lk_loop_t *loop, lk_config_t *config, const char *n
 {
     const char *rep = lk_config_get(config, "router_endpoint", NULL);
     const char *sep = lk_config_get(config, "session_endpoint", NULL);
-    if (lk_config_get_int(config, "router_replicas", 1) > S_MAX_ROUTERS) {
-        lk_error("router_replicas: at most %d", S_MAX_ROUTERS);
-        return NULL;
-    }
     if (!rep || !sep || !*rep || !*sep) {
         lk_error("router_endpoint and session_endpoint must be configured");
         return NULL;

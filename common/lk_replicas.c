@@ -4,14 +4,12 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#define S_MAX 64
-
 struct _lk_replicas_t {
     int n;
     int next;      /* round robin position */
     int current;   /* sticky choice, -1 none */
     int self_i;    /* lk_replicas_siblings: our own index (no peer, always alive); else -1 */
-    lk_peer_t *peers[S_MAX];
+    lk_peer_t *peers[LK_REPLICAS_MAX];
 };
 
 static bool s_alive(const lk_replicas_t *self, int i)
@@ -52,8 +50,8 @@ static lk_replicas_t *s_open(lk_bus_t *bus, lk_config_t *config, const char *pre
     char key[96];
     snprintf(key, sizeof(key), "%s_replicas", prefix);
     int64_t n = lk_config_get_int(config, key, 1);
-    if (n < 1 || n > S_MAX) {
-        lk_error("%s: %" PRId64 " is not between 1 and %d", key, n, S_MAX);
+    if (n < 1 || n > LK_REPLICAS_MAX) {
+        lk_error("%s: %" PRId64 " is not between 1 and %d", key, n, LK_REPLICAS_MAX);
         return NULL;
     }
     if (n > 1 && t && !strstr(t, "%n")) {
@@ -107,12 +105,8 @@ lk_replicas_t *lk_replicas_siblings(lk_bus_t *bus, lk_config_t *config, const ch
     return s_open(bus, config, prefix, kind, 2, self_node);
 }
 
-int lk_replicas_self(lk_replicas_t *self)
-{
-    return self ? self->self_i : -1;
-}
-
-int lk_replicas_owner_index(lk_replicas_t *self, const void *key, size_t len)
+/* index of lk_replicas_owner(key) (with siblings: may be our own index) */
+static int s_owner_index(lk_replicas_t *self, const void *key, size_t len)
 {
     int home = lk_replicas_home(key, len, self->n);
     for (int k = 0; k < self->n; k++) {
@@ -123,9 +117,9 @@ int lk_replicas_owner_index(lk_replicas_t *self, const void *key, size_t len)
     return home;
 }
 
-bool lk_replicas_alive_nth(lk_replicas_t *self, int i)
+bool lk_replicas_mine(lk_replicas_t *self, const void *key, size_t len)
 {
-    return self && i >= 0 && i < self->n && s_alive(self, i);
+    return self->self_i >= 0 && s_owner_index(self, key, len) == self->self_i;
 }
 
 lk_peer_t *lk_replicas_successor(lk_replicas_t *self, lk_peer_t *peer)
@@ -189,7 +183,8 @@ lk_peer_t *lk_replicas_other(lk_replicas_t *self, lk_peer_t *not)
     return NULL;
 }
 
-uint32_t lk_replicas_hash(const void *key, size_t len)
+/* FNV-1a, 32 bits */
+static uint32_t s_hash(const void *key, size_t len)
 {
     const unsigned char *p = key;
     uint32_t h = 2166136261u;
@@ -202,12 +197,12 @@ uint32_t lk_replicas_hash(const void *key, size_t len)
 
 int lk_replicas_home(const void *key, size_t len, int n)
 {
-    return n > 1 ? (int)(lk_replicas_hash(key, len) % (uint32_t)n) : 0;
+    return n > 1 ? (int)(s_hash(key, len) % (uint32_t)n) : 0;
 }
 
 lk_peer_t *lk_replicas_owner(lk_replicas_t *self, const void *key, size_t len)
 {
-    return self->peers[lk_replicas_owner_index(self, key, len)];
+    return self->peers[s_owner_index(self, key, len)];
 }
 
 int lk_replicas_index(lk_replicas_t *self, lk_peer_t *peer)
@@ -290,7 +285,7 @@ static int s_test_move(void)
     env.revoke = &rv;
     lk_bus_send(client, gone, &env, true);
     lk_bus_send(client, gone, &env, true);
-    if (lk_peer_unacked(gone) != 2 || lk_bus_move_unacked(client, gone, live) != 2 ||
+    if (lk_peer_unacked(gone) != 2 || lk_bus_move_unacked(client, gone, live, NULL, NULL) != 2 ||
         lk_peer_unacked(gone) != 0 || lk_peer_unacked(live) != 2)
         rc = -1;
     int timer = lk_loop_timer(t.loop, 5000, false, s_mv_timeout, NULL);
@@ -330,7 +325,7 @@ int lk_replicas_test(bool verbose)
         if (lk_replicas_sticky(rs) != b || lk_replicas_index(rs, b) != 1)
             rc = -1;
         /* none alive: the owner is the configured one; FNV-1a's known value */
-        if (lk_replicas_hash("a", 1) != 0xe40c292cu)
+        if (s_hash("a", 1) != 0xe40c292cu)
             rc = -1;
         int home = lk_replicas_home("client-7", 8, 3);
         if (lk_replicas_owner(rs, "client-7", 8) != lk_replicas_nth(rs, home) ||
@@ -344,10 +339,9 @@ int lk_replicas_test(bool verbose)
                                         "selftest");
     lk_replicas_t *sibs =
         lk_replicas_siblings(bus, scfg, "session", "session-store", "session-store-2");
-    if (!sibs || lk_replicas_self(sibs) != 1 || lk_replicas_nth(sibs, 1) != NULL ||
-        lk_replicas_alive(sibs) != 1 || !lk_replicas_alive_nth(sibs, 1) ||
-        lk_replicas_owner_index(sibs, "a", 1) != 1 ||
-        lk_replicas_owner_index(sibs, "zz", 2) != 1 ||
+    if (!sibs || sibs->self_i != 1 || lk_replicas_nth(sibs, 1) != NULL ||
+        lk_replicas_alive(sibs) != 1 || !s_alive(sibs, 1) || s_owner_index(sibs, "a", 1) != 1 ||
+        s_owner_index(sibs, "zz", 2) != 1 || !lk_replicas_mine(sibs, "a", 1) ||
         lk_replicas_successor(sibs, lk_replicas_nth(sibs, 0)) != NULL)
         rc = -1;
     lk_replicas_destroy(&sibs);
@@ -355,7 +349,8 @@ int lk_replicas_test(bool verbose)
         rc = -1;
     /* the replicas that connect to us: peers by name, none alive yet */
     lk_replicas_t *served = lk_replicas_served(bus, scfg, "session", "session-store");
-    if (!served || lk_replicas_count(served) != 3 || lk_replicas_self(served) != -1 ||
+    if (!served || lk_replicas_count(served) != 3 || served->self_i != -1 ||
+        lk_replicas_mine(served, "k", 1) ||
         strcmp(lk_peer_name(lk_replicas_nth(served, 2)), "session-store-3") != 0 ||
         lk_replicas_successor(served, lk_replicas_nth(served, 0)) != NULL ||
         lk_replicas_owner(served, "k", 1) != lk_replicas_nth(served, lk_replicas_home("k", 1, 3)))

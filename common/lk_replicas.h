@@ -1,5 +1,8 @@
-/*  lk_replicas: the replicas of a stateless service (auth, history-writer) as its clients
-    see them.
+/*  lk_replicas: the replicas of a service as its clients see them: stateless ones (auth,
+    history-writer) picked per request, partitioned ones (router, session-store) by the
+    owner of a key (lk_replicas_owner); also the router's view of the session-store
+    replicas that connect to it (lk_replicas_served) and a replica's view of its siblings
+    (lk_replicas_siblings).
 
     Configuration: <prefix>_endpoint is an endpoint template where %n stands for the
     replica's node id, and <prefix>_replicas (default 1) how many run. One replica is the
@@ -19,6 +22,9 @@
 
 typedef struct _lk_replicas_t lk_replicas_t;
 
+/* the most replicas of one kind (a bit each in 64-bit masks) */
+#define LK_REPLICAS_MAX 64
+
 /* Connects bus to every replica of `kind` per the keys <prefix>_endpoint and
    <prefix>_replicas. NULL when the endpoint is unset (no log line), or after a log line
    when the count is not 1..64 or N > 1 replicas share an endpoint without %n. */
@@ -34,12 +40,8 @@ lk_replicas_t *lk_replicas_served(lk_bus_t *bus, lk_config_t *config, const char
 lk_replicas_t *lk_replicas_siblings(lk_bus_t *bus, lk_config_t *config, const char *prefix,
                                     const char *kind, const char *self_node);
 void lk_replicas_destroy(lk_replicas_t **self_p);
-/* lk_replicas_siblings: our own index; else -1 */
-int lk_replicas_self(lk_replicas_t *self);
-/* index of lk_replicas_owner(key) (with siblings: may be our own index) */
-int lk_replicas_owner_index(lk_replicas_t *self, const void *key, size_t len);
-/* replica i alive (our own index always) */
-bool lk_replicas_alive_nth(lk_replicas_t *self, int i);
+/* lk_replicas_siblings: the owner of key (lk_replicas_owner) is us */
+bool lk_replicas_mine(lk_replicas_t *self, const void *key, size_t len);
 /* the first live replica after peer in order: who owns a dead replica's keys now (its
    own home keys and those it had taken over), or NULL */
 lk_peer_t *lk_replicas_successor(lk_replicas_t *self, lk_peer_t *peer);
@@ -57,17 +59,16 @@ lk_peer_t *lk_replicas_sticky(lk_replicas_t *self);
 lk_peer_t *lk_replicas_other(lk_replicas_t *self, lk_peer_t *not);
 
 /* The replica that owns `key` (a client id, a topic, a lock): the configured replica
-   lk_replicas_hash(key) % n while it is alive, else the next live one after it in
+   lk_replicas_home(key, n) while it is alive, else the next live one after it in
    order, else the configured one (work for it waits). Every client of the service
    computes the same owner from the same liveness, so partitioned work (a client's
    session, a topic's publishes, a lock's rounds) meets at one replica. Ownership moves
    back when the configured replica returns: callers that need order across that moment
    check lk_peer_unacked() of the replica they used before switching. */
 lk_peer_t *lk_replicas_owner(lk_replicas_t *self, const void *key, size_t len);
-/* index of the configured owner of key among n replicas, whatever their liveness */
+/* index of the configured owner of key among n replicas, whatever their liveness:
+   FNV-1a (32 bits: stable across processes, versions and hosts) of key, modulo n */
 int lk_replicas_home(const void *key, size_t len, int n);
-/* FNV-1a, 32 bits: stable across processes, versions and hosts */
-uint32_t lk_replicas_hash(const void *key, size_t len);
 
 bool lk_replicas_has(lk_replicas_t *self, lk_peer_t *peer);
 int lk_replicas_count(lk_replicas_t *self);

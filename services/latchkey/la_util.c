@@ -186,7 +186,7 @@ static void s_rv_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     lk_peer_t *other = lk_replicas_other(rv->auths, peer);
     if (peer == rv->to && !rv->acked && other) {
         rv->to = other;
-        if (lk_bus_move_unacked(bus, peer, other) == 0)
+        if (lk_bus_move_unacked(bus, peer, other, NULL, NULL) == 0)
             lk_loop_stop(rv->loop);
     }
 }

@@ -269,7 +269,7 @@ static void s_on_peer_down(lk_iclient_t *ic, lk_peer_t *peer, void *arg)
                            ? lk_replicas_other(self->auth, peer)
                            : NULL;
     if (other) {
-        size_t n = lk_bus_move_unacked(self->bus, peer, other);
+        size_t n = lk_bus_move_unacked(self->bus, peer, other, NULL, NULL);
         lk_notice("auth replica %s down: %zu Revoke(s) handed to %s", lk_peer_name(peer), n,
                   lk_peer_name(other));
     }

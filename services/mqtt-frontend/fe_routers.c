@@ -182,16 +182,13 @@ typedef struct {
 static lk_peer_t *s_move_to(const Lk__Envelope *env, void *arg)
 {
     s_move_t *mv = arg;
-    if (env->body_case != LK__ENVELOPE__BODY_PUBLISH || !env->publish)
-        return NULL;    /* routing state stays for the router's return */
-    for (size_t i = 0; i < env->publish->n_items; i++) {
-        Lk__Publish *p = env->publish->items[i];
-        if (p->retain_only || !p->msg || !p->msg->topic)
-            continue;
-        lk_peer_t *to = fe_router_for(mv->srv, p->msg->topic);
-        return to != mv->from && lk_peer_alive(to) ? to : NULL;
-    }
-    return NULL;        /* retained copies only: the owner has the message */
+    /* routing state stays for the router's return; retained copies only: the owner has
+       the message */
+    const char *topic = lk_bus_publish_topic(env);
+    if (!topic)
+        return NULL;
+    lk_peer_t *to = fe_router_for(mv->srv, topic);
+    return to != mv->from && lk_peer_alive(to) ? to : NULL;
 }
 
 static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,

@@ -271,7 +271,7 @@ static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
     lk_peer_t *next = lk_replicas_successor(srv->stores, peer);
     if (!next)
         return; /* none left: the work waits for the first one back */
-    size_t moved = lk_bus_move_unacked_fn(srv->bus, peer, next, s_wait_moved, srv);
+    size_t moved = lk_bus_move_unacked(srv->bus, peer, next, s_wait_moved, srv);
     if (moved)
         lk_notice("session store %s down: %zu envelope(s) moved to %s", lk_peer_name(peer),
                   moved, lk_peer_name(next));

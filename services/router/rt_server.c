@@ -1153,7 +1153,7 @@ static bool s_resync_complete(rt_server_t *self, lk_peer_t *peer)
 {
     self->resync_seen |= 1ull << lk_replicas_index(self->stores, peer);
     for (int i = 0; i < lk_replicas_count(self->stores); i++)
-        if (lk_replicas_alive_nth(self->stores, i) && !(self->resync_seen & (1ull << i)))
+        if (lk_peer_alive(lk_replicas_nth(self->stores, i)) && !(self->resync_seen & (1ull << i)))
             return false;
     return true;
 }
@@ -1371,7 +1371,7 @@ static void s_store_down(rt_server_t *self, lk_peer_t *peer)
     lk_peer_t *next = lk_replicas_successor(self->stores, peer);
     if (!next)
         return; /* none left: the copies wait for the first one back */
-    size_t n = lk_bus_move_unacked_fn(self->bus, peer, next, s_wait_moved, self);
+    size_t n = lk_bus_move_unacked(self->bus, peer, next, s_wait_moved, self);
     if (n)
         lk_notice("session store %s down: %zu envelope(s) moved to %s", lk_peer_name(peer), n,
                   lk_peer_name(next));

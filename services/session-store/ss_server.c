@@ -344,8 +344,7 @@ static bool s_holds_read(const char *node, uint64_t epoch, void *arg)
 static bool s_owns(const char *client, void *arg)
 {
     self_t *self = arg;
-    return lk_replicas_owner_index(self->sibs, client, strlen(client)) ==
-           lk_replicas_self(self->sibs);
+    return lk_replicas_mine(self->sibs, client, strlen(client));
 }
 
 static bool s_is_sibling(self_t *self, lk_peer_t *peer)

@@ -78,7 +78,7 @@ def build_dir():
 
 
 def fnv1a(s):
-    """lk_replicas_hash: which replica owns a key (home = fnv1a(key) % n)"""
+    """lk_replicas_home: which replica owns a key (home = fnv1a(key) % n)"""
     h = 2166136261
     for b in s.encode():
         h ^= b
