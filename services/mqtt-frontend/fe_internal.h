@@ -240,6 +240,19 @@ struct fe_join {
     fe_wait_item_t item;
 };
 
+/* one router replica as this frontend sees it (fe_routers.c, fe_route.c) */
+typedef struct {
+    uint64_t route_gen; /* its routes' generation: a route is flushed by the router that
+                           gave it */
+    bool was_down;      /* reported down, not up since */
+    /* back after it was reported down: it gets its topics back only once what its
+       fallback had from us (waits numbered up to hold_mark) is acked (order per topic),
+       or after FE_HOLD_MS from hold_since */
+    bool held;
+    uint64_t hold_mark;
+    int64_t hold_since;
+} fe_router_state_t;
+
 typedef struct fe_wait {
     lk_peer_t *peer;
     uint64_t seq;
@@ -255,13 +268,7 @@ struct _fe_server_t {
     lk_bus_t *bus;
     char *node;
     lk_replicas_t *routers; /* router_endpoint / router_replicas (fe_routers.c) */
-    /* a router back after it was reported down gets its topics back only once what its
-       fallback had from us is acked (order per topic), or after FE_HOLD_MS */
-    bool rt_held[64];
-    bool rt_was_down[64];
-    uint64_t rt_hold_mark[64];
-    int64_t rt_hold_since[64];
-    int n_held;
+    fe_router_state_t rt[64]; /* by replica index */
     uint64_t wait_no;
     lk_replicas_t *stores; /* session_endpoint / session_replicas: a client's owner */
     lk_replicas_t *auths; /* auth_endpoint / auth_replicas */
@@ -315,7 +322,6 @@ struct _fe_server_t {
     zhashx_t *routes;       /* topic -> route */
     zhashx_t *links;        /* node -> our link to another frontend */
     char *link_key;         /* frontend_curve_server_key: their shared certificate, or NULL */
-    uint64_t route_gen[64]; /* per router: a route is flushed by the router that gave it */
     size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
@@ -425,7 +431,7 @@ bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item
    the live copies' */
 void fe_router_publish(fe_server_t *srv, Lk__Publish *pub, bool reliable,
                        const fe_wait_item_t *it);
-void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted);
+void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer);
 void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer);
 /* the cron (every 250 ms): ends holds whose fallback acked what came before */
 void fe_routers_check(fe_server_t *srv);

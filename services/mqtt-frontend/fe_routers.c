@@ -37,7 +37,7 @@ lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic)
     for (int k = 0; k < n; k++) {
         int i = (home + k) % n;
         lk_peer_t *p = lk_replicas_nth(srv->routers, i);
-        if (lk_peer_alive(p) && !srv->rt_held[i])
+        if (lk_peer_alive(p) && !srv->rt[i].held)
             return p;
     }
     /* none alive (or all held): the configured owner, its work waits for it */
@@ -223,21 +223,17 @@ void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer)
     int idx = lk_replicas_index(srv->routers, peer);
     if (idx < 0 || lk_replicas_count(srv->routers) == 1)
         return;
-    srv->rt_was_down[idx] = true;
-    if (srv->rt_held[idx]) {
-        srv->rt_held[idx] = false;
-        srv->n_held--;
-    }
+    srv->rt[idx].was_down = true;
+    srv->rt[idx].held = false;
     s_release_silent(srv);
     s_move_publishes(srv, peer);
 }
 
-void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted)
+void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer)
 {
     int idx = lk_replicas_index(srv->routers, peer);
     if (idx < 0 || lk_replicas_count(srv->routers) == 1)
         return;
-    (void)restarted;
     /* joins that waited on every router while none was alive: the silent ones are not
        waited for any more */
     s_release_silent(srv);
@@ -245,18 +241,16 @@ void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted)
        before anything newer on their topics */
     for (int i = 0; i < lk_replicas_count(srv->routers); i++) {
         lk_peer_t *p = lk_replicas_nth(srv->routers, i);
-        if (p != peer && !lk_peer_alive(p) && srv->rt_was_down[i] && lk_peer_unacked(p))
+        if (p != peer && !lk_peer_alive(p) && srv->rt[i].was_down && lk_peer_unacked(p))
             s_move_publishes(srv, p);
     }
-    if (!srv->rt_was_down[idx])
+    fe_router_state_t *rs = &srv->rt[idx];
+    if (!rs->was_down)
         return;
-    srv->rt_was_down[idx] = false;
-    if (!srv->rt_held[idx]) {
-        srv->rt_held[idx] = true;
-        srv->n_held++;
-    }
-    srv->rt_hold_mark[idx] = srv->wait_no;
-    srv->rt_hold_since[idx] = lk_loop_now(srv->loop);
+    rs->was_down = false;
+    rs->held = true;
+    rs->hold_mark = srv->wait_no;
+    rs->hold_since = lk_loop_now(srv->loop);
     fe_routers_check(srv);
 }
 
@@ -274,19 +268,19 @@ void fe_routers_check(fe_server_t *srv)
 {
     int n = lk_replicas_count(srv->routers);
     int64_t now = lk_loop_now(srv->loop);
-    for (int i = 0; i < n && srv->n_held; i++) {
-        if (!srv->rt_held[i])
+    for (int i = 0; i < n; i++) {
+        fe_router_state_t *rs = &srv->rt[i];
+        if (!rs->held)
             continue;
         lk_peer_t *back = lk_replicas_nth(srv->routers, i);
         bool busy = false;
         for (fe_wait_t *w = srv->waits; w && !busy; w = w->next)
-            busy = w->no <= srv->rt_hold_mark[i] && w->peer != back &&
+            busy = w->no <= rs->hold_mark && w->peer != back &&
                    fe_is_router(srv, w->peer) && s_publish_wait(w);
-        bool late = now - srv->rt_hold_since[i] > FE_HOLD_MS;
+        bool late = now - rs->hold_since > FE_HOLD_MS;
         if (busy && !late)
             continue;
-        srv->rt_held[i] = false;
-        srv->n_held--;
+        rs->held = false;
         if (busy)
             lk_warn("%s back: its topics return before the fallback acked our earlier "
                     "publishes (%d ms): their order may break once",

@@ -297,7 +297,7 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
             fe_route_reset(srv, peer);
             s_reattach(srv, peer);
         }
-        fe_routers_peer_up(srv, peer, restarted);
+        fe_routers_peer_up(srv, peer);
     }
     if (lk_replicas_has(srv->stores, peer)) {
         /* back after silence without a restart (a partition): it took our connections
@@ -795,8 +795,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
     if (srv->wills)
         s_wills_due(srv, now);
     fe_backlog_check(srv);
-    if (srv->n_held)
-        fe_routers_check(srv);
+    fe_routers_check(srv);
     if (srv->lingering)
         fe_transport_cron(srv, now);
     fe_limits_cron(srv->limits, now);
