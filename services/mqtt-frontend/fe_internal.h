@@ -435,9 +435,11 @@ void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer);
 void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer);
 /* the cron (every 250 ms): ends holds whose fallback acked what came before */
 void fe_routers_check(fe_server_t *srv);
-/* the SubscribeReq's send_retained goes to one router only: this one */
-lk_peer_t *fe_router_for_retained(fe_server_t *srv, fe_conn_t *conn, Lk__Subscription **subs,
-                                  size_t n);
+/* SubscribeReq / UnsubscribeReq for conn to every router (acknowledged); it (NULL: none)
+   is released once every live router acked, or at once when none could be sent to */
+void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                         size_t n, const fe_wait_item_t *it);
+void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it);
 /* fe_server.c: releases one wait item (join parts count down) */
 void fe_wait_item_release(fe_server_t *srv, fe_wait_item_t *it);
 
@@ -465,11 +467,6 @@ void fe_auth_request_send(fe_conn_t *conn);
 /* the subscription as the bus carries it (the filter is borrowed) */
 void fe_sub_to_proto(const fe_sub_t *fs, Lk__Subscription *s);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
-/* SubscribeReq / UnsubscribeReq for conn to every router (acknowledged); it (NULL: none)
-   is released once every live router acked */
-void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
-                         size_t n, const fe_wait_item_t *it);
-void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it);
 /* sends the connection's pending SessionAck (store ids, released ids, subscriptions) now */
 void fe_session_ack_flush(fe_conn_t *conn);
 /* the index of the subscription to filter, or -1 */

@@ -53,8 +53,9 @@ lk_peer_t *fe_router_first(fe_server_t *srv)
     return lk_replicas_nth(srv->routers, 0);
 }
 
-lk_peer_t *fe_router_for_retained(fe_server_t *srv, fe_conn_t *conn, Lk__Subscription **subs,
-                                  size_t n)
+/* the SubscribeReq's send_retained goes to one router only: this one */
+static lk_peer_t *s_router_for_retained(fe_server_t *srv, fe_conn_t *conn,
+                                        Lk__Subscription **subs, size_t n)
 {
     if (lk_replicas_count(srv->routers) == 1)
         return lk_replicas_nth(srv->routers, 0);
@@ -104,7 +105,11 @@ static void s_join_done(fe_server_t *srv, fe_join_t *j)
     }
 }
 
-bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it)
+/* env adjusted for router p before it is sent there */
+typedef void(s_each_fn)(Lk__Envelope *env, lk_peer_t *p, void *arg);
+
+static bool s_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it,
+                       s_each_fn *each, void *arg)
 {
     fe_join_t *j = s_join(it);
     int n = lk_replicas_count(srv->routers);
@@ -112,6 +117,8 @@ bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item
     bool sent = false;
     for (int i = 0; i < n; i++) {
         lk_peer_t *p = lk_replicas_nth(srv->routers, i);
+        if (each)
+            each(env, p, arg);
         int64_t seq = lk_bus_send(srv->bus, p, env, true);
         if (seq <= 0)
             continue;
@@ -126,6 +133,57 @@ bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item
     }
     s_join_done(srv, j);
     return sent;
+}
+
+bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it)
+{
+    return s_send_all(srv, env, it, NULL, NULL);
+}
+
+/* nothing could be sent: what the client waits for is answered now */
+static void s_send_all_or_release(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it,
+                                  s_each_fn *each, void *arg)
+{
+    if (!s_send_all(srv, env, it, each, arg) && it) {
+        fe_wait_item_t copy = *it;
+        fe_wait_item_release(srv, &copy);
+    }
+}
+
+static void s_send_retained(Lk__Envelope *env, lk_peer_t *p, void *retained_by)
+{
+    env->subscribe->send_retained = p == retained_by;
+}
+
+void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                         size_t n, const fe_wait_item_t *it)
+{
+    fe_server_t *srv = conn->srv;
+    Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
+    sr.client = conn->client_id;
+    sr.n_subs = n;
+    sr.subs = subs;
+    sr.n_is_new = n;
+    sr.is_new = is_new;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
+    env.subscribe = &sr;
+    /* every router gets the subscription; one of them sends the retained messages
+       (each holds them all), so the client gets each once */
+    s_send_all_or_release(srv, &env, it, s_send_retained,
+                          s_router_for_retained(srv, conn, subs, n));
+}
+
+void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it)
+{
+    Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
+    ur.client = conn->client_id;
+    ur.n_filters = n;
+    ur.filters = filters;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
+    env.unsubscribe = &ur;
+    s_send_all_or_release(conn->srv, &env, it, NULL, NULL);
 }
 
 void fe_router_publish(fe_server_t *srv, Lk__Publish *pub, bool reliable,
