@@ -513,6 +513,10 @@ bool fe_will_fire(fe_server_t *srv, const char *client_id);
 void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg);
 fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq);
 void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item);
+/* the envelope from/old_seq waited for was re-sent as to/new_seq (lk_bus_move_unacked*):
+   its wait follows it. false: nothing waited for it */
+bool fe_wait_moved(fe_server_t *srv, lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
+                   uint64_t new_seq);
 /* a QoS 2 packet id added to (PUBLISH) or removed from (PUBREL) the persistent session
    in the store; true: the PUBREC / PUBCOMP waits for the store's ack (FE_WAIT_RX_*),
    false: no session to keep it in, answer now */

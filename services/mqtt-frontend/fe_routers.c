@@ -256,13 +256,8 @@ static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t n
                     void *arg)
 {
     s_move_t *mv = arg;
-    for (fe_wait_t *w = mv->srv->waits; w; w = w->next)
-        if (w->peer == mv->from && w->seq == old_seq) {
-            w->peer = to;
-            w->seq = new_seq;
-            mv->waits_moved++;
-            break;
-        }
+    if (fe_wait_moved(mv->srv, from, old_seq, to, new_seq))
+        mv->waits_moved++;
 }
 
 /* the publish batches a silent router did not ack go to their topics' owners now */

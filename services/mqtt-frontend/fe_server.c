@@ -251,23 +251,30 @@ static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all, const char *wh
         lk_notice("session store %s %s: re-opened %d sessions", lk_peer_name(peer), why, n);
 }
 
-static void s_wait_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
-                         void *arg)
+bool fe_wait_moved(fe_server_t *srv, lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
+                   uint64_t new_seq)
 {
-    fe_server_t *srv = arg;
     for (fe_wait_t *w = srv->waits; w; w = w->next)
         if (w->peer == from && w->seq == old_seq) {
             w->peer = to;
             w->seq = new_seq;
-            break;
+            return true;
         }
+    return false;
+}
+
+static void s_wait_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
+                         void *arg)
+{
+    fe_wait_moved(arg, from, old_seq, to, new_seq);
 }
 
 /* A session-store replica is silent: its clients are the next live one's now. What it
    did not ack (acks, closes, QoS 2 packet ids) goes there, and the connections it held
-   open their sessions there. */
+   open their sessions there. store_down notes it: its return re-opens what it held. */
 static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
 {
+    srv->store_down |= 1ull << lk_replicas_index(srv->stores, peer);
     lk_peer_t *next = lk_replicas_successor(srv->stores, peer);
     if (!next)
         return; /* none left: the work waits for the first one back */
@@ -285,7 +292,6 @@ static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
 }
 
 static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
-static void s_store_down(fe_server_t *srv, lk_peer_t *peer);
 
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
@@ -344,8 +350,6 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
         if (!lk_replicas_alive(srv->routers) && !srv->router_down_ms)
             srv->router_down_ms = lk_loop_now(srv->loop);
     }
-    if (lk_replicas_has(srv->stores, peer))
-        srv->store_down |= 1ull << lk_replicas_index(srv->stores, peer);
     s_auth_resend(srv, peer, "down");
     if (lk_replicas_has(srv->stores, peer))
         s_store_down(srv, peer);
