@@ -85,56 +85,53 @@ void fe_wait_item_release(fe_server_t *srv, fe_wait_item_t *it)
         }
         return;
     }
-    {
-        fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
-        if (conn && it->kind == FE_WAIT_ATTACH)
-            fe_attach_acked(conn);
-        else if (conn && conn->state == FE_ACTIVE) {
-            lk_mqtt_packet_t p = {0};
-            switch (it->kind) {
-            case FE_WAIT_PUBACK:
-            case FE_WAIT_PUBREC:
-                if (conn->n_rt_wait)
-                    conn->n_rt_wait--;
-                if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
-                    conn->n_qos1_in--;
-                /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
-                   session store has it, so a PUBLISH re-sent after a reconnect (to any
-                   frontend) is recognised */
-                if (it->kind == FE_WAIT_PUBREC && fe_store_rx(conn, it->pid, true))
-                    break;
-                p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
-                p.u.ack.packet_id = it->pid;
-                fe_conn_send(conn, &p);
+    fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
+    if (conn && it->kind == FE_WAIT_ATTACH)
+        fe_attach_acked(conn);
+    else if (conn && conn->state == FE_ACTIVE) {
+        lk_mqtt_packet_t p = {0};
+        switch (it->kind) {
+        case FE_WAIT_PUBACK:
+        case FE_WAIT_PUBREC:
+            if (conn->n_rt_wait)
+                conn->n_rt_wait--;
+            if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
+                conn->n_qos1_in--;
+            /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
+               session store has it, so a PUBLISH re-sent after a reconnect (to any
+               frontend) is recognised */
+            if (it->kind == FE_WAIT_PUBREC && fe_store_rx(conn, it->pid, true))
                 break;
-            case FE_WAIT_RX_ADD:
-            case FE_WAIT_RX_DEL:
-                p.type = it->kind == FE_WAIT_RX_ADD ? LK_MQTT_PUBREC : LK_MQTT_PUBCOMP;
-                p.u.ack.packet_id = it->pid;
-                fe_conn_send(conn, &p);
-                break;
-            case FE_WAIT_ATTACH:
-            case FE_WAIT_JOIN:
-            case FE_WAIT_JOIN_OWNER:
-            case FE_WAIT_NONE:
-                break;
-            case FE_WAIT_SUBACK:
-            case FE_WAIT_UNSUBACK:
-                p.type = it->kind == FE_WAIT_SUBACK ? LK_MQTT_SUBACK : LK_MQTT_UNSUBACK;
-                p.u.suback.packet_id = it->pid;
-                p.u.suback.codes = it->codes;
-                /* 3.1.1 UNSUBACK carries no codes */
-                p.u.suback.count =
-                    (it->kind == FE_WAIT_UNSUBACK && conn->version != LK_MQTT_V5) ? 0
-                                                                                   : it->n_codes;
-                fe_conn_send(conn, &p);
-                break;
-            }
+            p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
+            p.u.ack.packet_id = it->pid;
+            fe_conn_send(conn, &p);
+            break;
+        case FE_WAIT_RX_ADD:
+        case FE_WAIT_RX_DEL:
+            p.type = it->kind == FE_WAIT_RX_ADD ? LK_MQTT_PUBREC : LK_MQTT_PUBCOMP;
+            p.u.ack.packet_id = it->pid;
+            fe_conn_send(conn, &p);
+            break;
+        case FE_WAIT_ATTACH:
+        case FE_WAIT_JOIN:
+        case FE_WAIT_JOIN_OWNER:
+        case FE_WAIT_NONE:
+            break;
+        case FE_WAIT_SUBACK:
+        case FE_WAIT_UNSUBACK:
+            p.type = it->kind == FE_WAIT_SUBACK ? LK_MQTT_SUBACK : LK_MQTT_UNSUBACK;
+            p.u.suback.packet_id = it->pid;
+            p.u.suback.codes = it->codes;
+            /* 3.1.1 UNSUBACK carries no codes */
+            p.u.suback.count =
+                (it->kind == FE_WAIT_UNSUBACK && conn->version != LK_MQTT_V5) ? 0 : it->n_codes;
+            fe_conn_send(conn, &p);
+            break;
         }
-        free(it->codes);
-        it->codes = NULL;
-        it->kind = FE_WAIT_NONE;
     }
+    free(it->codes);
+    it->codes = NULL;
+    it->kind = FE_WAIT_NONE;
 }
 
 static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
