@@ -419,6 +419,8 @@ int fe_routers_connect(fe_server_t *srv);
 bool fe_is_router(fe_server_t *srv, lk_peer_t *peer);
 /* the router that takes publishes on topic now */
 lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic);
+/* its index among the routers */
+int fe_router_index_for(fe_server_t *srv, const char *topic);
 /* the router that publishes $SYS and gets NodeStats: the first live one */
 lk_peer_t *fe_router_first(fe_server_t *srv);
 /* unacked bytes towards the live routers (back-pressure) */

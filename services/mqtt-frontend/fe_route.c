@@ -165,8 +165,7 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
     if (lk_bus_msglog_on(srv->bus))
         s_note(srv, m);
     s_route_t *r = zhashx_lookup(srv->routes, m->topic);
-    lk_peer_t *owner = fe_router_for(srv, m->topic);
-    int rt = lk_replicas_index(srv->routers, owner);
+    int rt = fe_router_index_for(srv, m->topic);
     /* a retained message always goes to the router, which keeps it */
     if (r && r->ready && !r->asking && r->rt == rt && r->gen == srv->rt[rt].route_gen &&
         !m->retain && !ask) {

@@ -28,20 +28,24 @@ bool fe_is_router(fe_server_t *srv, lk_peer_t *peer)
     return lk_replicas_has(srv->routers, peer);
 }
 
-lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic)
+int fe_router_index_for(fe_server_t *srv, const char *topic)
 {
     int n = lk_replicas_count(srv->routers);
     if (n == 1)
-        return lk_replicas_nth(srv->routers, 0);
+        return 0;
     int home = lk_replicas_home(topic, strlen(topic), n);
     for (int k = 0; k < n; k++) {
         int i = (home + k) % n;
-        lk_peer_t *p = lk_replicas_nth(srv->routers, i);
-        if (lk_peer_alive(p) && !srv->rt[i].held)
-            return p;
+        if (lk_peer_alive(lk_replicas_nth(srv->routers, i)) && !srv->rt[i].held)
+            return i;
     }
     /* none alive (or all held): the configured owner, its work waits for it */
-    return lk_replicas_nth(srv->routers, home);
+    return home;
+}
+
+lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic)
+{
+    return lk_replicas_nth(srv->routers, fe_router_index_for(srv, topic));
 }
 
 lk_peer_t *fe_router_first(fe_server_t *srv)
