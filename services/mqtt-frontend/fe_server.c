@@ -226,16 +226,21 @@ lk_peer_t *fe_store(fe_server_t *srv, const char *client)
    Replicas: the same for the connections whose owner changed (a replica died, or came
    back): the new owner learns them, and builds what the old one held in memory. peer:
    the replica that restarted or changed (all: those that had opened at it). */
+static bool s_must_reopen(fe_server_t *srv, fe_conn_t *c, lk_peer_t *peer, bool all)
+{
+    if (c->unregistered)
+        return true;
+    if (c->store_peer && fe_store(srv, c->client_id) != c->store_peer)
+        return true; /* its owner changed */
+    return all && (!c->store_peer || c->store_peer == peer);
+}
+
 static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all, const char *why)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
-        if (!c || c->state != FE_ACTIVE)
-            continue;
-        bool moved = !c->unregistered && c->store_peer &&
-                     fe_store(srv, c->client_id) != c->store_peer;
-        if (!c->unregistered && !moved && !(all && (c->store_peer == peer || !c->store_peer)))
+        if (!c || c->state != FE_ACTIVE || !s_must_reopen(srv, c, peer, all))
             continue;
         c->req = fe_conn_req(c);
         if (!c->unregistered)
