@@ -438,61 +438,6 @@ void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **ptrs, Lk__Subscri
     }
 }
 
-void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
-                         size_t n, const fe_wait_item_t *it)
-{
-    fe_server_t *srv = conn->srv;
-    Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
-    sr.client = conn->client_id;
-    sr.n_subs = n;
-    sr.subs = subs;
-    sr.n_is_new = n;
-    sr.is_new = is_new;
-    Lk__Envelope env = LK__ENVELOPE__INIT;
-    env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
-    env.subscribe = &sr;
-    /* every router gets the subscription; one of them sends the retained messages
-       (each holds them all), so the client gets each once */
-    lk_peer_t *rr = fe_router_for_retained(srv, conn, subs, n);
-    fe_join_t *j = NULL;
-    int nr = lk_replicas_count(srv->routers);
-    int live = lk_replicas_alive(srv->routers);
-    if (it) {
-        j = lk_calloc(1, sizeof(*j));
-        j->item = *it;
-    }
-    for (int i = 0; i < nr; i++) {
-        lk_peer_t *p = lk_replicas_nth(srv->routers, i);
-        sr.send_retained = p == rr;
-        int64_t seq = lk_bus_send(srv->bus, p, &env, true);
-        if (j && seq > 0 && (lk_peer_alive(p) || !live)) {
-            fe_wait_item_t part = {FE_WAIT_JOIN, conn->fd, conn->id, 0, NULL, 0, j};
-            j->left++;
-            fe_wait_add(fe_wait_for(srv, p, (uint64_t)seq), &part);
-        }
-    }
-    if (j && !j->left) {
-        j->left = 1;
-        fe_wait_item_t part = {FE_WAIT_JOIN, conn->fd, conn->id, 0, NULL, 0, j};
-        fe_wait_item_release(srv, &part);
-    }
-}
-
-void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it)
-{
-    Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
-    ur.client = conn->client_id;
-    ur.n_filters = n;
-    ur.filters = filters;
-    Lk__Envelope env = LK__ENVELOPE__INIT;
-    env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
-    env.unsubscribe = &ur;
-    if (!fe_routers_send_all(conn->srv, &env, it) && it) {
-        fe_wait_item_t copy = *it;
-        fe_wait_item_release(conn->srv, &copy);
-    }
-}
-
 static void s_qos2_in_add(fe_conn_t *conn, uint16_t pid);
 static bool s_qos2_in_has(fe_conn_t *conn, uint16_t pid);
 

@@ -240,6 +240,19 @@ struct fe_join {
     fe_wait_item_t item;
 };
 
+/* one router replica as this frontend sees it (fe_routers.c, fe_route.c) */
+typedef struct {
+    uint64_t route_gen; /* its routes' generation: a route is flushed by the router that
+                           gave it */
+    bool was_down;      /* reported down, not up since */
+    /* back after it was reported down: it gets its topics back only once what its
+       fallback had from us (waits numbered up to hold_mark) is acked (order per topic),
+       or after FE_HOLD_MS from hold_since */
+    bool held;
+    uint64_t hold_mark;
+    int64_t hold_since;
+} fe_router_state_t;
+
 typedef struct fe_wait {
     lk_peer_t *peer;
     uint64_t seq;
@@ -255,13 +268,7 @@ struct _fe_server_t {
     lk_bus_t *bus;
     char *node;
     lk_replicas_t *routers; /* router_endpoint / router_replicas (fe_routers.c) */
-    /* a router back after it was reported down gets its topics back only once what its
-       fallback had from us is acked (order per topic), or after FE_HOLD_MS */
-    bool rt_held[64];
-    bool rt_was_down[64];
-    uint64_t rt_hold_mark[64];
-    int64_t rt_hold_since[64];
-    int n_held;
+    fe_router_state_t rt[64]; /* by replica index */
     uint64_t wait_no;
     lk_replicas_t *stores; /* session_endpoint / session_replicas: a client's owner */
     lk_replicas_t *auths; /* auth_endpoint / auth_replicas */
@@ -315,7 +322,6 @@ struct _fe_server_t {
     zhashx_t *routes;       /* topic -> route */
     zhashx_t *links;        /* node -> our link to another frontend */
     char *link_key;         /* frontend_curve_server_key: their shared certificate, or NULL */
-    uint64_t route_gen[64]; /* per router: a route is flushed by the router that gave it */
     size_t route_max;
     /* statistics */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out, dropped;
@@ -413,6 +419,8 @@ int fe_routers_connect(fe_server_t *srv);
 bool fe_is_router(fe_server_t *srv, lk_peer_t *peer);
 /* the router that takes publishes on topic now */
 lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic);
+/* its index among the routers */
+int fe_router_index_for(fe_server_t *srv, const char *topic);
 /* the router that publishes $SYS and gets NodeStats: the first live one */
 lk_peer_t *fe_router_first(fe_server_t *srv);
 /* unacked bytes towards the live routers (back-pressure) */
@@ -425,13 +433,15 @@ bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item
    the live copies' */
 void fe_router_publish(fe_server_t *srv, Lk__Publish *pub, bool reliable,
                        const fe_wait_item_t *it);
-void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted);
+void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer);
 void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer);
 /* the cron (every 250 ms): ends holds whose fallback acked what came before */
 void fe_routers_check(fe_server_t *srv);
-/* the SubscribeReq's send_retained goes to one router only: this one */
-lk_peer_t *fe_router_for_retained(fe_server_t *srv, fe_conn_t *conn, Lk__Subscription **subs,
-                                  size_t n);
+/* SubscribeReq / UnsubscribeReq for conn to every router (acknowledged); it (NULL: none)
+   is released once every live router acked, or at once when none could be sent to */
+void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                         size_t n, const fe_wait_item_t *it);
+void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it);
 /* fe_server.c: releases one wait item (join parts count down) */
 void fe_wait_item_release(fe_server_t *srv, fe_wait_item_t *it);
 
@@ -459,11 +469,6 @@ void fe_auth_request_send(fe_conn_t *conn);
 /* the subscription as the bus carries it (the filter is borrowed) */
 void fe_sub_to_proto(const fe_sub_t *fs, Lk__Subscription *s);
 void fe_conn_subs_to_proto(fe_conn_t *conn, Lk__Subscription **subs_out, Lk__Subscription *store);
-/* SubscribeReq / UnsubscribeReq for conn to every router (acknowledged); it (NULL: none)
-   is released once every live router acked */
-void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
-                         size_t n, const fe_wait_item_t *it);
-void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it);
 /* sends the connection's pending SessionAck (store ids, released ids, subscriptions) now */
 void fe_session_ack_flush(fe_conn_t *conn);
 /* the index of the subscription to filter, or -1 */
@@ -510,6 +515,10 @@ bool fe_will_fire(fe_server_t *srv, const char *client_id);
 void fe_will_publish(fe_server_t *srv, const char *client_id, Lk__Msg *msg);
 fe_wait_t *fe_wait_for(fe_server_t *srv, lk_peer_t *peer, uint64_t seq);
 void fe_wait_add(fe_wait_t *w, const fe_wait_item_t *item);
+/* the envelope from/old_seq waited for was re-sent as to/new_seq (lk_bus_move_unacked*):
+   its wait follows it. false: nothing waited for it */
+bool fe_wait_moved(fe_server_t *srv, lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
+                   uint64_t new_seq);
 /* a QoS 2 packet id added to (PUBLISH) or removed from (PUBREL) the persistent session
    in the store; true: the PUBREC / PUBCOMP waits for the store's ack (FE_WAIT_RX_*),
    false: no session to keep it in, answer now */

@@ -100,8 +100,8 @@ void fe_route_flush(fe_server_t *srv, lk_peer_t *router, const Lk__RouteFlush *f
     int rt = lk_replicas_index(srv->routers, router);
     if (rt < 0)
         return;
-    if (f->gen > srv->route_gen[rt])
-        srv->route_gen[rt] = f->gen;
+    if (f->gen > srv->rt[rt].route_gen)
+        srv->rt[rt].route_gen = f->gen;
     s_drop(srv, rt, false);
 }
 
@@ -112,7 +112,7 @@ void fe_route_reset(fe_server_t *srv, lk_peer_t *router)
     if (rt < 0)
         return;
     s_drop(srv, rt, true);
-    srv->route_gen[rt] = 0;
+    srv->rt[rt].route_gen = 0;
 }
 
 /* the link to another frontend (ours: connecting from here; always the same one) */
@@ -165,10 +165,9 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
     if (lk_bus_msglog_on(srv->bus))
         s_note(srv, m);
     s_route_t *r = zhashx_lookup(srv->routes, m->topic);
-    lk_peer_t *owner = fe_router_for(srv, m->topic);
-    int rt = lk_replicas_index(srv->routers, owner);
+    int rt = fe_router_index_for(srv, m->topic);
     /* a retained message always goes to the router, which keeps it */
-    if (r && r->ready && !r->asking && r->rt == rt && r->gen == srv->route_gen[rt] &&
+    if (r && r->ready && !r->asking && r->rt == rt && r->gen == srv->rt[rt].route_gen &&
         !m->retain && !ask) {
         for (size_t i = 0; i < r->n_targets; i++) {
             s_target_t *t = &r->targets[i];
@@ -182,7 +181,7 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
         r = lk_calloc(1, sizeof(*r));
         r->topic = lk_strdup(m->topic);
         zhashx_insert(srv->routes, r->topic, r);
-    } else if (r->ready && (r->rt != rt || r->gen != srv->route_gen[r->rt]))
+    } else if (r->ready && (r->rt != rt || r->gen != srv->rt[r->rt].route_gen))
         s_route_clear(r);
     if (r->rt != rt)
         r->asking = 0;  /* the owner moved: what the other one owes is not waited for */
@@ -197,15 +196,15 @@ bool fe_route_publish(fe_server_t *srv, Lk__Msg *m, bool ask)
 
 static void s_route_one(fe_server_t *srv, int from, const Lk__Route *rt)
 {
-    if (rt->gen > srv->route_gen[from])
-        srv->route_gen[from] = rt->gen;
+    if (rt->gen > srv->rt[from].route_gen)
+        srv->rt[from].route_gen = rt->gen;
     const char *self = lk_bus_node(srv->bus);
     s_route_t *r = rt->topic ? zhashx_lookup(srv->routes, rt->topic) : NULL;
     if (r && r->rt != from)
         r = NULL;   /* an answer from the topic's previous owner: deliver, do not cache */
     if (r && r->asking)
         r->asking--;
-    bool keep = r && rt->cache && rt->gen == srv->route_gen[from];
+    bool keep = r && rt->cache && rt->gen == srv->rt[from].route_gen;
     if (keep) {
         s_route_clear(r);
         r->targets = lk_calloc(rt->n_targets ? rt->n_targets : 1, sizeof(s_target_t));

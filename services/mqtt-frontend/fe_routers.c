@@ -28,20 +28,24 @@ bool fe_is_router(fe_server_t *srv, lk_peer_t *peer)
     return lk_replicas_has(srv->routers, peer);
 }
 
-lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic)
+int fe_router_index_for(fe_server_t *srv, const char *topic)
 {
     int n = lk_replicas_count(srv->routers);
     if (n == 1)
-        return lk_replicas_nth(srv->routers, 0);
+        return 0;
     int home = lk_replicas_home(topic, strlen(topic), n);
     for (int k = 0; k < n; k++) {
         int i = (home + k) % n;
-        lk_peer_t *p = lk_replicas_nth(srv->routers, i);
-        if (lk_peer_alive(p) && !srv->rt_held[i])
-            return p;
+        if (lk_peer_alive(lk_replicas_nth(srv->routers, i)) && !srv->rt[i].held)
+            return i;
     }
     /* none alive (or all held): the configured owner, its work waits for it */
-    return lk_replicas_nth(srv->routers, home);
+    return home;
+}
+
+lk_peer_t *fe_router_for(fe_server_t *srv, const char *topic)
+{
+    return lk_replicas_nth(srv->routers, fe_router_index_for(srv, topic));
 }
 
 lk_peer_t *fe_router_first(fe_server_t *srv)
@@ -53,8 +57,9 @@ lk_peer_t *fe_router_first(fe_server_t *srv)
     return lk_replicas_nth(srv->routers, 0);
 }
 
-lk_peer_t *fe_router_for_retained(fe_server_t *srv, fe_conn_t *conn, Lk__Subscription **subs,
-                                  size_t n)
+/* the SubscribeReq's send_retained goes to one router only: this one */
+static lk_peer_t *s_router_for_retained(fe_server_t *srv, fe_conn_t *conn,
+                                        Lk__Subscription **subs, size_t n)
 {
     if (lk_replicas_count(srv->routers) == 1)
         return lk_replicas_nth(srv->routers, 0);
@@ -104,7 +109,11 @@ static void s_join_done(fe_server_t *srv, fe_join_t *j)
     }
 }
 
-bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it)
+/* env adjusted for router p before it is sent there */
+typedef void(s_each_fn)(Lk__Envelope *env, lk_peer_t *p, void *arg);
+
+static bool s_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it,
+                       s_each_fn *each, void *arg)
 {
     fe_join_t *j = s_join(it);
     int n = lk_replicas_count(srv->routers);
@@ -112,6 +121,8 @@ bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item
     bool sent = false;
     for (int i = 0; i < n; i++) {
         lk_peer_t *p = lk_replicas_nth(srv->routers, i);
+        if (each)
+            each(env, p, arg);
         int64_t seq = lk_bus_send(srv->bus, p, env, true);
         if (seq <= 0)
             continue;
@@ -126,6 +137,57 @@ bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item
     }
     s_join_done(srv, j);
     return sent;
+}
+
+bool fe_routers_send_all(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it)
+{
+    return s_send_all(srv, env, it, NULL, NULL);
+}
+
+/* nothing could be sent: what the client waits for is answered now */
+static void s_send_all_or_release(fe_server_t *srv, Lk__Envelope *env, const fe_wait_item_t *it,
+                                  s_each_fn *each, void *arg)
+{
+    if (!s_send_all(srv, env, it, each, arg) && it) {
+        fe_wait_item_t copy = *it;
+        fe_wait_item_release(srv, &copy);
+    }
+}
+
+static void s_send_retained(Lk__Envelope *env, lk_peer_t *p, void *retained_by)
+{
+    env->subscribe->send_retained = p == retained_by;
+}
+
+void fe_router_subscribe(fe_conn_t *conn, Lk__Subscription **subs, protobuf_c_boolean *is_new,
+                         size_t n, const fe_wait_item_t *it)
+{
+    fe_server_t *srv = conn->srv;
+    Lk__SubscribeReq sr = LK__SUBSCRIBE_REQ__INIT;
+    sr.client = conn->client_id;
+    sr.n_subs = n;
+    sr.subs = subs;
+    sr.n_is_new = n;
+    sr.is_new = is_new;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
+    env.subscribe = &sr;
+    /* every router gets the subscription; one of them sends the retained messages
+       (each holds them all), so the client gets each once */
+    s_send_all_or_release(srv, &env, it, s_send_retained,
+                          s_router_for_retained(srv, conn, subs, n));
+}
+
+void fe_router_unsubscribe(fe_conn_t *conn, char **filters, size_t n, const fe_wait_item_t *it)
+{
+    Lk__UnsubscribeReq ur = LK__UNSUBSCRIBE_REQ__INIT;
+    ur.client = conn->client_id;
+    ur.n_filters = n;
+    ur.filters = filters;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_UNSUBSCRIBE;
+    env.unsubscribe = &ur;
+    s_send_all_or_release(conn->srv, &env, it, NULL, NULL);
 }
 
 void fe_router_publish(fe_server_t *srv, Lk__Publish *pub, bool reliable,
@@ -195,13 +257,8 @@ static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t n
                     void *arg)
 {
     s_move_t *mv = arg;
-    for (fe_wait_t *w = mv->srv->waits; w; w = w->next)
-        if (w->peer == mv->from && w->seq == old_seq) {
-            w->peer = to;
-            w->seq = new_seq;
-            mv->waits_moved++;
-            break;
-        }
+    if (fe_wait_moved(mv->srv, from, old_seq, to, new_seq))
+        mv->waits_moved++;
 }
 
 /* the publish batches a silent router did not ack go to their topics' owners now */
@@ -220,21 +277,17 @@ void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer)
     int idx = lk_replicas_index(srv->routers, peer);
     if (idx < 0 || lk_replicas_count(srv->routers) == 1)
         return;
-    srv->rt_was_down[idx] = true;
-    if (srv->rt_held[idx]) {
-        srv->rt_held[idx] = false;
-        srv->n_held--;
-    }
+    srv->rt[idx].was_down = true;
+    srv->rt[idx].held = false;
     s_release_silent(srv);
     s_move_publishes(srv, peer);
 }
 
-void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted)
+void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer)
 {
     int idx = lk_replicas_index(srv->routers, peer);
     if (idx < 0 || lk_replicas_count(srv->routers) == 1)
         return;
-    (void)restarted;
     /* joins that waited on every router while none was alive: the silent ones are not
        waited for any more */
     s_release_silent(srv);
@@ -242,18 +295,16 @@ void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer, bool restarted)
        before anything newer on their topics */
     for (int i = 0; i < lk_replicas_count(srv->routers); i++) {
         lk_peer_t *p = lk_replicas_nth(srv->routers, i);
-        if (p != peer && !lk_peer_alive(p) && srv->rt_was_down[i] && lk_peer_unacked(p))
+        if (p != peer && !lk_peer_alive(p) && srv->rt[i].was_down && lk_peer_unacked(p))
             s_move_publishes(srv, p);
     }
-    if (!srv->rt_was_down[idx])
+    fe_router_state_t *rs = &srv->rt[idx];
+    if (!rs->was_down)
         return;
-    srv->rt_was_down[idx] = false;
-    if (!srv->rt_held[idx]) {
-        srv->rt_held[idx] = true;
-        srv->n_held++;
-    }
-    srv->rt_hold_mark[idx] = srv->wait_no;
-    srv->rt_hold_since[idx] = lk_loop_now(srv->loop);
+    rs->was_down = false;
+    rs->held = true;
+    rs->hold_mark = srv->wait_no;
+    rs->hold_since = lk_loop_now(srv->loop);
     fe_routers_check(srv);
 }
 
@@ -271,19 +322,19 @@ void fe_routers_check(fe_server_t *srv)
 {
     int n = lk_replicas_count(srv->routers);
     int64_t now = lk_loop_now(srv->loop);
-    for (int i = 0; i < n && srv->n_held; i++) {
-        if (!srv->rt_held[i])
+    for (int i = 0; i < n; i++) {
+        fe_router_state_t *rs = &srv->rt[i];
+        if (!rs->held)
             continue;
         lk_peer_t *back = lk_replicas_nth(srv->routers, i);
         bool busy = false;
         for (fe_wait_t *w = srv->waits; w && !busy; w = w->next)
-            busy = w->no <= srv->rt_hold_mark[i] && w->peer != back &&
+            busy = w->no <= rs->hold_mark && w->peer != back &&
                    fe_is_router(srv, w->peer) && s_publish_wait(w);
-        bool late = now - srv->rt_hold_since[i] > FE_HOLD_MS;
+        bool late = now - rs->hold_since > FE_HOLD_MS;
         if (busy && !late)
             continue;
-        srv->rt_held[i] = false;
-        srv->n_held--;
+        rs->held = false;
         if (busy)
             lk_warn("%s back: its topics return before the fallback acked our earlier "
                     "publishes (%d ms): their order may break once",

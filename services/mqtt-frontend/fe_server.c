@@ -85,56 +85,53 @@ void fe_wait_item_release(fe_server_t *srv, fe_wait_item_t *it)
         }
         return;
     }
-    {
-        fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
-        if (conn && it->kind == FE_WAIT_ATTACH)
-            fe_attach_acked(conn);
-        else if (conn && conn->state == FE_ACTIVE) {
-            lk_mqtt_packet_t p = {0};
-            switch (it->kind) {
-            case FE_WAIT_PUBACK:
-            case FE_WAIT_PUBREC:
-                if (conn->n_rt_wait)
-                    conn->n_rt_wait--;
-                if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
-                    conn->n_qos1_in--;
-                /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
-                   session store has it, so a PUBLISH re-sent after a reconnect (to any
-                   frontend) is recognised */
-                if (it->kind == FE_WAIT_PUBREC && fe_store_rx(conn, it->pid, true))
-                    break;
-                p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
-                p.u.ack.packet_id = it->pid;
-                fe_conn_send(conn, &p);
+    fe_conn_t *conn = fe_conn_find(srv, it->fd, it->conn_id);
+    if (conn && it->kind == FE_WAIT_ATTACH)
+        fe_attach_acked(conn);
+    else if (conn && conn->state == FE_ACTIVE) {
+        lk_mqtt_packet_t p = {0};
+        switch (it->kind) {
+        case FE_WAIT_PUBACK:
+        case FE_WAIT_PUBREC:
+            if (conn->n_rt_wait)
+                conn->n_rt_wait--;
+            if (it->kind == FE_WAIT_PUBACK && conn->n_qos1_in)
+                conn->n_qos1_in--;
+            /* the packet id is session state [MQTT-4.3.3-10]: PUBREC once the
+               session store has it, so a PUBLISH re-sent after a reconnect (to any
+               frontend) is recognised */
+            if (it->kind == FE_WAIT_PUBREC && fe_store_rx(conn, it->pid, true))
                 break;
-            case FE_WAIT_RX_ADD:
-            case FE_WAIT_RX_DEL:
-                p.type = it->kind == FE_WAIT_RX_ADD ? LK_MQTT_PUBREC : LK_MQTT_PUBCOMP;
-                p.u.ack.packet_id = it->pid;
-                fe_conn_send(conn, &p);
-                break;
-            case FE_WAIT_ATTACH:
-            case FE_WAIT_JOIN:
-            case FE_WAIT_JOIN_OWNER:
-            case FE_WAIT_NONE:
-                break;
-            case FE_WAIT_SUBACK:
-            case FE_WAIT_UNSUBACK:
-                p.type = it->kind == FE_WAIT_SUBACK ? LK_MQTT_SUBACK : LK_MQTT_UNSUBACK;
-                p.u.suback.packet_id = it->pid;
-                p.u.suback.codes = it->codes;
-                /* 3.1.1 UNSUBACK carries no codes */
-                p.u.suback.count =
-                    (it->kind == FE_WAIT_UNSUBACK && conn->version != LK_MQTT_V5) ? 0
-                                                                                   : it->n_codes;
-                fe_conn_send(conn, &p);
-                break;
-            }
+            p.type = it->kind == FE_WAIT_PUBACK ? LK_MQTT_PUBACK : LK_MQTT_PUBREC;
+            p.u.ack.packet_id = it->pid;
+            fe_conn_send(conn, &p);
+            break;
+        case FE_WAIT_RX_ADD:
+        case FE_WAIT_RX_DEL:
+            p.type = it->kind == FE_WAIT_RX_ADD ? LK_MQTT_PUBREC : LK_MQTT_PUBCOMP;
+            p.u.ack.packet_id = it->pid;
+            fe_conn_send(conn, &p);
+            break;
+        case FE_WAIT_ATTACH:
+        case FE_WAIT_JOIN:
+        case FE_WAIT_JOIN_OWNER:
+        case FE_WAIT_NONE:
+            break;
+        case FE_WAIT_SUBACK:
+        case FE_WAIT_UNSUBACK:
+            p.type = it->kind == FE_WAIT_SUBACK ? LK_MQTT_SUBACK : LK_MQTT_UNSUBACK;
+            p.u.suback.packet_id = it->pid;
+            p.u.suback.codes = it->codes;
+            /* 3.1.1 UNSUBACK carries no codes */
+            p.u.suback.count =
+                (it->kind == FE_WAIT_UNSUBACK && conn->version != LK_MQTT_V5) ? 0 : it->n_codes;
+            fe_conn_send(conn, &p);
+            break;
         }
-        free(it->codes);
-        it->codes = NULL;
-        it->kind = FE_WAIT_NONE;
     }
+    free(it->codes);
+    it->codes = NULL;
+    it->kind = FE_WAIT_NONE;
 }
 
 static void s_wait_release(fe_server_t *srv, fe_wait_t *w)
@@ -229,16 +226,21 @@ lk_peer_t *fe_store(fe_server_t *srv, const char *client)
    Replicas: the same for the connections whose owner changed (a replica died, or came
    back): the new owner learns them, and builds what the old one held in memory. peer:
    the replica that restarted or changed (all: those that had opened at it). */
+static bool s_must_reopen(fe_server_t *srv, fe_conn_t *c, lk_peer_t *peer, bool all)
+{
+    if (c->unregistered)
+        return true;
+    if (c->store_peer && fe_store(srv, c->client_id) != c->store_peer)
+        return true; /* its owner changed */
+    return all && (!c->store_peer || c->store_peer == peer);
+}
+
 static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all, const char *why)
 {
     int n = 0;
     for (int fd = 0; fd < srv->by_fd_cap; fd++) {
         fe_conn_t *c = srv->by_fd[fd];
-        if (!c || c->state != FE_ACTIVE)
-            continue;
-        bool moved = !c->unregistered && c->store_peer &&
-                     fe_store(srv, c->client_id) != c->store_peer;
-        if (!c->unregistered && !moved && !(all && (c->store_peer == peer || !c->store_peer)))
+        if (!c || c->state != FE_ACTIVE || !s_must_reopen(srv, c, peer, all))
             continue;
         c->req = fe_conn_req(c);
         if (!c->unregistered)
@@ -251,23 +253,30 @@ static void s_reopen(fe_server_t *srv, lk_peer_t *peer, bool all, const char *wh
         lk_notice("session store %s %s: re-opened %d sessions", lk_peer_name(peer), why, n);
 }
 
-static void s_wait_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
-                         void *arg)
+bool fe_wait_moved(fe_server_t *srv, lk_peer_t *from, uint64_t old_seq, lk_peer_t *to,
+                   uint64_t new_seq)
 {
-    fe_server_t *srv = arg;
     for (fe_wait_t *w = srv->waits; w; w = w->next)
         if (w->peer == from && w->seq == old_seq) {
             w->peer = to;
             w->seq = new_seq;
-            break;
+            return true;
         }
+    return false;
+}
+
+static void s_wait_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t new_seq,
+                         void *arg)
+{
+    fe_wait_moved(arg, from, old_seq, to, new_seq);
 }
 
 /* A session-store replica is silent: its clients are the next live one's now. What it
    did not ack (acks, closes, QoS 2 packet ids) goes there, and the connections it held
-   open their sessions there. */
+   open their sessions there. store_down notes it: its return re-opens what it held. */
 static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
 {
+    srv->store_down |= 1ull << lk_replicas_index(srv->stores, peer);
     lk_peer_t *next = lk_replicas_successor(srv->stores, peer);
     if (!next)
         return; /* none left: the work waits for the first one back */
@@ -285,7 +294,6 @@ static void s_store_down(fe_server_t *srv, lk_peer_t *peer)
 }
 
 static void s_auth_resend(fe_server_t *srv, lk_peer_t *peer, const char *why);
-static void s_store_down(fe_server_t *srv, lk_peer_t *peer);
 
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
@@ -297,7 +305,7 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
             fe_route_reset(srv, peer);
             s_reattach(srv, peer);
         }
-        fe_routers_peer_up(srv, peer, restarted);
+        fe_routers_peer_up(srv, peer);
     }
     if (lk_replicas_has(srv->stores, peer)) {
         /* back after silence without a restart (a partition): it took our connections
@@ -344,8 +352,6 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
         if (!lk_replicas_alive(srv->routers) && !srv->router_down_ms)
             srv->router_down_ms = lk_loop_now(srv->loop);
     }
-    if (lk_replicas_has(srv->stores, peer))
-        srv->store_down |= 1ull << lk_replicas_index(srv->stores, peer);
     s_auth_resend(srv, peer, "down");
     if (lk_replicas_has(srv->stores, peer))
         s_store_down(srv, peer);
@@ -795,8 +801,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
     if (srv->wills)
         s_wills_due(srv, now);
     fe_backlog_check(srv);
-    if (srv->n_held)
-        fe_routers_check(srv);
+    fe_routers_check(srv);
     if (srv->lingering)
         fe_transport_cron(srv, now);
     fe_limits_cron(srv->limits, now);

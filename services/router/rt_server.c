@@ -366,13 +366,26 @@ static bool s_retain_fits(rt_server_t *self, const Lk__Msg *msg)
            rt_retain_get(self->retain, msg->topic) != NULL;
 }
 
+/* keeps (an empty payload: drops) the retained message in the index; false: over
+   max_retained_messages / max_retained_size, not kept */
+static bool s_retain_keep(rt_server_t *self, Lk__Msg *msg)
+{
+    if (msg->payload.len == 0)
+        rt_retain_delete(self->retain, msg->topic);
+    else if (s_retain_fits(self, msg))
+        rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+    else
+        return false;
+    return true;
+}
+
 /* a retained message: kept here; durable: also stored by the session store ($SYS is not) */
 static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
 {
     if (!durable) {
         rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
-    } else if (msg->payload.len && !s_retain_fits(self, msg)) {
-        /* over max_retained_messages / max_retained_size: delivered, not retained */
+    } else if (!s_retain_keep(self, msg)) {
+        /* delivered, not retained */
         self->retain_refused++;
         if (lk_mono_ms() - self->retain_warned_ms > 10000) {
             lk_warn("retained message on '%s' (%zu bytes) not kept: %" PRIu64
@@ -383,10 +396,6 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
             self->retain_warned_ms = lk_mono_ms();
         }
     } else {
-        if (msg->payload.len == 0)
-            rt_retain_delete(self->retain, msg->topic);
-        else
-            rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
         lk_peer_t *store = s_store(self, msg->topic);
         uint64_t seq = lk_bus_batch_add(self->bus, store, LK_BODY_RETAIN, msg, true);
         s_cur_wait(self, store, seq);
@@ -398,12 +407,8 @@ static void s_retain_update(rt_server_t *self, Lk__Msg *msg, bool durable)
    answers with retained messages */
 static void s_retain_copy(rt_server_t *self, Lk__Msg *msg)
 {
-    if (!msg->topic || !*msg->topic)
-        return;
-    if (msg->payload.len == 0)
-        rt_retain_delete(self->retain, msg->topic);
-    else if (s_retain_fits(self, msg))
-        rt_retain_set(self->retain, msg->topic, s_msg_copy(msg));
+    if (msg->topic && *msg->topic)
+        s_retain_keep(self, msg);
 }
 
 /* one copy to a connected client: RETAIN kept only for Retain As Published. QoS >= 1
@@ -1295,11 +1300,11 @@ static void s_handle(rt_server_t *self, lk_peer_t *peer, Lk__Envelope *env)
         s_stats_update(self, peer, env->stats);
         break;
     case LK__ENVELOPE__BODY_RESYNC_DONE:
-        if (!s_is_store(self, peer) || !s_resync_complete(self, peer))
-            ;
-        else if (self->warming && lk_loop_now(self->loop) >= self->warm_min)
+        if (!self->warming || !s_is_store(self, peer) || !s_resync_complete(self, peer))
+            break;
+        if (lk_loop_now(self->loop) >= self->warm_min)
             s_warm_end(self, "session store resync done");
-        else if (self->warming) {
+        else {
             self->resync_done = true;
             self->warm_deadline = self->warm_min;   /* frontends get their grace period */
         }
