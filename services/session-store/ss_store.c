@@ -313,11 +313,56 @@ void ss_store_set_forced_expiry(ss_store_t *self, uint32_t seconds)
     self->forced_expiry = seconds;
 }
 
+/* one client's record, counter and queue length: three commands in p, their replies for
+   s_record_ok / s_record_apply */
+static void s_pipe_record(ss_store_t *self, s_pipe_t *p, const char *client)
+{
+    s_pipe_str(p, "HMGET", s_key(self, "lk:sess:", client), "node", "node_epoch", "expiry",
+               "disconnected_at", "conn", NULL);
+    s_pipe_str(p, "GET", s_key(self, "lk:qseq:", client), NULL);
+    s_pipe_str(p, "HLEN", s_key(self, "lk:q:", client), NULL);
+}
+
+/* the HMGET of s_pipe_record found a session record */
+static bool s_record_ok(const lk_redis_reply_t *rec)
+{
+    return rec && rec->type == LK_REDIS_ARRAY && rec->count == 5 &&
+           rec->items[2].type != LK_REDIS_NIL;
+}
+
+/* a persistent session as the replies of s_pipe_record say (s_record_ok(rec)) */
+static void s_record_apply(ss_store_t *self, ss_session_t *s, const lk_redis_reply_t *rec,
+                           const lk_redis_reply_t *seq, const lk_redis_reply_t *len)
+{
+    s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
+    s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
+    s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
+    s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
+    s->persistent = true;
+    s->qseq = s_reply_u64(seq);
+    s->qlen = (size_t)s_reply_u64(len);
+}
+
+/* the next SSCAN page of lk:sessions from *cursor (advanced): an array reply whose
+   items[1] holds the members; NULL when Redis failed */
+static lk_redis_reply_t *s_scan_sessions(ss_store_t *self, uint64_t *cursor)
+{
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
+                                       (unsigned long long)*cursor, SS_LOAD_CHUNK);
+    if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
+        r->items[1].type != LK_REDIS_ARRAY) {
+        lk_redis_reply_free(&r);
+        return NULL;
+    }
+    *cursor = s_reply_u64(&r->items[0]);
+    return r;
+}
+
 static void s_write_records(ss_store_t *self, zlistx_t *clients);
 
 static bool s_owns(ss_store_t *self, const ss_session_t *s)
 {
-    return !self->owns || self->owns(s->client, self->owns_arg);
+    return ss_store_owns(self, s->client);
 }
 
 void ss_store_set_owner(ss_store_t *self, ss_owns_fn *fn, void *arg)
@@ -354,12 +399,8 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         return 0;
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
-    for (size_t i = 0; i < n; i++) {
-        s_pipe_str(&p, "HMGET", s_key(self, "lk:sess:", clients[i]), "node", "node_epoch",
-                   "expiry", "disconnected_at", "conn", NULL);
-        s_pipe_str(&p, "GET", s_key(self, "lk:qseq:", clients[i]), NULL);
-        s_pipe_str(&p, "HLEN", s_key(self, "lk:q:", clients[i]), NULL);
-    }
+    for (size_t i = 0; i < n; i++)
+        s_pipe_record(self, &p, clients[i]);
     lk_redis_reply_t **r = lk_calloc(3 * n, sizeof(*r));
     for (size_t i = 0; i < 3 * n; i++)
         r[i] = s_pipe_next(&p);
@@ -370,8 +411,7 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
     for (size_t i = 0; rc == 0 && i < n; i++) {
         lk_redis_reply_t *rec = r[3 * i], *seq = r[3 * i + 1], *len = r[3 * i + 2];
         ss_session_t *s = zhashx_lookup(self->sessions, clients[i]);
-        if (!rec || rec->type != LK_REDIS_ARRAY || rec->count != 5 ||
-            rec->items[2].type == LK_REDIS_NIL) {
+        if (!s_record_ok(rec)) {
             /* no session in Redis; a registration of a clean session we did not keep
                current is not trusted either (its frontend registers it again) */
             if (s && (s->persistent || s->stale))
@@ -380,18 +420,12 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         }
         if (!s)
             s = s_session_add(self, clients[i]);
-        s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
-        s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
-        s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
-        s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
+        s_record_apply(self, s, rec, seq, len);
         if (!s->disconnected_at &&
             (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
             s->disconnected_at = now; /* its node is gone: offline since now */
             zlistx_add_end(gone, lk_strdup(s->client));
         }
-        s->persistent = true;
-        s->qseq = s_reply_u64(seq);
-        s->qlen = (size_t)s_reply_u64(len);
         s->stale = false;
     }
     for (size_t i = 0; i < 3 * n; i++)
@@ -511,36 +545,24 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
 {
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
-    for (size_t i = 0; i < members->count; i++) {
-        const char *c = members->items[i].str ? members->items[i].str : "";
-        s_pipe_str(&p, "HMGET", s_key(self, "lk:sess:", c), "node", "node_epoch", "expiry",
-                   "disconnected_at", "conn", NULL);
-        s_pipe_str(&p, "GET", s_key(self, "lk:qseq:", c), NULL);
-        s_pipe_str(&p, "HLEN", s_key(self, "lk:q:", c), NULL);
-    }
+    for (size_t i = 0; i < members->count; i++)
+        s_pipe_record(self, &p, members->items[i].str ? members->items[i].str : "");
     for (size_t i = 0; i < members->count && !p.failed; i++) {
         const char *c = members->items[i].str ? members->items[i].str : "";
         lk_redis_reply_t *rec = s_pipe_next(&p);
         lk_redis_reply_t *seq = s_pipe_next(&p);
         lk_redis_reply_t *len = s_pipe_next(&p);
         if (rec && seq && len && !zhashx_lookup(into, c)) {
-            if (rec->type != LK_REDIS_ARRAY || rec->count != 5 ||
-                rec->items[2].type == LK_REDIS_NIL)
+            if (!s_record_ok(rec))
                 zlistx_add_end(stale, lk_strdup(c)); /* member without a record */
             else {
                 ss_session_t *s = lk_calloc(1, sizeof(*s));
                 s->client = lk_strdup(c);
-                s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
-                s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
-                s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
-                s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
+                s->max_queued = self->max_queued;
+                s_record_apply(self, s, rec, seq, len);
                 /* a record without node nor disconnect time: offline since now */
                 if (!s->node && !s->disconnected_at)
                     s->disconnected_at = lk_wall_ms();
-                s->persistent = true;
-                s->qseq = s_reply_u64(seq);
-                s->qlen = (size_t)s_reply_u64(len);
-                s->max_queued = self->max_queued;
                 zhashx_insert(into, s->client, s);
             }
         }
@@ -555,14 +577,9 @@ int ss_store_discover(ss_store_t *self)
 {
     uint64_t cursor = 0;
     do {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
-                                           (unsigned long long)cursor, SS_LOAD_CHUNK);
-        if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
-            r->items[1].type != LK_REDIS_ARRAY) {
-            lk_redis_reply_free(&r);
+        lk_redis_reply_t *r = s_scan_sessions(self, &cursor);
+        if (!r)
             return -1;
-        }
-        cursor = s_reply_u64(&r->items[0]);
         const lk_redis_reply_t *m = &r->items[1];
         for (size_t i = 0; i < m->count; i++)
             if (m->items[i].str && !zhashx_lookup(self->sessions, m->items[i].str)) {
@@ -591,15 +608,11 @@ int ss_store_load(ss_store_t *self)
     uint64_t cursor = 0;
     int rc = 0;
     do {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
-                                           (unsigned long long)cursor, SS_LOAD_CHUNK);
-        if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
-            r->items[1].type != LK_REDIS_ARRAY) {
-            lk_redis_reply_free(&r);
+        lk_redis_reply_t *r = s_scan_sessions(self, &cursor);
+        if (!r) {
             rc = -1;
             break;
         }
-        cursor = s_reply_u64(&r->items[0]);
         rc = s_load_page(self, fresh, &r->items[1], stale);
         lk_redis_reply_free(&r);
     } while (rc == 0 && cursor != 0);
