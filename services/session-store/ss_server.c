@@ -102,7 +102,7 @@ struct _ss_server_t {
     /* router resync: to the routers that (re)started, by index (bit i) */
     uint64_t resync_mask;
     bool resync_wanted;
-    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages, 3 done */
+    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages */
     zlistx_t *resync_clients;
     uint64_t resync_cursor;
     int resync_timer;
@@ -288,18 +288,14 @@ static void s_send(self_t *self, lk_peer_t *peer, Lk__Envelope *env, bool reliab
                  lk_peer_name(peer));
 }
 
-/* routing state (Detach) for every router: each holds the whole table */
-static void s_send_routers(self_t *self, Lk__Envelope *env)
+/* env (reliable) to the routers in mask, bit i for router i: routing state (Detach) to
+   every router (SS_ALL_ROUTERS), each holds the whole table; what a resync sends to the
+   routers it is for (resync_mask) */
+#define SS_ALL_ROUTERS (~0ull)
+static void s_send_routers(self_t *self, Lk__Envelope *env, uint64_t mask)
 {
     for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        s_send(self, lk_replicas_nth(self->routers, i), env, true);
-}
-
-/* what a resync sends, to each router it is for */
-static void s_send_resync(self_t *self, Lk__Envelope *env)
-{
-    for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        if (self->resync_mask & (1ull << i))
+        if (mask & (1ull << i))
             s_send(self, lk_replicas_nth(self->routers, i), env, true);
 }
 
@@ -926,7 +922,7 @@ static void s_resync_attach(const char *client, Lk__Subscription **subs, size_t 
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_ATTACH;
     env.attach = &a;
-    s_send_resync(self, &env);
+    s_send_routers(self, &env, self->resync_mask);
     self->resync_sessions++;
 }
 
@@ -946,6 +942,20 @@ static bool s_retain_ours(self_t *self)
     return !self->sibs || s_owns("lk:retain", self);
 }
 
+/* the resync's end: ResyncDone to the routers it was for */
+static void s_resync_done(self_t *self)
+{
+    Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
+    env.resync_done = &done;
+    s_send_routers(self, &env, self->resync_mask);
+    self->resync_mask = 0;
+    lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
+              self->resync_sessions, self->resync_retained);
+    s_resync_stop(self);
+}
+
 static void s_resync_step(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
@@ -957,12 +967,13 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
         for (char *c = zlistx_first(self->resync_clients); c && n < SS_RESYNC_SESSIONS;
              c = zlistx_next(self->resync_clients))
             names[n++] = c;
-        if (n == 0)
-            self->resync_phase = s_retain_ours(self) ? 2 : 3;
-        else if (s_fresh(self, names, n) != 0) {
-            s_redis_trouble(self);
-            next = SS_RESYNC_RETRY_MS;
-        } else if (ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
+        if (n == 0 && !s_retain_ours(self)) {
+            s_resync_done(self);
+            return;
+        } else if (n == 0)
+            self->resync_phase = 2;
+        else if (s_fresh(self, names, n) != 0 ||
+                 ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
             s_redis_trouble(self);
             next = SS_RESYNC_RETRY_MS;
         } else
@@ -974,22 +985,11 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
         if (rc < 0) {
             s_redis_trouble(self);
             next = SS_RESYNC_RETRY_MS;
-        } else if (rc == 0)
-            self->resync_phase = 3;
-    }
-    if (self->resync_phase == 3) {
-        Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
-        env.resync_done = &done;
-        s_send_resync(self, &env);
-        self->resync_mask = 0;
-        lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
-                  self->resync_sessions, self->resync_retained);
-        s_resync_stop(self);
-        return;
-    }
-    if (self->resync_phase == 0)
+        } else if (rc == 0) {
+            s_resync_done(self);
+            return;
+        }
+    } else
         return;
     self->resync_timer = lk_loop_timer(loop, next, false, s_resync_step, self);
 }
@@ -1097,7 +1097,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        s_send_routers(self, &env);
+        s_send_routers(self, &env, SS_ALL_ROUTERS);
         lk_info("session %s expired", c);
     }
     zlistx_destroy(&expired);
@@ -1174,7 +1174,7 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        s_send_routers(self, &env);
+        s_send_routers(self, &env, SS_ALL_ROUTERS);
         lk_admin_reply(out)->count = 1;
         lk_notice("session %s cleared by %s", q->client, lk_peer_name(peer));
     } else
@@ -1192,13 +1192,8 @@ static void s_sys_stats(lk_loop_t *loop, void *arg)
     env.body_case = LK__ENVELOPE__BODY_STATS;
     env.stats = &st;
     /* the router that publishes $SYS: the first live one (as the frontends choose) */
-    lk_peer_t *to = lk_replicas_nth(self->routers, 0);
-    for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        if (lk_peer_alive(lk_replicas_nth(self->routers, i))) {
-            to = lk_replicas_nth(self->routers, i);
-            break;
-        }
-    lk_bus_send(self->bus, to, &env, false);
+    lk_peer_t *to = lk_replicas_other(self->routers, NULL);
+    lk_bus_send(self->bus, to ? to : lk_replicas_nth(self->routers, 0), &env, false);
 }
 
 int ss_server_start(ss_server_t *self)
