@@ -34,11 +34,11 @@
 #define AR_HISTORY_TOPIC "$lk/history/req"
 #define AR_REPLY_PREFIX "$lk/reply/"
 
-/* a publish (unlock) or a history batch waiting for its bus ack: the Redis entries to
-   forget once it comes */
 /* a message of a lock another replica owns, kept un-acked until it was applied */
 typedef struct ar_parked ar_parked_t;
 
+/* a publish (unlock) or a history batch waiting for its bus ack: the Redis entries to
+   forget once it comes */
 typedef struct ar_wait {
     uint64_t seq;
     char **ids;
@@ -101,7 +101,7 @@ char *ar_real_user(self_t *self, const char *username);
    that is not a script, messages ignored); true when it was not marked before */
 bool ar_seen_set(self_t *self, const char *key, const char *id);
 /* applies one lock message (id: ar_msg_id) whichever replica's session it came from */
-void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id);
+void ar_server_apply(self_t *self, const Lk__Msg *msg, const char *id);
 
 /* ar_replica.c */
 int ar_replica_init(self_t *self);

@@ -205,7 +205,7 @@ void ar_replica_flush(self_t *self, const char *key)
         }
         Lk__Msg *m = lk__msg__unpack(NULL, p->len, p->msg);
         if (m) {
-            ar_server_apply(self, m, p->store_id, p->id);
+            ar_server_apply(self, m, p->id);
             lk__msg__free_unpacked(m, NULL);
         }
         if (self->exit_code)

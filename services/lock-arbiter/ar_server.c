@@ -146,11 +146,10 @@ bool ar_seen_set(self_t *self, const char *key, const char *id)
     return first;
 }
 
-void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id)
+/* applies a message s_classify said is of kind (lock, what: its lock topic) */
+static void s_apply(self_t *self, const Lk__Msg *msg, int kind, const char *lock,
+                    const char *what, const char *id)
 {
-    char lock[256];
-    const char *what = NULL;
-    int kind = s_classify(self, msg->topic, lock, &what);
     switch (kind) {
     case S_QUERY:
         /* at most once: an app asks again */
@@ -172,6 +171,14 @@ void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const 
     default:
         break;
     }
+}
+
+void ar_server_apply(self_t *self, const Lk__Msg *msg, const char *id)
+{
+    char lock[256];
+    const char *what = NULL;
+    int kind = s_classify(self, msg->topic, lock, &what);
+    s_apply(self, msg, kind, lock, what, id);
 }
 
 static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id, void *arg)
@@ -203,7 +210,7 @@ static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id
         lk_iclient_defer(ic);
         return;
     }
-    ar_server_apply(self, msg, store_id, id);
+    s_apply(self, msg, kind, lock, what, id);
 }
 
 static void s_on_ready(lk_iclient_t *ic, void *arg)
