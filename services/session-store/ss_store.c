@@ -1014,6 +1014,21 @@ static void s_drop_full(ss_store_t *self, ss_session_t *s)
     }
 }
 
+/* the stored copy of an item (lk.Deliver) into out; dup: its client is online now, so it
+   gets this one forwarded at once and a later redelivery (after a reconnect) must say DUP */
+static void s_pack_item(const Lk__StoreItem *it, uint64_t store_id, bool dup, ss_buf_t *out)
+{
+    Lk__Deliver d = LK__DELIVER__INIT;
+    d.client = it->client;
+    d.msg = it->msg;
+    d.n_sub_ids = it->n_sub_ids;
+    d.sub_ids = it->sub_ids;
+    d.store_id = store_id;
+    d.dup = dup;
+    ss_codec_pack_deliver(&d, out);
+}
+
+/* not stored (as far as we know): the quota must not count it */
 static void s_put_undo(ss_store_t *self, size_t n_touched)
 {
     for (size_t i = 0; i < n_touched; i++) {
@@ -1060,14 +1075,7 @@ static int s_put_shared(ss_store_t *self, Lk__StoreItem **items, size_t n, uint6
         lens[4] = self->key.size;
         size_t k = 0;
         for (size_t j = start[t]; j < start[t] + s->added; j++) {
-            size_t i = order[j];
-            Lk__Deliver d = LK__DELIVER__INIT;
-            d.client = items[i]->client;
-            d.msg = items[i]->msg;
-            d.n_sub_ids = items[i]->n_sub_ids;
-            d.sub_ids = items[i]->sub_ids;
-            d.dup = s->node != NULL;
-            ss_codec_pack_deliver(&d, &vals[k]);
+            s_pack_item(items[order[j]], 0, s->node != NULL, &vals[k]);
             argv[5 + k] = (const char *)vals[k].data;
             lens[5 + k] = vals[k].size;
             k++;
@@ -1151,17 +1159,8 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
         if (!ids[i])
             continue;
         Lk__StoreItem *it = items[i];
-        Lk__Deliver d = LK__DELIVER__INIT;
-        d.client = it->client;
-        d.msg = it->msg;
-        d.n_sub_ids = it->n_sub_ids;
-        d.sub_ids = it->sub_ids;
-        d.store_id = ids[i];
-        /* a client online now gets it forwarded at once: a later redelivery of this copy
-           (after a reconnect) is a duplicate and must say so with DUP */
         ss_session_t *owner = zhashx_lookup(self->sessions, it->client);
-        d.dup = owner && owner->node;
-        ss_codec_pack_deliver(&d, &self->val);
+        s_pack_item(it, ids[i], owner && owner->node, &self->val);
         char num[24];
         size_t num_len = (size_t)snprintf(num, sizeof(num), "%" PRIu64, ids[i]);
         const char *argv[4] = {"HSET", s_key(self, "lk:q:", it->client), num,
@@ -1170,11 +1169,7 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
         s_pipe_cmd(&p, 4, argv, lens);
     }
     if (s_pipe_end(&p) != 0) {
-        /* not stored (as far as we know): the quota must not count it */
-        for (size_t i = 0; i < n_touched; i++) {
-            ss_session_t *s = self->touched[i];
-            s->qlen = s->added < s->qlen ? s->qlen - s->added : 0;
-        }
+        s_put_undo(self, n_touched);
         return -1;
     }
     return 0;
