@@ -97,6 +97,9 @@ void ar_server_fail(self_t *self, const char *why);
    caller frees; NULL when Redis failed */
 char *ar_real_user(self_t *self, const char *username);
 
+/* a message applied (kept a day): lock (or publisher), message id (ar_msg_id); the
+   scripts of ar_unlock.c set it too */
+#define AR_SEEN_KEY "lk:{arb}:seen:%s:%s"
 /* marks a message applied for the replicas that parked it, where no script does (work
    that is not a script, messages ignored); true when it was not marked before */
 bool ar_seen_set(self_t *self, const char *key, const char *id);

@@ -140,7 +140,7 @@ static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
 bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
     lk_redis_reply_t *r =
-        lk_redis_cmd(self->redis, "SET lk:{arb}:seen:%s:%s 1 NX EX 86400", key, id);
+        lk_redis_cmd(self->redis, "SET " AR_SEEN_KEY " 1 NX EX 86400", key, id);
     bool first = r && r->type == LK_REDIS_STR;
     lk_redis_reply_free(&r);
     return first;
