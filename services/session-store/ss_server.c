@@ -99,9 +99,9 @@ struct _ss_server_t {
     int retry_timer;
     int64_t retry_backoff;
     int64_t redis_warned;
-    /* router resync: to the routers that (re)started, by index (bit i) */
+    /* router resync: to the routers that (re)started, by index (bit i); set before the
+       load, the load starts it */
     uint64_t resync_mask;
-    bool resync_wanted;
     int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages */
     zlistx_t *resync_clients;
     uint64_t resync_cursor;
@@ -886,10 +886,8 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     if (ri >= 0) {
         /* it starts over when the router is back */
         self->resync_mask &= ~(1ull << ri);
-        if (!self->resync_mask) {
+        if (!self->resync_mask)
             s_resync_stop(self);
-            self->resync_wanted = false;
-        }
     } else if (self->loaded) {
         ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
         s_handoffs_check(self, lk_peer_name(peer));
@@ -997,11 +995,8 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
 static void s_resync_start(self_t *self)
 {
     s_resync_stop(self);
-    if (!self->loaded) {
-        self->resync_wanted = true;
-        return;
-    }
-    self->resync_wanted = false;
+    if (!self->loaded)
+        return; /* s_load starts it (resync_mask) */
     self->resync_clients = s_name_list();
     ss_store_offline(self->store, self->resync_clients, s_holds, self);
     self->resync_phase = 1;
@@ -1047,7 +1042,7 @@ static void s_load(lk_loop_t *loop, void *arg)
     lk_bus_each_peer(self->bus, s_reconcile_peer, self);
     lk_ready_notify(self->ready_fd);
     self->ready_fd = -1;
-    if (self->resync_wanted)
+    if (self->resync_mask)
         s_resync_start(self);
     if (zlistx_size(self->retry))
         s_retry_schedule(self, 1);
