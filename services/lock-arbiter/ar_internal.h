@@ -12,9 +12,10 @@
       ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
       ar_replica.c  replicas: lock ownership from Redis liveness, parked messages
 
-    Redis keys (see docs/architecture.md for the whole table): lk:{arb}:lockstate, lk:{arb}:round:<lock>,
-    lk:{arb}:rounds, lk:{arb}:lockcfg:<lock>, lk:{arb}:bind:<lock>, lk:ubind:<user>, lk:users, lk:{arb}:login:<temp>,
-    lk:{arb}:* (outbox, unpublished decisions, event counter, seen messages, replica liveness). */
+    Redis keys (see docs/architecture.md for the whole table): lk:{arb}:lockstate,
+    lk:{arb}:round:<lock>, lk:{arb}:rounds, lk:{arb}:lockcfg:<lock>, lk:{arb}:bind:<lock>,
+    lk:ubind:<user>, lk:users, lk:{arb}:login:<temp>, lk:{arb}:* (outbox, unpublished
+    decisions, event counter, seen messages, replica liveness). */
 #ifndef AR_INTERNAL_H_INCLUDED
 #define AR_INTERNAL_H_INCLUDED
 

@@ -387,7 +387,7 @@ int ar_replica_alive(self_t *self)
 #define S_CHECK(cond)                                                                              \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "ar_replica: %s:%d: %s\n", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, "ar_replica: %s:%d: %s\n", __FILE__, __LINE__, #cond);                 \
             rc = -1;                                                                               \
         }                                                                                          \
     } while (0)

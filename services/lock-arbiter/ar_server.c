@@ -139,16 +139,15 @@ static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
 
 bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
-    lk_redis_reply_t *r =
-        lk_redis_cmd(self->redis, "SET " AR_SEEN_KEY " 1 NX EX 86400", key, id);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SET " AR_SEEN_KEY " 1 NX EX 86400", key, id);
     bool first = r && r->type == LK_REDIS_STR;
     lk_redis_reply_free(&r);
     return first;
 }
 
 /* applies a message s_classify said is of kind (lock, what: its lock topic) */
-static void s_apply(self_t *self, const Lk__Msg *msg, int kind, const char *lock,
-                    const char *what, const char *id)
+static void s_apply(self_t *self, const Lk__Msg *msg, int kind, const char *lock, const char *what,
+                    const char *id)
 {
     switch (kind) {
     case S_QUERY:

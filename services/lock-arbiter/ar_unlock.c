@@ -13,10 +13,11 @@
 
     Message redelivery (QoS 1, after a crash) and the other replicas' copies never decide
     twice: each applied confirmation or state message leaves lk:{arb}:seen:<lock>:<message
-    id> for a day, set in the applying script, and a second sight is ignored. A round past its deadline
-    becomes an `expired` decision (cron, or the next confirmation, whichever first).
-    A confirmation from a user not bound to the lock in that role (lk:{arb}:bind:<lock>: user →
-    roles) — or one filling a second role of the same round — is `refused`. */
+    id> for a day, set in the applying script, and a second sight is ignored. A round past
+    its deadline becomes an `expired` decision (cron, or the next confirmation, whichever
+    first). A confirmation from a user not bound to the lock in that role
+    (lk:{arb}:bind:<lock>: user → roles) — or one filling a second role of the same round —
+    is `refused`. */
 #include "ar_internal.h"
 #include <cjson/cJSON.h>
 
@@ -28,9 +29,9 @@
    event() writes an outbox value (kind, lock, actor, time ms, details (JSON), separated by
    \x1f) and keeps it in `out`, which reply() appends to the script's answer. */
 #define S_LUA_EVENT                                                                                \
-    "local function arb_key(what, id) return 'lk:{arb}:' .. what .. ':' .. id end\n"          \
+    "local function arb_key(what, id) return 'lk:{arb}:' .. what .. ':' .. id end\n"               \
     "local function first_sight(lock, id)\n"                                                       \
-    "  return redis.call('SET', arb_key('seen', lock) .. ':' .. id, '1', 'NX', 'EX', 86400)\n"    \
+    "  return redis.call('SET', arb_key('seen', lock) .. ':' .. id, '1', 'NX', 'EX', 86400)\n"     \
     "end\n"                                                                                        \
     "local out = {}\n"                                                                             \
     "local function reply(r)\n"                                                                    \
@@ -38,10 +39,10 @@
     "  return r\n"                                                                                 \
     "end\n"                                                                                        \
     "local function event(kind, lock, actor, now, details)\n"                                      \
-    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:{arb}:evseq')\n"                          \
+    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:{arb}:evseq')\n"                        \
     "  local v = kind .. '\\31' .. lock .. '\\31' .. actor .. '\\31' .. now .. '\\31' ..\n"        \
     "            cjson.encode(details)\n"                                                          \
-    "  redis.call('HSET', 'lk:{arb}:outbox', id, v)\n"                                               \
+    "  redis.call('HSET', 'lk:{arb}:outbox', id, v)\n"                                             \
     "  table.insert(out, id); table.insert(out, v)\n"                                              \
     "  return id\n"                                                                                \
     "end\n"                                                                                        \
@@ -64,7 +65,7 @@
     "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"                                 \
     "  local c = confirmations(key)\n"                                                             \
     "  redis.call('DEL', key)\n"                                                                   \
-    "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"                                                    \
+    "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"                                              \
     "  if #c == 0 then return end\n"                                                               \
     "  event('unlock_decision', lock, '', now, {decision = 'expired', started = start,\n"          \
     "        deadline = dl, confirmations = c})\n"                                                 \
@@ -72,7 +73,8 @@
 
 /* KEYS: lk:{arb}:rounds (s_eval; every key carries the {arb} tag).
    ARGV: node, lock, role, username (MQTT), now ms, default window ms, default quorum,
-   message id (ar_msg_id: the same in every replica's session). Returns {status, decision id, reason, outbox id, value, ...}. */
+   message id (ar_msg_id: the same in every replica's session). Returns {status, decision
+   id, reason, outbox id, value, ...}. */
 static const char s_confirm_lua[] = S_LUA_EVENT
     "local lock, role, login, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
     "if not first_sight(lock, ARGV[8]) then return {'duplicate', '', ''} end\n"
@@ -341,7 +343,8 @@ static void s_snapshot(self_t *self, const char *lock, const char *login)
     if (!lk_bus_msglog_on(self->bus))
         return;
     lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:bind:%s", lock);
-    lk_redis_reply_t *c = lk_redis_cmd(self->redis, "HMGET lk:{arb}:lockcfg:%s window_ms quorum", lock);
+    lk_redis_reply_t *c =
+        lk_redis_cmd(self->redis, "HMGET lk:{arb}:lockcfg:%s window_ms quorum", lock);
     lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:round:%s", lock);
     lk_redis_reply_t *u = *login ? lk_redis_cmd(self->redis, "GET lk:{arb}:login:%s", login) : NULL;
     Lk__LockSnapshot snap = LK__LOCK_SNAPSHOT__INIT;
@@ -444,8 +447,8 @@ void ar_unlock_expire(self_t *self)
        broker accepted in time but that still travels (or waits in our session) counts */
     char now[24];
     snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms() - S_EXPIRE_GRACE_MS);
-    lk_redis_reply_t *due = lk_redis_cmd(self->redis, "ZRANGEBYSCORE lk:{arb}:rounds -inf %s LIMIT 0 %d",
-                                         now, S_EXPIRE_BATCH);
+    lk_redis_reply_t *due = lk_redis_cmd(
+        self->redis, "ZRANGEBYSCORE lk:{arb}:rounds -inf %s LIMIT 0 %d", now, S_EXPIRE_BATCH);
     if (!due || due->type != LK_REDIS_ARRAY || !due->count) {
         lk_redis_reply_free(&due);
         return; /* nothing due, or tried again next tick */

@@ -1011,8 +1011,8 @@ static void s_resync_start(self_t *self)
 static void s_reconcile_peer(lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (!lk_replicas_has(self->routers, peer) && !s_is_sibling(self, peer) &&
-        lk_peer_alive(peer) && lk_peer_epoch(peer))
+    if (!lk_replicas_has(self->routers, peer) && !s_is_sibling(self, peer) && lk_peer_alive(peer) &&
+        lk_peer_epoch(peer))
         ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
 }
 

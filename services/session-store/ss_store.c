@@ -54,7 +54,7 @@ static const char s_put_lua[] =
 struct _ss_store_t {
     ss_owns_fn *owns; /* replicas: does this one own the client now (NULL: all) */
     void *owns_arg;
-    bool shared;      /* other replicas write the same Redis */
+    bool shared; /* other replicas write the same Redis */
     lk_redis_t *redis;
     zhashx_t *sessions; /* client -> ss_session_t; the key is the session's client */
     zhashx_t *node_names; /* node -> its one shared name string */
@@ -421,8 +421,7 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         if (!s)
             s = s_session_add(self, clients[i]);
         s_record_apply(self, s, rec, seq, len);
-        if (!s->disconnected_at &&
-            (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
+        if (!s->disconnected_at && (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
             s->disconnected_at = now; /* its node is gone: offline since now */
             zlistx_add_end(gone, lk_strdup(s->client));
         }
@@ -1866,17 +1865,17 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_store_t *ra = ss_store_new(host, port), *rb = ss_store_new(host, port);
     ss_store_set_owner(ra, s_test_owns_all, NULL);
     ss_store_set_owner(rb, s_test_owns_all, NULL);
-    ok = ss_store_load(ra) == 0 && ss_store_load(rb) == 0 &&
-         ss_store_needs_refresh(ra, "c9") && ss_store_needs_refresh(rb, "r1");
+    ok = ss_store_load(ra) == 0 && ss_store_load(rb) == 0 && ss_store_needs_refresh(ra, "c9") &&
+         ss_store_needs_refresh(rb, "r1");
     ok = ok && s_test_open(ra, "r1", "fe-1", 11, false, 600, &res) == 0 && !res.present;
     ss_open_result_clear(&res);
     ok = ok && !ss_store_needs_refresh(ra, "r1") && s_test_put(ra, "r1", 2, 0, ids) == 0 &&
          ids[0] == 1 && ids[1] == 2;
     /* rb never saw r1: it reads it before storing, and continues the ids */
     const char *r1 = "r1";
-    ok = ok && ss_store_needs_refresh(rb, "r1") &&
-         ss_store_refresh(rb, &r1, 1, NULL, NULL) == 0 && ss_store_session(rb, "r1") &&
-         ss_store_session(rb, "r1")->qseq == 2 && ss_store_session(rb, "r1")->qlen == 2;
+    ok = ok && ss_store_needs_refresh(rb, "r1") && ss_store_refresh(rb, &r1, 1, NULL, NULL) == 0 &&
+         ss_store_session(rb, "r1") && ss_store_session(rb, "r1")->qseq == 2 &&
+         ss_store_session(rb, "r1")->qlen == 2;
     ok = ok && s_test_put(rb, "r1", 1, 0, ids) == 0 && ids[0] == 3;
     /* ra's memory is behind (the overlap of a move): its ids still come from Redis */
     ok = ok && s_test_put(ra, "r1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 5 &&
@@ -1901,9 +1900,15 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
 
     // --- keys of the layout before hash tags moved once, TTLs kept, then loaded
     const char *old_layout[] = {
-        "DEL lk:layout", "HSET lk:sess:old1 node_epoch 0 conn 0 expiry 900 disconnected_at 5",
-        "HSET lk:q:old1 1 x", "SET lk:qseq:old1 1", "SADD lk:sessions old1", "SET lk:arb:evseq 41",
-        "HSET lk:bind:L1 ann m", "SET lk:login:tmp1 ann EX 500", "SET lk:sess:{old1}x keep"};
+        "DEL lk:layout",
+        "HSET lk:sess:old1 node_epoch 0 conn 0 expiry 900 disconnected_at 5",
+        "HSET lk:q:old1 1 x",
+        "SET lk:qseq:old1 1",
+        "SADD lk:sessions old1",
+        "SET lk:arb:evseq 41",
+        "HSET lk:bind:L1 ann m",
+        "SET lk:login:tmp1 ann EX 500",
+        "SET lk:sess:{old1}x keep"};
     for (size_t i = 0; i < LK_ARRAY_LEN(old_layout); i++) {
         r = lk_redis_cmd(t.raw, old_layout[i]);
         lk_redis_reply_free(&r);
