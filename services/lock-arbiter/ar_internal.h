@@ -102,7 +102,8 @@ char *ar_real_user(self_t *self, const char *username);
    scripts of ar_unlock.c set it too */
 #define AR_SEEN_KEY "lk:{arb}:seen:%s:%s"
 /* marks a message applied for the replicas that parked it, where no script does (work
-   that is not a script, messages ignored); true when it was not marked before */
+   that is not a script, messages ignored); true when it was not marked before, and
+   always with one replica (nothing is parked, nothing written) */
 bool ar_seen_set(self_t *self, const char *key, const char *id);
 /* applies one lock message (id: ar_msg_id) whichever replica's session it came from */
 void ar_server_apply(self_t *self, const Lk__Msg *msg, const char *id);

@@ -139,6 +139,8 @@ static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
 
 bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
+    if (self->n_rep == 1)
+        return true; /* nobody parks: nothing to mark */
     lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SET " AR_SEEN_KEY " 1 NX EX 86400", key, id);
     bool first = r && r->type == LK_REDIS_STR;
     lk_redis_reply_free(&r);
@@ -152,13 +154,13 @@ static void s_apply(self_t *self, const Lk__Msg *msg, int kind, const char *lock
     switch (kind) {
     case S_QUERY:
         /* at most once: an app asks again */
-        if (self->n_rep == 1 || ar_seen_set(self, s_key(msg, kind, lock), id))
+        if (ar_seen_set(self, s_key(msg, kind, lock), id))
             ar_history_query(self, msg);
         break;
     case S_UNAUTH:
         /* at least once: revoking twice is harmless */
         ar_login_unauth(self, msg);
-        if (!self->exit_code && self->n_rep > 1)
+        if (!self->exit_code)
             ar_seen_set(self, s_key(msg, kind, lock), id);
         break;
     case S_STATU:

@@ -197,16 +197,14 @@ void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, const c
     size_t n = msg->payload.len;
     if (n == 0 || n >= sizeof(state)) {
         lk_info("lock %s: state payload of %zu bytes ignored", lock, n);
-        if (self->n_rep > 1)
-            ar_seen_set(self, lock, id); /* the other replicas parked it */
+        ar_seen_set(self, lock, id); /* the other replicas parked it */
         return;
     }
     memcpy(state, msg->payload.data, n);
     state[n] = 0;
     if (strcmp(state, "-2") != 0 && strcmp(state, "0") != 0 && strcmp(state, "1") != 0) {
         lk_info("lock %s: unknown state '%s' ignored (want -2, 0 or 1)", lock, state);
-        if (self->n_rep > 1)
-            ar_seen_set(self, lock, id);
+        ar_seen_set(self, lock, id);
         return;
     }
     char now[24];
