@@ -12,9 +12,10 @@
       ar_query.c    the history query over MQTT (PostgreSQL, on a worker thread)
       ar_replica.c  replicas: lock ownership from Redis liveness, parked messages
 
-    Redis keys (see docs/architecture.md for the whole table): lk:{arb}:lockstate, lk:{arb}:round:<lock>,
-    lk:{arb}:rounds, lk:{arb}:lockcfg:<lock>, lk:{arb}:bind:<lock>, lk:ubind:<user>, lk:users, lk:{arb}:login:<temp>,
-    lk:{arb}:* (outbox, unpublished decisions, event counter, seen messages, replica liveness). */
+    Redis keys (see docs/architecture.md for the whole table): lk:{arb}:lockstate,
+    lk:{arb}:round:<lock>, lk:{arb}:rounds, lk:{arb}:lockcfg:<lock>, lk:{arb}:bind:<lock>,
+    lk:ubind:<user>, lk:users, lk:{arb}:login:<temp>, lk:{arb}:* (outbox, unpublished
+    decisions, event counter, seen messages, replica liveness). */
 #ifndef AR_INTERNAL_H_INCLUDED
 #define AR_INTERNAL_H_INCLUDED
 
@@ -34,11 +35,11 @@
 #define AR_HISTORY_TOPIC "$lk/history/req"
 #define AR_REPLY_PREFIX "$lk/reply/"
 
-/* a publish (unlock) or a history batch waiting for its bus ack: the Redis entries to
-   forget once it comes */
 /* a message of a lock another replica owns, kept un-acked until it was applied */
 typedef struct ar_parked ar_parked_t;
 
+/* a publish (unlock) or a history batch waiting for its bus ack: the Redis entries to
+   forget once it comes */
 typedef struct ar_wait {
     uint64_t seq;
     char **ids;
@@ -97,11 +98,15 @@ void ar_server_fail(self_t *self, const char *why);
    caller frees; NULL when Redis failed */
 char *ar_real_user(self_t *self, const char *username);
 
+/* a message applied (kept a day): lock (or publisher), message id (ar_msg_id); the
+   scripts of ar_unlock.c set it too */
+#define AR_SEEN_KEY "lk:{arb}:seen:%s:%s"
 /* marks a message applied for the replicas that parked it, where no script does (work
-   that is not a script, messages ignored); true when it was not marked before */
+   that is not a script, messages ignored); true when it was not marked before, and
+   always with one replica (nothing is parked, nothing written) */
 bool ar_seen_set(self_t *self, const char *key, const char *id);
 /* applies one lock message (id: ar_msg_id) whichever replica's session it came from */
-void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id);
+void ar_server_apply(self_t *self, const Lk__Msg *msg, const char *id);
 
 /* ar_replica.c */
 int ar_replica_init(self_t *self);

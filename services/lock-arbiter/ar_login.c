@@ -202,8 +202,9 @@ void ar_login_request(self_t *self, lk_peer_t *peer, const Lk__LoginRequest *req
 static void s_revoke(self_t *self, char **names, size_t n, const char *why)
 {
     for (size_t i = 0; i < n; i++) {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "DEL mqtt_user:%s mqtt_acl:%s lk:{arb}:login:%s",
-                                           names[i], names[i], names[i]);
+        lk_redis_reply_t *r =
+            lk_redis_cmd(self->redis, "DEL mqtt_user:%s mqtt_acl:%s lk:{arb}:login:%s", names[i],
+                         names[i], names[i]);
         lk_redis_reply_free(&r);
         r = lk_redis_cmd(self->redis, "ZREM lk:arb:logins %s", names[i]);
         lk_redis_reply_free(&r);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #define S_LIVE_TTL_MS 1000
+#define S_LIVE_KEY "lk:{arb}:live:%s" /* a replica's liveness: its node id */
 #define S_SEEN_BATCH 2000
 /* a parked message its live owner has not applied by then is applied by us: the owner
    may never have got it (e.g. a router restart matched it before the owner re-attached) */
@@ -48,7 +49,7 @@ static char *s_live_key(const char *node)
 {
     size_t n = strlen(node) + 16;
     char *k = lk_malloc(n);
-    snprintf(k, n, "lk:{arb}:live:%s", node);
+    snprintf(k, n, S_LIVE_KEY, node);
     return k;
 }
 
@@ -205,7 +206,7 @@ void ar_replica_flush(self_t *self, const char *key)
         }
         Lk__Msg *m = lk__msg__unpack(NULL, p->len, p->msg);
         if (m) {
-            ar_server_apply(self, m, p->store_id, p->id);
+            ar_server_apply(self, m, p->id);
             lk__msg__free_unpacked(m, NULL);
         }
         if (self->exit_code)
@@ -232,7 +233,7 @@ static void s_drop_seen(self_t *self)
     for (ar_parked_t *p = self->parked; p && n < S_SEEN_BATCH; p = p->next) {
         size_t len = strlen(p->key) + strlen(p->id) + 16;
         keys[n] = lk_malloc(len);
-        snprintf(keys[n], len, "lk:{arb}:seen:%s:%s", p->key, p->id);
+        snprintf(keys[n], len, AR_SEEN_KEY, p->key, p->id);
         argv[n + 1] = keys[n];
         lens[n + 1] = strlen(keys[n]);
         n++;
@@ -258,15 +259,8 @@ static void s_drop_seen(self_t *self)
 /* sets our key (a token per process start, expiring unless refreshed) */
 static void s_refresh(self_t *self)
 {
-    char *mine = s_live_key(self->node);
-    char ttl[16];
-    snprintf(ttl, sizeof(ttl), "%d", S_LIVE_TTL_MS);
-    const char *argv[] = {"SET", mine, self->live_token, "PX", ttl};
-    size_t lens[5];
-    for (int i = 0; i < 5; i++)
-        lens[i] = strlen(argv[i]);
-    lk_redis_reply_t *r = lk_redis_cmdv(self->redis, 5, argv, lens);
-    free(mine);
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SET " S_LIVE_KEY " %s PX %d", self->node,
+                                       self->live_token, S_LIVE_TTL_MS);
     lk_redis_reply_free(&r);
 }
 
@@ -393,7 +387,7 @@ int ar_replica_alive(self_t *self)
 #define S_CHECK(cond)                                                                              \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "ar_replica: %s:%d: %s\n", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, "ar_replica: %s:%d: %s\n", __FILE__, __LINE__, #cond);                 \
             rc = -1;                                                                               \
         }                                                                                          \
     } while (0)

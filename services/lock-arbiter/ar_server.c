@@ -139,28 +139,28 @@ static const char *s_key(const Lk__Msg *msg, int kind, const char *lock)
 
 bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
-    lk_redis_reply_t *r =
-        lk_redis_cmd(self->redis, "SET lk:{arb}:seen:%s:%s 1 NX EX 86400", key, id);
+    if (self->n_rep == 1)
+        return true; /* nobody parks: nothing to mark */
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SET " AR_SEEN_KEY " 1 NX EX 86400", key, id);
     bool first = r && r->type == LK_REDIS_STR;
     lk_redis_reply_free(&r);
     return first;
 }
 
-void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const char *id)
+/* applies a message s_classify said is of kind (lock, what: its lock topic) */
+static void s_apply(self_t *self, const Lk__Msg *msg, int kind, const char *lock, const char *what,
+                    const char *id)
 {
-    char lock[256];
-    const char *what = NULL;
-    int kind = s_classify(self, msg->topic, lock, &what);
     switch (kind) {
     case S_QUERY:
         /* at most once: an app asks again */
-        if (self->n_rep == 1 || ar_seen_set(self, s_key(msg, kind, lock), id))
+        if (ar_seen_set(self, s_key(msg, kind, lock), id))
             ar_history_query(self, msg);
         break;
     case S_UNAUTH:
         /* at least once: revoking twice is harmless */
         ar_login_unauth(self, msg);
-        if (!self->exit_code && self->n_rep > 1)
+        if (!self->exit_code)
             ar_seen_set(self, s_key(msg, kind, lock), id);
         break;
     case S_STATU:
@@ -172,6 +172,14 @@ void ar_server_apply(self_t *self, const Lk__Msg *msg, uint64_t store_id, const 
     default:
         break;
     }
+}
+
+void ar_server_apply(self_t *self, const Lk__Msg *msg, const char *id)
+{
+    char lock[256];
+    const char *what = NULL;
+    int kind = s_classify(self, msg->topic, lock, &what);
+    s_apply(self, msg, kind, lock, what, id);
 }
 
 static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id, void *arg)
@@ -203,7 +211,7 @@ static void s_on_message(lk_iclient_t *ic, const Lk__Msg *msg, uint64_t store_id
         lk_iclient_defer(ic);
         return;
     }
-    ar_server_apply(self, msg, store_id, id);
+    s_apply(self, msg, kind, lock, what, id);
 }
 
 static void s_on_ready(lk_iclient_t *ic, void *arg)

@@ -13,24 +13,36 @@
 
     Message redelivery (QoS 1, after a crash) and the other replicas' copies never decide
     twice: each applied confirmation or state message leaves lk:{arb}:seen:<lock>:<message
-    id> for a day, set in the applying script, and a second sight is ignored. A round past its deadline
-    becomes an `expired` decision (cron, or the next confirmation, whichever first).
-    A confirmation from a user not bound to the lock in that role (lk:{arb}:bind:<lock>: user →
-    roles) — or one filling a second role of the same round — is `refused`. */
+    id> for a day, set in the applying script, and a second sight is ignored. A round past
+    its deadline becomes an `expired` decision (cron, or the next confirmation, whichever
+    first). A confirmation from a user not bound to the lock in that role
+    (lk:{arb}:bind:<lock>: user → roles) — or one filling a second role of the same round —
+    is `refused`. */
 #include "ar_internal.h"
 #include <cjson/cJSON.h>
 
 #define S_EXPIRE_GRACE_MS 1000
 #define S_EXPIRE_BATCH 1000
 
-/* an outbox value: kind, lock, actor, time ms, details (JSON), separated by \x1f */
+/* What every script shares: the keys lk:{arb}:<what>:<id> (arb_key); a message's seen
+   mark (first_sight: true the first time; lk:{arb}:seen:<lock>:<message id>, kept a day);
+   event() writes an outbox value (kind, lock, actor, time ms, details (JSON), separated by
+   \x1f) and keeps it in `out`, which reply() appends to the script's answer. */
 #define S_LUA_EVENT                                                                                \
+    "local function arb_key(what, id) return 'lk:{arb}:' .. what .. ':' .. id end\n"               \
+    "local function first_sight(lock, id)\n"                                                       \
+    "  return redis.call('SET', arb_key('seen', lock) .. ':' .. id, '1', 'NX', 'EX', 86400)\n"     \
+    "end\n"                                                                                        \
     "local out = {}\n"                                                                             \
+    "local function reply(r)\n"                                                                    \
+    "  for _, x in ipairs(out) do table.insert(r, x) end\n"                                        \
+    "  return r\n"                                                                                 \
+    "end\n"                                                                                        \
     "local function event(kind, lock, actor, now, details)\n"                                      \
-    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:{arb}:evseq')\n"                          \
+    "  local id = ARGV[1] .. '-' .. redis.call('INCR', 'lk:{arb}:evseq')\n"                        \
     "  local v = kind .. '\\31' .. lock .. '\\31' .. actor .. '\\31' .. now .. '\\31' ..\n"        \
     "            cjson.encode(details)\n"                                                          \
-    "  redis.call('HSET', 'lk:{arb}:outbox', id, v)\n"                                               \
+    "  redis.call('HSET', 'lk:{arb}:outbox', id, v)\n"                                             \
     "  table.insert(out, id); table.insert(out, v)\n"                                              \
     "  return id\n"                                                                                \
     "end\n"                                                                                        \
@@ -53,33 +65,31 @@
     "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"                                 \
     "  local c = confirmations(key)\n"                                                             \
     "  redis.call('DEL', key)\n"                                                                   \
-    "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"                                                    \
+    "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"                                              \
     "  if #c == 0 then return end\n"                                                               \
     "  event('unlock_decision', lock, '', now, {decision = 'expired', started = start,\n"          \
     "        deadline = dl, confirmations = c})\n"                                                 \
     "end\n"
 
-/* KEYS: none (every key is derived from the lock: one Redis, no cluster).
+/* KEYS: lk:{arb}:rounds (s_eval; every key carries the {arb} tag).
    ARGV: node, lock, role, username (MQTT), now ms, default window ms, default quorum,
-   message id (ar_msg_id: the same in every replica's session). Returns {status, decision id, reason, outbox id, value, ...}. */
+   message id (ar_msg_id: the same in every replica's session). Returns {status, decision
+   id, reason, outbox id, value, ...}. */
 static const char s_confirm_lua[] = S_LUA_EVENT
     "local lock, role, login, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
-    "if not redis.call('SET', 'lk:{arb}:seen:' .. lock .. ':' .. ARGV[8], '1', 'NX', 'EX', 86400)\n"
-    "then\n"
-    "  return {'duplicate', '', ''}\n"
-    "end\n"
-    "local key = 'lk:{arb}:round:' .. lock\n"
-    "local cfg = 'lk:{arb}:lockcfg:' .. lock\n"
+    "if not first_sight(lock, ARGV[8]) then return {'duplicate', '', ''} end\n"
+    "local key = arb_key('round', lock)\n"
+    "local cfg = arb_key('lockcfg', lock)\n"
     "local window = tonumber(redis.call('HGET', cfg, 'window_ms')) or tonumber(ARGV[6])\n"
     "local quorum = tonumber(redis.call('HGET', cfg, 'quorum')) or tonumber(ARGV[7])\n"
     "local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
     "if dl and dl < now then expire(lock, key, now); dl = nil end\n"
     "local user = login\n"
-    "if login ~= '' then user = redis.call('GET', 'lk:{arb}:login:' .. login) or login end\n"
+    "if login ~= '' then user = redis.call('GET', arb_key('login', login)) or login end\n"
     "local reason = nil\n"
     "if user == '' then reason = 'anonymous'\n"
     "else\n"
-    "  local roles = redis.call('HGET', 'lk:{arb}:bind:' .. lock, user)\n"
+    "  local roles = redis.call('HGET', arb_key('bind', lock), user)\n"
     "  if not roles or not string.find(' ' .. roles .. ' ', ' ' .. role .. ' ', 1, true) then\n"
     "    reason = 'not bound in this role'\n"
     "  else\n"
@@ -92,9 +102,7 @@ static const char s_confirm_lua[] = S_LUA_EVENT
     "if reason then\n"
     "  local id = event('unlock_decision', lock, user, now, {decision = 'refused', role = role,\n"
     "                   user = user, login = login, reason = reason})\n"
-    "  local r = {'refused', id, reason}\n"
-    "  for _, x in ipairs(out) do table.insert(r, x) end\n"
-    "  return r\n"
+    "  return reply({'refused', id, reason})\n"
     "end\n"
     "if not dl then\n"
     "  dl = now + window\n"
@@ -114,9 +122,7 @@ static const char s_confirm_lua[] = S_LUA_EVENT
     "  redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"
     "  status = 'granted'\n"
     "end\n"
-    "local r = {status, id, ''}\n"
-    "for _, x in ipairs(out) do table.insert(r, x) end\n"
-    "return r\n";
+    "return reply({status, id, ''})\n";
 
 /* ARGV: node, now ms, lock... (due rounds of locks this replica owns). Expires those past
    their deadline. Returns {count, outbox id, value, ...}. */
@@ -125,25 +131,20 @@ static const char s_expire_lua[] = S_LUA_EVENT
     "local n = 0\n"
     "for k = 3, #ARGV do\n"
     "  local lock = ARGV[k]\n"
-    "  local key = 'lk:{arb}:round:' .. lock\n"
+    "  local key = arb_key('round', lock)\n"
     "  local dl = tonumber(redis.call('HGET', key, 'deadline'))\n"
     "  if not dl then redis.call('ZREM', 'lk:{arb}:rounds', lock)\n"
     "  elseif dl < now then expire(lock, key, now); n = n + 1\n"
     "  else redis.call('ZADD', 'lk:{arb}:rounds', dl, lock) end\n"
     "end\n"
-    "local r = {tostring(n)}\n"
-    "for _, x in ipairs(out) do table.insert(r, x) end\n"
-    "return r\n";
+    "return reply({tostring(n)})\n";
 
 /* ARGV: node, lock, state, now ms, message id, actor. The seed's monitor: a state that
    differs from the last one is history; a message seen before (redelivery, another
    replica's copy) changes nothing. Returns {change or '', outbox id, value}. */
 static const char s_statu_lua[] = S_LUA_EVENT
     "local lock, state, now = ARGV[2], ARGV[3], tonumber(ARGV[4])\n"
-    "if not redis.call('SET', 'lk:{arb}:seen:' .. lock .. ':' .. ARGV[5], '1', 'NX', 'EX', 86400)\n"
-    "then\n"
-    "  return {''}\n"
-    "end\n"
+    "if not first_sight(lock, ARGV[5]) then return {''} end\n"
     "local prev = redis.call('HGET', 'lk:{arb}:lockstate', lock)\n"
     "if prev == state then return {''} end\n"
     "redis.call('HSET', 'lk:{arb}:lockstate', lock, state)\n"
@@ -154,9 +155,7 @@ static const char s_statu_lua[] = S_LUA_EVENT
     "else change = 'unlocked' end\n"
     "event('lock_state', lock, ARGV[6], now, {state = state, previous = prev or cjson.null,\n"
     "      change = change})\n"
-    "local r = {change}\n"
-    "for _, x in ipairs(out) do table.insert(r, x) end\n"
-    "return r\n";
+    "return reply({change})\n";
 
 /* EVAL declaring one key of the arbiter's slot (every key a script touches carries the
    {arb} hash tag, so a Redis Cluster runs it on that slot's master); NULL (after a log
@@ -198,16 +197,14 @@ void ar_unlock_statu(self_t *self, const char *lock, const Lk__Msg *msg, const c
     size_t n = msg->payload.len;
     if (n == 0 || n >= sizeof(state)) {
         lk_info("lock %s: state payload of %zu bytes ignored", lock, n);
-        if (self->n_rep > 1)
-            ar_seen_set(self, lock, id); /* the other replicas parked it */
+        ar_seen_set(self, lock, id); /* the other replicas parked it */
         return;
     }
     memcpy(state, msg->payload.data, n);
     state[n] = 0;
     if (strcmp(state, "-2") != 0 && strcmp(state, "0") != 0 && strcmp(state, "1") != 0) {
         lk_info("lock %s: unknown state '%s' ignored (want -2, 0 or 1)", lock, state);
-        if (self->n_rep > 1)
-            ar_seen_set(self, lock, id);
+        ar_seen_set(self, lock, id);
         return;
     }
     char now[24];
@@ -344,7 +341,8 @@ static void s_snapshot(self_t *self, const char *lock, const char *login)
     if (!lk_bus_msglog_on(self->bus))
         return;
     lk_redis_reply_t *b = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:bind:%s", lock);
-    lk_redis_reply_t *c = lk_redis_cmd(self->redis, "HMGET lk:{arb}:lockcfg:%s window_ms quorum", lock);
+    lk_redis_reply_t *c =
+        lk_redis_cmd(self->redis, "HMGET lk:{arb}:lockcfg:%s window_ms quorum", lock);
     lk_redis_reply_t *r = lk_redis_cmd(self->redis, "HGETALL lk:{arb}:round:%s", lock);
     lk_redis_reply_t *u = *login ? lk_redis_cmd(self->redis, "GET lk:{arb}:login:%s", login) : NULL;
     Lk__LockSnapshot snap = LK__LOCK_SNAPSHOT__INIT;
@@ -447,8 +445,8 @@ void ar_unlock_expire(self_t *self)
        broker accepted in time but that still travels (or waits in our session) counts */
     char now[24];
     snprintf(now, sizeof(now), "%" PRId64, lk_wall_ms() - S_EXPIRE_GRACE_MS);
-    lk_redis_reply_t *due = lk_redis_cmd(self->redis, "ZRANGEBYSCORE lk:{arb}:rounds -inf %s LIMIT 0 %d",
-                                         now, S_EXPIRE_BATCH);
+    lk_redis_reply_t *due = lk_redis_cmd(
+        self->redis, "ZRANGEBYSCORE lk:{arb}:rounds -inf %s LIMIT 0 %d", now, S_EXPIRE_BATCH);
     if (!due || due->type != LK_REDIS_ARRAY || !due->count) {
         lk_redis_reply_free(&due);
         return; /* nothing due, or tried again next tick */

@@ -99,10 +99,10 @@ struct _ss_server_t {
     int retry_timer;
     int64_t retry_backoff;
     int64_t redis_warned;
-    /* router resync: to the routers that (re)started, by index (bit i) */
+    /* router resync: to the routers that (re)started, by index (bit i); set before the
+       load, the load starts it */
     uint64_t resync_mask;
-    bool resync_wanted;
-    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages, 3 done */
+    int resync_phase; /* 0 idle, 1 offline sessions, 2 retained messages */
     zlistx_t *resync_clients;
     uint64_t resync_cursor;
     int resync_timer;
@@ -288,18 +288,14 @@ static void s_send(self_t *self, lk_peer_t *peer, Lk__Envelope *env, bool reliab
                  lk_peer_name(peer));
 }
 
-/* routing state (Detach) for every router: each holds the whole table */
-static void s_send_routers(self_t *self, Lk__Envelope *env)
+/* env (reliable) to the routers in mask, bit i for router i: routing state (Detach) to
+   every router (SS_ALL_ROUTERS), each holds the whole table; what a resync sends to the
+   routers it is for (resync_mask) */
+#define SS_ALL_ROUTERS (~0ull)
+static void s_send_routers(self_t *self, Lk__Envelope *env, uint64_t mask)
 {
     for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        s_send(self, lk_replicas_nth(self->routers, i), env, true);
-}
-
-/* what a resync sends, to each router it is for */
-static void s_send_resync(self_t *self, Lk__Envelope *env)
-{
-    for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        if (self->resync_mask & (1ull << i))
+        if (mask & (1ull << i))
             s_send(self, lk_replicas_nth(self->routers, i), env, true);
 }
 
@@ -889,10 +885,8 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
     if (ri >= 0) {
         /* it starts over when the router is back */
         self->resync_mask &= ~(1ull << ri);
-        if (!self->resync_mask) {
+        if (!self->resync_mask)
             s_resync_stop(self);
-            self->resync_wanted = false;
-        }
     } else if (self->loaded) {
         ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
         s_handoffs_check(self, lk_peer_name(peer));
@@ -925,7 +919,7 @@ static void s_resync_attach(const char *client, Lk__Subscription **subs, size_t 
     Lk__Envelope env = LK__ENVELOPE__INIT;
     env.body_case = LK__ENVELOPE__BODY_ATTACH;
     env.attach = &a;
-    s_send_resync(self, &env);
+    s_send_routers(self, &env, self->resync_mask);
     self->resync_sessions++;
 }
 
@@ -945,6 +939,20 @@ static bool s_retain_ours(self_t *self)
     return !self->sibs || s_owns("lk:retain", self);
 }
 
+/* the resync's end: ResyncDone to the routers it was for */
+static void s_resync_done(self_t *self)
+{
+    Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
+    Lk__Envelope env = LK__ENVELOPE__INIT;
+    env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
+    env.resync_done = &done;
+    s_send_routers(self, &env, self->resync_mask);
+    self->resync_mask = 0;
+    lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
+              self->resync_sessions, self->resync_retained);
+    s_resync_stop(self);
+}
+
 static void s_resync_step(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
@@ -956,12 +964,13 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
         for (char *c = zlistx_first(self->resync_clients); c && n < SS_RESYNC_SESSIONS;
              c = zlistx_next(self->resync_clients))
             names[n++] = c;
-        if (n == 0)
-            self->resync_phase = s_retain_ours(self) ? 2 : 3;
-        else if (s_fresh(self, names, n) != 0) {
-            s_redis_trouble(self);
-            next = SS_RESYNC_RETRY_MS;
-        } else if (ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
+        if (n == 0 && !s_retain_ours(self)) {
+            s_resync_done(self);
+            return;
+        } else if (n == 0)
+            self->resync_phase = 2;
+        else if (s_fresh(self, names, n) != 0 ||
+                 ss_store_subs(self->store, names, n, s_resync_attach, self) != 0) {
             s_redis_trouble(self);
             next = SS_RESYNC_RETRY_MS;
         } else
@@ -973,22 +982,11 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
         if (rc < 0) {
             s_redis_trouble(self);
             next = SS_RESYNC_RETRY_MS;
-        } else if (rc == 0)
-            self->resync_phase = 3;
-    }
-    if (self->resync_phase == 3) {
-        Lk__ResyncDone done = LK__RESYNC_DONE__INIT;
-        Lk__Envelope env = LK__ENVELOPE__INIT;
-        env.body_case = LK__ENVELOPE__BODY_RESYNC_DONE;
-        env.resync_done = &done;
-        s_send_resync(self, &env);
-        self->resync_mask = 0;
-        lk_notice("router resync: %zu offline session(s), %zu retained message(s)",
-                  self->resync_sessions, self->resync_retained);
-        s_resync_stop(self);
-        return;
-    }
-    if (self->resync_phase == 0)
+        } else if (rc == 0) {
+            s_resync_done(self);
+            return;
+        }
+    } else
         return;
     self->resync_timer = lk_loop_timer(loop, next, false, s_resync_step, self);
 }
@@ -996,11 +994,8 @@ static void s_resync_step(lk_loop_t *loop, void *arg)
 static void s_resync_start(self_t *self)
 {
     s_resync_stop(self);
-    if (!self->loaded) {
-        self->resync_wanted = true;
-        return;
-    }
-    self->resync_wanted = false;
+    if (!self->loaded)
+        return; /* s_load starts it (resync_mask) */
     self->resync_clients = s_name_list();
     ss_store_offline(self->store, self->resync_clients, s_holds, self);
     self->resync_phase = 1;
@@ -1015,8 +1010,8 @@ static void s_resync_start(self_t *self)
 static void s_reconcile_peer(lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
-    if (!lk_replicas_has(self->routers, peer) && !s_is_sibling(self, peer) &&
-        lk_peer_alive(peer) && lk_peer_epoch(peer))
+    if (!lk_replicas_has(self->routers, peer) && !s_is_sibling(self, peer) && lk_peer_alive(peer) &&
+        lk_peer_epoch(peer))
         ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
 }
 
@@ -1046,7 +1041,7 @@ static void s_load(lk_loop_t *loop, void *arg)
     lk_bus_each_peer(self->bus, s_reconcile_peer, self);
     lk_ready_notify(self->ready_fd);
     self->ready_fd = -1;
-    if (self->resync_wanted)
+    if (self->resync_mask)
         s_resync_start(self);
     if (zlistx_size(self->retry))
         s_retry_schedule(self, 1);
@@ -1096,7 +1091,7 @@ static void s_cron(lk_loop_t *loop, void *arg)
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        s_send_routers(self, &env);
+        s_send_routers(self, &env, SS_ALL_ROUTERS);
         lk_info("session %s expired", c);
     }
     zlistx_destroy(&expired);
@@ -1173,7 +1168,7 @@ static void s_admin(lk_bus_t *bus, lk_peer_t *peer, const Lk__AdminRequest *q,
         Lk__Envelope env = LK__ENVELOPE__INIT;
         env.body_case = LK__ENVELOPE__BODY_DETACH;
         env.detach = &d;
-        s_send_routers(self, &env);
+        s_send_routers(self, &env, SS_ALL_ROUTERS);
         lk_admin_reply(out)->count = 1;
         lk_notice("session %s cleared by %s", q->client, lk_peer_name(peer));
     } else
@@ -1191,13 +1186,8 @@ static void s_sys_stats(lk_loop_t *loop, void *arg)
     env.body_case = LK__ENVELOPE__BODY_STATS;
     env.stats = &st;
     /* the router that publishes $SYS: the first live one (as the frontends choose) */
-    lk_peer_t *to = lk_replicas_nth(self->routers, 0);
-    for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        if (lk_peer_alive(lk_replicas_nth(self->routers, i))) {
-            to = lk_replicas_nth(self->routers, i);
-            break;
-        }
-    lk_bus_send(self->bus, to, &env, false);
+    lk_peer_t *to = lk_replicas_other(self->routers, NULL);
+    lk_bus_send(self->bus, to ? to : lk_replicas_nth(self->routers, 0), &env, false);
 }
 
 int ss_server_start(ss_server_t *self)

@@ -54,7 +54,7 @@ static const char s_put_lua[] =
 struct _ss_store_t {
     ss_owns_fn *owns; /* replicas: does this one own the client now (NULL: all) */
     void *owns_arg;
-    bool shared;      /* other replicas write the same Redis */
+    bool shared; /* other replicas write the same Redis */
     lk_redis_t *redis;
     zhashx_t *sessions; /* client -> ss_session_t; the key is the session's client */
     zhashx_t *node_names; /* node -> its one shared name string */
@@ -313,11 +313,56 @@ void ss_store_set_forced_expiry(ss_store_t *self, uint32_t seconds)
     self->forced_expiry = seconds;
 }
 
+/* one client's record, counter and queue length: three commands in p, their replies for
+   s_record_ok / s_record_apply */
+static void s_pipe_record(ss_store_t *self, s_pipe_t *p, const char *client)
+{
+    s_pipe_str(p, "HMGET", s_key(self, "lk:sess:", client), "node", "node_epoch", "expiry",
+               "disconnected_at", "conn", NULL);
+    s_pipe_str(p, "GET", s_key(self, "lk:qseq:", client), NULL);
+    s_pipe_str(p, "HLEN", s_key(self, "lk:q:", client), NULL);
+}
+
+/* the HMGET of s_pipe_record found a session record */
+static bool s_record_ok(const lk_redis_reply_t *rec)
+{
+    return rec && rec->type == LK_REDIS_ARRAY && rec->count == 5 &&
+           rec->items[2].type != LK_REDIS_NIL;
+}
+
+/* a persistent session as the replies of s_pipe_record say (s_record_ok(rec)) */
+static void s_record_apply(ss_store_t *self, ss_session_t *s, const lk_redis_reply_t *rec,
+                           const lk_redis_reply_t *seq, const lk_redis_reply_t *len)
+{
+    s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
+    s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
+    s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
+    s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
+    s->persistent = true;
+    s->qseq = s_reply_u64(seq);
+    s->qlen = (size_t)s_reply_u64(len);
+}
+
+/* the next SSCAN page of lk:sessions from *cursor (advanced): an array reply whose
+   items[1] holds the members; NULL when Redis failed */
+static lk_redis_reply_t *s_scan_sessions(ss_store_t *self, uint64_t *cursor)
+{
+    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
+                                       (unsigned long long)*cursor, SS_LOAD_CHUNK);
+    if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
+        r->items[1].type != LK_REDIS_ARRAY) {
+        lk_redis_reply_free(&r);
+        return NULL;
+    }
+    *cursor = s_reply_u64(&r->items[0]);
+    return r;
+}
+
 static void s_write_records(ss_store_t *self, zlistx_t *clients);
 
 static bool s_owns(ss_store_t *self, const ss_session_t *s)
 {
-    return !self->owns || self->owns(s->client, self->owns_arg);
+    return ss_store_owns(self, s->client);
 }
 
 void ss_store_set_owner(ss_store_t *self, ss_owns_fn *fn, void *arg)
@@ -354,12 +399,8 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         return 0;
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
-    for (size_t i = 0; i < n; i++) {
-        s_pipe_str(&p, "HMGET", s_key(self, "lk:sess:", clients[i]), "node", "node_epoch",
-                   "expiry", "disconnected_at", "conn", NULL);
-        s_pipe_str(&p, "GET", s_key(self, "lk:qseq:", clients[i]), NULL);
-        s_pipe_str(&p, "HLEN", s_key(self, "lk:q:", clients[i]), NULL);
-    }
+    for (size_t i = 0; i < n; i++)
+        s_pipe_record(self, &p, clients[i]);
     lk_redis_reply_t **r = lk_calloc(3 * n, sizeof(*r));
     for (size_t i = 0; i < 3 * n; i++)
         r[i] = s_pipe_next(&p);
@@ -370,8 +411,7 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
     for (size_t i = 0; rc == 0 && i < n; i++) {
         lk_redis_reply_t *rec = r[3 * i], *seq = r[3 * i + 1], *len = r[3 * i + 2];
         ss_session_t *s = zhashx_lookup(self->sessions, clients[i]);
-        if (!rec || rec->type != LK_REDIS_ARRAY || rec->count != 5 ||
-            rec->items[2].type == LK_REDIS_NIL) {
+        if (!s_record_ok(rec)) {
             /* no session in Redis; a registration of a clean session we did not keep
                current is not trusted either (its frontend registers it again) */
             if (s && (s->persistent || s->stale))
@@ -380,18 +420,11 @@ int ss_store_refresh(ss_store_t *self, const char **clients, size_t n, ss_holds_
         }
         if (!s)
             s = s_session_add(self, clients[i]);
-        s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
-        s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
-        s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
-        s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
-        if (!s->disconnected_at &&
-            (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
+        s_record_apply(self, s, rec, seq, len);
+        if (!s->disconnected_at && (!s->node || (holds && !holds(s->node, s->node_epoch, arg)))) {
             s->disconnected_at = now; /* its node is gone: offline since now */
             zlistx_add_end(gone, lk_strdup(s->client));
         }
-        s->persistent = true;
-        s->qseq = s_reply_u64(seq);
-        s->qlen = (size_t)s_reply_u64(len);
         s->stale = false;
     }
     for (size_t i = 0; i < 3 * n; i++)
@@ -511,36 +544,24 @@ static int s_load_page(ss_store_t *self, zhashx_t *into, const lk_redis_reply_t 
 {
     s_pipe_t p;
     s_pipe_begin(&p, self->redis);
-    for (size_t i = 0; i < members->count; i++) {
-        const char *c = members->items[i].str ? members->items[i].str : "";
-        s_pipe_str(&p, "HMGET", s_key(self, "lk:sess:", c), "node", "node_epoch", "expiry",
-                   "disconnected_at", "conn", NULL);
-        s_pipe_str(&p, "GET", s_key(self, "lk:qseq:", c), NULL);
-        s_pipe_str(&p, "HLEN", s_key(self, "lk:q:", c), NULL);
-    }
+    for (size_t i = 0; i < members->count; i++)
+        s_pipe_record(self, &p, members->items[i].str ? members->items[i].str : "");
     for (size_t i = 0; i < members->count && !p.failed; i++) {
         const char *c = members->items[i].str ? members->items[i].str : "";
         lk_redis_reply_t *rec = s_pipe_next(&p);
         lk_redis_reply_t *seq = s_pipe_next(&p);
         lk_redis_reply_t *len = s_pipe_next(&p);
         if (rec && seq && len && !zhashx_lookup(into, c)) {
-            if (rec->type != LK_REDIS_ARRAY || rec->count != 5 ||
-                rec->items[2].type == LK_REDIS_NIL)
+            if (!s_record_ok(rec))
                 zlistx_add_end(stale, lk_strdup(c)); /* member without a record */
             else {
                 ss_session_t *s = lk_calloc(1, sizeof(*s));
                 s->client = lk_strdup(c);
-                s_session_set_node(self, s, rec->items[0].str, s_reply_u64(&rec->items[1]));
-                s->expiry = (uint32_t)s_reply_u64(&rec->items[2]);
-                s->disconnected_at = (int64_t)s_reply_u64(&rec->items[3]);
-                s->conn = s->node ? s_reply_u64(&rec->items[4]) : 0;
+                s->max_queued = self->max_queued;
+                s_record_apply(self, s, rec, seq, len);
                 /* a record without node nor disconnect time: offline since now */
                 if (!s->node && !s->disconnected_at)
                     s->disconnected_at = lk_wall_ms();
-                s->persistent = true;
-                s->qseq = s_reply_u64(seq);
-                s->qlen = (size_t)s_reply_u64(len);
-                s->max_queued = self->max_queued;
                 zhashx_insert(into, s->client, s);
             }
         }
@@ -555,14 +576,9 @@ int ss_store_discover(ss_store_t *self)
 {
     uint64_t cursor = 0;
     do {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
-                                           (unsigned long long)cursor, SS_LOAD_CHUNK);
-        if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
-            r->items[1].type != LK_REDIS_ARRAY) {
-            lk_redis_reply_free(&r);
+        lk_redis_reply_t *r = s_scan_sessions(self, &cursor);
+        if (!r)
             return -1;
-        }
-        cursor = s_reply_u64(&r->items[0]);
         const lk_redis_reply_t *m = &r->items[1];
         for (size_t i = 0; i < m->count; i++)
             if (m->items[i].str && !zhashx_lookup(self->sessions, m->items[i].str)) {
@@ -591,15 +607,11 @@ int ss_store_load(ss_store_t *self)
     uint64_t cursor = 0;
     int rc = 0;
     do {
-        lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SSCAN lk:sessions %llu COUNT %d",
-                                           (unsigned long long)cursor, SS_LOAD_CHUNK);
-        if (lk_redis_reply_failed(r) || r->type != LK_REDIS_ARRAY || r->count != 2 ||
-            r->items[1].type != LK_REDIS_ARRAY) {
-            lk_redis_reply_free(&r);
+        lk_redis_reply_t *r = s_scan_sessions(self, &cursor);
+        if (!r) {
             rc = -1;
             break;
         }
-        cursor = s_reply_u64(&r->items[0]);
         rc = s_load_page(self, fresh, &r->items[1], stale);
         lk_redis_reply_free(&r);
     } while (rc == 0 && cursor != 0);
@@ -1001,6 +1013,21 @@ static void s_drop_full(ss_store_t *self, ss_session_t *s)
     }
 }
 
+/* the stored copy of an item (lk.Deliver) into out; dup: its client is online now, so it
+   gets this one forwarded at once and a later redelivery (after a reconnect) must say DUP */
+static void s_pack_item(const Lk__StoreItem *it, uint64_t store_id, bool dup, ss_buf_t *out)
+{
+    Lk__Deliver d = LK__DELIVER__INIT;
+    d.client = it->client;
+    d.msg = it->msg;
+    d.n_sub_ids = it->n_sub_ids;
+    d.sub_ids = it->sub_ids;
+    d.store_id = store_id;
+    d.dup = dup;
+    ss_codec_pack_deliver(&d, out);
+}
+
+/* not stored (as far as we know): the quota must not count it */
 static void s_put_undo(ss_store_t *self, size_t n_touched)
 {
     for (size_t i = 0; i < n_touched; i++) {
@@ -1047,14 +1074,7 @@ static int s_put_shared(ss_store_t *self, Lk__StoreItem **items, size_t n, uint6
         lens[4] = self->key.size;
         size_t k = 0;
         for (size_t j = start[t]; j < start[t] + s->added; j++) {
-            size_t i = order[j];
-            Lk__Deliver d = LK__DELIVER__INIT;
-            d.client = items[i]->client;
-            d.msg = items[i]->msg;
-            d.n_sub_ids = items[i]->n_sub_ids;
-            d.sub_ids = items[i]->sub_ids;
-            d.dup = s->node != NULL;
-            ss_codec_pack_deliver(&d, &vals[k]);
+            s_pack_item(items[order[j]], 0, s->node != NULL, &vals[k]);
             argv[5 + k] = (const char *)vals[k].data;
             lens[5 + k] = vals[k].size;
             k++;
@@ -1138,17 +1158,8 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
         if (!ids[i])
             continue;
         Lk__StoreItem *it = items[i];
-        Lk__Deliver d = LK__DELIVER__INIT;
-        d.client = it->client;
-        d.msg = it->msg;
-        d.n_sub_ids = it->n_sub_ids;
-        d.sub_ids = it->sub_ids;
-        d.store_id = ids[i];
-        /* a client online now gets it forwarded at once: a later redelivery of this copy
-           (after a reconnect) is a duplicate and must say so with DUP */
         ss_session_t *owner = zhashx_lookup(self->sessions, it->client);
-        d.dup = owner && owner->node;
-        ss_codec_pack_deliver(&d, &self->val);
+        s_pack_item(it, ids[i], owner && owner->node, &self->val);
         char num[24];
         size_t num_len = (size_t)snprintf(num, sizeof(num), "%" PRIu64, ids[i]);
         const char *argv[4] = {"HSET", s_key(self, "lk:q:", it->client), num,
@@ -1157,11 +1168,7 @@ int ss_store_put(ss_store_t *self, Lk__StoreItem **items, size_t n, uint64_t *id
         s_pipe_cmd(&p, 4, argv, lens);
     }
     if (s_pipe_end(&p) != 0) {
-        /* not stored (as far as we know): the quota must not count it */
-        for (size_t i = 0; i < n_touched; i++) {
-            ss_session_t *s = self->touched[i];
-            s->qlen = s->added < s->qlen ? s->qlen - s->added : 0;
-        }
+        s_put_undo(self, n_touched);
         return -1;
     }
     return 0;
@@ -1858,17 +1865,17 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ss_store_t *ra = ss_store_new(host, port), *rb = ss_store_new(host, port);
     ss_store_set_owner(ra, s_test_owns_all, NULL);
     ss_store_set_owner(rb, s_test_owns_all, NULL);
-    ok = ss_store_load(ra) == 0 && ss_store_load(rb) == 0 &&
-         ss_store_needs_refresh(ra, "c9") && ss_store_needs_refresh(rb, "r1");
+    ok = ss_store_load(ra) == 0 && ss_store_load(rb) == 0 && ss_store_needs_refresh(ra, "c9") &&
+         ss_store_needs_refresh(rb, "r1");
     ok = ok && s_test_open(ra, "r1", "fe-1", 11, false, 600, &res) == 0 && !res.present;
     ss_open_result_clear(&res);
     ok = ok && !ss_store_needs_refresh(ra, "r1") && s_test_put(ra, "r1", 2, 0, ids) == 0 &&
          ids[0] == 1 && ids[1] == 2;
     /* rb never saw r1: it reads it before storing, and continues the ids */
     const char *r1 = "r1";
-    ok = ok && ss_store_needs_refresh(rb, "r1") &&
-         ss_store_refresh(rb, &r1, 1, NULL, NULL) == 0 && ss_store_session(rb, "r1") &&
-         ss_store_session(rb, "r1")->qseq == 2 && ss_store_session(rb, "r1")->qlen == 2;
+    ok = ok && ss_store_needs_refresh(rb, "r1") && ss_store_refresh(rb, &r1, 1, NULL, NULL) == 0 &&
+         ss_store_session(rb, "r1") && ss_store_session(rb, "r1")->qseq == 2 &&
+         ss_store_session(rb, "r1")->qlen == 2;
     ok = ok && s_test_put(rb, "r1", 1, 0, ids) == 0 && ids[0] == 3;
     /* ra's memory is behind (the overlap of a move): its ids still come from Redis */
     ok = ok && s_test_put(ra, "r1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 5 &&
@@ -1893,9 +1900,15 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
 
     // --- keys of the layout before hash tags moved once, TTLs kept, then loaded
     const char *old_layout[] = {
-        "DEL lk:layout", "HSET lk:sess:old1 node_epoch 0 conn 0 expiry 900 disconnected_at 5",
-        "HSET lk:q:old1 1 x", "SET lk:qseq:old1 1", "SADD lk:sessions old1", "SET lk:arb:evseq 41",
-        "HSET lk:bind:L1 ann m", "SET lk:login:tmp1 ann EX 500", "SET lk:sess:{old1}x keep"};
+        "DEL lk:layout",
+        "HSET lk:sess:old1 node_epoch 0 conn 0 expiry 900 disconnected_at 5",
+        "HSET lk:q:old1 1 x",
+        "SET lk:qseq:old1 1",
+        "SADD lk:sessions old1",
+        "SET lk:arb:evseq 41",
+        "HSET lk:bind:L1 ann m",
+        "SET lk:login:tmp1 ann EX 500",
+        "SET lk:sess:{old1}x keep"};
     for (size_t i = 0; i < LK_ARRAY_LEN(old_layout); i++) {
         r = lk_redis_cmd(t.raw, old_layout[i]);
         lk_redis_reply_free(&r);

@@ -95,6 +95,24 @@ def publish(stack, clients, label, timeout=10):
     return sent
 
 
+def receive(cl, want, timeout):
+    """The texts of the set want that reach client cl within timeout seconds."""
+    got = set()
+    end = time.monotonic() + timeout
+    while want - got and time.monotonic() < end:
+        try:
+            got.add(cl.messages.get(timeout=0.5).text)
+        except Exception:
+            pass
+    return got
+
+
+def add(sent, more):
+    """Appends the texts of publish() result more to those of sent."""
+    for c, texts in more.items():
+        sent[c] += texts
+
+
 def collect(stack, clients, expect, timeout=15):
     """Reconnects each client (not clean): Session Present 1 and every expected text."""
     lost = {}
@@ -105,13 +123,7 @@ def collect(stack, clients, expect, timeout=15):
         assert cl.session_present, "%s: no Session Present after the failover" % c
         assert took < CONNACK_S + 3, "%s: CONNACK after %.2fs" % (c, took)
         want = set(expect.get(c, []))
-        got = set()
-        end = time.monotonic() + timeout
-        while want - got and time.monotonic() < end:
-            try:
-                got.add(cl.messages.get(timeout=0.5).text)
-            except Exception:
-                pass
+        got = receive(cl, want, timeout)
         cl.disconnect()
         if want - got:
             lost[c] = sorted(want - got)
@@ -172,13 +184,7 @@ def check_online(stack, subs, label):
     sent = publish(stack, [s.client_id for s in subs], label, timeout=15)
     for s in subs:
         want = set(sent[s.client_id])
-        got = set()
-        end = time.monotonic() + 15
-        while want - got and time.monotonic() < end:
-            try:
-                got.add(s.messages.get(timeout=0.5).text)
-            except Exception:
-                pass
+        got = receive(s, want, 15)
         assert want <= got, "%s (online) lost %s" % (s.client_id, sorted(want - got))
         assert not s.disconnected.is_set(), "%s had to reconnect" % s.client_id
 
@@ -190,9 +196,12 @@ def test_both_replicas_serve(rstack):
     make_sessions(rstack, clients)
     sent = publish(rstack, clients, "a")
     collect(rstack, clients, sent)
-    # each replica owned and registered its share (Redis names the frontend of each)
+    # each replica owned and recorded its share: a record (under the client's hash tag)
+    # that names no frontend after the disconnect
     for c in clients[:4]:
-        node = rstack.redis_cli("HGET", "lk:sess:%s" % c, "node").strip()
+        key = "lk:sess:{%s}" % c
+        assert rstack.redis_cli("EXISTS", key) == "1", "%s: no session record" % c
+        node = rstack.redis_cli("HGET", key, "node").strip()
         assert node == "", "%s still registered at %r after disconnect" % (c, node)
 
 
@@ -218,8 +227,7 @@ def test_replica_killed_kept_down_then_back(rstack):
         for f in ("router", "mqtt-frontend-1", "mqtt-frontend-2"):
             print("\n".join(l for l in rstack.log(f).splitlines() if "moved to" in l))
         check_online(rstack, online, "online-down")
-        for c, texts in after.items():
-            sent[c] += texts
+        add(sent, after)
         collect(rstack, clients, sent)
         # takeover with one replica: exactly one connection remains
         takeover(rstack, [c for c in clients if home(c) == victim][0])
@@ -229,8 +237,7 @@ def test_replica_killed_kept_down_then_back(rstack):
     # ownership moves back: what was queued meanwhile is there, and more after it
     time.sleep(1.5)
     more = publish(rstack, clients, "back")
-    for c, texts in more.items():
-        queued[c] += texts
+    add(queued, more)
     collect(rstack, clients, queued)
     check_online(rstack, online, "online-back")
     for s in online:
@@ -248,8 +255,7 @@ def test_replica_killed_restarted_by_s6(rstack):
     after = publish(rstack, clients, "after", timeout=15)
     time.sleep(1.5)
     check_probe(probe)
-    for c, texts in after.items():
-        sent[c] += texts
+    add(sent, after)
     collect(rstack, clients, sent)
     check_online(rstack, online, "online-restart")
     for s in online:
@@ -363,13 +369,7 @@ def test_takeover_during_failover(rstack):
         for n in new:
             assert not n.disconnected.is_set(), "%s: the newer one was closed" % n.client_id
             want = set(sent[n.client_id])
-            got = set()
-            end = time.monotonic() + 10
-            while want - got and time.monotonic() < end:
-                try:
-                    got.add(n.messages.get(timeout=0.5).text)
-                except Exception:
-                    pass
+            got = receive(n, want, 10)
             assert want <= got, "%s lost %s" % (n.client_id, sorted(want - got))
             n.disconnect()
     finally:

@@ -31,6 +31,7 @@ import uuid
 
 import pytest
 
+import apihelp
 import lk
 from lockhelp import cli, decisions, device, mqtt_account, setup_lock
 
@@ -128,6 +129,33 @@ class World:
                 return got
             time.sleep(0.02)
 
+    def confirm(self, role, **kw):
+        """role's ("m" or "f") confirmation on every lock, QoS 1 (kw: publish's)"""
+        c = self.m if role == "m" else self.f
+        for lock in self.locks:
+            c.publish("/%s/%s" % (lock, role), "1", qos=1, **kw)
+
+    def decided(self, timeout=20, what=None):
+        """a round ends: every lock's unlock within timeout ({lock: (decision id, time)})"""
+        got = self.collect(len(self.locks), timeout)
+        self.rounds += 1
+        lost = sorted(set(self.locks) - set(got))
+        assert not lost, (what, lost)
+        return got
+
+    def round(self, **kw):
+        """a whole round on every lock (m then f, lock by lock), decided"""
+        for lock in self.locks:
+            self.m.publish("/%s/m" % lock, "1", qos=1, **kw)
+            self.f.publish("/%s/f" % lock, "1", qos=1, **kw)
+        return self.decided()
+
+    def no_second_unlock(self):
+        """once redeliveries had time (2 s), no lock gets another unlock"""
+        time.sleep(2.0)
+        extra = self.collect(1, 1.0)
+        assert not extra, ("a second unlock", extra)
+
     def check_history(self):
         """one granted decision per round per lock, nothing else; distinct ids"""
         for lock in self.locks:
@@ -150,13 +178,9 @@ def world(rstack):
 
 def test_locks_spread_over_both_replicas(rstack, world):
     w = world
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1)
-    for lock in w.locks:
-        w.f.publish("/%s/f" % lock, "1", qos=1)
-    got = w.collect(len(w.locks), 20)
-    assert sorted(got) == sorted(w.locks)
-    w.rounds += 1
+    w.confirm("m")
+    w.confirm("f")
+    got = w.decided()
     by = {lock: decider(did) for lock, (did, _) in got.items()}
     wrong = {lock: (by[lock], home(lock)) for lock in w.locks if by[lock] != home(lock)}
     assert not wrong, wrong
@@ -176,20 +200,15 @@ def test_dead_replica_locks_taken_over_with_open_rounds(rstack, world):
     victim = REPLICAS[0]
     other = REPLICAS[1]
     # open rounds on every lock (m confirmed), then the victim dies and stays down
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1)
+    w.confirm("m")
     time.sleep(0.3)
     s6("-O", rstack.scan(victim))
     pid = rstack.svc_pid(victim)
     assert pid > 1
     os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
-    for lock in w.locks:
-        w.f.publish("/%s/f" % lock, "1", qos=1)
-    got = w.collect(len(w.locks), 20)
-    w.rounds += 1
-    lost = sorted(set(w.locks) - set(got))
-    assert not lost, lost
+    w.confirm("f")
+    got = w.decided()
     delays = {lock: t - t_kill for lock, (_, t) in got.items()}
     theirs = [lock for lock in w.locks if home(lock) == victim]
     slowest = max(delays[lock] for lock in theirs)
@@ -204,12 +223,7 @@ def test_dead_replica_locks_taken_over_with_open_rounds(rstack, world):
     out = cli(rstack, "login", w.um).stdout
     assert out.startswith("username tmp-"), out
     # a second round while it is still down: decided by the other at once
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1)
-        w.f.publish("/%s/f" % lock, "1", qos=1)
-    got = w.collect(len(w.locks), 20)
-    w.rounds += 1
-    assert sorted(got) == sorted(w.locks)
+    w.round()
     w.check_history()
 
 
@@ -225,17 +239,11 @@ def test_returning_replica_takes_its_locks_back(rstack, world):
     w.check_history()
     # wait until the other sees it live (Redis liveness, one cron tick)
     rstack.wait_log(REPLICAS[1], "replica %s is live" % victim, timeout=10)
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1)
-        w.f.publish("/%s/f" % lock, "1", qos=1)
-    got = w.collect(len(w.locks), 20)
-    w.rounds += 1
-    assert sorted(got) == sorted(w.locks)
+    got = w.round()
     wrong = {lock: decider(got[lock][0]) for lock in w.locks if decider(got[lock][0]) != home(lock)}
     assert not wrong, wrong
     w.check_history()
     # /metrics: each replica sees both live, and keeps nothing parked once all is applied
-    import apihelp
     api = apihelp.Api(rstack, *apihelp.new_key(rstack, "rlock"))
 
     def gauges():
@@ -266,8 +274,7 @@ def test_kills_around_the_decision(rstack, world):
         held = (k // 2) % 2 == 1
         for r in REPLICAS:
             rstack.wait_up(r, timeout=30)
-        for lock in w.locks:
-            w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+        w.confirm("m", timeout=20)
         pid = rstack.svc_pid(victim)
         assert pid > 1
         if held:
@@ -286,18 +293,13 @@ def test_kills_around_the_decision(rstack, world):
             else:
                 w.f.publish("/%s/f" % lock, "1", qos=1, wait=False)
                 offsets.append(off)
-        got = w.collect(len(w.locks), 30)
-        w.rounds += 1
-        lost = sorted(set(w.locks) - set(got))
-        assert not lost, (k, victim, held, lost)
+        got = w.decided(30, what=(k, victim, held))
         if held:
             held_delays.append(max(t for _, t in got.values()) - t_kill)
             s6("-u", rstack.scan(victim))
     for r in REPLICAS:
         rstack.wait_up(r, timeout=30)
-    time.sleep(2.0)
-    extra = w.collect(1, 1.0)
-    assert not extra, ("a second unlock", extra)
+    w.no_second_unlock()
     w.check_history()
     print("%d kills (both replicas in turn; %d kept down, %d restarted by s6) x %d locks, "
           "decisions %+.0f..%+.0f ms around them, in %.0f s: %d rounds, %d unlocks, "
@@ -320,8 +322,7 @@ def test_router_kill_with_two_arbiters(rstack, world):
         # both replicas serve again (their liveness keys lapse while the router is away)
         lk.wait_until(lambda: rstack.redis_cli("EXISTS", *["lk:{arb}:live:" + r for r in REPLICAS])
                       == str(len(REPLICAS)), 10, what="both replicas live")
-        for lock in w.locks:
-            w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+        w.confirm("m", timeout=20)
         pid = rstack.svc_pid("router")
         assert pid > 1
         plan = sorted([(rng.uniform(-0.015, 0.015), lock) for lock in w.locks] + [(0.0, None)],
@@ -335,13 +336,8 @@ def test_router_kill_with_two_arbiters(rstack, world):
                 os.kill(pid, signal.SIGKILL)
             else:
                 w.f.publish("/%s/f" % lock, "1", qos=1, wait=False)
-        got = w.collect(len(w.locks), 30)
-        w.rounds += 1
-        lost = sorted(set(w.locks) - set(got))
-        assert not lost, (k, lost)
-    time.sleep(2.0)
-    extra = w.collect(1, 1.0)
-    assert not extra, ("a second unlock", extra)
+        w.decided(30, what=k)
+    w.no_second_unlock()
     w.check_history()
 
 
@@ -353,34 +349,24 @@ def test_stalled_replica(rstack, world):
     victim = REPLICAS[1]
     for r in REPLICAS:
         rstack.wait_up(r, timeout=30)
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+    w.confirm("m", timeout=20)
     pid = rstack.svc_pid(victim)
     assert pid > 1
     os.kill(pid, signal.SIGSTOP)
     try:
         t_stop = time.monotonic()
-        for lock in w.locks:
-            w.f.publish("/%s/f" % lock, "1", qos=1)
-        got = w.collect(len(w.locks), 20)
-        w.rounds += 1
-        assert sorted(got) == sorted(w.locks)
+        w.confirm("f")
+        got = w.decided()
         slowest = max(t for _, t in got.values()) - t_stop
         assert slowest <= RECOVERY_S, slowest
         # a round open while it resumes
-        for lock in w.locks:
-            w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+        w.confirm("m", timeout=20)
     finally:
         os.kill(pid, signal.SIGCONT)
-    for lock in w.locks:
-        w.f.publish("/%s/f" % lock, "1", qos=1, wait=False)
-    got = w.collect(len(w.locks), 20)
-    w.rounds += 1
-    assert sorted(got) == sorted(w.locks)
+    w.confirm("f", wait=False)
+    w.decided()
     assert rstack.svc_pid(victim) == pid, "the stopped replica was restarted"
-    time.sleep(2.0)
-    extra = w.collect(1, 1.0)
-    assert not extra, ("a second unlock", extra)
+    w.no_second_unlock()
     w.check_history()
     print("replica %s stopped: its locks decided by the other %.2f s after the stop"
           % (victim, slowest))
@@ -395,8 +381,7 @@ def test_owner_live_but_not_applying(rstack, world):
     for r in REPLICAS:
         rstack.wait_up(r, timeout=30)
     theirs = [lock for lock in w.locks if home(lock) == victim]
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
+    w.confirm("m", timeout=20)
     time.sleep(0.3)
     key = "lk:{arb}:live:" + victim
     token = rstack.redis_cli("GET", key)
@@ -407,11 +392,8 @@ def test_owner_live_but_not_applying(rstack, world):
     try:
         rstack.redis_cli("SET", key, token, "PX", "15000")
         t0 = time.monotonic()
-        for lock in w.locks:
-            w.f.publish("/%s/f" % lock, "1", qos=1)
-        got = w.collect(len(w.locks), 20)
-        w.rounds += 1
-        assert sorted(got) == sorted(w.locks)
+        w.confirm("f")
+        got = w.decided()
         late = [got[lock][1] - t0 for lock in theirs]
         assert all(decider(got[lock][0]) == other for lock in theirs), got
         # not taken over (its key lived): applied as overdue, after the 3 s
@@ -420,15 +402,8 @@ def test_owner_live_but_not_applying(rstack, world):
         os.kill(pid, signal.SIGCONT)
     rstack.redis_cli("PEXPIRE", key, "1000")
     assert rstack.wait_log(other, "was not applied by its owner", timeout=5)
-    time.sleep(2.0)
-    extra = w.collect(1, 1.0)
-    assert not extra, ("a second unlock", extra)
-    for lock in w.locks:
-        w.m.publish("/%s/m" % lock, "1", qos=1, timeout=20)
-        w.f.publish("/%s/f" % lock, "1", qos=1, timeout=20)
-    got = w.collect(len(w.locks), 20)
-    w.rounds += 1
-    assert sorted(got) == sorted(w.locks)
+    w.no_second_unlock()
+    w.round(timeout=20)
     w.check_history()
     print("owner %s stopped with its liveness kept: its %d locks decided by %s %.2f..%.2f s "
           "later (parked past 3 s)" % (victim, len(theirs), other, min(late), max(late)))
