@@ -767,8 +767,8 @@ static void s_retained(self_t *self, lk_http_req_t *req, const char *topic, bool
         /* every router keeps the message: each forgets it */
         api_call_t *call = api_call_new(self, req, s_retained_done);
         call->step = 2;
-        for (int i = 0; i < self->n_routers; i++)
-            api_call_send(call, self->routers[i], &q);
+        for (int i = 0; i < lk_replicas_count(self->routers); i++)
+            api_call_send(call, lk_replicas_nth(self->routers, i), &q);
         api_call_start(call);
     }
 }

@@ -182,10 +182,10 @@ static void s_discovered(self_t *self, api_call_t *call)
 
 lk_peer_t *api_router(api_server_t *self)
 {
-    for (int i = 0; i < self->n_routers; i++)
-        if (lk_peer_alive(self->routers[i]))
-            return self->routers[i];
-    return self->routers[0];
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        if (lk_replicas_alive_nth(self->routers, i))
+            return lk_replicas_nth(self->routers, i);
+    return lk_replicas_nth(self->routers, 0);
 }
 
 static void s_discover(lk_loop_t *loop, void *arg)
@@ -504,17 +504,8 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->bus = lk_iclient_bus(self->ic);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0)
         goto fail;
-    /* the iclient connected to every router; their names as lk_replicas gives them */
-    int64_t nr = lk_config_get_int(config, "router_replicas", 1);
-    self->n_routers = nr >= 1 && nr <= 64 ? (int)nr : 1;
-    for (int i = 0; i < self->n_routers; i++) {
-        char name[32];
-        if (self->n_routers == 1)
-            snprintf(name, sizeof(name), "router");
-        else
-            snprintf(name, sizeof(name), "router-%d", i + 1);
-        self->routers[i] = lk_bus_peer_ensure(self->bus, name);
-    }
+    /* the iclient connected to every router and store (and checked their counts) */
+    self->routers = lk_replicas_served(self->bus, config, "router", "router");
     self->stores = lk_replicas_served(self->bus, config, "session", "session-store");
     self->auths = lk_replicas_connect(self->bus, config, "auth", "auth");
     if (!self->auths) {
@@ -597,6 +588,7 @@ void api_server_destroy(api_server_t **self_p)
         lk_iclient_destroy(&self->ic);
     }
     lk_replicas_destroy(&self->auths);
+    lk_replicas_destroy(&self->routers);
     lk_replicas_destroy(&self->stores);
     lk_replicas_destroy(&self->histories);
     lk_replicas_destroy(&self->arbiters);
