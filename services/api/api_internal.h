@@ -64,7 +64,7 @@ struct _api_server_t {
        subscription and retained message, so one live router answers for all (api_router) */
     lk_replicas_t *routers;
     lk_replicas_t *auths, *histories; /* NULL when their endpoint is unset */
-    zhashx_t *frontends; /* node -> endpoint we connected to */
+    zhashx_t *frontends; /* node -> its peer (not owned), or S_UNREACHABLE (api_server.c) */
     api_call_t *calls;
     uint64_t next_call;
     int discover_timer;
