@@ -60,12 +60,11 @@ struct _api_server_t {
     lk_http_t *https; /* api_https_port, or NULL */
     lk_replicas_t *stores; /* session-store replicas (the iclient's links, by name) */
     lk_replicas_t *arbiters; /* NULL without arbiter_endpoint; logins go to any live one */
-    /* the routers (router_replicas): each holds every subscription and retained message,
-       so one live router answers for all (api_router) */
-    lk_peer_t *routers[64];
-    int n_routers;
+    /* the routers (router_replicas; the iclient's links, by name): each holds every
+       subscription and retained message, so one live router answers for all (api_router) */
+    lk_replicas_t *routers;
     lk_replicas_t *auths, *histories; /* NULL when their endpoint is unset */
-    zhashx_t *frontends; /* node -> endpoint we connected to */
+    zhashx_t *frontends; /* node -> its peer (not owned), or S_UNREACHABLE (api_server.c) */
     api_call_t *calls;
     uint64_t next_call;
     int discover_timer;

@@ -697,27 +697,32 @@ static int s_cmp_msg(const void *a, const void *b)
     return strcmp((*(Lk__Msg *const *)a)->topic, (*(Lk__Msg *const *)b)->topic);
 }
 
+/* a delete asked of every router: done when one of them had it; else the first reply that
+   came tells (NOT_FOUND: nobody had it) */
+static void s_retained_deleted(self_t *self, api_call_t *call)
+{
+    Lk__AdminReply *r = NULL;
+    for (size_t i = 0; i < call->n && !(r && r->ok); i++)
+        if (call->answers[i].reply && (!r || call->answers[i].reply->ok))
+            r = call->answers[i].reply;
+    if (r && r->ok)
+        lk_http_respond(call->http, 204, NULL, NULL, 0);
+    else if (r && strcmp(r->error, "NOT_FOUND") == 0)
+        api_error(call->http, 404, "NOT_FOUND", "Viewed message doesn't exist");
+    else
+        s_one_reply(call, "router did not answer");
+}
+
+/* one message (step 1) or a page of them, from one router */
 static void s_retained_done(self_t *self, api_call_t *call)
 {
     Lk__AdminReply *r = call->n ? call->answers[0].reply : NULL;
-    /* a delete asked of every router: done when one of them had it */
-    for (size_t i = 1; call->step == 2 && i < call->n && !(r && r->ok); i++)
-        if (call->answers[i].reply && (!r || call->answers[i].reply->ok))
-            r = call->answers[i].reply;
-    if (call->step == 2 && r && r->ok) {
-        lk_http_respond(call->http, 204, NULL, NULL, 0);
-        return;
-    }
     if (r && !r->ok && strcmp(r->error, "NOT_FOUND") == 0) {
         api_error(call->http, 404, "NOT_FOUND", "Viewed message doesn't exist");
         return;
     }
     if (!(r = s_one_reply(call, "router did not answer")))
         return;
-    if (call->step == 2) { /* deleted */
-        lk_http_respond(call->http, 204, NULL, NULL, 0);
-        return;
-    }
     if (call->step == 1) { /* one */
         if (!r->n_retained) {
             api_error(call->http, 404, "NOT_FOUND", "Viewed message doesn't exist");
@@ -765,10 +770,9 @@ static void s_retained(self_t *self, lk_http_req_t *req, const char *topic, bool
             return;
         }
         /* every router keeps the message: each forgets it */
-        api_call_t *call = api_call_new(self, req, s_retained_done);
-        call->step = 2;
-        for (int i = 0; i < self->n_routers; i++)
-            api_call_send(call, self->routers[i], &q);
+        api_call_t *call = api_call_new(self, req, s_retained_deleted);
+        for (int i = 0; i < lk_replicas_count(self->routers); i++)
+            api_call_send(call, lk_replicas_nth(self->routers, i), &q);
         api_call_start(call);
     }
 }

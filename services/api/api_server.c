@@ -16,6 +16,10 @@
 #define S_DISCOVER_MS 1000
 #define S_WARM_MS 2000
 
+/* the frontends table's value for a frontend without frontend_endpoint (no peer) */
+static char s_unreachable;
+#define S_UNREACHABLE ((void *)&s_unreachable)
+
 /* --- calls: one request fanned out, the replies gathered ------------------------------ */
 
 static void s_call_free(api_call_t *call)
@@ -161,31 +165,30 @@ static void s_discovered(self_t *self, api_call_t *call)
             Lk__AdminPeer *p = r->node->peers[k];
             if (!p->kind || strcmp(p->kind, "mqtt-frontend") != 0 || !p->node)
                 continue;
-            const char *known = zhashx_lookup(self->frontends, p->node);
-            if (known)
+            if (zhashx_lookup(self->frontends, p->node))
                 continue;
             if (!p->endpoint || !*p->endpoint) {
                 lk_warn("frontend %s serves no frontend_endpoint: the api cannot reach it",
                         p->node);
-                zhashx_insert(self->frontends, p->node, "");
+                zhashx_insert(self->frontends, p->node, S_UNREACHABLE);
                 continue;
             }
             lk_notice("frontend %s found at %s", p->node, p->endpoint);
-            zhashx_insert(self->frontends, p->node, p->endpoint);
             /* over tcp:// the frontends may share one certificate (containers) */
-            lk_bus_connect_as(self->bus, p->node,
-                              lk_config_get(self->config, "frontend_curve_server_key", NULL),
-                              p->endpoint);
+            lk_peer_t *fe = lk_bus_connect_as(
+                self->bus, p->node, lk_config_get(self->config, "frontend_curve_server_key", NULL),
+                p->endpoint);
+            zhashx_insert(self->frontends, p->node, fe);
         }
     }
 }
 
 lk_peer_t *api_router(api_server_t *self)
 {
-    for (int i = 0; i < self->n_routers; i++)
-        if (lk_peer_alive(self->routers[i]))
-            return self->routers[i];
-    return self->routers[0];
+    for (int i = 0; i < lk_replicas_count(self->routers); i++)
+        if (lk_replicas_alive_nth(self->routers, i))
+            return lk_replicas_nth(self->routers, i);
+    return lk_replicas_nth(self->routers, 0);
 }
 
 static void s_discover(lk_loop_t *loop, void *arg)
@@ -369,14 +372,11 @@ static void s_serve(self_t *self, lk_http_req_t *req);
 static void s_warm_check(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
+    /* ready: a router answered a discovery, and every frontend it named that we can reach
+       is up */
     bool ready = self->discovered && lk_peer_alive(api_router(self));
-    /* (no other lookup in the hash while walking it: that moves its cursor) */
-    for (const char *ep = zhashx_first(self->frontends); ready && ep;
-         ep = zhashx_next(self->frontends)) {
-        lk_peer_t *p = *ep ? lk_bus_peer(self->bus, zhashx_cursor(self->frontends)) : NULL;
-        if (*ep && (!p || !lk_peer_alive(p)))
-            ready = false;
-    }
+    for (void *fe = zhashx_first(self->frontends); ready && fe; fe = zhashx_next(self->frontends))
+        ready = fe == S_UNREACHABLE || lk_peer_alive(fe);
     if (!ready && lk_mono_ms() - self->started_ms < S_WARM_MS)
         return;
     lk_loop_timer_cancel(loop, self->warm_timer);
@@ -487,10 +487,7 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->timeout_ms = (int)lk_config_get_int(config, "api_timeout_ms", 2000);
     self->metrics_auth = lk_config_get_bool(config, "api_metrics_auth", false);
     self->key_cache_ms = lk_config_get_int(config, "api_key_cache_ms", 5000);
-    self->frontends = zhashx_new();
-    /* node -> endpoint, copied: the reply it came in is freed */
-    zhashx_set_duplicator(self->frontends, (zhashx_duplicator_fn *)strdup);
-    zhashx_set_destructor(self->frontends, (zhashx_destructor_fn *)zstr_free);
+    self->frontends = zhashx_new(); /* the peers are the bus's */
     self->early = zlistx_new();
     self->keys = zhashx_new();
     zhashx_set_destructor(self->keys, s_free_ms);
@@ -504,17 +501,8 @@ api_server_t *api_server_new(lk_loop_t *loop, lk_config_t *config, const char *n
     self->bus = lk_iclient_bus(self->ic);
     if (lk_bus_enable_msglog(self->bus, lk_config_get(config, "msglog_dir", "")) != 0)
         goto fail;
-    /* the iclient connected to every router; their names as lk_replicas gives them */
-    int64_t nr = lk_config_get_int(config, "router_replicas", 1);
-    self->n_routers = nr >= 1 && nr <= 64 ? (int)nr : 1;
-    for (int i = 0; i < self->n_routers; i++) {
-        char name[32];
-        if (self->n_routers == 1)
-            snprintf(name, sizeof(name), "router");
-        else
-            snprintf(name, sizeof(name), "router-%d", i + 1);
-        self->routers[i] = lk_bus_peer_ensure(self->bus, name);
-    }
+    /* the iclient connected to every router and store (and checked their counts) */
+    self->routers = lk_replicas_served(self->bus, config, "router", "router");
     self->stores = lk_replicas_served(self->bus, config, "session", "session-store");
     self->auths = lk_replicas_connect(self->bus, config, "auth", "auth");
     if (!self->auths) {
@@ -597,6 +585,7 @@ void api_server_destroy(api_server_t **self_p)
         lk_iclient_destroy(&self->ic);
     }
     lk_replicas_destroy(&self->auths);
+    lk_replicas_destroy(&self->routers);
     lk_replicas_destroy(&self->stores);
     lk_replicas_destroy(&self->histories);
     lk_replicas_destroy(&self->arbiters);

@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lk  # noqa: E402
+import replhelp  # noqa: E402
 
 
 def _stop_on_signal(stack):
@@ -36,19 +37,11 @@ def _stop_on_signal(stack):
     return previous
 
 
-def _test_replicas():
-    """LATCHKEY_TEST_REPLICAS="router=2 ...": the shared stack runs those replicas (to run
-    any suite against replicated services)"""
-    out = {}
-    for kv in os.environ.get("LATCHKEY_TEST_REPLICAS", "").split():
-        k, _, v = kv.partition("=")
-        out[k] = int(v)
-    return out
-
-
 @pytest.fixture(scope="session")
 def stack():
-    s = lk.Stack(replicas=_test_replicas())
+    # LATCHKEY_TEST_REPLICAS="router=2 ...": the shared stack runs those replicas (to run
+    # any suite against replicated services); none by default
+    s = lk.Stack(replicas=replhelp.replicas_from_env(default=""))
     done = []
 
     def teardown():

@@ -28,6 +28,11 @@ SERVERS = ["redis", "postgres"]
 DAEMONS = ["router", "session-store", "auth", "mqtt-frontend-1", "mqtt-frontend-2",
            "lock-arbiter", "history-writer", "api", "ota-distributor"]
 ALL_SERVICES = SERVERS + DAEMONS
+# the services that can run as replicas, and the configuration prefix of each
+# (<prefix>_replicas, <prefix>_endpoint): latchkey-up's rep_prefix
+REPLICA_PREFIX = {"router": "router", "session-store": "session", "auth": "auth",
+                  "lock-arbiter": "arbiter", "history-writer": "history", "api": "api",
+                  "ota-distributor": "ota"}
 BINARY = {"router": "router", "session-store": "session-store", "auth": "auth",
           "mqtt-frontend-1": "mqtt-frontend", "mqtt-frontend-2": "mqtt-frontend",
           "lock-arbiter": "lock-arbiter", "history-writer": "history-writer", "api": "api",
@@ -173,11 +178,8 @@ class Stack:
             "LATCHKEY_REPLICAS": " ".join("%s=%d" % kv for kv in self.replicas.items()),
         })
         # what latchkey-up gives the daemons, for the CLI and helpers run from tests
-        for kind, prefix in (("router", "ROUTER"), ("session-store", "SESSION"),
-                             ("auth", "AUTH"), ("lock-arbiter", "ARBITER"),
-                             ("history-writer", "HISTORY"), ("api", "API"),
-                             ("ota-distributor", "OTA")):
-            self.env["LATCHKEY_%s_REPLICAS" % prefix] = str(self.replicas.get(kind, 1))
+        for kind, prefix in REPLICA_PREFIX.items():
+            self.env["LATCHKEY_%s_REPLICAS" % prefix.upper()] = str(self.replicas.get(kind, 1))
         for k in ("LATCHKEY_CONF", "LATCHKEY_ROOT"):
             self.env.pop(k, None)
         # an external Redis Cluster ("host:port host:port ..."; leave "redis" out of

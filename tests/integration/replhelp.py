@@ -17,13 +17,13 @@ a namespace's address in test_57 (the threads are started inside that namespace)
 
 import os
 import socket
-import struct
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 
 import lk
+import mqttraw
 
 DEFAULT_REPLICAS = "router=2 session-store=2 auth=2 lock-arbiter=2 history-writer=2"
 
@@ -223,18 +223,11 @@ class QoS1Load:
             c.loop_stop()
 
 
-def _connect_packet(cid):
-    payload = struct.pack("!H", len(cid)) + cid.encode()
-    vh = struct.pack("!H", 4) + b"MQTT" + bytes([4, 0x02]) + struct.pack("!H", 10)
-    body = vh + payload
-    return bytes([0x10, len(body)]) + body
-
-
 def raw_connack(host, port, cid, timeout):
     """CONNECT (3.1.1, clean) and the CONNACK's return code; raises OSError/TimeoutError."""
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.settimeout(timeout)
-        s.sendall(_connect_packet(cid))
+        s.sendall(mqttraw.connect(cid, keepalive=10))
         buf = b""
         while len(buf) < 4:
             chunk = s.recv(4 - len(buf))
@@ -244,7 +237,7 @@ def raw_connack(host, port, cid, timeout):
         if buf[0] != 0x20:
             raise OSError("not a CONNACK: %r" % buf)
         try:
-            s.sendall(b"\xe0\x00")
+            s.sendall(mqttraw.packet(0xE0, b""))
         except OSError:
             pass
         return buf[3]

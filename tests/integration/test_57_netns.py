@@ -62,8 +62,7 @@ NS_ROLES = ("f", "r", "s")   # frontends, routers, stores
 PORTS = {"router": 5550, "session-store": 5551, "auth": 5552, "history-writer": 5553,
          "lock-arbiter": 5554}
 # the configuration prefix of each kind (<prefix>_endpoint, <prefix>_replicas)
-KEY = {"router": "router", "session-store": "session", "auth": "auth",
-       "history-writer": "history", "lock-arbiter": "arbiter"}
+KEY = {kind: lk.REPLICA_PREFIX[kind] for kind in PORTS}
 BASE = {"router": ("r", 1), "session-store": ("s", 1), "auth": ("s", 11),
         "lock-arbiter": ("s", 21), "history-writer": ("s", 31)}
 SUBNET = {"f": 1, "r": 2, "s": 3}
