@@ -185,10 +185,9 @@ static void s_discovered(self_t *self, api_call_t *call)
 
 lk_peer_t *api_router(api_server_t *self)
 {
-    for (int i = 0; i < lk_replicas_count(self->routers); i++)
-        if (lk_replicas_alive_nth(self->routers, i))
-            return lk_replicas_nth(self->routers, i);
-    return lk_replicas_nth(self->routers, 0);
+    /* the first live router, else the first (asks wait for it) */
+    lk_peer_t *p = lk_replicas_other(self->routers, NULL);
+    return p ? p : lk_replicas_nth(self->routers, 0);
 }
 
 static void s_discover(lk_loop_t *loop, void *arg)
