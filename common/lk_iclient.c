@@ -629,6 +629,11 @@ bool lk_iclient_ready(lk_iclient_t *self)
     return self->state == S_OPEN && s_subs_acked(self);
 }
 
+bool lk_iclient_routed(lk_iclient_t *self)
+{
+    return lk_replicas_alive(self->routers) > 0;
+}
+
 static void s_close_check(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;

@@ -65,6 +65,8 @@ lk_bus_t *lk_iclient_bus(lk_iclient_t *self);
 const char *lk_iclient_client_id(lk_iclient_t *self);
 /* the session is open and every subscription is acked */
 bool lk_iclient_ready(lk_iclient_t *self);
+/* at least one router (of router_replicas) is alive */
+bool lk_iclient_routed(lk_iclient_t *self);
 
 /* Adds (or changes) a subscription; kept for re-attaches and told to the session store.
    QoS >= 1 gives stored delivery while the service is away. 0 or -1 for an invalid

@@ -317,8 +317,8 @@ static bool s_liveness(self_t *self, bool refresh)
    router lets its key lapse, and its locks go to one that hears them. */
 static bool s_can_serve(self_t *self)
 {
-    lk_peer_t *router = lk_bus_peer(self->bus, "router");
-    return lk_iclient_ready(self->ic) && router && lk_peer_alive(router);
+    /* any router: with router replicas none is named "router" */
+    return lk_iclient_ready(self->ic) && lk_iclient_routed(self->ic);
 }
 
 /* applies, in order, the parked messages of every lock that has one parked for too long */

@@ -407,3 +407,22 @@ def test_owner_live_but_not_applying(rstack, world):
     w.check_history()
     print("owner %s stopped with its liveness kept: its %d locks decided by %s %.2f..%.2f s "
           "later (parked past 3 s)" % (victim, len(theirs), other, min(late), max(late)))
+
+
+def test_replicas_live_with_router_replicas():
+    """With routers as replicas too (router-1, router-2: no peer is named "router") each
+    arbiter still counts itself able to serve and keeps its liveness key, so the locks
+    stay split between the replicas."""
+    if not all(lk.built(s) for s in lk.DAEMONS):
+        pytest.skip("daemons not built")
+    s = lk.Stack(services=lk.SERVERS + ["router", "session-store", "auth", "mqtt-frontend-1",
+                                        "lock-arbiter", "history-writer"],
+                 replicas={"router": 2, "lock-arbiter": 2})
+    try:
+        s.start_all()
+        keys = lk.wait_until(
+            lambda: len(s.redis_cli("KEYS", "lk:{arb}:live:*").split()) == 2 and
+            s.redis_cli("KEYS", "lk:{arb}:live:*").split(), 10, what="both liveness keys")
+        assert sorted(keys) == ["lk:{arb}:live:" + r for r in REPLICAS]
+    finally:
+        s.destroy()
