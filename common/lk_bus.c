@@ -15,6 +15,7 @@
 #include "lk_common.h"
 #include "lk_msglog.h"
 #include "lk_mqtt.h"
+#include "lk_selftest.h"
 #include "lk_zmtp.h"
 #include <arpa/inet.h>
 #include <czmq.h>
@@ -1465,23 +1466,6 @@ static void s_bt_publish(lk_bus_t *bus, lk_peer_t *peer, int n, bool reliable)
     }
 }
 
-/* A TCP port nobody listens on right now, the kernel's pick. Not CZMQ's "tcp://...:*":
-   that takes the first free port from 49152 up, the same one in every process, so
-   selftests running side by side bound (or reached) each other's CurveZMQ servers. */
-static int s_bt_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 /* a new zcert saved as dir/name.key (+ _secret), also copied (public) into pub_dir */
 static void s_bt_cert(const char *dir, const char *name, const char *pub_dir)
 {
@@ -1518,7 +1502,9 @@ static int s_bt_curve(bool verbose)
     s_bt_cert(keys, "fe-good", allowed);
     s_bt_cert(keys, "fe-bad", NULL);
     s_bt_cert(other, "router", NULL); /* an impostor's key under the same name */
-    snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", s_bt_port());
+    /* the kernel's pick, not CZMQ's "tcp://...:*" (the first free port from 49152 up, the
+       same in every process: selftests side by side reached each other's servers) */
+    snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", lk_selftest_port(false));
 
     lk_loop_t *loop = lk_loop_new();
     lk_bus_handlers_t h = {s_bt_msg, s_bt_up, NULL};
@@ -1588,7 +1574,7 @@ static int s_bt_curve(bool verbose)
        frontends): reached with lk_bus_connect_as, refused by plain lk_bus_connect */
     s_bt_t srv2 = {.loop = loop}, shared = {.loop = loop};
     char ep2[64];
-    snprintf(ep2, sizeof(ep2), "tcp://127.0.0.1:%d", s_bt_port());
+    snprintf(ep2, sizeof(ep2), "tcp://127.0.0.1:%d", lk_selftest_port(false));
     lk_bus_t *server2 = lk_bus_new(loop, "fe-x", "mqtt-frontend", &h, &srv2);
     snprintf(path, sizeof(path), "%s/router.key_secret", keys);
     if (lk_bus_set_curve(server2, path, allowed, NULL) != 0 || lk_bus_bind(server2, ep2) != 0)
