@@ -321,7 +321,9 @@ void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
     if (d->store_id) {
         /* stored copies before SessionOpened come with its pending list; those forwarded
            after it (while the router acks the Attach) wait in the queue */
-        if ((conn->state != FE_ACTIVE && !conn->opened) || d->store_id <= conn->max_store_id)
+        if (conn->state != FE_ACTIVE && !conn->opened)
+            return;
+        if (d->late ? fe_holds(conn, d->store_id) : d->store_id <= conn->max_store_id)
             return;
     }
     fe_deliver_to(conn, d, false);

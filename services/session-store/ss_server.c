@@ -378,20 +378,77 @@ static int s_fresh1(self_t *self, const char *client)
 //  --------------------------------------------------------------------------
 //  Work from the router
 
-/* a stored message goes on to the frontend holding its client, if any */
-static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id)
+/* a stored copy goes on to the frontend holding its client, if any */
+static void s_forward_deliver(self_t *self, const Lk__Deliver *d)
 {
-    ss_session_t *s = ss_store_session(self->store, item->client);
+    ss_session_t *s = ss_store_session(self->store, d->client);
     if (!s || !s->node || s->disconnected_at || !s_holds(s->node, s->node_epoch, self))
         return;
+    /* acknowledged: a copy lost on the way would wait in Redis for the next reconnect */
+    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, d, true);
+}
+
+/* Replicas: a copy stored for a client another replica owns (the router moved it here
+   while the owner looked dead) goes on through the owner, told its store id: the
+   client's frontend may have re-opened the session there before the copy was in Redis,
+   and only the owner knows where the client is now. */
+static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id)
+{
     Lk__Deliver d = LK__DELIVER__INIT;
     d.client = item->client;
+    d.store_id = store_id;
+    lk_peer_t *owner =
+        self->sibs ? lk_replicas_owner(self->sibs, item->client, strlen(item->client)) : NULL;
+    if (owner) {
+        lk_bus_batch_add(self->bus, owner, LK_BODY_DELIVER, &d, true);
+        return;
+    }
     d.msg = item->msg;
     d.n_sub_ids = item->n_sub_ids;
     d.sub_ids = item->sub_ids;
-    d.store_id = store_id;
-    /* acknowledged: a copy lost on the way would wait in Redis for the next reconnect */
-    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, &d, true);
+    s_forward_deliver(self, &d);
+}
+
+static void s_forward_late(const Lk__Deliver *d, void *arg)
+{
+    Lk__Deliver late = *d;
+    late.late = true;
+    s_forward_deliver(arg, &late);
+}
+
+/* a sibling stored copies for clients we own (s_forward): those not acked meanwhile go
+   to their frontends, read from Redis */
+static int s_handle_told(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__DeliverBatch *b = env->deliver;
+    size_t n = b->n_items;
+    const char **names = lk_calloc(n ? n : 1, sizeof(*names));
+    uint64_t *ids = lk_calloc(n ? n : 1, sizeof(*ids));
+    bool *done = lk_calloc(n ? n : 1, sizeof(*done));
+    for (size_t i = 0; i < n; i++)
+        names[i] = b->items[i] && b->items[i]->client && b->items[i]->store_id
+                       ? b->items[i]->client
+                       : NULL;
+    int rc = s_fresh(self, names, n);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (!names[i] || done[i])
+            continue;
+        size_t k = 0;
+        for (size_t j = i; j < n; j++)
+            if (names[j] && !done[j] && strcmp(names[j], names[i]) == 0) {
+                ids[k++] = b->items[j]->store_id;
+                done[j] = true;
+            }
+        rc = ss_store_copies(self->store, names[i], ids, k, s_forward_late, self);
+    }
+    free(done);
+    free(ids);
+    free(names);
+    if (rc != 0)
+        return -1;
+    lk_info("%s stored %zu copies for our clients: handed on", lk_peer_name(peer), n);
+    s_ack(self, peer, env);
+    return 0;
 }
 
 static int s_handle_store(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
@@ -712,6 +769,8 @@ static int s_dispatch(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
 {
     bool from_router = lk_replicas_has(self->routers, peer);
     if (s_is_sibling(self, peer)) {
+        if (env->body_case == LK__ENVELOPE__BODY_DELIVER)
+            return s_handle_told(self, peer, env);
         s_ack(self, peer, env);
         return 0;
     }

@@ -1272,6 +1272,35 @@ int ss_store_subs(ss_store_t *self, const char **clients, size_t n, ss_subs_fn *
     return rc;
 }
 
+int ss_store_copies(ss_store_t *self, const char *client, const uint64_t *ids, size_t n,
+                    ss_copy_fn *fn, void *arg)
+{
+    if (n == 0)
+        return 0;
+    s_pipe_t p;
+    s_pipe_begin(&p, self->redis);
+    s_append_ids(self, &p, "HMGET", "lk:q:", client, ids, n);
+    s_append_ids(self, &p, "HMGET", "lk:rel:", client, ids, n);
+    lk_redis_reply_t *q = s_pipe_next(&p), *rel = s_pipe_next(&p);
+    int rc = s_pipe_end(&p);
+    if (rc == 0 && q && q->type == LK_REDIS_ARRAY && q->count == n) {
+        for (size_t i = 0; i < n; i++) {
+            const lk_redis_reply_t *v = &q->items[i];
+            Lk__Deliver *d = v->str ? ss_codec_unpack_deliver(v->str, v->len) : NULL;
+            if (d && d->msg) {
+                d->store_id = ids[i];
+                if (rel && rel->type == LK_REDIS_ARRAY && rel->count == n)
+                    d->released_pid = (uint32_t)s_reply_u64(&rel->items[i]);
+                fn(d, arg);
+            }
+            ss_codec_deliver_free(&d);
+        }
+    }
+    lk_redis_reply_free(&q);
+    lk_redis_reply_free(&rel);
+    return rc;
+}
+
 //  --------------------------------------------------------------------------
 //  Node liveness
 
@@ -1474,6 +1503,23 @@ static int s_test_open(ss_store_t *store, const char *client, const char *node, 
 }
 
 /* stores n messages for client (topic t/<i>); ids get the store ids */
+typedef struct {
+    size_t n;
+    uint64_t ids[8];
+    bool msgs_ok;
+} s_copies_t;
+
+static void s_test_copy(const Lk__Deliver *d, void *arg)
+{
+    s_copies_t *c = arg;
+    if (c->n == 0)
+        c->msgs_ok = true;
+    c->msgs_ok = c->msgs_ok && d->msg && d->msg->topic && strncmp(d->msg->topic, "t/", 2) == 0 &&
+                 d->client && strcmp(d->client, "r9") == 0;
+    if (c->n < 8)
+        c->ids[c->n++] = d->store_id;
+}
+
 static int s_test_put(ss_store_t *store, const char *client, size_t n, int64_t expiry_at,
                       uint64_t *ids)
 {
@@ -1881,6 +1927,20 @@ void ss_store_test(const char *host, int port, bool verbose, int *passed, int *f
     ok = ok && s_test_put(ra, "r1", 2, 0, ids) == 0 && ids[0] == 4 && ids[1] == 5 &&
          s_raw_int(&t, "HLEN lk:q:{%s}", "r1") == 5 && s_raw_int(&t, "GET lk:qseq:{%s}", "r1") == 5;
     s_check(&t, "store: replicas never hand out one store id twice", ok);
+    /* the owner told of copies a sibling stored: those still queued, in id order */
+    {
+        s_copies_t got = {0};
+        const uint64_t told[] = {1, 2, 3, 9};
+        ok = s_test_open(ra, "r9", "fe-1", 11, false, 600, &res) == 0;
+        ss_open_result_clear(&res);
+        const char *r9 = "r9";
+        ok = ok && ss_store_refresh(rb, &r9, 1, NULL, NULL) == 0 &&
+             s_test_put(rb, "r9", 3, 0, ids) == 0 && ids[2] == 3 &&
+             s_raw_int(&t, "HDEL lk:q:{%s} 2", "r9") == 1 &&
+             ss_store_copies(ra, "r9", told, 4, s_test_copy, &got) == 0 && got.n == 2 &&
+             got.ids[0] == 1 && got.ids[1] == 3 && got.msgs_ok;
+        s_check(&t, "store: copies told by a sibling read back if still queued", ok);
+    }
     ok = s_test_open(rb, "r1", "fe-2", 22, false, 600, &res) == 0 && res.present &&
          res.n_pending == 5;
     ss_open_result_clear(&res);

@@ -181,6 +181,12 @@ void ss_store_offline(ss_store_t *self, zlistx_t *list, ss_holds_fn *holds, void
 /* Reads the subscriptions of n clients in one pipeline and calls fn for each client that
    still has a persistent session. 0 or -1. */
 int ss_store_subs(ss_store_t *self, const char **clients, size_t n, ss_subs_fn *fn, void *arg);
+/* Replicas: of the copies `ids` (ascending) stored for client, those still queued (not
+   acked meanwhile), as Delivers (store_id and released_pid set) to fn in id order. 0, or
+   -1 when Redis failed. */
+typedef void(ss_copy_fn)(const Lk__Deliver *d, void *arg);
+int ss_store_copies(ss_store_t *self, const char *client, const uint64_t *ids, size_t n,
+                    ss_copy_fn *fn, void *arg);
 
 /* node fell silent: its volatile clients are forgotten, its persistent ones go offline
    (keeping node, so they come back if the node returns with the same epoch) */

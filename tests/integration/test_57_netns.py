@@ -8,9 +8,9 @@ to it by veth pairs, addresses in 10.231.0.0/16 (127.0.0.1 carries no bus traffi
   lk57s-*  session store(s) .1.., auth .11.., lock-arbiter .21.., history-writer .31..,
            Redis and PostgreSQL on 10.231.3.100 (latchkey-up LATCHKEY_SERVICES="redis
            postgres", REDIS_BIND / PG_LISTEN)
-The replica counts come from LATCHKEY_TEST_REPLICAS (replhelp; default auth=2
-history-writer=2 here: with two session-store replicas a cut of the stores' namespace lost
-acknowledged messages once, an open defect). Node names resolve through
+The replica counts come from LATCHKEY_TEST_REPLICAS (replhelp; default two routers, session
+stores, auth, lock arbiters and history writers; router=1 session-store=1 gives one of
+each, as a single host runs them). Node names resolve through
 /etc/netns/<ns>/hosts (`ip netns exec` mounts it over /etc/hosts); endpoints are tcp://<node>:<port> (tcp://%n:<port> for
 replicas), one configuration for every process: a server binds the address its name
 resolves to (lk_bus_bind), its clients connect to the name. Certificates: `latchkey
@@ -381,10 +381,7 @@ def cluster():
     if not all(lk.built(s) for s in lk.DAEMONS):
         pytest.skip("daemons not built")
     _stale_cleanup()
-    # two of every kind (LATCHKEY_TEST_REPLICAS) lost acknowledged messages once when the
-    # stores' namespace was cut (session-store replicas, ASan build): open, see the
-    # closing note of session 5; by default the replicas this test was proven with
-    replicas = replhelp.replicas_from_env("auth=2 history-writer=2")
+    replicas = replhelp.replicas_from_env()
     nodes = nodes_of(replicas)
     net = Net(nodes)
     c = Cluster(net, nodes, replicas, lk.build_dir())
