@@ -171,7 +171,7 @@ typedef struct lb_conn_s {
     bool dirty;    /* on the flush list */
     struct lb_conn_s *next_dirty;
     int64_t t_start;   /* connect started (ns) */
-    int64_t next_ping; /* idle, --persistent pubsub: next PINGREQ (ns) */
+    int64_t next_ping; /* idle: next PINGREQ (ns) */
     /* --reconnect */
     bool down;          /* closed after setup, waiting for next_retry */
     int64_t t_down;     /* when the ready connection closed (ns) */
@@ -258,6 +258,7 @@ typedef struct {
     int down;      /* connections waiting to be reopened */
     uint64_t reconnects, refused, sessions_lost, cleaned;
     int64_t max_reconnect_ns;
+    int64_t next_cron, next_ping; /* s_cron's next turn, next PINGREQ to every client (ns) */
 } lb_t;
 
 static void s_die(const char *what)
@@ -827,10 +828,9 @@ static void s_client_id(const lb_t *self, const lb_conn_t *c, char *buf, size_t 
    (a long run's subscribers may send nothing else for a keepalive). */
 static void s_cron(lb_t *self, int64_t now)
 {
-    static int64_t next_turn, next_ping;
-    if (now < next_turn)
+    if (now < self->next_cron)
         return;
-    next_turn = now + 10000000LL;
+    self->next_cron = now + 10000000LL;
     char id[96];
     for (int i = 0; i < self->nall && self->down > 0; i++) {
         lb_conn_t *c = self->all[i];
@@ -848,8 +848,8 @@ static void s_cron(lb_t *self, int64_t now)
             s_close(self, c, true);
         }
     }
-    if (self->persistent && !self->cleaning && now >= next_ping) {
-        if (next_ping != 0) {
+    if (!self->cleaning && now >= self->next_ping) {
+        if (self->next_ping != 0) {
             lk_mqtt_packet_t p = {0};
             p.type = LK_MQTT_PINGREQ;
             for (int i = 0; i < self->nall; i++)
@@ -858,7 +858,7 @@ static void s_cron(lb_t *self, int64_t now)
                     self->pings++;
                 }
         }
-        next_ping = now + (int64_t)self->keepalive * 500000000LL;
+        self->next_ping = now + (int64_t)self->keepalive * 500000000LL;
     }
 }
 
