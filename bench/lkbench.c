@@ -1019,6 +1019,8 @@ static int s_run_pubsub(lb_t *self)
     while (!s_signals && s_now_ns() < settle_end)
         s_poll(self, 10);
 
+    if (self->persistent)
+        fprintf(stderr, "lkbench: run started\n"); /* a driver may fault the broker now */
     int64_t t0 = s_now_ns();
     self->t_measure = t0 + (int64_t)(self->warmup * 1e9);
     self->t_end = t0 + (int64_t)((self->warmup + self->duration) * 1e9);
