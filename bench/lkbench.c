@@ -34,6 +34,8 @@
                     (CONNACK code != 0, any time), "connect_failures" (TCP-level or no
                     CONNACK within 10 s), "max_reconnect_s" (longest close -> ready again).
                     Setup still fails fast: reconnection starts once every client is ready.
+      --progress S  a line of these counters on stderr every S seconds, stamped with
+                    CLOCK_MONOTONIC, to match them to faults a driver caused.
 
     Every mode prints one JSON object on stdout at the end. All encoding and decoding goes
     through common/lk_mqtt.h. Bounds: each phase has its own time limit (setup, run, drain,
@@ -259,6 +261,8 @@ typedef struct {
     uint64_t reconnects, refused, sessions_lost, cleaned;
     int64_t max_reconnect_ns;
     int64_t next_cron, next_ping; /* s_cron's next turn, next PINGREQ to every client (ns) */
+    double progress;              /* pubsub: seconds between progress lines, 0 none */
+    int64_t next_progress, window_reconnect_ns;
 } lb_t;
 
 static void s_die(const char *what)
@@ -338,6 +342,8 @@ static void s_back(lb_t *self, lb_conn_t *c, int64_t now)
     self->reconnects++;
     if (now - c->t_down > self->max_reconnect_ns)
         self->max_reconnect_ns = now - c->t_down;
+    if (now - c->t_down > self->window_reconnect_ns)
+        self->window_reconnect_ns = now - c->t_down;
 }
 
 /* Starts a non-blocking connect with CONNECT already queued: the first EPOLLOUT flushes
@@ -862,6 +868,30 @@ static void s_cron(lb_t *self, int64_t now)
     }
 }
 
+/* --progress: one line of counters on stderr; t is CLOCK_MONOTONIC, so a driver can
+   match the lines to what it did to the broker (Python's time.monotonic() is the same
+   clock). reconnect_max_s: the slowest reconnect completed since the previous line. */
+static void s_progress(lb_t *self, int64_t now)
+{
+    if (now < self->next_progress)
+        return;
+    self->next_progress = now + (int64_t)(self->progress * 1e9);
+    uint64_t sent = 0, acked = 0;
+    for (int i = 0; i < self->npubs; i++) {
+        sent += self->pubs[i].sent;
+        acked += self->pubs[i].acked;
+    }
+    fprintf(stderr,
+            "lkbench: progress t=%.3f sent=%" PRIu64 " acked=%" PRIu64 " unique=%" PRIu64
+            " dup=%" PRIu64 " ooo=%" PRIu64 " disconnects=%" PRIu64 " reconnects=%" PRIu64
+            " refused=%" PRIu64 " connect_failures=%" PRIu64 " sessions_lost=%" PRIu64
+            " down=%d reconnect_max_s=%.3f\n",
+            (double)now / 1e9, sent, acked, self->unique_total, self->dups, self->ooo,
+            self->disconnects, self->reconnects, self->refused, self->connect_failures,
+            self->sessions_lost, self->down, (double)self->window_reconnect_ns / 1e9);
+    self->window_reconnect_ns = 0;
+}
+
 /* one epoll turn, at most timeout_ns. The wait has nanosecond precision (epoll_pwait2):
    a fixed-rate run sleeps until the next message is due instead of spinning, which
    would take a core from the broker under test. */
@@ -884,6 +914,8 @@ static void s_poll_ns(lb_t *self, int64_t timeout_ns)
     }
     if (self->persistent)
         s_cron(self, now);
+    if (self->progress > 0 && self->pubs && !self->cleaning)
+        s_progress(self, now);
     s_flush_dirty(self);
 }
 
@@ -1019,8 +1051,7 @@ static int s_run_pubsub(lb_t *self)
     while (!s_signals && s_now_ns() < settle_end)
         s_poll(self, 10);
 
-    if (self->persistent)
-        fprintf(stderr, "lkbench: run started\n"); /* a driver may fault the broker now */
+    fprintf(stderr, "lkbench: run started\n"); /* a driver may fault the broker now */
     int64_t t0 = s_now_ns();
     self->t_measure = t0 + (int64_t)(self->warmup * 1e9);
     self->t_end = t0 + (int64_t)((self->warmup + self->duration) * 1e9);
@@ -1252,6 +1283,7 @@ static void s_usage(void)
             "                             closed connection (100 ms, backing off to 1 s) and\n"
             "                             re-send what was in flight; resubscribe if the\n"
             "                             session is gone\n"
+            "  --progress S               pubsub: a line of counters on stderr every S s (0)\n"
             "  SIGINT/SIGTERM end the current phase: in pubsub the run, then the drain\n");
 }
 
@@ -1291,20 +1323,35 @@ int main(int argc, char **argv)
         .nodelay = true,
     };
     lb_t *self = &self_;
-    static const struct option opts[] = {{"host", 1, 0, 'H'},      {"port", 1, 0, 'p'},
-                                         {"topology", 1, 0, 't'},  {"qos", 1, 0, 'q'},
-                                         {"size", 1, 0, 's'},      {"pubs", 1, 0, 'P'},
-                                         {"subs", 1, 0, 'S'},      {"rate", 1, 0, 'r'},
-                                         {"window", 1, 0, 'w'},    {"inflight", 1, 0, 'i'},
-                                         {"filters", 1, 0, 'f'},   {"groups", 1, 0, 'g'},
-                                         {"duration", 1, 0, 'd'},  {"warmup", 1, 0, 'W'},
-                                         {"drain", 1, 0, 'D'},     {"setup-timeout", 1, 0, 'T'},
-                                         {"settle", 1, 0, 'e'},    {"conns", 1, 0, 'n'},
-                                         {"offset", 1, 0, 'o'},    {"keepalive", 1, 0, 'k'},
-                                         {"hold", 1, 0, 'h'},      {"concurrency", 1, 0, 'c'},
-                                         {"src-count", 1, 0, 'x'}, {"prefix", 1, 0, 'X'},
-                                         {"nodelay", 0, 0, 'N'},   {"persistent", 0, 0, 'Y'},
-                                         {"reconnect", 0, 0, 'R'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"host", 1, 0, 'H'},
+                                         {"port", 1, 0, 'p'},
+                                         {"topology", 1, 0, 't'},
+                                         {"qos", 1, 0, 'q'},
+                                         {"size", 1, 0, 's'},
+                                         {"pubs", 1, 0, 'P'},
+                                         {"subs", 1, 0, 'S'},
+                                         {"rate", 1, 0, 'r'},
+                                         {"window", 1, 0, 'w'},
+                                         {"inflight", 1, 0, 'i'},
+                                         {"filters", 1, 0, 'f'},
+                                         {"groups", 1, 0, 'g'},
+                                         {"duration", 1, 0, 'd'},
+                                         {"warmup", 1, 0, 'W'},
+                                         {"drain", 1, 0, 'D'},
+                                         {"setup-timeout", 1, 0, 'T'},
+                                         {"settle", 1, 0, 'e'},
+                                         {"conns", 1, 0, 'n'},
+                                         {"offset", 1, 0, 'o'},
+                                         {"keepalive", 1, 0, 'k'},
+                                         {"hold", 1, 0, 'h'},
+                                         {"concurrency", 1, 0, 'c'},
+                                         {"src-count", 1, 0, 'x'},
+                                         {"prefix", 1, 0, 'X'},
+                                         {"nodelay", 0, 0, 'N'},
+                                         {"persistent", 0, 0, 'Y'},
+                                         {"reconnect", 0, 0, 'R'},
+                                         {"progress", 1, 0, 'G'},
+                                         {0, 0, 0, 0}};
     int opt;
     optind = 2;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1389,6 +1436,9 @@ int main(int argc, char **argv)
             break;
         case 'R':
             self->reconnect = self->persistent = true;
+            break;
+        case 'G':
+            self->progress = atof(optarg);
             break;
         default:
             s_usage();

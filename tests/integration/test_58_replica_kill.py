@@ -118,6 +118,28 @@ def test_kill_every_process_under_load(kstack):
     assert not slow, "delivery stopped longer than %.1f s: %r" % (GAP_S, slow)
 
 
+def _progress_lines(text):
+    """lkbench --progress lines: [(t, {counter: value})]"""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("lkbench: progress "):
+            kv = dict(f.split("=", 1) for f in line.split()[2:])
+            out.append((float(kv.pop("t")), {k: float(v) for k, v in kv.items()}))
+    return out
+
+
+def _window(progress, t0, t1):
+    """counters' growth over [t0, t1), and the slowest reconnect completed in it"""
+    before = [c for t, c in progress if t <= t0]
+    inside = [c for t, c in progress if t0 < t <= t1]
+    if not before or not inside:
+        return {k: 0 for k in ("disconnects", "dup", "ooo", "reconnects", "connect_failures",
+                               "reconnect_max_s")}
+    d = {k: inside[-1][k] - before[-1][k] for k in inside[-1]}
+    d["reconnect_max_s"] = max(c["reconnect_max_s"] for c in inside)
+    return d
+
+
 def test_lkbench_kill_every_process(kstack):
     stack = kstack
     lkbench = os.path.join(stack.build, "bin", "lkbench")
@@ -128,8 +150,8 @@ def test_lkbench_kill_every_process(kstack):
     cmd = [lkbench, "pubsub", "--port", str(stack.mqtt_port), "--topology", "p2p",
            "--pubs", str(LKBENCH_PAIRS), "--rate", str(LKBENCH_RATE), "--qos", "1",
            "--persistent", "--reconnect", "--warmup", "1", "--duration", "900",
-           "--drain", str(LKBENCH_DRAIN_S), "--prefix", "lkk" + RUN]
-    kills = []   # (service, seconds until s6 had it up and ready again)
+           "--drain", str(LKBENCH_DRAIN_S), "--progress", "0.2", "--prefix", "lkk" + RUN]
+    kills = []   # (service, t_kill, seconds until s6 had it up and ready again)
     with open(errf, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                                 stdin=subprocess.DEVNULL)
@@ -142,11 +164,12 @@ def test_lkbench_kill_every_process(kstack):
         for svc in _latchkey_services(stack):
             t_kill = time.monotonic()
             stack.kill(svc, timeout=45)
-            kills.append((svc, time.monotonic() - t_kill))
+            kills.append((svc, t_kill, time.monotonic() - t_kill))
             # lkbench's clients reconnect within about a second (100 ms, backing off to
             # 1 s): let them before the next kill, so each kill meets a steady load
             time.sleep(2.0)
         assert proc.poll() is None, "lkbench ended during the kills"
+        t_sigint = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=LKBENCH_DRAIN_S + 30)
     finally:
@@ -156,9 +179,16 @@ def test_lkbench_kill_every_process(kstack):
     errors = open(errf).read()
     print("\nreplicas: %s; lkbench: %s" % (stack.env["LATCHKEY_REPLICAS"] or "none",
                                            " ".join(cmd[1:])))
-    print("%-20s %8s" % ("SIGKILLed", "back s"))
-    for svc, back in kills:
-        print("%-20s %8.2f" % (svc, back))
+    # what lkbench saw around each kill, from its progress lines (same clock)
+    progress = _progress_lines(errors)
+    print("%-18s %7s %6s %5s %6s %7s %7s %9s" % ("SIGKILLed", "back s", "disc", "dup", "ooo",
+                                                 "reconn", "failed", "slowest s"))
+    for i, (svc, t_kill, back) in enumerate(kills):
+        t_next = kills[i + 1][1] if i + 1 < len(kills) else t_sigint
+        d = _window(progress, t_kill, t_next)
+        print("%-18s %7.2f %6d %5d %6d %7d %7d %9.3f"
+              % (svc, back, d["disconnects"], d["dup"], d["ooo"], d["reconnects"],
+                 d["connect_failures"], d["reconnect_max_s"]))
     lines = [line for line in out.splitlines() if line.startswith("{")]
     assert lines, "no JSON from lkbench (exit %s): %s\n%s" % (proc.returncode, out,
                                                               errors[-2000:])
@@ -172,8 +202,9 @@ def test_lkbench_kill_every_process(kstack):
              r["reconnects"], r["max_reconnect_s"], r["refused"], r["connect_failures"],
              r["sessions_lost"], r["down_at_end"], r["sessions_removed"], r["drained_s"],
              r["throughput"], r["lat_us"]["p99"]))
-    if errors.strip():
-        print("lkbench stderr:\n" + "\n".join(errors.strip().splitlines()[-30:]))
+    notes = [x for x in errors.splitlines() if x.strip() and "progress" not in x]
+    if notes:
+        print("lkbench stderr:\n" + "\n".join(notes[-30:]))
     assert r["lost"] == 0, "lkbench lost %d QoS 1 messages (acked %d of %d sent)" % (
         r["lost"], r["acked"], r["sent"])
     assert r["refused"] == 0, "%d CONNECTs refused" % r["refused"]
