@@ -75,6 +75,7 @@
 #define S_RETRY_FIRST 100000000LL       /* --reconnect: first retry 100 ms after a close */
 #define S_RETRY_MAX 1000000000LL        /* backing off to at most 1 s */
 #define S_CONNACK_TIMEOUT 10000000000LL /* a reconnect attempt with no CONNACK is retried */
+#define S_SLOW_RECONNECT 500000000LL    /* a reconnect slower than this gets a line on stderr */
 #define S_CLEANUP_NS 10000000000LL      /* --persistent: the sessions' removal takes at most 10 s */
 
 /* SIGINT/SIGTERM seen so far: each one ends the phase that is running (pubsub's run phase,
@@ -179,6 +180,7 @@ typedef struct lb_conn_s {
     int64_t t_down;     /* when the ready connection closed (ns) */
     int64_t next_retry; /* next connect attempt (ns) */
     int64_t backoff;    /* delay before the attempt after a failed one (ns) */
+    int attempts;       /* connect attempts since it closed */
 } lb_conn_t;
 
 /* what one subscriber saw of one publisher */
@@ -304,6 +306,7 @@ static void s_schedule_retry(lb_t *self, lb_conn_t *c, int64_t now)
         c->down = true;
         c->t_down = now;
         c->backoff = S_RETRY_FIRST;
+        c->attempts = 0;
         self->down++;
     } else {
         c->backoff = c->backoff * 2 > S_RETRY_MAX ? S_RETRY_MAX : c->backoff * 2;
@@ -344,6 +347,12 @@ static void s_back(lb_t *self, lb_conn_t *c, int64_t now)
         self->max_reconnect_ns = now - c->t_down;
     if (now - c->t_down > self->window_reconnect_ns)
         self->window_reconnect_ns = now - c->t_down;
+    if (now - c->t_down > S_SLOW_RECONNECT)
+        fprintf(stderr,
+                "lkbench: %s %d ready again %.3f s after its close (%d attempts; the last: "
+                "%.3f s from connect to ready)\n",
+                c->role == LB_SUB ? "subscriber" : "publisher", c->idx,
+                (double)(now - c->t_down) / 1e9, c->attempts, (double)(now - c->t_start) / 1e9);
 }
 
 /* Starts a non-blocking connect with CONNECT already queued: the first EPOLLOUT flushes
@@ -843,6 +852,7 @@ static void s_cron(lb_t *self, int64_t now)
         if (!c->down)
             continue;
         if (c->state == LB_CLOSED && now >= c->next_retry) {
+            c->attempts++;
             s_client_id(self, c, id, sizeof(id));
             if (s_open(self, c, id) != 0)
                 s_schedule_retry(self, c, now);
