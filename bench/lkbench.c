@@ -687,7 +687,8 @@ static void s_on_packet(lb_t *self, lb_conn_t *c, lk_mqtt_packet_t *p, int64_t n
             fprintf(stderr, "lkbench: CONNACK %u (refused) on connection %d\n", p->u.connack.code,
                     c->idx);
             self->refused++;
-            s_close(self, c, false);
+            /* idle and connrate count it as a failure, as they always did */
+            s_close(self, c, c->role == LB_IDLE || c->role == LB_CR);
             return;
         }
         if (self->cleaning) {
