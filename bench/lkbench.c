@@ -14,10 +14,35 @@
                 "READY ..." once every attempt settled so the driver can measure memory.
       connrate  connect, CONNACK, DISCONNECT, close, as fast as C concurrent slots allow.
 
+    pubsub's clients connect with clean session 1 and a closed connection stays closed
+    (counted in "disconnects"; what it had not delivered counts as lost), unless:
+
+      --persistent  clean session 0 for publishers and subscribers (ids <prefix>-p<i>,
+                    <prefix>-s<i>); after the drain each id connects once more with clean
+                    session 1 and disconnects, so no session is left behind
+                    ("sessions_removed").
+      --reconnect   (implies --persistent) a connection that closes after setup (the broker
+                    process killed, a reset) is opened again after 100 ms, backing off to 1 s
+                    while attempts fail, during the run and the drain, as a real client
+                    would. A subscriber whose CONNACK says session present keeps its
+                    subscription, else it subscribes again ("sessions_lost" counts those,
+                    and publishers' lost sessions). A publisher re-sends, in order, what its
+                    old connection left incomplete [MQTT-4.4.0-1]: the same PUBLISH (DUP,
+                    same packet id, same seq and send time) without PUBACK/PUBREC, PUBREL
+                    without PUBCOMP. So with a correct broker "lost" is 0 after the drain.
+                    Also counted: "reconnects" (connections ready again), "refused"
+                    (CONNACK code != 0, any time), "connect_failures" (TCP-level or no
+                    CONNACK within 10 s), "max_reconnect_s" (longest close -> ready again).
+                    Setup still fails fast: reconnection starts once every client is ready.
+      --progress S  a line of these counters on stderr every S seconds, stamped with
+                    CLOCK_MONOTONIC, to match them to faults a driver caused.
+
     Every mode prints one JSON object on stdout at the end. All encoding and decoding goes
     through common/lk_mqtt.h. Bounds: each phase has its own time limit (setup, run, drain,
-    hold); SIGINT/SIGTERM end the current phase early. This is a benchmark tool, not a
-    test: it never decides pass or fail, it reports.
+    hold, session removal 10 s); SIGINT/SIGTERM end the current phase early: in pubsub a
+    signal during the run stops publishing and the drain still runs (a second signal ends
+    it), so the JSON is complete. This is a benchmark tool, not a test: it never decides
+    pass or fail, it reports.
 */
 #include "lk_common.h"
 #include "lk_mqtt.h"
@@ -46,14 +71,21 @@
 #define S_SUB_BUCKETS 128 /* histogram: 128 linear buckets per power of two */
 #define S_HIST_SLOTS (64 * S_SUB_BUCKETS)
 #define S_READ_CHUNK 65536
-#define S_BATCH 64 /* messages a publisher queues per loop turn */
+#define S_BATCH 64                      /* messages a publisher queues per loop turn */
+#define S_RETRY_FIRST 100000000LL       /* --reconnect: first retry 100 ms after a close */
+#define S_RETRY_MAX 1000000000LL        /* backing off to at most 1 s */
+#define S_CONNACK_TIMEOUT 10000000000LL /* a reconnect attempt with no CONNACK is retried */
+#define S_SLOW_RECONNECT 500000000LL    /* a reconnect slower than this gets a line on stderr */
+#define S_CLEANUP_NS 10000000000LL      /* --persistent: the sessions' removal takes at most 10 s */
 
-static volatile sig_atomic_t s_stop;
+/* SIGINT/SIGTERM seen so far: each one ends the phase that is running (pubsub's run phase,
+   then its drain, then its session clean-up) */
+static volatile sig_atomic_t s_signals;
 
 static void s_on_signal(int sig)
 {
     (void)sig;
-    s_stop = 1;
+    s_signals++;
 }
 
 static int64_t s_now_ns(void)
@@ -143,6 +175,12 @@ typedef struct lb_conn_s {
     struct lb_conn_s *next_dirty;
     int64_t t_start;   /* connect started (ns) */
     int64_t next_ping; /* idle: next PINGREQ (ns) */
+    /* --reconnect */
+    bool down;          /* closed after setup, waiting for next_retry */
+    int64_t t_down;     /* when the ready connection closed (ns) */
+    int64_t next_retry; /* next connect attempt (ns) */
+    int64_t backoff;    /* delay before the attempt after a failed one (ns) */
+    int attempts;       /* connect attempts since it closed */
 } lb_conn_t;
 
 /* what one subscriber saw of one publisher */
@@ -166,7 +204,9 @@ typedef struct {
     int64_t next_due; /* fixed-rate mode: when the next message is due (ns) */
     int inflight;
     uint16_t next_pid;
-    uint8_t *pid_used; /* 65536 flags: packet ids awaiting PUBACK/PUBCOMP */
+    uint8_t *pid_used; /* 65536: packet ids in flight, 1 = PUBLISH sent, 2 = PUBREC came */
+    uint32_t *pid_seq; /* --reconnect: per packet id, the message's seq and send time, to */
+    int64_t *pid_ts;   /* re-send it unchanged on the next connection [MQTT-4.4.0-1] */
 } lb_pub_t;
 
 typedef struct {
@@ -197,6 +237,8 @@ typedef struct {
     int src_count;      /* source addresses 127.0.0.2 .. 127.0.0.(1+src_count) */
     const char *prefix; /* client id prefix */
     bool nodelay;
+    bool persistent; /* pubsub: clean session 0, sessions removed at the end */
+    bool reconnect;  /* pubsub: reopen closed connections after setup, re-send in flight */
     /* state */
     int ep;
     struct sockaddr_in dst;
@@ -214,6 +256,15 @@ typedef struct {
     uint64_t received, received_window, unique_total, dups, ooo, bad_payload;
     uint64_t disconnects, connect_failures, stalls, pings, pongs, connected, completed;
     uint64_t src_seq;
+    /* --persistent / --reconnect */
+    bool live;     /* setup done: a closed connection is reopened (with --reconnect) */
+    bool cleaning; /* removing the sessions: connections only CONNECT and DISCONNECT */
+    int down;      /* connections waiting to be reopened */
+    uint64_t reconnects, refused, sessions_lost, cleaned;
+    int64_t max_reconnect_ns;
+    int64_t next_cron, next_ping; /* s_cron's next turn, next PINGREQ to every client (ns) */
+    double progress;              /* pubsub: seconds between progress lines, 0 none */
+    int64_t next_progress, window_reconnect_ns;
 } lb_t;
 
 static void s_die(const char *what)
@@ -248,10 +299,27 @@ static void s_send_ack(lb_t *self, lb_conn_t *c, uint8_t type, uint16_t pid)
     s_send(self, c, &p);
 }
 
+/* --reconnect: the next attempt is due after the delay, doubled after each failure */
+static void s_schedule_retry(lb_t *self, lb_conn_t *c, int64_t now)
+{
+    if (!c->down) {
+        c->down = true;
+        c->t_down = now;
+        c->backoff = S_RETRY_FIRST;
+        c->attempts = 0;
+        self->down++;
+    } else {
+        c->backoff = c->backoff * 2 > S_RETRY_MAX ? S_RETRY_MAX : c->backoff * 2;
+    }
+    c->next_retry = now + c->backoff;
+}
+
 static void s_close(lb_t *self, lb_conn_t *c, bool counted)
 {
     if (c->state == LB_CLOSED)
         return;
+    if (self->cleaning)
+        counted = false;
     if (counted && (c->state == LB_READY || c->state == LB_WAIT_SUBACK))
         self->disconnects++;
     else if (counted)
@@ -262,6 +330,29 @@ static void s_close(lb_t *self, lb_conn_t *c, bool counted)
     c->state = LB_CLOSED;
     c->rlen = 0;
     c->wbuf.len = 0;
+    if (self->reconnect && self->live && !self->cleaning &&
+        (c->role == LB_PUB || c->role == LB_SUB))
+        s_schedule_retry(self, c, s_now_ns());
+}
+
+/* the connection is ready again after a close: how long it took */
+static void s_back(lb_t *self, lb_conn_t *c, int64_t now)
+{
+    if (!c->down)
+        return;
+    c->down = false;
+    self->down--;
+    self->reconnects++;
+    if (now - c->t_down > self->max_reconnect_ns)
+        self->max_reconnect_ns = now - c->t_down;
+    if (now - c->t_down > self->window_reconnect_ns)
+        self->window_reconnect_ns = now - c->t_down;
+    if (now - c->t_down > S_SLOW_RECONNECT)
+        fprintf(stderr,
+                "lkbench: %s %d ready again %.3f s after its close (%d attempts; the last: "
+                "%.3f s from connect to ready)\n",
+                c->role == LB_SUB ? "subscriber" : "publisher", c->idx,
+                (double)(now - c->t_down) / 1e9, c->attempts, (double)(now - c->t_start) / 1e9);
 }
 
 /* Starts a non-blocking connect with CONNECT already queued: the first EPOLLOUT flushes
@@ -308,7 +399,8 @@ static int s_open(lb_t *self, lb_conn_t *c, const char *client_id)
         s_die("epoll_ctl");
     lk_mqtt_packet_t p = {0};
     p.type = LK_MQTT_CONNECT;
-    p.u.connect.clean = true;
+    p.u.connect.clean =
+        !(self->persistent && !self->cleaning && (c->role == LB_PUB || c->role == LB_SUB));
     p.u.connect.keepalive = (uint16_t)self->keepalive;
     p.u.connect.client_id.p = client_id;
     p.u.connect.client_id.len = (uint32_t)strlen(client_id);
@@ -403,19 +495,22 @@ static void s_subscribe(lb_t *self, lb_sub_t *s)
     free(names);
 }
 
-static void s_publish_one(lb_t *self, lb_pub_t *pub, int64_t now)
+/* queues message seq of pub, sent first at ts (a re-send keeps both, and its packet id) */
+static void s_send_publish(lb_t *self, lb_pub_t *pub, uint32_t seq, int64_t ts, uint16_t id,
+                           bool dup)
 {
     uint8_t *pl = self->payload;
     uint32_t pidx = (uint32_t)pub->conn->idx;
-    memcpy(pl, &now, 8);
+    memcpy(pl, &ts, 8);
     memcpy(pl + 8, &pidx, 4);
-    memcpy(pl + 12, &pub->seq, 4);
+    memcpy(pl + 12, &seq, 4);
     lk_mqtt_packet_t p = {0};
     p.type = LK_MQTT_PUBLISH;
     p.u.publish.qos = (uint8_t)self->qos;
+    p.u.publish.dup = dup;
     char topic[64];
     if (s_is(self, "wildcard")) {
-        snprintf(topic, sizeof(topic), "bench/p%u/g%u", pidx, pub->seq % (uint32_t)self->groups);
+        snprintf(topic, sizeof(topic), "bench/p%u/g%u", pidx, seq % (uint32_t)self->groups);
         p.u.publish.topic.p = topic;
     } else {
         p.u.publish.topic.p = pub->topic;
@@ -423,19 +518,58 @@ static void s_publish_one(lb_t *self, lb_pub_t *pub, int64_t now)
     p.u.publish.topic.len = (uint32_t)strlen(p.u.publish.topic.p);
     p.u.publish.payload.p = (const char *)pl;
     p.u.publish.payload.len = (uint32_t)self->size;
+    p.u.publish.packet_id = id;
+    s_send(self, pub->conn, &p);
+}
+
+static void s_publish_one(lb_t *self, lb_pub_t *pub, int64_t now)
+{
+    uint16_t id = 0;
     if (self->qos > 0) {
-        uint16_t id = pub->next_pid;
+        id = pub->next_pid;
         while (id == 0 || pub->pid_used[id])
             id++;
         pub->next_pid = (uint16_t)(id + 1);
         pub->pid_used[id] = 1;
         pub->inflight++;
-        p.u.publish.packet_id = id;
+        if (pub->pid_seq) {
+            pub->pid_seq[id] = pub->seq;
+            pub->pid_ts[id] = now;
+        }
     }
-    s_send(self, pub->conn, &p);
+    s_send_publish(self, pub, pub->seq, now, id, false);
     pub->seq++;
     pub->sent++;
     pub->expected += (uint64_t)self->fanout;
+}
+
+static int s_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* --reconnect: on the new connection, what the old one left incomplete, in the order it was
+   first sent [MQTT-4.4.0-1]: PUBLISH again (DUP) without PUBACK/PUBREC, PUBREL without
+   PUBCOMP */
+static void s_resend(lb_t *self, lb_pub_t *pub)
+{
+    if (pub->inflight == 0 || !pub->pid_seq)
+        return;
+    uint64_t *order = lk_calloc((size_t)pub->inflight, sizeof(uint64_t));
+    int n = 0;
+    for (uint32_t id = 1; id < 65536 && n < pub->inflight; id++)
+        if (pub->pid_used[id])
+            order[n++] = (uint64_t)pub->pid_seq[id] << 16 | id;
+    qsort(order, (size_t)n, sizeof(uint64_t), s_cmp_u64);
+    for (int i = 0; i < n; i++) {
+        uint16_t id = (uint16_t)(order[i] & 0xffff);
+        if (pub->pid_used[id] == 2)
+            s_send_ack(self, pub->conn, LK_MQTT_PUBREL, id);
+        else
+            s_send_publish(self, pub, pub->pid_seq[id], pub->pid_ts[id], id, true);
+    }
+    free(order);
 }
 
 /* queues what each publisher may send now */
@@ -544,14 +678,44 @@ static void s_on_packet(lb_t *self, lb_conn_t *c, lk_mqtt_packet_t *p, int64_t n
 {
     switch (p->type) {
     case LK_MQTT_CONNACK:
-        if (c->state != LB_WAIT_CONNACK || p->u.connack.code != 0) {
-            fprintf(stderr, "lkbench: CONNACK %u on connection %d\n", p->u.connack.code, c->idx);
+        if (c->state != LB_WAIT_CONNACK) {
+            fprintf(stderr, "lkbench: CONNACK out of turn on connection %d\n", c->idx);
             s_close(self, c, true);
             return;
         }
-        if (c->role == LB_SUB) {
+        if (p->u.connack.code != 0) {
+            fprintf(stderr, "lkbench: CONNACK %u (refused) on connection %d\n", p->u.connack.code,
+                    c->idx);
+            self->refused++;
+            /* idle and connrate count it as a failure, as they always did */
+            s_close(self, c, c->role == LB_IDLE || c->role == LB_CR);
+            return;
+        }
+        if (self->cleaning) {
+            /* the clean session replaced the persistent one; end it too */
+            lk_mqtt_packet_t d = {0};
+            d.type = LK_MQTT_DISCONNECT;
+            s_send(self, c, &d);
+            s_flush(self, c);
+            self->cleaned++;
+            s_close(self, c, false);
+            return;
+        }
+        if (self->live && !p->u.connack.session_present && self->persistent) {
+            self->sessions_lost++;
+            fprintf(stderr, "lkbench: %s %d reconnected without its session\n",
+                    c->role == LB_SUB ? "subscriber" : "publisher", c->idx);
+        }
+        if (c->role == LB_SUB && self->live && p->u.connack.session_present) {
+            c->state = LB_READY; /* the broker kept the subscription */
+            s_back(self, c, now);
+        } else if (c->role == LB_SUB) {
             c->state = LB_WAIT_SUBACK;
             s_subscribe(self, &self->subs[c->idx]);
+        } else if (c->role == LB_PUB && self->live) {
+            s_resend(self, &self->pubs[c->idx]);
+            c->state = LB_READY;
+            s_back(self, c, now);
         } else if (c->role == LB_CR) {
             s_hist_add(self->conn_lat, (uint64_t)(now - c->t_start));
             self->completed++;
@@ -576,8 +740,13 @@ static void s_on_packet(lb_t *self, lb_conn_t *c, lk_mqtt_packet_t *p, int64_t n
                 return;
             }
         }
+        if (c->state != LB_WAIT_SUBACK)
+            break;
         c->state = LB_READY;
-        self->connected++;
+        if (self->live)
+            s_back(self, c, now);
+        else
+            self->connected++;
         break;
     case LK_MQTT_PUBLISH:
         if (c->role == LB_SUB)
@@ -591,6 +760,8 @@ static void s_on_packet(lb_t *self, lb_conn_t *c, lk_mqtt_packet_t *p, int64_t n
         s_send_ack(self, c, LK_MQTT_PUBCOMP, p->u.ack.packet_id);
         break;
     case LK_MQTT_PUBREC:
+        if (c->role == LB_PUB && self->pubs[c->idx].pid_used[p->u.ack.packet_id])
+            self->pubs[c->idx].pid_used[p->u.ack.packet_id] = 2;
         s_send_ack(self, c, LK_MQTT_PUBREL, p->u.ack.packet_id);
         break;
     case LK_MQTT_PUBACK:
@@ -663,6 +834,75 @@ static void s_on_readable(lb_t *self, lb_conn_t *c, int64_t now)
     }
 }
 
+static void s_client_id(const lb_t *self, const lb_conn_t *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s-%c%d", self->prefix, c->role == LB_SUB ? 's' : 'p', c->idx);
+}
+
+/* --persistent / --reconnect housekeeping, every 10 ms at most: reopens the connections
+   whose retry is due, gives up on attempts that got no CONNACK / SUBACK in time, and pings
+   (a long run's subscribers may send nothing else for a keepalive). */
+static void s_cron(lb_t *self, int64_t now)
+{
+    if (now < self->next_cron)
+        return;
+    self->next_cron = now + 10000000LL;
+    char id[96];
+    for (int i = 0; i < self->nall && self->down > 0; i++) {
+        lb_conn_t *c = self->all[i];
+        if (!c->down)
+            continue;
+        if (c->state == LB_CLOSED && now >= c->next_retry) {
+            c->attempts++;
+            s_client_id(self, c, id, sizeof(id));
+            if (s_open(self, c, id) != 0)
+                s_schedule_retry(self, c, now);
+        } else if ((c->state == LB_WAIT_CONNACK || c->state == LB_WAIT_SUBACK) &&
+                   now - c->t_start > S_CONNACK_TIMEOUT) {
+            fprintf(stderr, "lkbench: connection %d: no %s in %lld s, retrying\n", c->idx,
+                    c->state == LB_WAIT_CONNACK ? "CONNACK" : "SUBACK",
+                    (long long)(S_CONNACK_TIMEOUT / 1000000000LL));
+            s_close(self, c, true);
+        }
+    }
+    if (!self->cleaning && now >= self->next_ping) {
+        if (self->next_ping != 0) {
+            lk_mqtt_packet_t p = {0};
+            p.type = LK_MQTT_PINGREQ;
+            for (int i = 0; i < self->nall; i++)
+                if (self->all[i]->state == LB_READY) {
+                    s_send(self, self->all[i], &p);
+                    self->pings++;
+                }
+        }
+        self->next_ping = now + (int64_t)self->keepalive * 500000000LL;
+    }
+}
+
+/* --progress: one line of counters on stderr; t is CLOCK_MONOTONIC, so a driver can
+   match the lines to what it did to the broker (Python's time.monotonic() is the same
+   clock). reconnect_max_s: the slowest reconnect completed since the previous line. */
+static void s_progress(lb_t *self, int64_t now)
+{
+    if (now < self->next_progress)
+        return;
+    self->next_progress = now + (int64_t)(self->progress * 1e9);
+    uint64_t sent = 0, acked = 0;
+    for (int i = 0; i < self->npubs; i++) {
+        sent += self->pubs[i].sent;
+        acked += self->pubs[i].acked;
+    }
+    fprintf(stderr,
+            "lkbench: progress t=%.3f sent=%" PRIu64 " acked=%" PRIu64 " unique=%" PRIu64
+            " dup=%" PRIu64 " ooo=%" PRIu64 " disconnects=%" PRIu64 " reconnects=%" PRIu64
+            " refused=%" PRIu64 " connect_failures=%" PRIu64 " sessions_lost=%" PRIu64
+            " down=%d reconnect_max_s=%.3f\n",
+            (double)now / 1e9, sent, acked, self->unique_total, self->dups, self->ooo,
+            self->disconnects, self->reconnects, self->refused, self->connect_failures,
+            self->sessions_lost, self->down, (double)self->window_reconnect_ns / 1e9);
+    self->window_reconnect_ns = 0;
+}
+
 /* one epoll turn, at most timeout_ns. The wait has nanosecond precision (epoll_pwait2):
    a fixed-rate run sleeps until the next message is due instead of spinning, which
    would take a core from the broker under test. */
@@ -683,6 +923,10 @@ static void s_poll_ns(lb_t *self, int64_t timeout_ns)
         if (c->state != LB_CLOSED && (evs[i].events & EPOLLOUT))
             s_flush(self, c);
     }
+    if (self->persistent)
+        s_cron(self, now);
+    if (self->progress > 0 && self->pubs && !self->cleaning)
+        s_progress(self, now);
     s_flush_dirty(self);
 }
 
@@ -704,6 +948,43 @@ static lb_conn_t *s_conn_new(lb_t *self, int role, int idx)
 }
 
 /* --- mode pubsub ----------------------------------------------------------------------- */
+
+/* --persistent: leaves no session behind. Each client id connects once more with clean
+   session 1, which discards its persistent session, and disconnects; bounded by
+   S_CLEANUP_NS and by a signal. */
+static void s_remove_sessions(lb_t *self)
+{
+    self->cleaning = true;
+    self->down = 0;
+    lk_mqtt_packet_t d = {0};
+    d.type = LK_MQTT_DISCONNECT;
+    for (int i = 0; i < self->nall; i++) {
+        lb_conn_t *c = self->all[i];
+        c->down = false;
+        if (c->state == LB_READY || c->state == LB_WAIT_SUBACK) {
+            s_send(self, c, &d);
+            s_flush(self, c);
+        }
+        s_close(self, c, false);
+    }
+    char id[96];
+    for (int i = 0; i < self->nall; i++) {
+        s_client_id(self, self->all[i], id, sizeof(id));
+        s_open(self, self->all[i], id);
+    }
+    int64_t end = s_now_ns() + S_CLEANUP_NS;
+    int sig0 = s_signals;
+    while (s_signals == sig0 && s_now_ns() < end) {
+        bool open = false;
+        for (int i = 0; i < self->nall && !open; i++)
+            open = self->all[i]->state != LB_CLOSED;
+        if (!open)
+            break;
+        s_poll(self, 10);
+    }
+    if (self->cleaned < (uint64_t)self->nall)
+        fprintf(stderr, "lkbench: removed %" PRIu64 " of %d sessions\n", self->cleaned, self->nall);
+}
 
 static int s_run_pubsub(lb_t *self)
 {
@@ -740,13 +1021,17 @@ static int s_run_pubsub(lb_t *self)
         s_open(self, self->subs[i].conn, id);
     }
     int64_t deadline = t_setup + (int64_t)(self->setup_timeout * 1e9);
-    while (!s_stop && self->connected < (uint64_t)self->nsubs && s_now_ns() < deadline &&
-           self->connect_failures + self->disconnects == 0)
+    while (!s_signals && self->connected < (uint64_t)self->nsubs && s_now_ns() < deadline &&
+           self->connect_failures + self->disconnects + self->refused == 0)
         s_poll(self, 10);
     for (int i = 0; i < self->npubs; i++) {
         lb_pub_t *pub = &self->pubs[i];
         pub->conn = s_conn_new(self, LB_PUB, i);
         pub->pid_used = lk_calloc(65536, 1);
+        if (self->reconnect && self->qos > 0) {
+            pub->pid_seq = lk_calloc(65536, sizeof(uint32_t));
+            pub->pid_ts = lk_calloc(65536, sizeof(int64_t));
+        }
         pub->next_pid = 1;
         if (s_is(self, "p2p"))
             snprintf(pub->topic, sizeof(pub->topic), "bench/p2p/%d", i);
@@ -758,21 +1043,27 @@ static int s_run_pubsub(lb_t *self)
         s_open(self, pub->conn, id);
     }
     uint64_t want = (uint64_t)(self->nsubs + self->npubs);
-    while (!s_stop && self->connected < want && s_now_ns() < deadline &&
-           self->connect_failures + self->disconnects == 0)
+    while (!s_signals && self->connected < want && s_now_ns() < deadline &&
+           self->connect_failures + self->disconnects + self->refused == 0)
         s_poll(self, 10);
     double setup_s = (double)(s_now_ns() - t_setup) / 1e9;
     if (self->connected < want) {
         printf("{\"mode\":\"pubsub\",\"error\":\"setup: %" PRIu64 " of %" PRIu64
-               " connections ready, %" PRIu64 " failed\"}\n",
-               self->connected, want, self->connect_failures + self->disconnects);
+               " connections ready, %" PRIu64 " failed, %" PRIu64 " refused\"}\n",
+               self->connected, want, self->connect_failures + self->disconnects, self->refused);
+        if (self->persistent)
+            s_remove_sessions(self);
         return 1;
     }
+    /* from here on a closed connection is reopened (--reconnect) */
+    self->live = true;
     /* a SUBACK may come before the subscription reached every part of a broker */
     int64_t settle_end = s_now_ns() + (int64_t)(self->settle * 1e9);
-    while (!s_stop && s_now_ns() < settle_end)
+    while (!s_signals && s_now_ns() < settle_end)
         s_poll(self, 10);
 
+    if (self->persistent || self->progress > 0) /* a driver may fault the broker now */
+        fprintf(stderr, "lkbench: run started\n");
     int64_t t0 = s_now_ns();
     self->t_measure = t0 + (int64_t)(self->warmup * 1e9);
     self->t_end = t0 + (int64_t)((self->warmup + self->duration) * 1e9);
@@ -785,7 +1076,7 @@ static int s_run_pubsub(lb_t *self)
     uint64_t sent_at_measure = 0;
     bool measuring = false;
     int64_t now = t0;
-    while (!s_stop && now < self->t_end) {
+    while (!s_signals && now < self->t_end) {
         if (!measuring && now >= self->t_measure) {
             measuring = true;
             for (int i = 0; i < self->npubs; i++)
@@ -817,10 +1108,12 @@ static int s_run_pubsub(lb_t *self)
     uint64_t received_window = self->received_window;
     self->running = false;
 
-    /* drain: until every expected delivery and every ack came, or the drain time passed */
+    /* drain: until every expected delivery and every ack came, or the drain time passed (a
+       signal during the run ends the run, not the drain; one more ends the drain) */
     int64_t drain_end = t_stop + (int64_t)(self->drain * 1e9);
     int64_t t_drained = 0;
-    while (!s_stop && s_now_ns() < drain_end) {
+    int sig0 = s_signals;
+    while (s_signals == sig0 && s_now_ns() < drain_end) {
         bool done = self->unique_total >= expected;
         for (int i = 0; i < self->npubs && done; i++)
             if (self->pubs[i].inflight > 0)
@@ -837,6 +1130,13 @@ static int s_run_pubsub(lb_t *self)
     for (int i = 0; i < self->nall; i++)
         if (self->all[i]->state == LB_READY)
             ready++;
+    /* the measurement is over: what happens to connections from here on is not counted */
+    uint64_t disconnects = self->disconnects, connect_failures = self->connect_failures;
+    uint64_t reconnects = self->reconnects, refused = self->refused;
+    uint64_t sessions_lost = self->sessions_lost;
+    int down_at_end = self->down;
+    if (self->persistent)
+        s_remove_sessions(self);
 
     double window_s = (double)(self->t_end - self->t_measure) / 1e9;
     if (window_s <= 0)
@@ -851,7 +1151,14 @@ static int s_run_pubsub(lb_t *self)
            ",\"disconnects\":%" PRIu64 ",\"ready_at_end\":%d,",
            sent, acked, expected, self->received, self->unique_total,
            (int64_t)(expected - self->unique_total), self->dups, self->ooo, self->bad_payload,
-           self->stalls, self->disconnects, ready);
+           self->stalls, disconnects, ready);
+    printf("\"persistent\":%s,\"reconnect\":%s,\"reconnects\":%" PRIu64 ",\"refused\":%" PRIu64
+           ",\"connect_failures\":%" PRIu64 ",\"sessions_lost\":%" PRIu64
+           ",\"max_reconnect_s\":%.3f,\"down_at_end\":%d,"
+           "\"sessions_removed\":%" PRIu64 ",",
+           self->persistent ? "true" : "false", self->reconnect ? "true" : "false", reconnects,
+           refused, connect_failures, sessions_lost, (double)self->max_reconnect_ns / 1e9,
+           down_at_end, self->cleaned);
     printf("\"drained_s\":%.3f,\"pub_rate\":%.1f,\"throughput\":%.1f,",
            t_drained ? (double)(t_drained - t_stop) / 1e9 : -1.0, (double)sent_window / window_s,
            (double)received_window / window_s);
@@ -880,7 +1187,7 @@ static int s_run_idle(lb_t *self)
     int64_t t0 = s_now_ns();
     int64_t deadline = t0 + (int64_t)(self->setup_timeout * 1e9);
     int next = 0;
-    while (!s_stop && s_now_ns() < deadline) {
+    while (!s_signals && s_now_ns() < deadline) {
         /* a connection that was ready and dropped counts in connected already */
         uint64_t settled = self->connected + self->connect_failures;
         int pending = next - (int)settled;
@@ -903,7 +1210,7 @@ static int s_run_idle(lb_t *self)
     int64_t hold_end = s_now_ns() + (int64_t)(self->hold * 1e9);
     int64_t every = (int64_t)self->keepalive * 500000000LL;
     int64_t next_scan = 0;
-    while (!s_stop && s_now_ns() < hold_end) {
+    while (!s_signals && s_now_ns() < hold_end) {
         int64_t now = s_now_ns();
         if (now >= next_scan) {
             for (int i = 0; i < self->conns; i++) {
@@ -943,7 +1250,7 @@ static int s_run_connrate(lb_t *self)
     uint64_t attempt = 0;
     int64_t t0 = s_now_ns();
     int64_t t_end = t0 + (int64_t)(self->duration * 1e9);
-    while (!s_stop && s_now_ns() < t_end) {
+    while (!s_signals && s_now_ns() < t_end) {
         for (int i = 0; i < self->concurrency; i++) {
             if (self->all[i]->state == LB_CLOSED) {
                 snprintf(id, sizeof(id), "%s-%" PRIu64, self->prefix, attempt++);
@@ -981,7 +1288,15 @@ static void s_usage(void)
             "  --keepalive S --hold S     idle: keepalive (20), hold time (10)\n"
             "  --concurrency C            connects in progress at once (idle 500, connrate 20)\n"
             "  --src-count K              source addresses 127.0.0.2.. (idle 200, else 0)\n"
-            "  --prefix P --no-nodelay    client id prefix (lkb); leave Nagle on in our sockets\n");
+            "  --prefix P --no-nodelay    client id prefix (lkb); leave Nagle on in our sockets\n"
+            "  --persistent               pubsub: clean session 0; the sessions are removed at\n"
+            "                             the end (clean session 1, DISCONNECT)\n"
+            "  --reconnect                pubsub (implies --persistent): after setup, reopen a\n"
+            "                             closed connection (100 ms, backing off to 1 s) and\n"
+            "                             re-send what was in flight; resubscribe if the\n"
+            "                             session is gone\n"
+            "  --progress S               pubsub: a line of counters on stderr every S s (0)\n"
+            "  SIGINT/SIGTERM end the current phase: in pubsub the run, then the drain\n");
 }
 
 int main(int argc, char **argv)
@@ -1020,19 +1335,35 @@ int main(int argc, char **argv)
         .nodelay = true,
     };
     lb_t *self = &self_;
-    static const struct option opts[] = {{"host", 1, 0, 'H'},      {"port", 1, 0, 'p'},
-                                         {"topology", 1, 0, 't'},  {"qos", 1, 0, 'q'},
-                                         {"size", 1, 0, 's'},      {"pubs", 1, 0, 'P'},
-                                         {"subs", 1, 0, 'S'},      {"rate", 1, 0, 'r'},
-                                         {"window", 1, 0, 'w'},    {"inflight", 1, 0, 'i'},
-                                         {"filters", 1, 0, 'f'},   {"groups", 1, 0, 'g'},
-                                         {"duration", 1, 0, 'd'},  {"warmup", 1, 0, 'W'},
-                                         {"drain", 1, 0, 'D'},     {"setup-timeout", 1, 0, 'T'},
-                                         {"settle", 1, 0, 'e'},    {"conns", 1, 0, 'n'},
-                                         {"offset", 1, 0, 'o'},    {"keepalive", 1, 0, 'k'},
-                                         {"hold", 1, 0, 'h'},      {"concurrency", 1, 0, 'c'},
-                                         {"src-count", 1, 0, 'x'}, {"prefix", 1, 0, 'X'},
-                                         {"nodelay", 0, 0, 'N'},   {0, 0, 0, 0}};
+    static const struct option opts[] = {{"host", 1, 0, 'H'},
+                                         {"port", 1, 0, 'p'},
+                                         {"topology", 1, 0, 't'},
+                                         {"qos", 1, 0, 'q'},
+                                         {"size", 1, 0, 's'},
+                                         {"pubs", 1, 0, 'P'},
+                                         {"subs", 1, 0, 'S'},
+                                         {"rate", 1, 0, 'r'},
+                                         {"window", 1, 0, 'w'},
+                                         {"inflight", 1, 0, 'i'},
+                                         {"filters", 1, 0, 'f'},
+                                         {"groups", 1, 0, 'g'},
+                                         {"duration", 1, 0, 'd'},
+                                         {"warmup", 1, 0, 'W'},
+                                         {"drain", 1, 0, 'D'},
+                                         {"setup-timeout", 1, 0, 'T'},
+                                         {"settle", 1, 0, 'e'},
+                                         {"conns", 1, 0, 'n'},
+                                         {"offset", 1, 0, 'o'},
+                                         {"keepalive", 1, 0, 'k'},
+                                         {"hold", 1, 0, 'h'},
+                                         {"concurrency", 1, 0, 'c'},
+                                         {"src-count", 1, 0, 'x'},
+                                         {"prefix", 1, 0, 'X'},
+                                         {"nodelay", 0, 0, 'N'},
+                                         {"persistent", 0, 0, 'Y'},
+                                         {"reconnect", 0, 0, 'R'},
+                                         {"progress", 1, 0, 'G'},
+                                         {0, 0, 0, 0}};
     int opt;
     optind = 2;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1111,6 +1442,15 @@ int main(int argc, char **argv)
             break;
         case 'N':
             self->nodelay = false;
+            break;
+        case 'Y':
+            self->persistent = true;
+            break;
+        case 'R':
+            self->reconnect = self->persistent = true;
+            break;
+        case 'G':
+            self->progress = atof(optarg);
             break;
         default:
             s_usage();
