@@ -92,7 +92,7 @@ struct _lk_peer_t {
     zsock_t *dealer;    /* tcp:// server: libzmq (CurveZMQ) */
     lk_zmtp_t *zdealer; /* ipc:// server: our own ZMTP */
     bool via_zmtp;      /* a client last heard through our ipc:// router */
-    uint64_t up_gen;    /* ipc:// server: the link number our re-sends caught up with */
+    uint64_t up_gen;    /* ipc:// link: the link number our re-sends caught up with */
     int64_t last_heard;
     /* sending */
     uint64_t next_seq;
@@ -476,15 +476,19 @@ static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t le
 
 static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer);
 
-/* An ipc:// link to a server that came up since our last reliable send: what the last
-   link may have lost is re-sent first, in order, so a new envelope never reaches a
-   restarted server ahead of older ones (lk_zmtp does not queue kept envelopes while the
-   link is down). */
+/* An ipc:// link that came up since our last reliable send to peer (a server we
+   connect to, or a client of ours that connected again): what the last link may have
+   lost is re-sent first, in order, so a new envelope never reaches a restarted peer ahead
+   of older ones (lk_zmtp does not queue kept envelopes without a link; a restarted
+   session store got a new StoreBatch before the router's re-send of older ones, and
+   stored them out of order). */
 static void s_catch_up(lk_bus_t *self, lk_peer_t *peer)
 {
-    if (!peer->is_server || !peer->zdealer || !lk_zmtp_connected(peer->zdealer))
+    lk_zmtp_t *z;
+    const char *id;
+    uint64_t gen = s_link(self, peer, &z, &id);
+    if (gen == UINT64_MAX || gen == 0 || (peer->is_server && !lk_zmtp_connected(z)))
         return;
-    uint64_t gen = lk_zmtp_link_gen(peer->zdealer, NULL);
     if (gen == peer->up_gen)
         return;
     peer->up_gen = gen;
