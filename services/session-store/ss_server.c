@@ -669,14 +669,16 @@ static int s_handle_takeover_done(self_t *self, lk_peer_t *peer, Lk__Envelope *e
     return 0;
 }
 
-/* holders silent past the deadline, or known down: treated as closed. Superseded
-   connections are remembered for SS_LOST_MS. */
-static void s_handoffs_check(self_t *self, const char *down_node)
+/* holders that will not answer: silent past the deadline, known down (node, epoch 0), or
+   back under another epoch (node restarted: the old connection is gone); treated as
+   closed. Superseded connections are remembered for SS_LOST_MS. */
+static void s_handoffs_check(self_t *self, const char *node, uint64_t epoch)
 {
     int64_t now = lk_mono_ms();
     zlistx_t *due = s_name_list();
     for (s_handoff_t *h = zhashx_first(self->handoffs); h; h = zhashx_next(self->handoffs))
-        if (now >= h->deadline || (down_node && strcmp(h->holder, down_node) == 0))
+        if (now >= h->deadline ||
+            (node && strcmp(h->holder, node) == 0 && (!epoch || epoch != h->holder_epoch)))
             zlistx_add_end(due, lk_strdup(h->client));
     for (char *c = zlistx_first(due); c; c = zlistx_next(due)) {
         s_handoff_t *h = zhashx_lookup(self->handoffs, c);
@@ -688,8 +690,9 @@ static void s_handoffs_check(self_t *self, const char *down_node)
             zhashx_delete(self->handoffs, c);
             continue;
         }
-        lk_info("client %s: %s did not answer the takeover; opening at %s", c, h->holder,
-                h->node);
+        bool ours = node && strcmp(h->holder, node) == 0;
+        lk_info("client %s: %s did not answer the takeover (%s); opening at %s", c, h->holder,
+                !ours ? "timeout" : epoch ? "restarted" : "down", h->node);
         /* once more, in case the first was lost: that connection must not stay */
         s_send_takeover(self, h->holder, c, h->holder_conn, h->holder_epoch, h->node,
                         h->resumed);
@@ -929,8 +932,14 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
            twice: harmless, the router keeps what is newer) */
         self->resync_mask |= 1ull << ri;
         s_resync_start(self);
-    } else if (self->loaded && lk_peer_epoch(peer))
+    } else if (self->loaded && lk_peer_epoch(peer)) {
         ss_store_node_up(self->store, lk_peer_name(peer), lk_peer_epoch(peer), lk_wall_ms());
+        /* takeovers waiting on its previous life: that connection is gone (a frontend
+           restarted by s6 before the detector: its clients' reconnects would wait
+           SS_HANDOFF_MS) */
+        if (restarted)
+            s_handoffs_check(self, lk_peer_name(peer), lk_peer_epoch(peer));
+    }
 }
 
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
@@ -948,7 +957,7 @@ static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
             s_resync_stop(self);
     } else if (self->loaded) {
         ss_store_node_down(self->store, lk_peer_name(peer), lk_wall_ms());
-        s_handoffs_check(self, lk_peer_name(peer));
+        s_handoffs_check(self, lk_peer_name(peer), 0);
     }
 }
 
@@ -1160,7 +1169,7 @@ static void s_handoff_tick(lk_loop_t *loop, void *arg)
 {
     self_t *self = arg;
     if (zhashx_size(self->handoffs) || zhashx_size(self->lost))
-        s_handoffs_check(self, NULL);
+        s_handoffs_check(self, NULL, 0);
 }
 
 /* --- the api's requests (lk.AdminRequest) ----------------------------------------- */
