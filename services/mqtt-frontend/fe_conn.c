@@ -648,12 +648,8 @@ void fe_conn_free(fe_conn_t *conn)
     for (uint16_t i = 0; i < conn->n_alias_out; i++)
         free(conn->alias_out[i]);
     free(conn->alias_out);
-    while (conn->q_head) {
-        fe_queued_t *q = conn->q_head;
-        conn->q_head = q->next;
-        free(q->data);
-        free(q);
-    }
+    fe_queued_free(&conn->q_head);
+    fe_queued_free(&conn->ro_head);
     free(conn->acked_ids);
     free(conn->rel_ids);
     free(conn->rel_pids);

@@ -325,8 +325,57 @@ void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
             return;
         if (d->late ? fe_holds(conn, d->store_id) : d->store_id <= conn->max_store_id)
             return;
+        /* the store forwards what it stores while our re-open waits in its queue or on the
+           way back: the answer's pending list is older (bounded: past it, order may break) */
+        if (conn->reopening && conn->n_ro < srv->max_queued) {
+            fe_queued_t *q = lk_calloc(1, sizeof(*q));
+            q->len = lk__deliver__get_packed_size(d);
+            q->data = lk_malloc(q->len ? q->len : 1);
+            lk__deliver__pack(d, q->data);
+            q->store_id = d->store_id;
+            if (conn->ro_tail)
+                conn->ro_tail->next = q;
+            else
+                conn->ro_head = q;
+            conn->ro_tail = q;
+            conn->n_ro++;
+            return;
+        }
     }
     fe_deliver_to(conn, d, false);
+}
+
+void fe_deliver_reopened(fe_conn_t *conn, Lk__Deliver **pending, size_t n)
+{
+    /* not "newer than max_store_id": a forward of a new copy may have overtaken this
+       answer, and older copies the dead store never forwarded must still go out */
+    for (size_t i = 0; i < n; i++)
+        if (!fe_holds(conn, pending[i]->store_id))
+            fe_deliver_to(conn, pending[i], true);
+    fe_queued_t *q = conn->ro_head;
+    conn->ro_head = conn->ro_tail = NULL;
+    conn->n_ro = 0;
+    while (q) {
+        fe_queued_t *next = q->next;
+        Lk__Deliver *d = lk__deliver__unpack(NULL, q->len, q->data);
+        if (d && !fe_holds(conn, d->store_id))
+            fe_deliver_to(conn, d, false);
+        if (d)
+            lk__deliver__free_unpacked(d, NULL);
+        free(q->data);
+        free(q);
+        q = next;
+    }
+}
+
+void fe_queued_free(fe_queued_t **head_p)
+{
+    while (*head_p) {
+        fe_queued_t *q = *head_p;
+        *head_p = q->next;
+        free(q->data);
+        free(q);
+    }
 }
 
 void fe_pump(fe_conn_t *conn)

@@ -450,11 +450,7 @@ void fe_handle_session_opened(fe_server_t *srv, Lk__SessionOpened *r)
         /* a re-open after the session store restarted: only what we do not have yet */
         conn->reopening = false;
         conn->unregistered = false;
-        /* not "newer than max_store_id": a forward of a new copy may have overtaken this
-           answer, and older copies the dead store never forwarded must still go out */
-        for (size_t i = 0; i < r->n_pending; i++)
-            if (!fe_holds(conn, r->pending[i]->store_id))
-                fe_deliver_to(conn, r->pending[i], true);
+        fe_deliver_reopened(conn, r->pending, r->n_pending);
         fe_pump(conn);
         return;
     }

@@ -172,6 +172,10 @@ typedef struct fe_conn {
     uint16_t max_inflight;
     fe_queued_t *q_head, *q_tail;
     size_t n_queued;
+    /* stored copies forwarded while re-opening: they go out after the answer's pending
+       list, which holds older ones */
+    fe_queued_t *ro_head, *ro_tail;
+    size_t n_ro;
     uint16_t next_pid;
     uint64_t max_store_id;  /* highest store id taken; later copies are duplicates */
     /* the last message identities (Lk__Msg.once_id) handed to this connection */
@@ -494,6 +498,10 @@ void fe_dropped(fe_conn_t *conn, const Lk__Msg *m, const char *why);
 void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);
+/* a re-open's answer: its pending copies the connection does not hold, then those held
+   back meanwhile */
+void fe_deliver_reopened(fe_conn_t *conn, Lk__Deliver **pending, size_t n);
+void fe_queued_free(fe_queued_t **head_p);
 /* PUBACK / PUBREC / PUBCOMP from the client; reason: its reason code (v5, else 0) */
 int fe_outbound_ack(fe_conn_t *conn, uint8_t type, uint16_t pid, uint8_t reason);
 void fe_store_ack_add(fe_conn_t *conn, uint64_t store_id);
