@@ -378,20 +378,28 @@ static int s_fresh1(self_t *self, const char *client)
 //  --------------------------------------------------------------------------
 //  Work from the router
 
+/* the frontend holding client as far as we know (its node, while alive), or NULL */
+static lk_peer_t *s_holder(self_t *self, const char *client)
+{
+    ss_session_t *s = ss_store_session(self->store, client);
+    if (!s || !s->node || s->disconnected_at || !s_holds(s->node, s->node_epoch, self))
+        return NULL;
+    return lk_bus_peer(self->bus, s->node);
+}
+
 /* a stored copy goes on to the frontend holding its client, if any */
 static void s_forward_deliver(self_t *self, const Lk__Deliver *d)
 {
-    ss_session_t *s = ss_store_session(self->store, d->client);
-    if (!s || !s->node || s->disconnected_at || !s_holds(s->node, s->node_epoch, self))
-        return;
+    lk_peer_t *fe = s_holder(self, d->client);
     /* acknowledged: a copy lost on the way would wait in Redis for the next reconnect */
-    lk_bus_batch_add(self->bus, lk_bus_peer(self->bus, s->node), LK_BODY_DELIVER, d, true);
+    if (fe)
+        lk_bus_batch_add(self->bus, fe, LK_BODY_DELIVER, d, true);
 }
 
-/* Replicas: a copy stored for a client another replica owns (the router moved it here
-   while the owner looked dead) goes on through the owner, told its store id: the
-   client's frontend may have re-opened the session there before the copy was in Redis,
-   and only the owner knows where the client is now. */
+/* Replicas: a copy stored for a client another replica owns, and that we do not know to
+   be held (the router moved it here while the owner looked dead, and the client's
+   frontend re-opened its session at the owner, perhaps before the copy was in Redis), is
+   the owner's to forward: it is told the store id. */
 static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id)
 {
     Lk__Deliver d = LK__DELIVER__INIT;
@@ -399,7 +407,7 @@ static void s_forward(self_t *self, const Lk__StoreItem *item, uint64_t store_id
     d.store_id = store_id;
     lk_peer_t *owner =
         self->sibs ? lk_replicas_owner(self->sibs, item->client, strlen(item->client)) : NULL;
-    if (owner) {
+    if (owner && !s_holder(self, item->client)) {
         lk_bus_batch_add(self->bus, owner, LK_BODY_DELIVER, &d, true);
         return;
     }
@@ -416,19 +424,21 @@ static void s_forward_late(const Lk__Deliver *d, void *arg)
     s_forward_deliver(arg, &late);
 }
 
-/* a sibling stored copies for clients we own (s_forward): those not acked meanwhile go
-   to their frontends, read from Redis */
-static int s_handle_told(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+/* a copy a sibling stored for a client of ours (or we for one of a sibling's) */
+typedef struct {
+    const char *client;
+    uint64_t id;
+} s_told_t;
+
+/* told copies of our clients: those not acked meanwhile go to their frontends, read from
+   Redis. 0, or -1 when Redis failed. */
+static int s_forward_told(self_t *self, const s_told_t *t, size_t n)
 {
-    Lk__DeliverBatch *b = env->deliver;
-    size_t n = b->n_items;
     const char **names = lk_calloc(n ? n : 1, sizeof(*names));
     uint64_t *ids = lk_calloc(n ? n : 1, sizeof(*ids));
     bool *done = lk_calloc(n ? n : 1, sizeof(*done));
     for (size_t i = 0; i < n; i++)
-        names[i] = b->items[i] && b->items[i]->client && b->items[i]->store_id
-                       ? b->items[i]->client
-                       : NULL;
+        names[i] = t[i].client && t[i].id ? t[i].client : NULL;
     int rc = s_fresh(self, names, n);
     for (size_t i = 0; i < n && rc == 0; i++) {
         if (!names[i] || done[i])
@@ -436,7 +446,7 @@ static int s_handle_told(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
         size_t k = 0;
         for (size_t j = i; j < n; j++)
             if (names[j] && !done[j] && strcmp(names[j], names[i]) == 0) {
-                ids[k++] = b->items[j]->store_id;
+                ids[k++] = t[j].id;
                 done[j] = true;
             }
         rc = ss_store_copies(self->store, names[i], ids, k, s_forward_late, self);
@@ -444,11 +454,85 @@ static int s_handle_told(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
     free(done);
     free(ids);
     free(names);
+    return rc;
+}
+
+static int s_handle_told(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
+{
+    Lk__DeliverBatch *b = env->deliver;
+    s_told_t *t = lk_calloc(b->n_items ? b->n_items : 1, sizeof(*t));
+    for (size_t i = 0; i < b->n_items; i++)
+        if (b->items[i]) {
+            t[i].client = b->items[i]->client;
+            t[i].id = b->items[i]->store_id;
+        }
+    int rc = s_forward_told(self, t, b->n_items);
+    free(t);
     if (rc != 0)
         return -1;
-    lk_info("%s stored %zu copies for our clients: handed on", lk_peer_name(peer), n);
+    lk_info("%s stored %zu copies for our clients: handed on", lk_peer_name(peer), b->n_items);
     s_ack(self, peer, env);
     return 0;
+}
+
+typedef struct {
+    s_told_t *t;
+    size_t n, cap;
+} s_told_list_t;
+
+static lk_peer_t *s_take_told(const Lk__Envelope *env, void *arg)
+{
+    s_told_list_t *l = arg;
+    if (env->body_case != LK__ENVELOPE__BODY_DELIVER)
+        return NULL;
+    for (size_t i = 0; i < env->deliver->n_items; i++) {
+        const Lk__Deliver *d = env->deliver->items[i];
+        if (!d || !d->client || !d->store_id)
+            continue;
+        if (l->n == l->cap) {
+            l->cap = l->cap ? 2 * l->cap : 64;
+            l->t = lk_realloc(l->t, l->cap * sizeof(*l->t));
+        }
+        l->t[l->n].client = lk_strdup(d->client);
+        l->t[l->n++].id = d->store_id;
+    }
+    return NULL; /* they stay until dropped below */
+}
+
+/* A sibling went silent with copies we told it of (it looked alive when we stored them):
+   their clients' owner is another one now, us or a third. Untold, they would wait in
+   Redis until the client reconnects. */
+static void s_retell(self_t *self, lk_peer_t *sib)
+{
+    s_told_list_t l = {NULL, 0, 0};
+    lk_bus_move_unacked_by(self->bus, sib, s_take_told, NULL, &l);
+    if (!l.n)
+        return;
+    lk_peer_drop_unacked(sib);
+    s_told_t *ours = lk_calloc(l.n, sizeof(*ours));
+    size_t n_ours = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        const char *c = l.t[i].client;
+        lk_peer_t *owner = lk_replicas_owner(self->sibs, c, strlen(c));
+        if (owner) {
+            Lk__Deliver d = LK__DELIVER__INIT;
+            d.client = (char *)c;
+            d.store_id = l.t[i].id;
+            lk_bus_batch_add(self->bus, owner, LK_BODY_DELIVER, &d, true);
+        } else
+            ours[n_ours++] = l.t[i];
+    }
+    lk_notice("replica %s down: %zu stored copies it was told of handed on (%zu here)",
+              lk_peer_name(sib), l.n, n_ours);
+    if (s_forward_told(self, ours, n_ours) != 0) {
+        lk_warn("%zu stored copies not forwarded (redis failed): they wait for their "
+                "clients' next connection", n_ours);
+        s_redis_trouble(self);
+    }
+    for (size_t i = 0; i < l.n; i++)
+        free((char *)l.t[i].client);
+    free(l.t);
+    free(ours);
 }
 
 static int s_handle_store(self_t *self, lk_peer_t *peer, Lk__Envelope *env)
@@ -906,6 +990,7 @@ static void s_view_changed(self_t *self, lk_peer_t *sib, bool up)
     ss_store_mark_stale(self->store, false);
     if (up)
         return;
+    s_retell(self, sib);
     if (ss_store_discover(self->store) != 0)
         s_redis_trouble(self);
     /* every live router hears of the offline sessions we own now */
