@@ -223,6 +223,22 @@ static void s_send_now(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
     }
 }
 
+/* d packed at the end of the list head .. tail */
+static fe_queued_t *s_queued_append(fe_queued_t **head, fe_queued_t **tail, const Lk__Deliver *d)
+{
+    fe_queued_t *q = lk_calloc(1, sizeof(*q));
+    q->len = lk__deliver__get_packed_size(d);
+    q->data = lk_malloc(q->len ? q->len : 1);
+    lk__deliver__pack(d, q->data);
+    q->store_id = d->store_id;
+    if (*tail)
+        (*tail)->next = q;
+    else
+        *head = q;
+    *tail = q;
+    return q;
+}
+
 static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
 {
     fe_server_t *srv = conn->srv;
@@ -239,19 +255,9 @@ static void s_enqueue(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
                                      : "the client's queue is full (max_queued_bytes)");
         return;
     }
-    fe_queued_t *q = lk_calloc(1, sizeof(*q));
     Lk__Deliver copy = *d;
     copy.dup = dup;
-    q->len = lk__deliver__get_packed_size(&copy);
-    q->data = lk_malloc(q->len ? q->len : 1);
-    lk__deliver__pack(&copy, q->data);
-    q->store_id = d->store_id;
-    conn->queued_bytes += q->len;
-    if (conn->q_tail)
-        conn->q_tail->next = q;
-    else
-        conn->q_head = q;
-    conn->q_tail = q;
+    conn->queued_bytes += s_queued_append(&conn->q_head, &conn->q_tail, &copy)->len;
     conn->n_queued++;
 }
 
@@ -328,16 +334,7 @@ void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
         /* the store forwards what it stores while our re-open waits in its queue or on the
            way back: the answer's pending list is older (bounded: past it, order may break) */
         if (conn->reopening && conn->n_ro < srv->max_queued) {
-            fe_queued_t *q = lk_calloc(1, sizeof(*q));
-            q->len = lk__deliver__get_packed_size(d);
-            q->data = lk_malloc(q->len ? q->len : 1);
-            lk__deliver__pack(d, q->data);
-            q->store_id = d->store_id;
-            if (conn->ro_tail)
-                conn->ro_tail->next = q;
-            else
-                conn->ro_head = q;
-            conn->ro_tail = q;
+            s_queued_append(&conn->ro_head, &conn->ro_tail, d);
             conn->n_ro++;
             return;
         }
