@@ -450,12 +450,33 @@ static int64_t s_link_end(lk_zmtp_t *z, const char *id, size_t len)
     return z ? lk_zmtp_queued_pos(z, id) + (int64_t)len : 0;
 }
 
+static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer);
+
+/* An ipc:// link that came up since our last reliable send to peer (a server we
+   connect to, or a client of ours that connected again): what the last link may have
+   lost is re-sent first, in order, so a new envelope never reaches a restarted peer ahead
+   of older ones (lk_zmtp does not queue kept envelopes without a link; a restarted
+   session store got a new StoreBatch before the router's re-send of older ones, and
+   stored them out of order). */
+static void s_catch_up(lk_bus_t *self, lk_peer_t *peer, uint64_t gen, lk_zmtp_t *z)
+{
+    if (gen == UINT64_MAX || gen == 0 || (peer->is_server && !lk_zmtp_connected(z)))
+        return;
+    if (gen == peer->up_gen)
+        return;
+    peer->up_gen = gen;
+    if (peer->head)
+        s_resend_all(self, peer, true);
+}
+
 static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t len, int64_t now)
 {
     s_unacked_t *u = lk_malloc(sizeof(*u));
     lk_zmtp_t *z;
     const char *id;
     u->link_gen = s_link(peer->bus, peer, &z, &id);
+    /* older envelopes first, then this one's place in the stream */
+    s_catch_up(peer->bus, peer, u->link_gen, z);
     u->pos = s_link_end(z, id, len);
     u->out = false;
     u->seq = seq;
@@ -474,35 +495,11 @@ static void s_keep(lk_peer_t *peer, uint64_t seq, const uint8_t *data, size_t le
     peer->unacked_bytes += len;
 }
 
-static void s_resend_all(lk_bus_t *self, lk_peer_t *peer, bool timer);
-
-/* An ipc:// link that came up since our last reliable send to peer (a server we
-   connect to, or a client of ours that connected again): what the last link may have
-   lost is re-sent first, in order, so a new envelope never reaches a restarted peer ahead
-   of older ones (lk_zmtp does not queue kept envelopes without a link; a restarted
-   session store got a new StoreBatch before the router's re-send of older ones, and
-   stored them out of order). */
-static void s_catch_up(lk_bus_t *self, lk_peer_t *peer)
-{
-    lk_zmtp_t *z;
-    const char *id;
-    uint64_t gen = s_link(self, peer, &z, &id);
-    if (gen == UINT64_MAX || gen == 0 || (peer->is_server && !lk_zmtp_connected(z)))
-        return;
-    if (gen == peer->up_gen)
-        return;
-    peer->up_gen = gen;
-    if (peer->head)
-        s_resend_all(self, peer, true);
-}
-
 static void s_flush_batch(lk_bus_t *self, lk_peer_t *peer, int kind)
 {
     s_batch_t *b = &peer->batches[kind];
     if (b->count == 0)
         return;
-    if (b->seq)
-        s_catch_up(self, peer);
     Lk__Envelope env = LK__ENVELOPE__INIT;
     s_pack_header(self, peer, &env, b->seq);
     /* body: field tag (length-delimited) + length + the items, already in wire form */
@@ -568,8 +565,6 @@ int64_t lk_bus_send(lk_bus_t *self, lk_peer_t *peer, Lk__Envelope *env, bool rel
         s_flush_peer(self, peer);
         peer->dirty = peer->acks_out.n > 0;
     }
-    if (reliable)
-        s_catch_up(self, peer);
     uint64_t seq = reliable ? ++peer->next_seq : 0;
     s_pack_header(self, peer, env, seq);
     if (reliable)
