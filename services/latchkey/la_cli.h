@@ -65,6 +65,18 @@ lk_redis_reply_t *la_redis_cmd(la_ctx_t *ctx, int argc, const char **argv);
 /* la_redis_cmd when only success matters: 0, or -1 after printing the error */
 int la_redis_run(la_ctx_t *ctx, int argc, const char **argv);
 
+/* Redis commands collected, then sent as one MULTI ... EXEC: readers see all or none */
+typedef struct {
+    int n, cap;
+    int *argc;
+    char ***argv;
+} la_tx_t;
+
+void la_tx_add(la_tx_t *tx, int argc, const char **argv);
+void la_tx_free(la_tx_t *tx);
+/* runs the collected commands atomically; 0 or -1 (printed). Frees tx. */
+int la_tx_run(la_ctx_t *ctx, la_tx_t *tx);
+
 /* false after printing why when user cannot be a username (empty, control characters,
    too long; a ':' too when for_file) */
 bool la_username_ok(const char *user, bool for_file);

@@ -40,80 +40,6 @@ static bool s_name_ok(const char *what, const char *s)
     return true;
 }
 
-/* ---- Redis transactions: commands collected, then sent as MULTI ... EXEC ---- */
-
-typedef struct {
-    int n, cap;
-    int *argc;
-    char ***argv;
-} s_tx_t;
-
-static void s_tx_add(s_tx_t *tx, int argc, const char **argv)
-{
-    if (tx->n == tx->cap) {
-        tx->cap = tx->cap ? tx->cap * 2 : 16;
-        tx->argc = lk_realloc(tx->argc, (size_t)tx->cap * sizeof(int));
-        tx->argv = lk_realloc(tx->argv, (size_t)tx->cap * sizeof(char **));
-    }
-    char **a = lk_calloc((size_t)argc, sizeof(char *));
-    for (int i = 0; i < argc; i++)
-        a[i] = lk_strdup(argv[i] ? argv[i] : "");
-    tx->argc[tx->n] = argc;
-    tx->argv[tx->n++] = a;
-}
-
-static void s_tx_free(s_tx_t *tx)
-{
-    for (int i = 0; i < tx->n; i++) {
-        for (int k = 0; k < tx->argc[i]; k++)
-            free(tx->argv[i][k]);
-        free(tx->argv[i]);
-    }
-    free(tx->argc);
-    free(tx->argv);
-    memset(tx, 0, sizeof(*tx));
-}
-
-/* runs the collected commands atomically; 0 or -1 (printed). Frees tx. */
-static int s_tx_run(la_ctx_t *ctx, s_tx_t *tx)
-{
-    lk_redis_t *redis = la_redis(ctx);
-    if (!redis) {
-        s_tx_free(tx);
-        return -1;
-    }
-    int queued = 0;
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    size_t ml[] = {5}, el[] = {4};
-    if (lk_redis_appendv(redis, 1, multi, ml) == 0)
-        queued++;
-    for (int i = 0; i < tx->n; i++) {
-        size_t lens[16];
-        int argc = tx->argc[i] < 16 ? tx->argc[i] : 16;
-        for (int k = 0; k < argc; k++)
-            lens[k] = strlen(tx->argv[i][k]);
-        if (lk_redis_appendv(redis, argc, (const char **)tx->argv[i], lens) == 0)
-            queued++;
-    }
-    if (lk_redis_appendv(redis, 1, exec, el) == 0)
-        queued++;
-    bool ok = queued == tx->n + 2;
-    for (int i = 0; i < queued; i++) {
-        lk_redis_reply_t *x = lk_redis_get_reply(redis);
-        if (!x) {
-            ok = false;
-            break;
-        }
-        if (x->type == LK_REDIS_ERR || (i == queued - 1 && x->type != LK_REDIS_ARRAY))
-            ok = false;
-        lk_redis_reply_free(&x);
-    }
-    if (!ok)
-        fprintf(stderr, "latchkey: the Redis transaction failed: nothing was changed\n");
-    s_tx_free(tx);
-    return ok ? 0 : -1;
-}
-
 /* ---- temporary logins ---- */
 
 /* the temporary logins of these users (NULL users: those whose mapping is gone), from
@@ -156,19 +82,19 @@ int la_logins_end(la_ctx_t *ctx, char **names, int n, bool quiet)
 {
     if (n == 0)
         return 0;
-    s_tx_t tx = {0};
+    la_tx_t tx = {0};
     for (int i = 0; i < n; i++) {
         char *uk = la_user_key(ctx, names[i]), *ak = la_acl_key(ctx, names[i]);
         char lk_[300];
         snprintf(lk_, sizeof(lk_), "lk:{arb}:login:%s", names[i]);
         const char *d[] = {"DEL", uk, ak, lk_};
-        s_tx_add(&tx, 4, d);
+        la_tx_add(&tx, 4, d);
         const char *z[] = {"ZREM", "lk:arb:logins", names[i]};
-        s_tx_add(&tx, 3, z);
+        la_tx_add(&tx, 3, z);
         free(uk);
         free(ak);
     }
-    int rc = s_tx_run(ctx, &tx);
+    int rc = la_tx_run(ctx, &tx);
     if (rc == 0 && la_revoke(ctx, names, n, 2000) != 0)
         rc = -1;
     if (rc == 0 && !quiet)
@@ -334,45 +260,45 @@ static int s_mirror_lock(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
         lk_pg_result_free(&r);
         return -1;
     }
-    s_tx_t tx = {0};
+    la_tx_t tx = {0};
     if (old->type == LK_REDIS_STR) {
         char k[300];
         snprintf(k, sizeof(k), "lk:devlock:%s", old->str);
         const char *d[] = {"DEL", k};
-        s_tx_add(&tx, 2, d);
+        la_tx_add(&tx, 2, d);
     }
     const char *d[] = {"DEL", kc, kd};
-    s_tx_add(&tx, 3, d);
+    la_tx_add(&tx, 3, d);
     if (r->nrows == 1) {
         const char *w = lk_pg_value(r, 0, 0), *q = lk_pg_value(r, 0, 1),
                    *dev = lk_pg_value(r, 0, 2);
         if (w) {
             const char *a[] = {"HSET", kc, "window_ms", w};
-            s_tx_add(&tx, 4, a);
+            la_tx_add(&tx, 4, a);
         }
         if (q) {
             const char *a[] = {"HSET", kc, "quorum", q};
-            s_tx_add(&tx, 4, a);
+            la_tx_add(&tx, 4, a);
         }
         if (dev) {
             char k[300];
             snprintf(k, sizeof(k), "lk:devlock:%s", dev);
             const char *a[] = {"SET", kd, dev};
             const char *b[] = {"SET", k, lock};
-            s_tx_add(&tx, 3, a);
-            s_tx_add(&tx, 3, b);
+            la_tx_add(&tx, 3, a);
+            la_tx_add(&tx, 3, b);
         }
         const char *a[] = {"SADD", "lk:locks", lock};
-        s_tx_add(&tx, 3, a);
+        la_tx_add(&tx, 3, a);
     } else {
         const char *a[] = {"SREM", "lk:locks", lock};
-        s_tx_add(&tx, 3, a);
+        la_tx_add(&tx, 3, a);
     }
     const char *v[] = {"INCR", "lk:locks:ver"};
-    s_tx_add(&tx, 2, v);
+    la_tx_add(&tx, 2, v);
     lk_redis_reply_free(&old);
     lk_pg_result_free(&r);
-    return s_tx_run(ctx, &tx);
+    return la_tx_run(ctx, &tx);
 }
 
 /* the device credential of a lock: a random password (printed once) in the Redis layout
@@ -520,21 +446,21 @@ static int s_lock_del(la_ctx_t *ctx, lk_pg_t *pg, const char *lock)
         free(dev);
         return LA_EXIT_FAIL;
     }
-    s_tx_t tx = {0};
+    la_tx_t tx = {0};
     char **names = lk_calloc(users->count + 1, sizeof(char *));
     for (size_t k = 0; k < users->count; k++) {
         char ku[300];
         snprintf(ku, sizeof(ku), "lk:ubind:%s", users->items[k].str);
         const char *a[] = {"HDEL", ku, lock};
-        s_tx_add(&tx, 3, a);
+        la_tx_add(&tx, 3, a);
         names[k] = users->items[k].str;
     }
     const char *a[] = {"DEL", kb, kc, kr};
     const char *z[] = {"ZREM", "lk:{arb}:rounds", lock};
-    s_tx_add(&tx, 4, a);
-    s_tx_add(&tx, 3, z);
+    la_tx_add(&tx, 4, a);
+    la_tx_add(&tx, 3, z);
     int rc =
-        s_tx_run(ctx, &tx) == 0 && s_mirror_lock(ctx, pg, lock) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
+        la_tx_run(ctx, &tx) == 0 && s_mirror_lock(ctx, pg, lock) == 0 ? LA_EXIT_OK : LA_EXIT_FAIL;
     if (rc == LA_EXIT_OK && dev) {
         /* the device's credential goes with the lock */
         char *uk = la_user_key(ctx, dev), *ak = la_acl_key(ctx, dev);
@@ -577,7 +503,7 @@ static int s_lock_list(la_ctx_t *ctx, lk_pg_t *pg)
 }
 
 /* every key matching pattern (SCAN of every master) appended to tx as a DEL; 0 or -1 */
-static int s_del_matching(la_ctx_t *ctx, const char *pattern, s_tx_t *tx)
+static int s_del_matching(la_ctx_t *ctx, const char *pattern, la_tx_t *tx)
 {
     lk_redis_t *redis = la_redis(ctx);
     int masters = redis ? lk_redis_masters(redis) : 0;
@@ -595,7 +521,7 @@ static int s_del_matching(la_ctx_t *ctx, const char *pattern, s_tx_t *tx)
             snprintf(cursor, sizeof(cursor), "%s", r->items[0].str ? r->items[0].str : "0");
             for (size_t i = 0; i < r->items[1].count; i++) {
                 const char *d[] = {"DEL", r->items[1].items[i].str};
-                s_tx_add(tx, 2, d);
+                la_tx_add(tx, 2, d);
             }
             lk_redis_reply_free(&r);
         } while (strcmp(cursor, "0") != 0);
@@ -619,17 +545,17 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
                                                0, NULL)
                                   : NULL;
     int rc = LA_EXIT_FAIL;
-    s_tx_t tx = {0};
+    la_tx_t tx = {0};
     if (locks && s_del_matching(ctx, "lk:{arb}:bind:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:ubind:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:{arb}:lockcfg:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:lockdev:*", &tx) == 0 &&
         s_del_matching(ctx, "lk:devlock:*", &tx) == 0) {
         const char *du[] = {"DEL", "lk:users", "lk:locks"};
-        s_tx_add(&tx, 3, du);
+        la_tx_add(&tx, 3, du);
         for (size_t i = 0; i < users->nrows; i++) {
             const char *a[] = {"SADD", "lk:users", lk_pg_value(users, i, 0)};
-            s_tx_add(&tx, 3, a);
+            la_tx_add(&tx, 3, a);
         }
         for (size_t i = 0; i < binds->nrows; i++) {
             const char *u = lk_pg_value(binds, i, 0), *l = lk_pg_value(binds, i, 1),
@@ -639,8 +565,8 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
             snprintf(ku, sizeof(ku), "lk:ubind:%s", u);
             const char *a[] = {"HSET", kb, u, roles};
             const char *b[] = {"HSET", ku, l, roles};
-            s_tx_add(&tx, 4, a);
-            s_tx_add(&tx, 4, b);
+            la_tx_add(&tx, 4, a);
+            la_tx_add(&tx, 4, b);
         }
         for (size_t i = 0; i < locks->nrows; i++) {
             const char *l = lk_pg_value(locks, i, 0), *w = lk_pg_value(locks, i, 1),
@@ -649,33 +575,33 @@ static int s_lock_sync(la_ctx_t *ctx, lk_pg_t *pg)
             snprintf(kc, sizeof(kc), "lk:{arb}:lockcfg:%s", l);
             snprintf(kd, sizeof(kd), "lk:lockdev:%s", l);
             const char *a[] = {"SADD", "lk:locks", l};
-            s_tx_add(&tx, 3, a);
+            la_tx_add(&tx, 3, a);
             if (w) {
                 const char *b[] = {"HSET", kc, "window_ms", w};
-                s_tx_add(&tx, 4, b);
+                la_tx_add(&tx, 4, b);
             }
             if (q) {
                 const char *b[] = {"HSET", kc, "quorum", q};
-                s_tx_add(&tx, 4, b);
+                la_tx_add(&tx, 4, b);
             }
             if (dev) {
                 snprintf(kl, sizeof(kl), "lk:devlock:%s", dev);
                 const char *b[] = {"SET", kd, dev};
                 const char *e[] = {"SET", kl, l};
-                s_tx_add(&tx, 3, b);
-                s_tx_add(&tx, 3, e);
+                la_tx_add(&tx, 3, b);
+                la_tx_add(&tx, 3, e);
             }
         }
         const char *v[] = {"INCR", "lk:locks:ver"};
-        s_tx_add(&tx, 2, v);
-        if (s_tx_run(ctx, &tx) == 0) {
+        la_tx_add(&tx, 2, v);
+        if (la_tx_run(ctx, &tx) == 0) {
             rc = LA_EXIT_OK;
             printf("mirror rebuilt: %zu user(s), %zu binding(s), %zu lock(s)\n", users->nrows,
                    binds->nrows, locks->nrows);
             s_acl_reread(ctx, NULL, 0);
         }
     }
-    s_tx_free(&tx);
+    la_tx_free(&tx);
     lk_pg_result_free(&users);
     lk_pg_result_free(&binds);
     lk_pg_result_free(&locks);

@@ -108,15 +108,18 @@ static void s_spin(lk_loop_t *loop, int ms)
     lk_loop_run(loop);
 }
 
-/* -D: a snapshot written into the test stack's Redis (the arbiter's mirror keys) */
+/* -D: a snapshot written into the test stack's Redis (the arbiter's mirror keys), in one
+   transaction: the arbiter may be deciding the previous confirmation meanwhile, and a lock
+   without bindings for a moment refuses it */
 static void s_apply_snapshot(la_ctx_t *ctx, const Lk__LockSnapshot *sn, bool first)
 {
     char kb[300], kc[300], kr[300];
     snprintf(kb, sizeof(kb), "lk:{arb}:bind:%s", sn->lock);
     snprintf(kc, sizeof(kc), "lk:{arb}:lockcfg:%s", sn->lock);
     snprintf(kr, sizeof(kr), "lk:{arb}:round:%s", sn->lock);
+    la_tx_t tx = {0};
     const char *d[] = {"DEL", kb, kc};
-    la_redis_run(ctx, 3, d);
+    la_tx_add(&tx, 3, d);
     for (size_t i = 0; i < sn->n_bindings; i++) {
         char *copy = lk_strdup(sn->bindings[i]), *tab = strchr(copy, '\t');
         if (tab) {
@@ -126,31 +129,32 @@ static void s_apply_snapshot(la_ctx_t *ctx, const Lk__LockSnapshot *sn, bool fir
             const char *a[] = {"HSET", kb, copy, tab + 1};
             const char *b[] = {"HSET", ku, sn->lock, tab + 1};
             const char *u[] = {"SADD", "lk:users", copy};
-            la_redis_run(ctx, 4, a);
-            la_redis_run(ctx, 4, b);
-            la_redis_run(ctx, 3, u);
+            la_tx_add(&tx, 4, a);
+            la_tx_add(&tx, 4, b);
+            la_tx_add(&tx, 3, u);
         }
         free(copy);
     }
     if (sn->window_ms && *sn->window_ms) {
         const char *a[] = {"HSET", kc, "window_ms", sn->window_ms};
-        la_redis_run(ctx, 4, a);
+        la_tx_add(&tx, 4, a);
     }
     if (sn->quorum && *sn->quorum) {
         const char *a[] = {"HSET", kc, "quorum", sn->quorum};
-        la_redis_run(ctx, 4, a);
+        la_tx_add(&tx, 4, a);
     }
     if (sn->user && *sn->user && sn->login && *sn->login) {
         /* the mapping only, for one hour: no credential is created */
         char kl[300];
         snprintf(kl, sizeof(kl), "lk:{arb}:login:%s", sn->login);
         const char *a[] = {"SET", kl, sn->user, "EX", "3600"};
-        la_redis_run(ctx, 5, a);
+        la_tx_add(&tx, 5, a);
     }
     if (first && sn->n_round == 0) {
         const char *a[] = {"DEL", kr};
-        la_redis_run(ctx, 2, a);
+        la_tx_add(&tx, 2, a);
     }
+    la_tx_run(ctx, &tx);
     /* a round open when the recording began is rebuilt once; later ones grow by replay
        (its times are the recorded ones: a recording should start before the round) */
 }

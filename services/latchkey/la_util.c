@@ -65,6 +65,71 @@ int la_redis_run(la_ctx_t *ctx, int argc, const char **argv)
     return 0;
 }
 
+void la_tx_add(la_tx_t *tx, int argc, const char **argv)
+{
+    if (tx->n == tx->cap) {
+        tx->cap = tx->cap ? tx->cap * 2 : 16;
+        tx->argc = lk_realloc(tx->argc, (size_t)tx->cap * sizeof(int));
+        tx->argv = lk_realloc(tx->argv, (size_t)tx->cap * sizeof(char **));
+    }
+    char **a = lk_calloc((size_t)argc, sizeof(char *));
+    for (int i = 0; i < argc; i++)
+        a[i] = lk_strdup(argv[i] ? argv[i] : "");
+    tx->argc[tx->n] = argc;
+    tx->argv[tx->n++] = a;
+}
+
+void la_tx_free(la_tx_t *tx)
+{
+    for (int i = 0; i < tx->n; i++) {
+        for (int k = 0; k < tx->argc[i]; k++)
+            free(tx->argv[i][k]);
+        free(tx->argv[i]);
+    }
+    free(tx->argc);
+    free(tx->argv);
+    memset(tx, 0, sizeof(*tx));
+}
+
+int la_tx_run(la_ctx_t *ctx, la_tx_t *tx)
+{
+    lk_redis_t *redis = la_redis(ctx);
+    if (!redis) {
+        la_tx_free(tx);
+        return -1;
+    }
+    int queued = 0;
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    size_t ml[] = {5}, el[] = {4};
+    if (lk_redis_appendv(redis, 1, multi, ml) == 0)
+        queued++;
+    for (int i = 0; i < tx->n; i++) {
+        size_t lens[16];
+        int argc = tx->argc[i] < 16 ? tx->argc[i] : 16;
+        for (int k = 0; k < argc; k++)
+            lens[k] = strlen(tx->argv[i][k]);
+        if (lk_redis_appendv(redis, argc, (const char **)tx->argv[i], lens) == 0)
+            queued++;
+    }
+    if (lk_redis_appendv(redis, 1, exec, el) == 0)
+        queued++;
+    bool ok = queued == tx->n + 2;
+    for (int i = 0; i < queued; i++) {
+        lk_redis_reply_t *x = lk_redis_get_reply(redis);
+        if (!x) {
+            ok = false;
+            break;
+        }
+        if (x->type == LK_REDIS_ERR || (i == queued - 1 && x->type != LK_REDIS_ARRAY))
+            ok = false;
+        lk_redis_reply_free(&x);
+    }
+    if (!ok)
+        fprintf(stderr, "latchkey: the Redis transaction failed: nothing was changed\n");
+    la_tx_free(tx);
+    return ok ? 0 : -1;
+}
+
 bool la_username_ok(const char *user, bool for_file)
 {
     size_t n = strlen(user);
