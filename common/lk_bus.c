@@ -336,6 +336,27 @@ size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn
     return s_move_unacked(self, from, NULL, to, moved, arg);
 }
 
+void lk_bus_each_unacked(lk_bus_t *self, lk_peer_t *peer, lk_bus_each_fn *fn, void *arg)
+{
+    lk_bus_flush(self);
+    for (s_unacked_t *u = peer->head; u; u = u->next) {
+        Lk__Envelope *env = lk__envelope__unpack(NULL, u->len, u->data);
+        if (!env)
+            continue;
+        if (fn(env, u->seq, arg)) {
+            /* the header packed at first send stays: same from, epoch and seq */
+            size_t len = lk__envelope__get_packed_size(env);
+            uint8_t *data = lk_malloc(len);
+            lk__envelope__pack(env, data);
+            free(u->data);
+            peer->unacked_bytes = peer->unacked_bytes - u->len + len;
+            u->data = data;
+            u->len = len;
+        }
+        lk__envelope__free_unpacked(env, NULL);
+    }
+}
+
 const char *lk_bus_publish_topic(const Lk__Envelope *env)
 {
     if (env->body_case != LK__ENVELOPE__BODY_PUBLISH || !env->publish)

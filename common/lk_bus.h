@@ -126,6 +126,11 @@ size_t lk_bus_move_unacked(lk_bus_t *self, lk_peer_t *from, lk_peer_t *to, lk_bu
 typedef lk_peer_t *(lk_bus_move_to_fn)(const Lk__Envelope *env, void *arg);
 size_t lk_bus_move_unacked_by(lk_bus_t *self, lk_peer_t *from, lk_bus_move_to_fn *to,
                               lk_bus_moved_fn *moved, void *arg);
+/* fn(env, seq, arg) on each envelope sent reliably to peer and not acked yet, in order
+   (pending batches are flushed first). fn may change env and return true: from then on
+   the changed envelope is what a re-send carries. */
+typedef bool(lk_bus_each_fn)(Lk__Envelope *env, uint64_t seq, void *arg);
+void lk_bus_each_unacked(lk_bus_t *self, lk_peer_t *peer, lk_bus_each_fn *fn, void *arg);
 /* the topic a publish batch is partitioned by (its owner among router replicas): that of
    its first publish that is not a retain-only copy; NULL for other envelopes and for
    batches of copies only */

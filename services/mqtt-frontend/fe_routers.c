@@ -272,6 +272,41 @@ static void s_move_publishes(fe_server_t *srv, lk_peer_t *peer)
                   lk_peer_name(peer), n, mv.waits_moved);
 }
 
+typedef struct {
+    fe_server_t *srv;
+    lk_peer_t *from;
+    size_t n;
+} s_reask_t;
+
+/* A SubscribeReq that asked `from` for the retained messages: the client's router now
+   sends them instead (retained_only), and `from` no longer does when it returns. Its
+   subscriptions stay queued for it. A retained message `from` sent just before it fell
+   silent may reach the client twice. */
+static bool s_reask_retained(Lk__Envelope *env, uint64_t seq, void *arg)
+{
+    s_reask_t *ra = arg;
+    if (env->body_case != LK__ENVELOPE__BODY_SUBSCRIBE || !env->subscribe->send_retained ||
+        !env->subscribe->client)
+        return false;
+    Lk__SubscribeReq *sr = env->subscribe;
+    fe_conn_t *conn = zhashx_lookup(ra->srv->by_client, sr->client);
+    if (!conn)
+        return false;
+    lk_peer_t *to = s_router_for_retained(ra->srv, conn, sr->subs, sr->n_subs);
+    if (to == ra->from || !lk_peer_alive(to))
+        return false;
+    Lk__SubscribeReq again = *sr;
+    again.retained_only = true;
+    Lk__Envelope out = LK__ENVELOPE__INIT;
+    out.body_case = LK__ENVELOPE__BODY_SUBSCRIBE;
+    out.subscribe = &again;
+    if (lk_bus_send(ra->srv->bus, to, &out, true) <= 0)
+        return false;
+    ra->n++;
+    sr->send_retained = false;
+    return true;
+}
+
 void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer)
 {
     int idx = lk_replicas_index(srv->routers, peer);
@@ -281,6 +316,12 @@ void fe_routers_peer_down(fe_server_t *srv, lk_peer_t *peer)
     srv->rt[idx].held = false;
     s_release_silent(srv);
     s_move_publishes(srv, peer);
+    s_reask_t ra = {srv, peer, 0};
+    lk_bus_each_unacked(srv->bus, peer, s_reask_retained, &ra);
+    if (ra.n)
+        lk_notice("%s silent: %zu SUBSCRIBE(s) ask another router for their retained "
+                  "messages",
+                  lk_peer_name(peer), ra.n);
 }
 
 void fe_routers_peer_up(fe_server_t *srv, lk_peer_t *peer)

@@ -807,10 +807,34 @@ static int s_send_retained(const char *topic, void *msgp, void *arg)
     return RT_RETAIN_KEEP;
 }
 
+/* a frontend's re-ask: the router it first asked for a SUBSCRIBE's retained messages fell
+   silent. Only subscriptions the client still holds, through that frontend, get them:
+   an UNSUBSCRIBE or a disconnect may have come since. */
+static void s_retained_only(rt_server_t *self, lk_peer_t *peer, Lk__SubscribeReq *r)
+{
+    s_client_t *c = zhashx_lookup(self->clients, r->client);
+    if (!c || c->node != peer)
+        return;
+    for (size_t i = 0; i < r->n_subs; i++) {
+        Lk__Subscription *s = r->subs[i];
+        bool is_new = i < r->n_is_new && r->is_new[i];
+        if (!s->filter || strncmp(s->filter, "$share/", 7) == 0 ||
+            !rt_trie_lookup(self->trie, c, s->filter) ||
+            !(s->retain_handling == 0 || (s->retain_handling == 1 && is_new)))
+            continue;
+        s_retained_ctx_t ctx = {self, c, s};
+        rt_retain_match(self->retain, s->filter, s_send_retained, &ctx);
+    }
+}
+
 static void s_subscribe(rt_server_t *self, lk_peer_t *peer, Lk__SubscribeReq *r)
 {
     if (!r->client)
         return;
+    if (r->retained_only) {
+        s_retained_only(self, peer, r);
+        return;
+    }
     s_client_t *c = s_client_get(self, r->client);
     if (!c->node)
         c->node = peer;

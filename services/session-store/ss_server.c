@@ -480,11 +480,11 @@ typedef struct {
     size_t n, cap;
 } s_told_list_t;
 
-static lk_peer_t *s_take_told(const Lk__Envelope *env, void *arg)
+static bool s_take_told(Lk__Envelope *env, uint64_t seq, void *arg)
 {
     s_told_list_t *l = arg;
     if (env->body_case != LK__ENVELOPE__BODY_DELIVER)
-        return NULL;
+        return false;
     for (size_t i = 0; i < env->deliver->n_items; i++) {
         const Lk__Deliver *d = env->deliver->items[i];
         if (!d || !d->client || !d->store_id)
@@ -496,7 +496,7 @@ static lk_peer_t *s_take_told(const Lk__Envelope *env, void *arg)
         l->t[l->n].client = lk_strdup(d->client);
         l->t[l->n++].id = d->store_id;
     }
-    return NULL; /* they stay until dropped below */
+    return false;
 }
 
 /* A sibling went silent with copies we told it of (it looked alive when we stored them):
@@ -505,7 +505,7 @@ static lk_peer_t *s_take_told(const Lk__Envelope *env, void *arg)
 static void s_retell(self_t *self, lk_peer_t *sib)
 {
     s_told_list_t l = {NULL, 0, 0};
-    lk_bus_move_unacked_by(self->bus, sib, s_take_told, NULL, &l);
+    lk_bus_each_unacked(self->bus, sib, s_take_told, &l);
     if (!l.n)
         return;
     lk_peer_drop_unacked(sib);

@@ -7,7 +7,8 @@ router-2 (LATCHKEY_REPLICAS router=2) and two frontends.
   PUBACKed message reaches the persistent subscribers, order per publisher and topic
   holds, no CONNECT is refused.
 - Subscriptions made while a router is down work once it is back (it is re-attached).
-- Retained messages reach a new subscriber whichever router is down.
+- Retained messages reach a new subscriber whichever router is down, and when the router
+  asked for them stalls right after the SUBSCRIBE (once, not again after its restart).
 """
 
 import os
@@ -271,3 +272,43 @@ def test_retained_whichever_router_is_down(rstack, down):
     finally:
         rstack.bring_up(other)
     time.sleep(1.5)
+
+
+@pytest.mark.parametrize("victim", ROUTERS)
+def test_retained_when_the_asked_router_stalls(rstack, victim):
+    """A SUBSCRIBE asks one router (the client id's owner) for its retained messages. That
+    router stops answering right then (SIGSTOP: the frontends still count it alive for the
+    failure detector). Once it is given up, the other router sends them; after it is
+    killed and restarted (s6), the re-sent SUBSCRIBE no longer asks it, so none comes
+    twice."""
+    import signal
+    prefix = "rr/%s/stall-%s" % (RUN, victim)
+    topics = topics_owned_by("router-1", prefix, 2) + topics_owned_by("router-2", prefix, 2)
+    with lk.paho_client(rstack, "%s-sp-%s" % (RUN, victim)) as p:
+        for t in topics:
+            p.publish(t, "kept " + t, qos=1, retain=True)
+    i = 0
+    while owner("%s-ss-%s-%d" % (RUN, victim, i)) != victim:
+        i += 1
+    cid = "%s-ss-%s-%d" % (RUN, victim, i)
+    s = lk.Client(cid)
+    s.connect(rstack.mqtt_port)        # connected first: the CONNECT's own wait is over
+    os.kill(rstack.svc_pid(victim), signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        s.subscribe(prefix + "/#", qos=1, timeout=SLACK_S)
+        got = s.wait_for(len(topics), timeout=SLACK_S)
+        took = time.monotonic() - t0
+        assert sorted(m.text for m in got) == sorted("kept " + t for t in topics)
+        assert all(m.retain for m in got)
+        print("retained from the other router %.2f s after SUBSCRIBE" % took)
+    finally:
+        rstack.hold_down(victim)    # SIGKILL ends a stopped process too
+        rstack.bring_up(victim)
+    s.messages.expect_none(quiet=2.0)
+    # the subscription itself holds at the restarted router: a topic it owns reaches s
+    t = topics_owned_by(victim, prefix + "/after", 1)[0]
+    with lk.paho_client(rstack, "%s-sa-%s" % (RUN, victim)) as p:
+        p.publish(t, "after", qos=1)
+    assert [m.text for m in s.wait_for(1, timeout=SLACK_S)] == ["after"]
+    s.disconnect()
