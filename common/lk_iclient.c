@@ -339,6 +339,8 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
         lk_bus_ack(bus, peer, env->seq);
 }
 
+static void s_move_publishes(self_t *self, lk_peer_t *from);
+
 static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *arg)
 {
     self_t *self = arg;
@@ -348,6 +350,13 @@ static void s_on_peer_up(lk_bus_t *bus, lk_peer_t *peer, bool restarted, void *a
         if (restarted && !self->closing) {
             /* it starts empty: our client and its subscriptions again */
             s_attach(self, peer);
+        }
+        /* publishes that waited for routers silent while none was alive: to this one
+           now, before anything newer on their topics */
+        for (int i = 0; i < lk_replicas_count(self->routers); i++) {
+            lk_peer_t *p = lk_replicas_nth(self->routers, i);
+            if (p != peer && !lk_peer_alive(p) && lk_peer_unacked(p))
+                s_move_publishes(self, p);
         }
     } else if (lk_replicas_has(self->stores, peer)) {
         lk_info("iclient %s: session store %s %s", self->client_id, lk_peer_name(peer),
@@ -390,19 +399,24 @@ static void s_moved(lk_peer_t *from, uint64_t old_seq, lk_peer_t *to, uint64_t n
     }
 }
 
+/* the publishes queued for silent router `from` go to their topics' live owners, with
+   their ids */
+static void s_move_publishes(self_t *self, lk_peer_t *from)
+{
+    s_move_t mv = {self, from};
+    size_t n = lk_bus_move_unacked_by(self->bus, from, s_move_to, s_moved, &mv);
+    if (n)
+        lk_notice("iclient %s: %zu publish batch(es) of silent %s re-sent", self->client_id,
+                  n, lk_peer_name(from));
+    s_maybe_ready(self);
+}
+
 static void s_on_peer_down(lk_bus_t *bus, lk_peer_t *peer, void *arg)
 {
     self_t *self = arg;
     if (lk_replicas_has(self->routers, peer)) {
-        if (lk_replicas_count(self->routers) > 1) {
-            /* its topics' publishes go to their new owner, with their ids */
-            s_move_t mv = {self, peer};
-            size_t n = lk_bus_move_unacked_by(bus, peer, s_move_to, s_moved, &mv);
-            if (n)
-                lk_notice("iclient %s: %zu publish batch(es) of silent %s re-sent",
-                          self->client_id, n, lk_peer_name(peer));
-            s_maybe_ready(self);
-        }
+        if (lk_replicas_count(self->routers) > 1)
+            s_move_publishes(self, peer);
         return;
     }
     if (lk_replicas_has(self->stores, peer)) {

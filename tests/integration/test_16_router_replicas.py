@@ -9,6 +9,8 @@ router-2 (LATCHKEY_REPLICAS router=2) and two frontends.
 - Subscriptions made while a router is down work once it is back (it is re-attached).
 - Retained messages reach a new subscriber whichever router is down, and when the router
   asked for them stalls right after the SUBSCRIBE (once, not again after its restart).
+- An internal client's publish (the api's) made while both routers are down goes out
+  when either returns, not only its topic's own.
 """
 
 import os
@@ -48,6 +50,8 @@ def rstack():
                          "mqtt-frontend-2"]
     if not all(lk.built(s) for s in svcs):
         pytest.skip("daemons not built")
+    if lk.built("api"):
+        svcs.append("api")      # an internal client (lk_iclient) publishing
     s = lk.Stack(services=svcs, replicas={"router": 2})
     try:
         s.start_all()
@@ -311,4 +315,28 @@ def test_retained_when_the_asked_router_stalls(rstack, victim):
     with lk.paho_client(rstack, "%s-sa-%s" % (RUN, victim)) as p:
         p.publish(t, "after", qos=1)
     assert [m.text for m in s.wait_for(1, timeout=SLACK_S)] == ["after"]
+    s.disconnect()
+
+
+def test_internal_publish_while_both_routers_down(rstack):
+    rstack.require("api")
+    from apihelp import Api, new_key
+    api = Api(rstack, *new_key(rstack, "rr-" + RUN))
+    topic = topics_owned_by("router-1", "rr/%s/both" % RUN, 1)[0]
+    s = lk.Client("%s-both" % RUN, clean_session=False)
+    s.connect(rstack.mqtt_port)
+    s.subscribe(topic, qos=1, timeout=SLACK_S)
+    rstack.hold_down("router-1")
+    rstack.hold_down("router-2")
+    try:
+        time.sleep(1.5)                     # both given up by the api's failure detector
+        st, body, _ = api.post("/api/v5/publish", {"topic": topic, "payload": "while down",
+                                                   "qos": 1})
+        assert st == 200, (st, body)
+        rstack.bring_up("router-2")         # not the topic's own router
+        got = s.wait_for(1, timeout=SLACK_S)
+        assert [m.text for m in got] == ["while down"]
+    finally:
+        rstack.bring_up("router-2")
+        rstack.bring_up("router-1")
     s.disconnect()
