@@ -650,6 +650,7 @@ void fe_conn_free(fe_conn_t *conn)
     free(conn->alias_out);
     fe_queued_free(&conn->q_head);
     fe_queued_free(&conn->ro_head);
+    free(conn->max_store_ids);
     free(conn->acked_ids);
     free(conn->rel_ids);
     free(conn->rel_pids);

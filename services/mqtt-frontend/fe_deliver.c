@@ -299,8 +299,6 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
             fe_store_ack_add(conn, d->store_id);
         return;
     }
-    if (d->store_id > conn->max_store_id)
-        conn->max_store_id = d->store_id;
     if (d->released_pid && d->store_id) {
         /* the client has it (PUBREC'd before the connection broke): owe it PUBREL only */
         s_released_again(conn, d);
@@ -319,7 +317,25 @@ void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
         s_enqueue(conn, d, dup_flag);
 }
 
-void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
+static uint64_t *s_max_id(fe_conn_t *conn, lk_peer_t *store)
+{
+    lk_replicas_t *stores = conn->srv->stores;
+    int i = store ? lk_replicas_index(stores, store) : -1;
+    if (i <= 0)
+        return &conn->max_store_id;
+    if (!conn->max_store_ids)
+        conn->max_store_ids = lk_calloc((size_t)lk_replicas_count(stores), sizeof(uint64_t));
+    return &conn->max_store_ids[i - 1];
+}
+
+void fe_store_id_seen(fe_conn_t *conn, lk_peer_t *store, uint64_t store_id)
+{
+    uint64_t *max = s_max_id(conn, store);
+    if (store_id > *max)
+        *max = store_id;
+}
+
+void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, lk_peer_t *store)
 {
     fe_conn_t *conn = zhashx_lookup(srv->by_client, d->client ? d->client : "");
     if (!conn || conn->state == FE_CLOSED || conn->state == FE_AUTH)
@@ -329,8 +345,10 @@ void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store)
            after it (while the router acks the Attach) wait in the queue */
         if (conn->state != FE_ACTIVE && !conn->opened)
             return;
-        if (d->late ? fe_holds(conn, d->store_id) : d->store_id <= conn->max_store_id)
+        if (d->late ? fe_holds(conn, d->store_id) : d->store_id <= *s_max_id(conn, store))
             return;
+        if (!d->late)
+            fe_store_id_seen(conn, store, d->store_id);
         /* the store forwards what it stores while our re-open waits in its queue or on the
            way back: the answer's pending list is older (bounded: past it, order may break) */
         if (conn->reopening && conn->n_ro < srv->max_queued) {
@@ -346,9 +364,11 @@ void fe_deliver_reopened(fe_conn_t *conn, Lk__Deliver **pending, size_t n)
 {
     /* not "newer than max_store_id": a forward of a new copy may have overtaken this
        answer, and older copies the dead store never forwarded must still go out */
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        fe_store_id_seen(conn, conn->store_peer, pending[i]->store_id);
         if (!fe_holds(conn, pending[i]->store_id))
             fe_deliver_to(conn, pending[i], true);
+    }
     fe_queued_t *q = conn->ro_head;
     conn->ro_head = conn->ro_tail = NULL;
     conn->n_ro = 0;

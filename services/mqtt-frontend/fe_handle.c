@@ -553,8 +553,10 @@ static void s_connack(fe_conn_t *conn, Lk__SessionOpened *r)
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i < r->n_pending; i++) {
             Lk__Deliver *d = r->pending[i];
-            if ((pass == 0) == (d->released_pid != 0))
+            if ((pass == 0) == (d->released_pid != 0)) {
+                fe_store_id_seen(conn, conn->store_peer, d->store_id);
                 fe_deliver_to(conn, d, true);
+            }
         }
     if (early) {
         if (conn->q_tail)

@@ -177,7 +177,11 @@ typedef struct fe_conn {
     fe_queued_t *ro_head, *ro_tail;
     size_t n_ro;
     uint16_t next_pid;
-    uint64_t max_store_id;  /* highest store id taken; later copies are duplicates */
+    /* per session-store replica, the highest store id it handed us (forwarded, or in an
+       open's pending list): one replica forwards a client's copies in id order, two
+       (ownership moving) interleave theirs. [0] inline, the others in max_store_ids. */
+    uint64_t max_store_id;
+    uint64_t *max_store_ids;
     /* the last message identities (Lk__Msg.once_id) handed to this connection */
     char *once_ids[FE_ONCE_IDS];
     uint8_t once_next;
@@ -495,7 +499,10 @@ void fe_acl_reply(fe_server_t *srv, const Lk__AuthReply *r);
 /* a message not delivered to conn's client: counted ($SYS dropped) and logged, one line
    per 10 s per frontend with the count since the last */
 void fe_dropped(fe_conn_t *conn, const Lk__Msg *m, const char *why);
-void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, bool from_store);
+/* store: the session-store replica that sent it (NULL: not from a store) */
+void fe_deliver(fe_server_t *srv, const Lk__Deliver *d, lk_peer_t *store);
+/* the store id is one `store` handed us (see max_store_id) */
+void fe_store_id_seen(fe_conn_t *conn, lk_peer_t *store, uint64_t store_id);
 void fe_deliver_to(fe_conn_t *conn, const Lk__Deliver *d, bool dup);
 void fe_pump(fe_conn_t *conn);
 /* a re-open's answer: its pending copies the connection does not hold, then those held

@@ -140,7 +140,7 @@ static void s_hand(fe_server_t *srv, lk_peer_t *peer, const char *client, uint32
     if (peer)
         lk_bus_batch_add(srv->bus, peer, LK_BODY_DELIVER, &d, false);
     else
-        fe_deliver(srv, &d, false);
+        fe_deliver(srv, &d, NULL);
 }
 
 /* the router may never see it: the log keeps it as the Publish it would have got */

@@ -382,7 +382,8 @@ static void s_on_message(lk_bus_t *bus, lk_peer_t *peer, Lk__Envelope *env, void
     switch (env->body_case) {
     case LK__ENVELOPE__BODY_DELIVER:
         for (size_t i = 0; i < env->deliver->n_items; i++)
-            fe_deliver(srv, env->deliver->items[i], lk_replicas_has(srv->stores, peer));
+            fe_deliver(srv, env->deliver->items[i],
+                       lk_replicas_has(srv->stores, peer) ? peer : NULL);
         break;
     case LK__ENVELOPE__BODY_AUTH_REPLY:
         fe_handle_auth_reply(srv, env->auth_reply);
