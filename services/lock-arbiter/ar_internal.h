@@ -66,6 +66,7 @@ struct _ar_server_t {
     int n_roles;
     int quorum;
     int64_t window_ms;
+    int64_t confirm_max_age_ms; /* lock_confirm_max_age: older confirmations are refused */
     int64_t login_ttl_s;
     int history_limit;
     /* unlock publishes waiting for the router's ack (lk:{arb}:unpub entries) */
@@ -101,6 +102,11 @@ char *ar_real_user(self_t *self, const char *username);
 /* a message applied (kept a day): lock (or publisher), message id (ar_msg_id); the
    scripts of ar_unlock.c set it too */
 #define AR_SEEN_KEY "lk:{arb}:seen:%s:%s"
+/* how long a message's seen mark is kept (s): past it a second copy could apply again,
+   so no confirmation older than this is counted */
+#define AR_SEEN_TTL_S 86400
+#define AR_STR2(x) #x
+#define AR_STR(x) AR_STR2(x)
 /* marks a message applied for the replicas that parked it, where no script does (work
    that is not a script, messages ignored); true when it was not marked before, and
    always with one replica (nothing is parked, nothing written) */

@@ -141,7 +141,8 @@ bool ar_seen_set(self_t *self, const char *key, const char *id)
 {
     if (self->n_rep == 1)
         return true; /* nobody parks: nothing to mark */
-    lk_redis_reply_t *r = lk_redis_cmd(self->redis, "SET " AR_SEEN_KEY " 1 NX EX 86400", key, id);
+    lk_redis_reply_t *r = lk_redis_cmd(
+        self->redis, "SET " AR_SEEN_KEY " 1 NX EX " AR_STR(AR_SEEN_TTL_S), key, id);
     bool first = r && r->type == LK_REDIS_STR;
     lk_redis_reply_free(&r);
     return first;
@@ -392,6 +393,13 @@ static int s_config(self_t *self)
         rc = -1;
     }
     self->window_ms = (int64_t)(w * 1000);
+    int64_t age = lk_config_get_int(self->config, "lock_confirm_max_age", AR_SEEN_TTL_S);
+    if (rc == 0 && (age < 1 || age > AR_SEEN_TTL_S)) {
+        lk_error("lock_confirm_max_age: %" PRId64 " seconds is not between 1 and %d", age,
+                 AR_SEEN_TTL_S);
+        rc = -1;
+    }
+    self->confirm_max_age_ms = age * 1000;
     self->login_ttl_s = lk_config_get_int(self->config, "login_ttl", 86400);
     if (rc == 0 && (self->login_ttl_s < 1 || self->login_ttl_s > 365 * 86400)) {
         lk_error("login_ttl: %" PRId64 " seconds is out of range", self->login_ttl_s);

@@ -31,7 +31,8 @@
 #define S_LUA_EVENT                                                                                \
     "local function arb_key(what, id) return 'lk:{arb}:' .. what .. ':' .. id end\n"               \
     "local function first_sight(lock, id)\n"                                                       \
-    "  return redis.call('SET', arb_key('seen', lock) .. ':' .. id, '1', 'NX', 'EX', 86400)\n"     \
+    "  return redis.call('SET', arb_key('seen', lock) .. ':' .. id, '1', 'NX', 'EX', "            \
+    AR_STR(AR_SEEN_TTL_S) ")\n"                                                                      \
     "end\n"                                                                                        \
     "local out = {}\n"                                                                             \
     "local function reply(r)\n"                                                                    \
@@ -394,6 +395,28 @@ void ar_unlock_confirm(self_t *self, const char *lock, const char *role, const L
     /* the confirmation's time is when the broker accepted it, not when we got to it (a
        restart, a backlog): never later than now */
     int64_t wall = lk_wall_ms();
+    if (msg->accepted_at_ms && wall - (int64_t)msg->accepted_at_ms > self->confirm_max_age_ms) {
+        /* it waited too long (every arbiter down, a session left from another replica
+           count): the people are gone, and past the seen marks it may have counted before.
+           Refused once, whichever replica gets there first. */
+        if (ar_seen_set(self, lock, id)) {
+            const char *login = msg->origin_user ? msg->origin_user : "";
+            char reason[96], details[512];
+            snprintf(reason, sizeof(reason), "confirmation too old (accepted %" PRId64 " s ago)",
+                     (wall - (int64_t)msg->accepted_at_ms) / 1000);
+            snprintf(details, sizeof(details),
+                     "{\"decision\": \"refused\", \"role\": \"%s\", \"reason\": \"%s\"}", role,
+                     reason);
+            char *user = ar_real_user(self, login);
+            ar_history_event(self, "unlock_decision", lock, user ? user : login, details);
+            s_result(self, lock, role, user ? user : login, "refused", NULL, reason);
+            lk_notice("lock %s: %s confirmation of %s refused: %s", lock, role,
+                      user ? user : login, reason);
+            free(user);
+            self->refused++;
+        }
+        return;
+    }
     int64_t at = msg->accepted_at_ms && (int64_t)msg->accepted_at_ms < wall
                      ? (int64_t)msg->accepted_at_ms
                      : wall;

@@ -258,3 +258,42 @@ def test_device_with_client_certificate(stack, world):
     lk.mosquitto_pub(stack.mtls_port, "/%s/statu" % lock, "0", qos=1, extra=alice, check=False)
     time.sleep(1.0)
     assert stack.redis_cli("HGET", "lk:{arb}:lockstate", lock) == "1"
+
+
+def test_confirmations_that_waited_too_long_are_refused():
+    """Two confirmations stored while every arbiter is down, handled once it is back past
+    lock_confirm_max_age: refused as too old, no unlock (the people who confirmed may be
+    long gone). Fresh confirmations then grant as usual."""
+    st = lk.Stack()
+    st.env["LATCHKEY_LOCK_CONFIRM_MAX_AGE"] = "2"
+    try:
+        st.start_all()
+        st.require("lock-arbiter", "mqtt-frontend-1", "router", "session-store", "auth")
+        lock, um, uf = "OLD" + RUN, "om-" + RUN, "of-" + RUN
+        for u in (um, uf):
+            mqtt_account(st, u, PW)
+        setup_lock(st, lock, [(um, "m"), (uf, "f")])
+        dev = device(st, lock)
+        m = lk.paho_client(st, "om-" + RUN, username=um, password=PW)
+        f = lk.paho_client(st, "of-" + RUN, username=uf, password=PW)
+        st.hold_down("lock-arbiter")
+        try:
+            # stored for the arbiter's session: PUBACKed while it is down
+            assert m.publish("/%s/m" % lock, "1", qos=1).rc == 0
+            assert f.publish("/%s/f" % lock, "1", qos=1).rc == 0
+            time.sleep(3.0)
+        finally:
+            st.bring_up("lock-arbiter")
+        got = lk.wait_until(lambda: (lambda d: len(d) >= 2 and d)(
+            [e["details"] for e in events(st, lock, "unlock_decision")]), 15,
+            what="the refusals")
+        assert [d["decision"] for d in got] == ["refused", "refused"], got
+        assert all("too old" in d["reason"] for d in got), got
+        dev.messages.expect_none(quiet=1.5)
+        m.publish("/%s/m" % lock, "1", qos=1)
+        f.publish("/%s/f" % lock, "1", qos=1)
+        assert dev.messages.get(timeout=10).payload == b"unlock"
+        for c in (m, f, dev):
+            c.disconnect()
+    finally:
+        st.destroy()
