@@ -212,6 +212,10 @@ typedef struct {
 typedef struct {
     lb_conn_t *conn;
     lb_track_t *track; /* one per publisher */
+    /* 65536: inbound QoS 2 packet ids PUBRECed and not yet released (session state, kept
+       across reconnects): a PUBLISH again with one of them is not a new message
+       [MQTT-4.3.3-10] */
+    uint8_t *qos2_in;
 } lb_sub_t;
 
 /* the generator: options, connections and counters (one per process) */
@@ -706,6 +710,8 @@ static void s_on_packet(lb_t *self, lb_conn_t *c, lk_mqtt_packet_t *p, int64_t n
             fprintf(stderr, "lkbench: %s %d reconnected without its session\n",
                     c->role == LB_SUB ? "subscriber" : "publisher", c->idx);
         }
+        if (c->role == LB_SUB && !p->u.connack.session_present)
+            memset(self->subs[c->idx].qos2_in, 0, 65536); /* a new session */
         if (c->role == LB_SUB && self->live && p->u.connack.session_present) {
             c->state = LB_READY; /* the broker kept the subscription */
             s_back(self, c, now);
@@ -748,15 +754,23 @@ static void s_on_packet(lb_t *self, lb_conn_t *c, lk_mqtt_packet_t *p, int64_t n
         else
             self->connected++;
         break;
-    case LK_MQTT_PUBLISH:
-        if (c->role == LB_SUB)
+    case LK_MQTT_PUBLISH: {
+        uint16_t pid = p->u.publish.packet_id;
+        uint8_t *held = c->role == LB_SUB ? self->subs[c->idx].qos2_in : NULL;
+        if (c->role == LB_SUB && !(p->u.publish.qos == 2 && held && held[pid]))
             s_on_message(self, &self->subs[c->idx], &p->u.publish, now);
         if (p->u.publish.qos == 1)
-            s_send_ack(self, c, LK_MQTT_PUBACK, p->u.publish.packet_id);
-        else if (p->u.publish.qos == 2)
-            s_send_ack(self, c, LK_MQTT_PUBREC, p->u.publish.packet_id);
+            s_send_ack(self, c, LK_MQTT_PUBACK, pid);
+        else if (p->u.publish.qos == 2) {
+            if (held)
+                held[pid] = 1;
+            s_send_ack(self, c, LK_MQTT_PUBREC, pid);
+        }
         break;
+    }
     case LK_MQTT_PUBREL:
+        if (c->role == LB_SUB && self->subs[c->idx].qos2_in)
+            self->subs[c->idx].qos2_in[p->u.ack.packet_id] = 0;
         s_send_ack(self, c, LK_MQTT_PUBCOMP, p->u.ack.packet_id);
         break;
     case LK_MQTT_PUBREC:
@@ -1017,6 +1031,7 @@ static int s_run_pubsub(lb_t *self)
     /* subscribers first, so every publisher's first message has its audience */
     for (int i = 0; i < self->nsubs; i++) {
         self->subs[i].conn = s_conn_new(self, LB_SUB, i);
+        self->subs[i].qos2_in = lk_calloc(65536, 1);
         snprintf(id, sizeof(id), "%s-s%d", self->prefix, i);
         s_open(self, self->subs[i].conn, id);
     }

@@ -199,7 +199,18 @@ static void s_send_now(fe_conn_t *conn, const Lk__Deliver *d, bool dup)
         s_send_publish(conn, d, 0, false);
         return;
     }
-    uint16_t pid = s_next_pid(conn);
+    /* A stored copy's packet id follows from its store id, so one sent again on a later
+       connection (a reconnect, this frontend's crash) carries its original id
+       [MQTT-4.4.0-1], and a new copy does not take an id the client still holds for an
+       unfinished QoS 2 flow (unless 65535 copies apart: then the next free one). */
+    uint16_t pid = 0;
+    if (d->store_id) {
+        pid = (uint16_t)(1 + (d->store_id - 1) % 65535);
+        if (s_pid_busy(conn, pid))
+            pid = 0;
+    }
+    if (!pid)
+        pid = s_next_pid(conn);
     if (!s_send_publish(conn, d, pid, dup)) {
         if (d->store_id)
             fe_store_ack_add(conn, d->store_id);

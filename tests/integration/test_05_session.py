@@ -1,5 +1,7 @@
 """05: sessions: persistent sessions queue QoS >= 1 while offline, clean sessions do not,
 session present flag, takeover of a client id (on either frontend)."""
+import uuid
+
 import pytest
 
 import lk
@@ -103,5 +105,45 @@ def test_unacked_redelivered_on_reconnect_with_dup(stack, version):
     c.close()
     c = raw.Conn(stack.mqtt_port)
     c.send(raw.connect(cid, version=version, clean=True))
+    c.read_packet()
+    c.close()
+
+
+def test_redelivery_keeps_packet_ids(stack):
+    # QoS 1 and 2 messages sent again on a later connection carry their original packet
+    # identifiers [MQTT-4.4.0-1]: a client that PUBRECed one and still holds its id must
+    # not see that id on a different message (it would take it for the same one)
+    import struct
+    import mqttraw as raw
+    cid = "pids-" + uuid.uuid4().hex[:6]
+    topic = "pid/" + cid
+
+    def pid_and_payload(body):
+        tlen = struct.unpack("!H", body[:2])[0]
+        return struct.unpack("!H", body[2 + tlen:4 + tlen])[0], body[4 + tlen:]
+
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect(cid, clean=False))
+    assert c.read_packet()[0] == 2
+    c.send(raw.subscribe(1, [(topic, 2)]))
+    assert c.read_packet()[0] == 9
+    for i in range(3):                      # completed: the next ids are not 1 again
+        lk.mosquitto_pub(stack, topic, "done%d" % i, qos=1)
+        t, _, body = c.read_packet()
+        assert t == 3
+        c.send(bytes([0x40, 2]) + body[2 + len(topic):4 + len(topic)])
+    lk.mosquitto_pub(stack, topic, "one", qos=1)
+    lk.mosquitto_pub(stack, topic, "two", qos=2)
+    first = dict((p, pid) for pid, p in (pid_and_payload(c.read_packet()[2]) for _ in range(2)))
+    c.close()                               # no PUBACK, no PUBREC
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect(cid, clean=False))
+    t, _, body = c.read_packet()
+    assert t == 2 and body[0] & 1
+    again = dict((p, pid) for pid, p in (pid_and_payload(c.read_packet()[2]) for _ in range(2)))
+    assert again == first, (first, again)
+    c.close()
+    c = raw.Conn(stack.mqtt_port)
+    c.send(raw.connect(cid, clean=True))
     c.read_packet()
     c.close()
