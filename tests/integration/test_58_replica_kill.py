@@ -78,7 +78,7 @@ def test_kill_every_process_under_load(kstack):
         load.start()
         probe.start()
         time.sleep(2.0)
-        for svc in services:
+        for svc in _latchkey_services(stack):
             t_kill = time.monotonic()
             stack.kill(svc, timeout=45)
             back = time.monotonic() - t_kill
